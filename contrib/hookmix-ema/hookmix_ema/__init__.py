@@ -1,0 +1,65 @@
+"""hookmix-ema: keep an exponential moving average of the weights and evaluate with it."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from engine import BadInput, Plugin, field, hookimpl
+
+
+@attrs.define
+class EMAConfig:
+    decay: float = field(0.99, "weight of the old average at each update (0 < decay < 1)")
+    start_step: int = field(0, "copy the weights (no averaging) until this step")
+    eval_with_ema: bool = field(True, "evaluate with the averaged weights")
+
+
+class EMA(Plugin):
+    """Exponential moving average of the weights, evaluated in place of the raw weights."""
+
+    name = "ema"
+    Config = EMAConfig
+    provides = ("ema",)
+    after = ("spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap",
+             "spectral_weight_decay")  # average the weights after any constraint has been applied
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        if not 0.0 < self.config.decay < 1.0:
+            raise BadInput(f"plugins.ema.decay={self.config.decay} must be in (0, 1); e.g. 0.99")
+
+    @hookimpl
+    def hookmix_setup_model(self, model, state):
+        # floating-point parameters and buffers; integer buffers (counters) are copied as is
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @hookimpl
+    def hookmix_after_optimizer_step(self, model, state):
+        decay = 0.0 if state.step <= self.config.start_step else self.config.decay
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                self.shadow[key].lerp_(value, 1.0 - decay)
+            else:
+                self.shadow[key].copy_(value)
+
+    @hookimpl(wrapper=True)
+    def hookmix_evaluate(self, model, state):
+        if not self.config.eval_with_ema:
+            return (yield)
+        raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            metrics = yield
+        finally:
+            model.load_state_dict(raw)  # training continues from the raw weights
+        return {**metrics, "ema/decay": self.config.decay}
+
+    @hookimpl
+    def hookmix_plugin_state(self, state):
+        return {"shadow": self.shadow}
+
+    @hookimpl
+    def hookmix_load_plugin_state(self, plugin_state, state):
+        for key, value in plugin_state["shadow"].items():
+            self.shadow[key].copy_(value)

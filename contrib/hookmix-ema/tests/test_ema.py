@@ -1,0 +1,25 @@
+"""The plugin author's tests: a few lines each, with engine.testing's toy plugins."""
+
+import pytest
+import torch
+
+from engine import BadInput
+from engine.testing import TOY, assert_resumes_exactly, train
+from hookmix_ema import EMA
+
+
+def test_ema_tracks_the_weights_and_evaluates_with_them():
+    result = train([*TOY, EMA], config={"ema": {"decay": 0.5}}, steps=4)
+    ema = result.trainer.manager.plugins["ema"]
+    weight = result.model.state_dict()["1.weight"]
+    assert not torch.equal(ema.shadow["1.weight"], weight)  # an average, not a copy
+    assert result.metrics[-1]["ema/decay"] == 0.5
+
+
+def test_ema_resumes_bit_exactly():
+    assert_resumes_exactly([*TOY, EMA], config={"ema": {"decay": 0.9}}, steps=6, eval_interval=2)
+
+
+def test_bad_decay_is_bad_input():
+    with pytest.raises(BadInput, match="decay"):
+        train([*TOY, EMA], config={"ema": {"decay": 1.5}}, steps=1)

@@ -1,0 +1,94 @@
+"""Checkpoints: written atomically through fsspec, loaded with ``weights_only=True``.
+
+A checkpoint is written to a temporary name in the same directory and then moved over its
+final name, so a crash mid-write leaves the previous checkpoints untouched and never a partial
+``step-*.pt``. Only tensors, numbers, strings and containers are stored; a file that needs
+arbitrary unpickling is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import random
+import re
+
+import numpy as np
+import torch
+
+from engine.errors import BadInput
+from engine.outputs import RunDir
+
+FORMAT = 1
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def capture_rng(generator: torch.Generator) -> dict:
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    rng = {
+        "torch": torch.get_rng_state(),
+        "data": generator.get_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["data"])
+    version, mt, gauss = rng["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save(run_dir: RunDir, step: int, payload: dict, keep: int) -> str:
+    """Write ``checkpoints/step-XXXXXXXX.pt`` atomically; prune all but the newest ``keep``."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "step": step, **payload}, buf)
+    name = f"checkpoints/step-{step:08d}.pt"
+    run_dir.write_bytes_atomic(name, buf.getvalue())
+    for old in list_steps(run_dir)[:-keep]:
+        run_dir.remove(f"checkpoints/step-{old:08d}.pt")
+    return run_dir.url(name)
+
+
+def list_steps(run_dir: RunDir) -> list[int]:
+    return sorted(int(m.group(1)) for n in run_dir.list("checkpoints") if (m := _NAME.match(n)))
+
+
+def load(run_dir: RunDir, name: str) -> dict:
+    try:
+        data = run_dir.read_bytes(name)
+    except FileNotFoundError:
+        raise BadInput(f"checkpoint {run_dir.url(name)} not found; check the run directory") from None
+    return load_bytes(data, run_dir.url(name))
+
+
+def load_bytes(data: bytes, origin: str) -> dict:
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        raise BadInput(f"checkpoint {origin} needs unpickling arbitrary Python objects ({first[:160]}); "
+                       f"refusing to load it: only load checkpoints written by hookmix") from None
+    except Exception as exc:
+        raise BadInput(f"checkpoint {origin} is unreadable ({type(exc).__name__}); "
+                       f"it is damaged or not a hookmix checkpoint") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BadInput(f"checkpoint {origin} is not a hookmix checkpoint (format {FORMAT}); pass a run directory")
+    return payload
+
+
+def load_latest(run_dir: RunDir) -> dict:
+    steps = list_steps(run_dir)
+    if not steps:
+        raise BadInput(f"no checkpoint in {run_dir.url('checkpoints')}; "
+                       f"nothing to resume (set run.checkpoint_interval to write some)")
+    return load(run_dir, f"checkpoints/step-{steps[-1]:08d}.pt")

@@ -1,0 +1,346 @@
+"""Hook specifications: the whole contract between the engine and its plugins.
+
+One section per phase of the loop, in the order the loop fires them (see the pseudocode in
+:mod:`engine.loop`). Every docstring gives one summary line, when the hook fires, its
+arguments, what it returns and its **calling convention**:
+
+collect-all
+    Every implementation runs, in the plugin order the engine computed; ``None`` results are
+    dropped and the engine combines the rest (sums loss terms, merges dicts, errors on
+    duplicate names).
+exclusive
+    At most one plugin may implement it. The engine checks this when the run is set up and
+    fails with an error naming both plugins (it never lets pluggy pick a silent winner).
+    Where the engine has a built-in behaviour it is used when no plugin implements the hook.
+ordered fold
+    Implementations run in plugin order; each receives the previous one's result (``None``
+    means "unchanged").
+wrapper
+    The engine owns the inner behaviour; plugins wrap it with ``@hookimpl(wrapper=True)``,
+    run code before ``yield`` and after it, and must return the inner result (possibly
+    changed). Wrappers nest like context managers, so undo happens in reverse order.
+per plugin
+    The engine calls each plugin's implementation separately and keys the result by the
+    plugin's name (used for configuration and checkpoint state).
+
+Arguments are passed by keyword; an implementation may accept any subset of them. ``state``
+is the :class:`engine.state.State` of the run (config, step counter, model, optimizer, data,
+``state.log(name, value)`` for plugin metrics, ``state.logits(...)`` for consumer-scoped
+logit transforms).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+    from engine.state import State
+
+hookspec = pluggy.HookspecMarker("hookmix")
+
+# Conventions, read by the manager (validation, plan printing) and by the docs test.
+EXCLUSIVE = {
+    "hookmix_data",
+    "hookmix_model",
+    "hookmix_optimizer",
+    "hookmix_lr_scheduler",
+    "hookmix_forward",
+    "hookmix_generate_rollouts",
+    "hookmix_advantages",
+}
+PER_PLUGIN = {"hookmix_plugin_config", "hookmix_plugin_state", "hookmix_load_plugin_state"}
+
+
+# --- Registration ---------------------------------------------------------------------------
+
+
+@hookspec
+def hookmix_plugin_config() -> type | None:
+    """Return the plugin's attrs configuration class (per plugin).
+
+    Fires when a recipe is resolved, before the plugin is set up, and for
+    ``hookmix describe``. The engine structures the recipe's ``[plugins.NAME]`` table into this
+    class with cattrs (unknown keys and wrong types are bad input) and stores the instance as
+    ``plugin.config``. :class:`engine.Plugin` implements it by returning its ``Config``
+    attribute, so most plugins only declare ``Config = MyConfig``.
+    """
+
+
+@hookspec
+def hookmix_commands() -> dict[str, Any] | None:
+    """Return extra ``hookmix`` sub-commands: ``{verb: engine.Command}`` (collect-all).
+
+    Fires when the CLI is given a verb it does not know. Duplicate verbs are an error naming
+    both plugins. Used for e.g. ``hookmix lipschitz-check RUN_DIR``.
+    """
+
+
+# --- Setup ----------------------------------------------------------------------------------
+
+
+@hookspec
+def hookmix_configure(state: State) -> None:
+    """Validate the combination of enabled plugins and their configs (collect-all).
+
+    Fires once, after configs are structured and before anything is built. Raise
+    :class:`engine.BadInput` with a one-line message naming the problem and the fix, e.g.
+    "spectral_soft_cap: eta/w_max = 0.5 > 0.3; lower plugins.muon.lr or raise w_max".
+    """
+
+
+@hookspec
+def hookmix_data(state: State) -> Any:
+    """Build the data source (exclusive; required for training).
+
+    Returns an object with ``info: dict`` (e.g. ``{"task": "lm", "vocab_size": 65}``),
+    ``train_batch(generator) -> dict`` (all randomness from the engine's checkpointed
+    ``torch.Generator``, so resume replays the same data order) and ``val_batches()`` (a
+    finite, deterministic iterable of batch dicts; may be empty). Batches are dicts of tensors,
+    by convention ``{"input": ..., "target": ...}``.
+    """
+
+
+@hookspec
+def hookmix_model(state: State) -> torch.nn.Module:
+    """Build the trained model (exclusive; required for training).
+
+    Fires after ``hookmix_data`` so ``state.data.info`` is available. The engine moves the
+    result to ``state.device``. Its forward maps ``batch["input"]`` to logits unless a plugin
+    implements ``hookmix_forward``.
+    """
+
+
+@hookspec
+def hookmix_setup_model(model: torch.nn.Module, state: State) -> None:
+    """Prepare the model once it is built and on its device (collect-all).
+
+    Fires before the optimizer is built and before a checkpoint is restored. Use it to add
+    plugin-owned trainable modules (``state.add_module(name, module)``: trained, checkpointed,
+    put in the default param group), register forward hooks that capture features, or project
+    weights once at initialization (a resume then overwrites them with the saved ones).
+    """
+
+
+@hookspec
+def hookmix_param_groups(model: torch.nn.Module, state: State) -> list[dict] | None:
+    """Claim parameters for optimizer param groups (collect-all, merged).
+
+    Returns a list of dicts ``{"name": str, "params": [Parameter, ...], **options}``. The
+    engine merges the lists of all plugins, puts every unclaimed trainable parameter
+    (model and plugin modules) in a group named ``"default"``, and fails if a parameter is
+    claimed twice (naming both groups and plugins) or a group name repeats.
+    """
+
+
+@hookspec
+def hookmix_optimizer(param_groups: list[dict], state: State) -> torch.optim.Optimizer:
+    """Build the optimizer from the merged param groups (exclusive; required for training).
+
+    ``param_groups`` keeps the ``"name"`` key and each plugin's options; the provider decides
+    how to map them (e.g. Muon for groups tagged ``"muon"``, AdamW for the rest). The result
+    must offer ``step()``, ``zero_grad()``, ``param_groups``, ``state_dict()`` and
+    ``load_state_dict()``.
+    """
+
+
+@hookspec
+def hookmix_lr_scheduler(optimizer: torch.optim.Optimizer, state: State) -> Any:
+    """Build the learning-rate scheduler (exclusive; optional).
+
+    Returns an object with ``step()``, ``state_dict()`` and ``load_state_dict()`` (any
+    ``torch.optim.lr_scheduler.LRScheduler``) or ``None``. The engine steps it once per real
+    optimizer step, after ``hookmix_after_optimizer_step``, and checkpoints it.
+    """
+
+
+@hookspec
+def hookmix_on_train_start(state: State) -> None:
+    """Observe the start of training (collect-all).
+
+    Fires after setup and after a resume restored everything, just before the first step.
+    ``state.start_step`` is the first step to run (non-zero when resuming).
+    """
+
+
+# --- Reinforcement learning: rollouts, rewards, advantages ----------------------------------
+
+
+@hookspec
+def hookmix_generate_rollouts(model: torch.nn.Module, batch: dict, state: State) -> dict:
+    """Sample rollouts from the policy for a batch of prompts (exclusive; optional).
+
+    Fires once per micro-batch, before the forward pass, under ``torch.no_grad()`` with the
+    model in eval mode. Returns the batch the rest of the step sees (token ids, stored noise,
+    masks, old log-probabilities, ...). When no plugin implements it, the data batch is used
+    as is (supervised training).
+    """
+
+
+@hookspec
+def hookmix_rewards(rollouts: dict, state: State) -> dict[str, torch.Tensor] | None:
+    """Score rollouts: named, already-weighted reward terms, one value per rollout (collect-all).
+
+    Fires after ``hookmix_generate_rollouts``. The engine sums the terms into
+    ``rollouts["reward"]``, logs each mean as ``train/reward/<name>`` and fails on a name
+    returned twice.
+    """
+
+
+@hookspec
+def hookmix_advantages(rollouts: dict, rewards: torch.Tensor, state: State) -> torch.Tensor:
+    """Turn summed rewards into per-rollout advantages (exclusive; optional).
+
+    Fires after ``hookmix_rewards``; the result is stored as ``rollouts["advantages"]``.
+    Without a provider the rewards themselves are used.
+    """
+
+
+# --- Forward and loss -----------------------------------------------------------------------
+
+
+@hookspec
+def hookmix_forward(model: torch.nn.Module, batch: dict, state: State) -> dict:
+    """Run the model on a (micro-)batch (exclusive; built-in default).
+
+    Fires inside autocast when bf16 is on. Returns a dict with at least ``"logits"``. The
+    built-in behaviour, used without a provider, is ``{"logits": model(batch["input"])}``.
+    """
+
+
+@hookspec
+def hookmix_aux_outputs(
+    model: torch.nn.Module, batch: dict, outputs: dict, state: State
+) -> dict[str, Any] | None:
+    """Add auxiliary outputs next to the model's: teacher logits, captured features (collect-all).
+
+    Fires after ``hookmix_forward``. Returned keys are merged into ``outputs`` (e.g.
+    ``"teacher_logits"``); a key already present or returned by two plugins is an error.
+    Frozen computations (a teacher) must run under ``torch.no_grad()`` themselves.
+    """
+
+
+@hookspec
+def hookmix_transform_logits(
+    logits: torch.Tensor, role: str, consumer: str, kind: str, state: State
+) -> torch.Tensor | None:
+    """Transform logits as seen by one loss consumer (ordered fold, scoped per consumer).
+
+    Fires when a loss plugin asks ``state.logits(logits, role=..., consumer=..., kind=...)``,
+    never globally: ``role`` is ``"student"`` or ``"teacher"``, ``consumer`` the asking
+    plugin's name and ``kind`` its family (``"supervised"``, ``"distillation"``, ...). Return
+    the transformed logits, or ``None`` to pass them on unchanged. Example: logit
+    standardization acts on ``kind == "distillation"`` so KD sees z-scores while
+    cross-entropy keeps the raw logits.
+    """
+
+
+@hookspec
+def hookmix_loss_terms(batch: dict, outputs: dict, state: State) -> dict[str, torch.Tensor] | None:
+    """Return named, already-weighted scalar loss terms (collect-all).
+
+    Fires once per micro-batch inside autocast. The engine sums all terms, divides by the
+    gradient-accumulation factor, logs each as ``train/loss/<name>`` and the sum as
+    ``train/loss``; a name returned twice is an error; a non-finite term stops the run naming
+    the term and the step. No plugin ever sees or mutates the total.
+    """
+
+
+@hookspec
+def hookmix_before_backward(loss: torch.Tensor, state: State) -> None:
+    """Observe the micro-batch loss just before ``loss.backward()`` (collect-all, read-only)."""
+
+
+@hookspec
+def hookmix_after_backward(model: torch.nn.Module, state: State) -> None:
+    """Inspect or edit gradients after a micro-batch's backward pass (collect-all).
+
+    Fires once per micro-batch; after the last one the gradients are complete. Gradient
+    clipping (``run.grad_clip``) happens after the last call.
+    """
+
+
+# --- Optimizer step -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)  # the engine's own step is the one inner implementation
+def hookmix_optimizer_step(optimizer: torch.optim.Optimizer, state: State) -> None:
+    """Take one real optimizer step (wrapper around the engine's ``optimizer.step()``).
+
+    Fires once per real step, never per micro-batch. Implement with
+    ``@hookimpl(wrapper=True)``: code before ``yield`` runs before the step, code after it
+    runs after (e.g. SAM-style perturb/restore, step timing). Only wrappers are allowed.
+    """
+
+
+@hookspec
+def hookmix_after_optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: State
+) -> None:
+    """Modify weights in place after each real optimizer step (collect-all, ordered).
+
+    Runs under ``torch.no_grad()``, once per real step (after all accumulation micro-batches),
+    before the scheduler step, ``zero_grad``, evaluation and checkpointing. ``state.step`` is
+    already the number of completed steps. Weight constraints and EMA updates live here; order
+    among them follows the plugins' ``before``/``after`` declarations.
+    """
+
+
+# --- Evaluation and logging -----------------------------------------------------------------
+
+
+@hookspec(firstresult=True)  # so ``yield`` hands wrappers the metrics dict itself
+def hookmix_evaluate(model: torch.nn.Module, state: State) -> dict[str, float]:
+    """Evaluate the model (wrapper around the engine's evaluation).
+
+    Fires every ``run.eval_interval`` steps and at the end. The engine's inner evaluation
+    computes ``val/loss`` (cross-entropy) and ``val/accuracy`` with torchmetrics over
+    ``data.val_batches()`` (when the data has any) and merges ``hookmix_eval_metrics``.
+    Wrappers may swap weights around it (EMA); ``yield`` returns the metrics dict, and the
+    wrapper returns it (possibly with metrics added). Only wrappers are allowed.
+    """
+
+
+@hookspec
+def hookmix_eval_metrics(model: torch.nn.Module, state: State) -> dict[str, float] | None:
+    """Return extra evaluation metrics, namespaced by plugin (collect-all).
+
+    Fires inside ``hookmix_evaluate`` in eval mode under ``torch.no_grad()``, e.g.
+    ``{"lipschitz/bound": 1.93}``. Duplicate names are an error.
+    """
+
+
+@hookspec
+def hookmix_on_log(metrics: dict[str, float], state: State) -> None:
+    """Observe a record just written to ``metrics.jsonl`` and TensorBoard (collect-all, read-only).
+
+    Fires every ``run.log_interval`` steps and after each evaluation, on the main process only.
+    """
+
+
+@hookspec
+def hookmix_on_train_end(state: State, summary: dict) -> None:
+    """Observe the end of a successful run (collect-all); ``summary`` is what ``summary.json`` holds."""
+
+
+# --- Checkpoint state -----------------------------------------------------------------------
+
+
+@hookspec
+def hookmix_plugin_state(state: State) -> dict | None:
+    """Return this plugin's resumable state (per plugin).
+
+    Fires when a checkpoint is written. Tensors, numbers, strings and nested lists/dicts only
+    (checkpoints load with ``weights_only=True``). Stored under the plugin's name.
+    """
+
+
+@hookspec
+def hookmix_load_plugin_state(plugin_state: dict, state: State) -> None:
+    """Restore what ``hookmix_plugin_state`` returned (per plugin).
+
+    Fires on resume after the model, optimizer and scheduler are restored and before
+    ``hookmix_on_train_start``.
+    """

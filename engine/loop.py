@@ -1,0 +1,346 @@
+"""The training loop: where every hook fires.
+
+::
+
+    setup:
+        configure(state)                                  # cross-plugin validation
+        state.data   = data(state)                        # exclusive
+        state.model  = model(state); setup_model(model)   # exclusive; collect-all
+        groups       = merge(param_groups(model))         # a parameter in two groups: error
+        optimizer    = optimizer(groups); scheduler = lr_scheduler(optimizer)
+        [resume: weights, optimizer, scheduler, RNG + data order, plugin_state by name]
+        print the plan; write recipe.toml; on_train_start(state)
+
+    for step in start_step .. run.steps - 1:
+        for micro in range(run.grad_accum):
+            batch = data.train_batch(generator)
+            if a rollout provider is enabled:                        # RL
+                batch = generate_rollouts(model, batch)               # no_grad, eval mode
+                batch["reward"] = sum(rewards(batch))                 # named terms
+                batch["advantages"] = advantages(batch, reward)       # exclusive
+            with autocast:
+                outputs = forward(model, batch)                       # default: model(batch["input"])
+                outputs |= aux_outputs(model, batch, outputs)         # teacher logits, features
+                terms = loss_terms(batch, outputs)                    # state.logits() -> transform_logits
+            loss = sum(terms) / grad_accum                            # non-finite: stop, name the term
+            before_backward(loss); loss.backward(); after_backward(model)
+        clip gradients (run.grad_clip)
+        optimizer_step(optimizer)                                     # wrappers around optimizer.step()
+        step += 1
+        with no_grad: after_optimizer_step(model, optimizer)          # constraints, EMA
+        scheduler.step(); optimizer.zero_grad()
+        every log_interval:        on_log(train metrics)
+        every eval_interval / end: evaluate(model) -> eval_metrics; on_log
+        every checkpoint_interval / end: checkpoint (plugin_state by name)
+    on_train_end(state, summary)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO
+
+import numpy as np
+import torch
+
+from engine import checkpoint
+from engine.errors import BadInput, PluginConflict, TrainingFailure
+from engine.manager import Manager
+from engine.outputs import MetricsLog, Progress, RunDir
+from engine.recipe import Recipe
+from engine.registry import Registry
+from engine.state import State
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadInput(f"run.device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"run.device is {name!r} but CUDA is not available; set run.device=cpu")
+    return device
+
+
+class Trainer:
+    """Runs one recipe. ``setup()``, then ``train_step()`` per step, or ``run()`` for everything."""
+
+    def __init__(self, recipe: Recipe, registry: Registry, *, resume: bool = False,
+                 stream: IO[str] | None = None, quiet: bool = False) -> None:
+        self.recipe = recipe
+        self.registry = registry
+        self.resume = resume
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.state: State | None = None
+        self.metrics_log: MetricsLog | None = None
+        self.last: dict[str, float] = {}
+        self.wall_before = 0.0
+
+    # --- setup --------------------------------------------------------------------------------
+
+    def setup(self) -> State:
+        run = self.recipe.run
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        device = resolve_device(run.device)
+        torch.manual_seed(run.seed)
+        np.random.seed(run.seed % 2**32)
+        import random
+        random.seed(run.seed)
+
+        plugins = {}
+        for name in run.plugins:
+            plugin = self.registry.load(name)()
+            plugin.config = self.recipe.plugin_configs.get(name)
+            plugins[name] = plugin
+        manager = Manager(plugins, self.registry)
+        if not manager.has("hookmix_loss_terms"):
+            raise BadInput("no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins")
+        state = self.state = State(self.recipe, manager, device)
+        self.manager = manager
+        manager.builtins.evaluate = self._evaluate
+
+        manager.configure(state)
+        state.data = manager.data(state)
+        state.model = manager.model(state).to(device)
+        manager.setup_model(state.model, state)
+        groups = self._merge_param_groups()
+        state.optimizer = manager.optimizer(groups, state)
+        state.scheduler = manager.lr_scheduler(state.optimizer, state)
+        self.params = [p for g in groups for p in g["params"]]
+
+        out = run.out or f"runs/{self.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        state.run_dir = run_dir = RunDir(out)
+        if self.resume:
+            self._restore(checkpoint.load_latest(run_dir))
+        elif run_dir.exists("recipe.toml"):
+            raise BadInput(f"run directory {out} already holds a run; pass --out NEW_DIR, or --resume {out}")
+        self.versions = {n: self.registry.info(n).version for n in manager.order}
+        self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
+        self.progress.print(manager.plan(self.versions))
+        if state.is_main:  # everything above validated: only now is anything written
+            run_dir.makedirs()
+            run_dir.write_text_atomic("recipe.toml", self.recipe.to_toml())
+            self.metrics_log = MetricsLog(run_dir, state.start_step if self.resume else None)
+        self.progress.print(f"run directory: {run_dir.url()}")
+        manager.on_train_start(state)
+        self.t0 = time.perf_counter()
+        return state
+
+    def _merge_param_groups(self) -> list[dict]:
+        state = self.state
+        names = {id(p): n for n, p in state.model.named_parameters()}
+        names.update({id(p): f"<{n}>" for n, p in state.modules.named_parameters()})
+        owner: dict[int, tuple[str, str]] = {}
+        groups, group_names = [], set()
+        for plugin, group in self.manager.param_groups(state.model, state):
+            gname = group.get("name")
+            if not gname or gname in group_names:
+                raise PluginConflict(f"plugin {plugin!r} returned a param group with a missing or repeated name "
+                                     f"{gname!r}; give each group a unique 'name'")
+            group_names.add(gname)
+            for p in group["params"]:
+                if id(p) in owner:
+                    g0, p0 = owner[id(p)]
+                    raise PluginConflict(f"parameter {names.get(id(p), '?')} is in param group {g0!r} ({p0}) and "
+                                         f"{gname!r} ({plugin}); a parameter may be in one group only")
+                owner[id(p)] = (gname, plugin)
+            groups.append(dict(group, params=list(group["params"])))
+        rest = [p for p in [*state.model.parameters(), *state.modules.parameters()]
+                if p.requires_grad and id(p) not in owner]
+        if rest:
+            groups.append({"name": "default", "params": rest})
+        return groups
+
+    # --- checkpointing ------------------------------------------------------------------------
+
+    def _payload(self) -> dict:
+        state = self.state
+        return {
+            "model": state.model.state_dict(),
+            "modules": state.modules.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+            "rng": checkpoint.capture_rng(state.generator),
+            "plugins": self.manager.plugin_states(state),
+            "plugin_versions": dict(self.versions),
+            "pending_metrics": {k: [v, state._counts[k]] for k, v in state._sums.items()},
+            "wall_seconds": self.wall_before + time.perf_counter() - self.t0,
+        }
+
+    def _restore(self, payload: dict) -> None:
+        state = self.state
+        missing = [n for n in payload.get("plugin_versions", {}) if n not in state.plugins]
+        if missing:
+            raise BadInput(f"checkpoint was written with plugin {missing[0]!r}, which this run does not enable; "
+                           f"add it to run.plugins (resume needs the same plugins)")
+        try:
+            state.model.load_state_dict(payload["model"])
+            state.modules.load_state_dict(payload["modules"])
+            state.optimizer.load_state_dict(payload["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise BadInput(f"checkpoint does not match the model/optimizer of this recipe "
+                           f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe") from None
+        if state.scheduler is not None and payload.get("scheduler") is not None:
+            state.scheduler.load_state_dict(payload["scheduler"])
+        checkpoint.restore_rng(payload["rng"], state.generator)
+        self.manager.load_plugin_states(payload.get("plugins", {}), state)
+        state._sums = {k: v for k, (v, _) in payload["pending_metrics"].items()}
+        state._counts = {k: c for k, (_, c) in payload["pending_metrics"].items()}
+        state.step = state.start_step = int(payload["step"])
+        state.resumed = True
+        self.wall_before = float(payload.get("wall_seconds", 0.0))
+        if state.start_step >= self.recipe.run.steps:
+            raise BadInput(f"the run already finished {state.start_step} of run.steps={self.recipe.run.steps}; "
+                           f"raise it to continue, e.g. run.steps={state.start_step * 2}")
+
+    def save_checkpoint(self) -> None:
+        state = self.state
+        if state.is_main:
+            checkpoint.save(state.run_dir, state.step, self._payload(), self.recipe.run.keep_checkpoints)
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def train_step(self) -> None:
+        state, manager, model, run = self.state, self.manager, self.state.model, self.recipe.run
+        model.train()
+        step = state.step + 1
+        for micro in range(run.grad_accum):
+            state.micro = micro
+            batch = state.data.train_batch(state.generator)
+            if state.device.type != "cpu":
+                batch = {k: v.to(state.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if manager.has("hookmix_generate_rollouts"):
+                batch = self._rollouts(batch)
+            with state.autocast():
+                outputs = manager.forward(model, batch, state)
+                outputs = manager.aux_outputs(model, batch, outputs, state)
+                terms = manager.loss_terms(batch, outputs, state)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                bad = [n for n, t in terms.items() if not torch.isfinite(t)] or list(terms)
+                raise TrainingFailure(f"step {step}: loss term {bad[0]!r} is not finite ({terms[bad[0]].item()}); "
+                                      f"lower the learning rate or check the inputs")
+            for name, term in terms.items():
+                state.log(f"train/loss/{name}", term)
+            state.log("train/loss", loss)
+            if run.grad_accum > 1:
+                loss = loss / run.grad_accum
+            manager.before_backward(loss, state)
+            loss.backward()
+            manager.after_backward(model, state)
+        if run.grad_clip > 0:
+            state.log("train/grad_norm", torch.nn.utils.clip_grad_norm_(self.params, run.grad_clip))
+        manager.optimizer_step(state.optimizer, state)
+        state.step = step
+        manager.after_optimizer_step(model, state.optimizer, state)
+        if state.scheduler is not None:
+            state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+
+    def _rollouts(self, batch: dict) -> dict:
+        state, manager, model = self.state, self.manager, self.state.model
+        model.eval()
+        with torch.no_grad():
+            rollouts = manager.generate_rollouts(model, batch, state)
+        model.train()
+        terms = manager.rewards(rollouts, state)
+        if not terms:
+            raise BadInput("a rollout plugin is enabled but no plugin returns rewards; add a reward plugin")
+        reward = sum(terms.values())
+        for name, term in terms.items():
+            state.log(f"train/reward/{name}", term.float().mean())
+        state.log("train/reward", reward.float().mean())
+        rollouts["reward"] = reward
+        advantages = manager.advantages(rollouts, reward, state)
+        rollouts["advantages"] = reward if advantages is None else advantages
+        return rollouts
+
+    # --- evaluation and logging ---------------------------------------------------------------
+
+    def _evaluate(self, model: torch.nn.Module, state: State) -> dict:
+        """The engine's inner evaluation: val/loss and val/accuracy, plus hookmix_eval_metrics."""
+        from torchmetrics.aggregation import MeanMetric
+
+        was_training = model.training
+        model.eval()
+        metrics: dict[str, float] = {}
+        loss_mean, acc_mean = MeanMetric(), MeanMetric()
+        seen = 0
+        with torch.no_grad():
+            for batch in state.data.val_batches():
+                if state.device.type != "cpu":
+                    batch = {k: v.to(state.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                with state.autocast():
+                    logits = self.manager.forward(model, batch, state)["logits"]
+                logits = logits.float().reshape(-1, logits.shape[-1])
+                target = batch["target"].reshape(-1)
+                loss_mean.update(torch.nn.functional.cross_entropy(logits, target), weight=target.numel())
+                acc_mean.update((logits.argmax(-1) == target).float().mean(), weight=target.numel())
+                seen += 1
+            if seen:
+                metrics["val/loss"] = loss_mean.compute().item()
+                metrics["val/accuracy"] = acc_mean.compute().item()
+            metrics.update(self.manager.eval_metrics(model, state))
+        model.train(was_training)
+        return metrics
+
+    def _record(self, record: dict) -> None:
+        self.last.update({k: v for k, v in record.items() if k != "step"})
+        if self.metrics_log is not None:
+            self.metrics_log.write(record)
+        self.manager.on_log(record, self.state)
+        self.progress.update(record["step"], record)
+
+    def log_train(self) -> None:
+        state = self.state
+        record = {"step": state.step, **state.pop_logged()}
+        groups = state.optimizer.param_groups
+        if groups and "lr" in groups[0]:
+            record["train/lr"] = float(groups[0]["lr"])
+        self._record(record)
+
+    def evaluate(self) -> dict:
+        metrics = self.manager.evaluate(self.state.model, self.state)
+        self._record({"step": self.state.step, **metrics})
+        return metrics
+
+    # --- the whole run ------------------------------------------------------------------------
+
+    def run(self, stop_at: int | None = None) -> dict:
+        """Train to ``run.steps`` (or stop after ``stop_at`` with a checkpoint, as if interrupted)."""
+        if self.state is None:
+            self.setup()
+        state, run = self.state, self.recipe.run
+        try:
+            while state.step < min(run.steps, stop_at or run.steps):
+                self.train_step()
+                step = state.step
+                last = step == run.steps
+                if step % run.log_interval == 0 or last:
+                    self.log_train()
+                else:
+                    self.progress.update(step)
+                if (run.eval_interval and step % run.eval_interval == 0) or last:
+                    self.evaluate()
+                if (run.checkpoint_interval and step % run.checkpoint_interval == 0) or last or step == stop_at:
+                    self.save_checkpoint()
+        finally:
+            self.progress.close()
+            if self.metrics_log is not None:
+                self.metrics_log.close()
+        summary = {
+            "steps": state.step,
+            "wall_seconds": round(self.wall_before + time.perf_counter() - self.t0, 3),
+            "plugins": dict(self.versions),
+            "metrics": dict(self.last),
+        }
+        if state.is_main:
+            import json
+            state.run_dir.write_text_atomic("summary.json", json.dumps(summary, indent=2) + "\n")
+        self.manager.on_train_end(state, summary)
+        return summary

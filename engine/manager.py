@@ -1,0 +1,350 @@
+"""The plugin manager: validates a plugin set, orders it, and calls hooks through typed methods.
+
+The loop never touches ``pm.hook``: it calls one method per hook (tox's style), and each method
+states how results are combined. Order is the engine's business: plugins declare ``before`` /
+``after``; the manager sorts them topologically (recipe order breaks ties), fails on cycles,
+and dispatches every hook in that order. Per-step hooks without implementations cost one
+attribute lookup.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import sys
+from typing import Any, Callable
+
+import pluggy
+import torch
+
+from engine import hookspecs
+from engine.errors import BadInput, PluginConflict
+from engine.plugin import Plugin, hookimpl
+from engine.registry import Registry
+
+WRAPPER_HOOKS = {"hookmix_optimizer_step", "hookmix_evaluate"}
+ENGINE = "engine"
+
+
+class _Builtins:
+    """The engine's own inner implementations of the wrapper hooks."""
+
+    def __init__(self) -> None:
+        self.evaluate: Callable[[torch.nn.Module, Any], dict] = lambda model, state: {}
+
+    @hookimpl
+    def hookmix_optimizer_step(self, optimizer):
+        optimizer.step()
+
+    @hookimpl
+    def hookmix_evaluate(self, model, state):
+        return self.evaluate(model, state)
+
+
+def order_plugins(plugins: dict[str, Plugin]) -> list[str]:
+    """Topological order from before/after declarations; ties keep the recipe order."""
+    names = list(plugins)
+    index = {n: i for i, n in enumerate(names)}
+    succ: dict[str, set[str]] = {n: set() for n in names}
+    for n, p in plugins.items():
+        succ[n] |= {m for m in p.before if m in plugins and m != n}
+        for m in p.after:
+            if m in plugins and m != n:
+                succ[m].add(n)
+    indeg = {n: 0 for n in names}
+    for n in names:
+        for m in succ[n]:
+            indeg[m] += 1
+    ready = [(index[n], n) for n in names if indeg[n] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, n = heapq.heappop(ready)
+        order.append(n)
+        for m in succ[n]:
+            indeg[m] -= 1
+            if indeg[m] == 0:
+                heapq.heappush(ready, (index[m], m))
+    if len(order) < len(names):
+        raise PluginConflict(f"plugin ordering cycle: {' -> '.join(_find_cycle(succ, set(names) - set(order)))}; "
+                             f"remove one of these before/after declarations")
+    return order
+
+
+def _find_cycle(succ: dict[str, set[str]], left: set[str]) -> list[str]:
+    path: list[str] = []
+    node = min(left)
+    while node not in path:
+        path.append(node)
+        node = min(m for m in succ[node] if m in left)
+    return path[path.index(node):] + [node]
+
+
+class Manager:
+    """Owns the pluggy manager of one run; one typed method per hook."""
+
+    def __init__(self, plugins: dict[str, Plugin], registry: Registry | None = None):
+        self.plugins = plugins
+        self.order = order_plugins(plugins)
+        self._check_declarations(registry)
+        self.builtins = _Builtins()
+        self.pm = pluggy.PluginManager("hookmix")
+        self.pm.add_hookspecs(hookspecs)
+        self.pm.register(self.builtins, name=ENGINE)
+        for name in reversed(self.order):  # pluggy calls the last registered first
+            try:
+                self.pm.register(plugins[name], name=name)
+            except pluggy.PluginValidationError as exc:
+                raise BadInput(f"plugin {name!r} has an invalid hook implementation: {exc}; fix the plugin") from None
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise BadInput(f"{exc}; hook names must match engine/hookspecs.py (see docs/hooks.md)") from None
+        self._impls: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {}
+        for hook_name in self.hook_names():
+            impls = [i for i in reversed(getattr(self.pm.hook, hook_name).get_hookimpls())
+                     if i.plugin_name != ENGINE]
+            for impl in impls:
+                if impl.tryfirst or impl.trylast:
+                    raise BadInput(f"plugin {impl.plugin_name!r} uses tryfirst/trylast on {hook_name}; "
+                                   f"declare before/after on the plugin class instead")
+                is_wrapper = impl.wrapper or impl.hookwrapper
+                if is_wrapper != (hook_name in WRAPPER_HOOKS):
+                    raise BadInput(f"plugin {impl.plugin_name!r}: {hook_name} must be implemented "
+                                   f"{'with' if hook_name in WRAPPER_HOOKS else 'without'} wrapper=True "
+                                   f"(see its convention in docs/hooks.md)")
+            self._impls[hook_name] = [(i.plugin_name, i.function, tuple(i.argnames)) for i in impls
+                                      if not (i.wrapper or i.hookwrapper)]
+        for hook_name in hookspecs.EXCLUSIVE:
+            providers = self.providers(hook_name)
+            if len(providers) > 1:
+                raise PluginConflict(f"plugins {providers[0]!r} and {providers[1]!r} both implement {hook_name}, "
+                                     f"which takes one provider; remove one of them from run.plugins")
+        self._wrapped = {h: any(i.wrapper or i.hookwrapper for i in getattr(self.pm.hook, h).get_hookimpls())
+                         for h in WRAPPER_HOOKS}
+        self.trace = os.environ.get("HOOKMIX_TRACE") == "1"
+        if self.trace:
+            self.pm.trace.root.setwriter(sys.stderr.write)
+            self.pm.enable_tracing()
+
+    # --- validation and the plan -------------------------------------------------------------
+
+    def _check_declarations(self, registry: Registry | None) -> None:
+        capability: dict[str, str] = {}
+        for name in self.order:
+            for cap in (name, *self.plugins[name].provides):
+                capability.setdefault(cap, name)
+        for name in self.order:
+            p = self.plugins[name]
+            for req in p.requires:
+                if req not in capability:
+                    hint = _providers_hint(req, registry)
+                    raise PluginConflict(f"plugin {name!r} requires {req!r}, which no enabled plugin provides; "
+                                         f"add {hint} to run.plugins")
+            for bad in p.conflicts:
+                other = capability.get(bad)
+                if other is not None and other != name:
+                    raise PluginConflict(f"plugins {name!r} and {other!r} conflict ({name} declares conflicts={bad!r}); "
+                                         f"remove one of them from run.plugins")
+
+    @staticmethod
+    def hook_names() -> list[str]:
+        return [n for n in vars(hookspecs) if n.startswith("hookmix_")]
+
+    def providers(self, hook_name: str) -> list[str]:
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        return [i.plugin_name for i in reversed(impls) if i.plugin_name != ENGINE]
+
+    def plan(self, versions: dict[str, str]) -> str:
+        """The lines printed at the start of each run: plugins, versions, order per hook."""
+        lines = [f"hookmix plan: {len(self.order)} plugins (in order)"]
+        width = max(len(n) for n in self.order)
+        for name in self.order:
+            lines.append(f"  {name:<{width}}  {versions.get(name, '?'):<12} {type(self.plugins[name]).summary()}")
+        lines.append("hooks (call order; * = exclusive provider, ~ = wrapper):")
+        for hook_name in self.hook_names():
+            if hook_name in hookspecs.PER_PLUGIN:
+                continue
+            names = self.providers(hook_name)
+            if names:
+                mark = "*" if hook_name in hookspecs.EXCLUSIVE else "~" if hook_name in WRAPPER_HOOKS else " "
+                lines.append(f"  {mark} {hook_name:<30} {' -> '.join(names)}")
+        return "\n".join(lines)
+
+    # --- dispatch ----------------------------------------------------------------------------
+
+    def _each(self, hook_name: str, **kwargs) -> list[tuple[str, Any]]:
+        """Call every implementation in order; return (plugin name, result) for non-None results."""
+        out = []
+        for name, fn, argnames in self._impls[hook_name]:
+            if self.trace:
+                print(f"[hookmix trace] {hook_name} -> {name}", file=sys.stderr)
+            result = fn(*[kwargs[a] for a in argnames])
+            if result is not None:
+                out.append((name, result))
+        return out
+
+    def _exclusive(self, hook_name: str, **kwargs) -> Any:
+        results = self._each(hook_name, **kwargs)
+        return results[0][1] if results else None
+
+    def _required(self, hook_name: str, what: str, **kwargs) -> Any:
+        if not self._impls[hook_name]:
+            raise BadInput(f"no enabled plugin provides {what} ({hook_name}); add one to run.plugins "
+                           f"(see `hookmix plugins`)")
+        result = self._exclusive(hook_name, **kwargs)
+        if result is None:
+            raise BadInput(f"plugin {self._impls[hook_name][0][0]!r} returned nothing from {hook_name}; fix the plugin")
+        return result
+
+    def has(self, hook_name: str) -> bool:
+        return bool(self._impls[hook_name])
+
+    @staticmethod
+    def merge_named(results: list[tuple[str, dict]], what: str, into: dict | None = None) -> dict:
+        """Merge dicts returned by several plugins; a name given twice is an error naming both."""
+        merged: dict = {} if into is None else into
+        owner: dict[str, str] = {}
+        for plugin, named in results:
+            for key, value in named.items():
+                if key in merged:
+                    first = owner.get(key, "the model outputs")
+                    raise PluginConflict(f"{what} {key!r} returned by both {first} and {plugin}; "
+                                         f"rename one (plugin config) or disable one plugin")
+                merged[key] = value
+                owner[key] = plugin
+        return merged
+
+    # setup
+
+    def config_class(self, name: str) -> type | None:
+        return self.plugins[name].hookmix_plugin_config()
+
+    def configure(self, state) -> None:
+        self._each("hookmix_configure", state=state)
+
+    def data(self, state):
+        return self._required("hookmix_data", "data", state=state)
+
+    def model(self, state) -> torch.nn.Module:
+        return self._required("hookmix_model", "a model", state=state)
+
+    def setup_model(self, model, state) -> None:
+        self._each("hookmix_setup_model", model=model, state=state)
+
+    def param_groups(self, model, state) -> list[tuple[str, dict]]:
+        return [(name, g) for name, groups in self._each("hookmix_param_groups", model=model, state=state)
+                for g in groups]
+
+    def optimizer(self, param_groups, state):
+        return self._required("hookmix_optimizer", "an optimizer", param_groups=param_groups, state=state)
+
+    def lr_scheduler(self, optimizer, state):
+        return self._exclusive("hookmix_lr_scheduler", optimizer=optimizer, state=state)
+
+    def on_train_start(self, state) -> None:
+        self._each("hookmix_on_train_start", state=state)
+
+    # rollouts
+
+    def generate_rollouts(self, model, batch, state):
+        return self._exclusive("hookmix_generate_rollouts", model=model, batch=batch, state=state)
+
+    def rewards(self, rollouts, state) -> dict[str, torch.Tensor]:
+        return self.merge_named(self._each("hookmix_rewards", rollouts=rollouts, state=state), "reward term")
+
+    def advantages(self, rollouts, rewards, state):
+        return self._exclusive("hookmix_advantages", rollouts=rollouts, rewards=rewards, state=state)
+
+    # forward and loss
+
+    def forward(self, model, batch, state) -> dict:
+        if self._impls["hookmix_forward"]:
+            return self._exclusive("hookmix_forward", model=model, batch=batch, state=state)
+        return {"logits": model(batch["input"])}
+
+    def aux_outputs(self, model, batch, outputs, state) -> dict:
+        if not self._impls["hookmix_aux_outputs"]:
+            return outputs
+        results = self._each("hookmix_aux_outputs", model=model, batch=batch, outputs=outputs, state=state)
+        return self.merge_named(results, "output", into=outputs)
+
+    def transform_logits(self, logits, role: str, consumer: str, kind: str, state):
+        for _, fn, argnames in self._impls["hookmix_transform_logits"]:
+            kwargs = {"logits": logits, "role": role, "consumer": consumer, "kind": kind, "state": state}
+            result = fn(*[kwargs[a] for a in argnames])
+            if result is not None:
+                logits = result
+        return logits
+
+    def loss_terms(self, batch, outputs, state) -> dict[str, torch.Tensor]:
+        return self.merge_named(self._each("hookmix_loss_terms", batch=batch, outputs=outputs, state=state),
+                                "loss term")
+
+    def before_backward(self, loss, state) -> None:
+        if self._impls["hookmix_before_backward"]:
+            self._each("hookmix_before_backward", loss=loss, state=state)
+
+    def after_backward(self, model, state) -> None:
+        if self._impls["hookmix_after_backward"]:
+            self._each("hookmix_after_backward", model=model, state=state)
+
+    def optimizer_step(self, optimizer, state) -> None:
+        if self._wrapped["hookmix_optimizer_step"]:
+            self.pm.hook.hookmix_optimizer_step(optimizer=optimizer, state=state)
+        else:
+            optimizer.step()
+
+    def after_optimizer_step(self, model, optimizer, state) -> None:
+        if self._impls["hookmix_after_optimizer_step"]:
+            with torch.no_grad():
+                self._each("hookmix_after_optimizer_step", model=model, optimizer=optimizer, state=state)
+
+    # evaluation and logging
+
+    def evaluate(self, model, state) -> dict:
+        if self._wrapped["hookmix_evaluate"]:
+            return self.pm.hook.hookmix_evaluate(model=model, state=state)
+        return self.builtins.evaluate(model, state)
+
+    def eval_metrics(self, model, state) -> dict:
+        return self.merge_named(self._each("hookmix_eval_metrics", model=model, state=state), "metric")
+
+    def on_log(self, metrics, state) -> None:
+        self._each("hookmix_on_log", metrics=metrics, state=state)
+
+    def on_train_end(self, state, summary) -> None:
+        self._each("hookmix_on_train_end", state=state, summary=summary)
+
+    # checkpoint state (per plugin, keyed by name)
+
+    def plugin_states(self, state) -> dict[str, dict]:
+        return dict(self._each("hookmix_plugin_state", state=state))
+
+    def load_plugin_states(self, saved: dict[str, dict], state) -> None:
+        for name, fn, argnames in self._impls["hookmix_load_plugin_state"]:
+            if name in saved:
+                kwargs = {"plugin_state": saved[name], "state": state}
+                fn(*[kwargs[a] for a in argnames])
+
+
+def _providers_hint(capability: str, registry: Registry | None) -> str:
+    if registry is None:
+        return "a plugin that provides it"
+    names = [i.name for i in registry.all() if i.cls is not None
+             and (i.name == capability or capability in i.cls.provides)]
+    return " or ".join(repr(n) for n in names) if names else "a plugin that provides it"
+
+
+def collect_commands(registry: Registry) -> dict[str, Any]:
+    """Sub-commands contributed by installed plugins (``hookmix_commands``), for the CLI."""
+    commands: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for info in registry.all():
+        if info.cls is None or "hookmix_commands" not in vars(info.cls):
+            continue
+        for verb, command in (info.cls().hookmix_commands() or {}).items():
+            if verb in commands:
+                raise PluginConflict(f"command {verb!r} provided by both {owner[verb]} and {info.name}; uninstall one")
+            commands[verb], owner[verb] = command, info.name
+    return commands

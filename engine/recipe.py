@@ -1,0 +1,286 @@
+"""Recipes: a TOML file with a ``[run]`` table and one ``[plugins.NAME]`` table per plugin.
+
+::
+
+    description = "char-level GPT on tinyshakespeare"
+    [run]
+    plugins = ["tinyshakespeare", "gpt", "adamw", "cross_entropy"]
+    steps = 600
+    [plugins.adamw]
+    lr = 3e-3
+
+Command-line overrides use dotted keys and TOML values: ``run.steps=50``,
+``plugins.adamw.lr=3e-4``, ``run.plugins+=ema`` (enable), ``run.plugins-=ema`` (disable).
+Every table is structured with cattrs into an attrs class; unknown keys and wrong types are
+bad input naming the key and the valid choices. The resolved recipe (every default filled in)
+is saved in the run directory and is all that is needed to reproduce the run.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import typing
+from typing import Any, Literal
+
+import attrs
+import cattrs
+import fsspec
+import tomli_w
+
+from engine.errors import BadInput
+from engine.registry import Registry, unknown_name_message
+
+
+def _choice(*allowed: str):
+    def check(inst, attribute, value):
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+    return check
+
+
+def _positive(inst, attribute, value):
+    if value < 1:
+        raise ValueError("must be >= 1")
+
+
+def _non_negative(inst, attribute, value):
+    if value < 0:
+        raise ValueError("must be >= 0")
+
+
+def field(default, help: str, **kw):
+    """An attrs field with a help text (shown by ``hookmix describe``)."""
+    if isinstance(default, (list, dict, set)):
+        return attrs.field(factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return attrs.field(default=default, metadata={"help": help}, **kw)
+
+
+@attrs.define
+class RunConfig:
+    """The ``[run]`` table: everything about a run that is not a plugin's business."""
+
+    plugins: list[str] = field([], "plugin names to enable, in tie-break order")
+    steps: int = field(100, "optimizer steps to train", validator=_positive)
+    seed: int = field(0, "seed for every RNG the run uses")
+    device: str = field("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    precision: str = field("fp32", "fp32, or bf16 (autocast)", validator=_choice("fp32", "bf16"))
+    grad_accum: int = field(1, "micro-batches per optimizer step", validator=_positive)
+    grad_clip: float = field(0.0, "max global gradient norm; 0 disables clipping", validator=_non_negative)
+    eval_interval: int = field(0, "evaluate every N steps (0: only at the end)", validator=_non_negative)
+    checkpoint_interval: int = field(0, "checkpoint every N steps (0: only at the end)", validator=_non_negative)
+    log_interval: int = field(10, "log train metrics every N steps", validator=_positive)
+    keep_checkpoints: int = field(2, "how many recent checkpoints to keep", validator=_positive)
+    out: str = field("", "run directory URL (default: runs/<recipe>-<time>)")
+    threads: int = field(0, "torch CPU threads (0: torch's default)", validator=_non_negative)
+
+
+@attrs.define
+class Recipe:
+    """A resolved recipe: run config plus one structured config per plugin table."""
+
+    name: str
+    description: str
+    run: RunConfig
+    plugin_configs: dict[str, Any]  # enabled plugin name -> its Config instance (or None)
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "description": self.description}
+        out["run"] = converter.unstructure(self.run)
+        out["plugins"] = {n: converter.unstructure(c) for n, c in self.plugin_configs.items() if c is not None}
+        return _drop_none(out)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+# --- strict structuring: no silent int(3.7) or bool("no") --------------------------------------
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _strict(t: type):
+    def structure(value, _):
+        if t is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if type(value) is not t:
+            raise TypeError(f"expected {t.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    return structure
+
+
+for _t in (int, float, bool, str):
+    converter.register_structure_hook(_t, _strict(_t))
+
+
+def structure_table(table: Any, cls: type, where: str) -> Any:
+    """Structure one TOML table into an attrs class, with errors that name the key."""
+    if not isinstance(table, dict):
+        raise BadInput(f"{where} must be a table, got {type(table).__name__}; write [{where}] with key = value lines")
+    attrs.resolve_types(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise BadInput(unknown_name_message(f"key {where}.{key}", key, list(fields),
+                                                f"valid keys of {where}: {', '.join(fields) or 'none'}"))
+        ftype = fields[key].type
+        if attrs.has(ftype):
+            kwargs[key] = structure_table(value, ftype, f"{where}.{key}")
+            continue
+        try:
+            kwargs[key] = converter.structure(value, ftype)
+        except Exception as exc:
+            raise BadInput(f"{where}.{key}: {_first_error(exc)} (expected {_type_name(ftype)}); fix the value") from None
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"{where}: {exc}; fix the value") from None
+
+
+def _first_error(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _type_name(t: Any) -> str:
+    if typing.get_origin(t) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(t))
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def _drop_none(value):
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+# --- loading, overrides, resolution -------------------------------------------------------------
+
+
+def parse_toml(text: str, origin: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"recipe {origin}: invalid TOML ({exc}); fix the syntax") from None
+
+
+def read_recipe(source: str, registry: Registry) -> tuple[str, dict]:
+    """Return (name, raw dict) for a recipe path/URL or the name of a shipped recipe."""
+    shipped = shipped_recipes(registry)
+    if source in shipped:
+        return source, parse_toml(shipped[source][1], source)
+    if "://" in source or source.endswith(".toml") or "/" in source:
+        try:
+            with fsspec.open(source, "r", encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise BadInput(f"recipe file {source} not found; check the path or run `hookmix recipes`") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise BadInput(f"cannot read recipe {source}: {exc}; pass a readable UTF-8 TOML file") from None
+        name = source.rstrip("/").rsplit("/", 1)[-1].removesuffix(".toml")
+        return name, parse_toml(text, source)
+    raise BadInput(unknown_name_message("recipe", source, sorted(shipped),
+                                        "pass a .toml path or a name from `hookmix recipes`"))
+
+
+def shipped_recipes(registry: Registry) -> dict[str, tuple[str, str]]:
+    """{recipe name: (distribution, TOML text)} for every recipe shipped by an installed plugin."""
+    from importlib import resources
+
+    out: dict[str, tuple[str, str]] = {}
+    for info in registry.all():
+        package = info.cls.recipes if info.cls is not None else None
+        if not package:
+            continue
+        for entry in sorted(resources.files(package).iterdir(), key=lambda p: p.name):
+            if entry.name.endswith(".toml"):
+                out.setdefault(entry.name.removesuffix(".toml"), (info.dist, entry.read_text("utf-8")))
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], str, Any]:
+    """``a.b=1`` -> (["a", "b"], "=", 1); also ``+=`` and ``-=`` for lists."""
+    if "=" not in text:
+        raise BadInput(f"override {text!r} is not KEY=VALUE; write e.g. run.steps=50")
+    key, value_text = text.split("=", 1)
+    op = "="
+    if key.endswith(("+", "-")):
+        op, key = key[-1] + "=", key[:-1]
+    path = key.strip().split(".")
+    if not all(path):
+        raise BadInput(f"override {text!r} has an empty key part; write e.g. plugins.adamw.lr=3e-4")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text  # bare words are strings: run.device=cuda
+    return path, op, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = _deepcopy(raw)
+    for text in overrides:
+        path, op, value = parse_override(text)
+        if path[0] not in ("run", "plugins", "description"):
+            raise BadInput(f"override {text!r}: top-level key must be run or plugins; write e.g. run.steps=50")
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise BadInput(f"override {text!r}: {part} is not a table; check the key")
+        last = path[-1]
+        if op == "=":
+            node[last] = value
+            continue
+        items = value if isinstance(value, list) else [value]
+        current = list(node.get(last, []))
+        if op == "+=":
+            current += [v for v in items if v not in current]
+        else:
+            current = [v for v in current if v not in items]
+        node[last] = current
+    return raw
+
+
+def _deepcopy(value):
+    if isinstance(value, dict):
+        return {k: _deepcopy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deepcopy(v) for v in value]
+    return value
+
+
+def resolve(name: str, raw: dict, registry: Registry) -> Recipe:
+    """Validate a raw recipe dict against the run config and each enabled plugin's config."""
+    unknown = set(raw) - {"run", "plugins", "description", "name"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise BadInput(unknown_name_message("top-level key", key, ["run", "plugins", "description"],
+                                            "a recipe has [run] and [plugins.NAME] tables"))
+    run = structure_table(raw.get("run", {}), RunConfig, "run")
+    if not run.plugins:
+        raise BadInput("run.plugins is empty; list the plugins to enable, e.g. plugins = [\"tinyshakespeare\", \"gpt\", \"adamw\", \"cross_entropy\"]")
+    dupes = {p for p in run.plugins if run.plugins.count(p) > 1}
+    if dupes:
+        raise BadInput(f"run.plugins names {sorted(dupes)[0]!r} twice; list each plugin once")
+    tables = raw.get("plugins", {})
+    if not isinstance(tables, dict):
+        raise BadInput("plugins must be a table of [plugins.NAME] tables; fix the recipe")
+    for pname in tables:  # catch typos in table names even for disabled plugins
+        if pname not in registry.names():
+            registry.info(pname)  # raises the unknown-name error with a suggestion
+    configs = {}
+    for pname in run.plugins:
+        cls = registry.load(pname)
+        config_cls = cls().hookmix_plugin_config()
+        table = tables.get(pname, {})
+        if config_cls is None:
+            if table:
+                raise BadInput(f"plugins.{pname}: plugin {pname!r} takes no configuration; remove the table")
+            configs[pname] = None
+        else:
+            configs[pname] = structure_table(table, config_cls, f"plugins.{pname}")
+    return Recipe(name=str(raw.get("name", name)), description=str(raw.get("description", "")),
+                  run=run, plugin_configs=configs)

@@ -1,0 +1,98 @@
+"""Plugin discovery through the ``hookmix.plugins`` entry-point group.
+
+Discovery reads entry-point metadata only; a plugin's module is imported when a recipe names it
+(or when ``hookmix plugins`` lists everything). A module that fails to import is reported as
+broken with its error and fails a run only if the run enables it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import metadata
+
+import attrs
+
+from engine.errors import BadInput
+from engine.plugin import Plugin
+
+GROUP = "hookmix.plugins"
+
+
+@attrs.define
+class PluginInfo:
+    """What is known about one discoverable plugin."""
+
+    name: str
+    dist: str
+    version: str
+    target: str  # "module:Class", or "<local>" for classes passed in code
+    cls: type[Plugin] | None = None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.error is None else f"broken: {self.error}"
+
+
+class Registry:
+    """All plugins a run could enable: installed entry points plus classes passed in code."""
+
+    def __init__(self, local: dict[str, type[Plugin]] | None = None, *, entry_points: bool = True):
+        self._infos: dict[str, PluginInfo] = {}
+        self._eps: dict[str, metadata.EntryPoint] = {}
+        if entry_points:
+            for ep in metadata.entry_points(group=GROUP):
+                dist = ep.dist.name if ep.dist else "?"
+                version = ep.dist.version if ep.dist else "?"
+                if ep.name in self._infos:  # two distributions claim one name: unusable
+                    self._infos[ep.name].error = (
+                        f"name claimed by both {self._infos[ep.name].dist} and {dist}; uninstall one"
+                    )
+                    continue
+                self._infos[ep.name] = PluginInfo(ep.name, dist, version, ep.value)
+                self._eps[ep.name] = ep
+        for name, cls in (local or {}).items():
+            self._infos[name] = PluginInfo(name, "<local>", getattr(cls, "version", "0"), "<local>", cls)
+
+    def names(self) -> list[str]:
+        return sorted(self._infos)
+
+    def info(self, name: str) -> PluginInfo:
+        """Return the plugin's info, importing its class on first use."""
+        if name not in self._infos:
+            raise BadInput(unknown_name_message("plugin", name, self.names(), "see `hookmix plugins`"))
+        info = self._infos[name]
+        if info.cls is None and info.error is None:
+            try:
+                cls = self._eps[name].load()
+                if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+                    raise TypeError(f"{info.target} is not a subclass of engine.Plugin")
+                if cls.name != name:
+                    raise TypeError(f"class declares name {cls.name!r} but is registered as {name!r}")
+                info.cls = cls
+            except Exception as exc:  # a broken plugin must not break discovery of the others
+                info.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return info
+
+    def load(self, name: str) -> type[Plugin]:
+        """Return the plugin class for a name a recipe enabled; bad input if unknown or broken."""
+        info = self.info(name)
+        if info.error is not None:
+            raise BadInput(f"plugin {name!r} ({info.dist} {info.version}) is broken: {info.error}; "
+                           f"fix or reinstall it, or remove it from run.plugins")
+        assert info.cls is not None
+        return info.cls
+
+    def all(self) -> list[PluginInfo]:
+        return [self.info(n) for n in self.names()]
+
+
+def unknown_name_message(what: str, name: str, valid: list[str], hint: str = "") -> str:
+    """One line: the unknown name, the closest valid one, and where to look."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    msg = f"unknown {what} {name!r}"
+    if close:
+        msg += f"; did you mean {close[0]!r}?"
+    elif valid:
+        msg += f"; valid: {', '.join(valid)}"
+    return msg + (f" ({hint})" if hint else "")

@@ -1,0 +1,92 @@
+"""The state of one run, handed to every hook as ``state``."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from engine.manager import Manager
+    from engine.outputs import RunDir
+    from engine.recipe import Recipe, RunConfig
+
+
+class State:
+    """Everything a plugin may read during a run; plugins change it only through hooks.
+
+    Attributes set during setup: ``data``, ``model``, ``modules`` (plugin-owned trainable
+    modules), ``optimizer``, ``scheduler``. Counters: ``step`` (completed optimizer steps),
+    ``start_step``, ``micro`` (micro-batch index within the step). Distributed-ready fields:
+    ``rank``, ``world_size``, ``is_main`` (only the main process writes outputs).
+    """
+
+    def __init__(self, recipe: Recipe, manager: Manager, device: torch.device) -> None:
+        self.recipe = recipe
+        self.run: RunConfig = recipe.run
+        self.manager = manager
+        self.plugins = manager.plugins
+        self.device = device
+        self.autocast_dtype = torch.bfloat16 if recipe.run.precision == "bf16" else None
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = self.rank == 0
+        self.step = 0
+        self.start_step = 0
+        self.micro = 0
+        self.resumed = False
+        self.data: Any = None
+        self.model: torch.nn.Module | None = None
+        self.modules = torch.nn.ModuleDict()
+        self.optimizer: Any = None
+        self.scheduler: Any = None
+        self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)  # data order
+        self.run_dir: RunDir | None = None
+        self.cache_dir = os.path.expanduser(os.environ.get("HOOKMIX_CACHE", "~/.cache/hookmix"))
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    def log(self, name: str, value: float | torch.Tensor) -> None:
+        """Record a training metric; the engine logs its mean over each log interval."""
+        value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        if name in self._sums:
+            self._sums[name] += value
+            self._counts[name] += 1
+        else:
+            self._sums[name] = value.clone()
+            self._counts[name] = 1
+
+    def pop_logged(self) -> dict[str, float]:
+        """Means of everything logged since the last call (used by the loop at log time)."""
+        out = {k: (v / self._counts[k]).item() for k, v in self._sums.items()}
+        self._sums.clear()
+        self._counts.clear()
+        return out
+
+    def logits(self, logits: torch.Tensor, *, role: str, consumer: str, kind: str) -> torch.Tensor:
+        """``logits`` as the loss ``consumer`` of family ``kind`` should see them (hookmix_transform_logits)."""
+        return self.manager.transform_logits(logits, role, consumer, kind, self)
+
+    def add_module(self, name: str, module: torch.nn.Module) -> None:
+        """Register a plugin-owned trainable module: moved to the device, optimized, checkpointed."""
+        if name in self.modules:
+            raise ValueError(f"a plugin module named {name!r} already exists")
+        self.modules[name] = module.to(self.device)
+
+    def autocast(self):
+        """The autocast context of the run (a no-op in fp32)."""
+        if self.autocast_dtype is None:
+            return _NULL
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _Null()

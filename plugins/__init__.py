@@ -1,0 +1,1 @@
+"""First-party hookmix plugins, one sub-package per method; registered through entry points."""
