@@ -21,6 +21,9 @@ from engine.outputs import RunDir
 
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_REFUSED = ("Unsupported global", "Trying to load unsupported GLOBAL", "Trying to call reduce",
+            "Can only build Tensor")  # torch's weights_only refusals, each naming the object
 
 
 def capture_rng(generator: torch.Generator) -> dict:
@@ -75,8 +78,16 @@ def load_bytes(data: bytes, origin: str) -> dict:
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-        raise BadInput(f"checkpoint {origin} needs unpickling arbitrary Python objects ({first[:160]}); "
+        # torch's message is many lines with ANSI codes; the refused object is on the line that
+        # names it. Other unpickling errors (e.g. "Unsupported operand") mean damaged bytes.
+        lines = [_ANSI.sub("", line).strip().removeprefix("WeightsUnpickler error: ")
+                 for line in str(exc).splitlines()]
+        refused = next((line for line in lines if line.startswith(_REFUSED)), None)
+        if refused is None:
+            raise BadInput(f"checkpoint {origin} is unreadable (UnpicklingError); "
+                           f"it is damaged or not a hookmix checkpoint") from None
+        what = refused.split(" was not an allowed", 1)[0].split(" whose module", 1)[0]
+        raise BadInput(f"checkpoint {origin} needs unpickling arbitrary Python objects ({what[:160]}); "
                        f"refusing to load it: only load checkpoints written by hookmix") from None
     except Exception as exc:
         raise BadInput(f"checkpoint {origin} is unreadable ({type(exc).__name__}); "

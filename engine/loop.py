@@ -311,6 +311,20 @@ class Trainer:
 
     # --- the whole run ------------------------------------------------------------------------
 
+    def advance(self, stop_at: int | None = None) -> None:
+        """One step of the run: train, then log / evaluate / checkpoint when they are due."""
+        self.train_step()
+        run, step = self.recipe.run, self.state.step
+        last = step == run.steps
+        if step % run.log_interval == 0 or last:
+            self.log_train()
+        else:
+            self.progress.update(step)
+        if (run.eval_interval and step % run.eval_interval == 0) or last:
+            self.evaluate()
+        if (run.checkpoint_interval and step % run.checkpoint_interval == 0) or last or step == stop_at:
+            self.save_checkpoint()
+
     def run(self, stop_at: int | None = None) -> dict:
         """Train to ``run.steps`` (or stop after ``stop_at`` with a checkpoint, as if interrupted)."""
         if self.state is None:
@@ -318,17 +332,7 @@ class Trainer:
         state, run = self.state, self.recipe.run
         try:
             while state.step < min(run.steps, stop_at or run.steps):
-                self.train_step()
-                step = state.step
-                last = step == run.steps
-                if step % run.log_interval == 0 or last:
-                    self.log_train()
-                else:
-                    self.progress.update(step)
-                if (run.eval_interval and step % run.eval_interval == 0) or last:
-                    self.evaluate()
-                if (run.checkpoint_interval and step % run.checkpoint_interval == 0) or last or step == stop_at:
-                    self.save_checkpoint()
+                self.advance(stop_at)
         finally:
             self.progress.close()
             if self.metrics_log is not None:

@@ -72,12 +72,15 @@ def order_plugins(plugins: dict[str, Plugin]) -> list[str]:
 
 
 def _find_cycle(succ: dict[str, set[str]], left: set[str]) -> list[str]:
+    # Walk predecessors: every unsorted node has one among the unsorted nodes, while a node
+    # merely downstream of a cycle (e.g. declared `after` a member) may have no successor there.
+    pred = {n: sorted(m for m in left if n in succ[m]) for n in left}
     path: list[str] = []
     node = min(left)
     while node not in path:
         path.append(node)
-        node = min(m for m in succ[node] if m in left)
-    return path[path.index(node):] + [node]
+        node = pred[node][0]
+    return (path[path.index(node):] + [node])[::-1]
 
 
 class Manager:

@@ -34,18 +34,18 @@ from engine.registry import Registry, unknown_name_message
 def _choice(*allowed: str):
     def check(inst, attribute, value):
         if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
+            raise ValueError(f"{attribute.name} must be one of {', '.join(allowed)}")
     return check
 
 
 def _positive(inst, attribute, value):
     if value < 1:
-        raise ValueError("must be >= 1")
+        raise ValueError(f"{attribute.name} must be >= 1")
 
 
 def _non_negative(inst, attribute, value):
     if value < 0:
-        raise ValueError("must be >= 0")
+        raise ValueError(f"{attribute.name} must be >= 0")
 
 
 def field(default, help: str, **kw):
@@ -112,6 +112,16 @@ for _t in (int, float, bool, str):
     converter.register_structure_hook(_t, _strict(_t))
 
 
+def _strict_list(value, t):  # cattrs would turn "ema" into ["e", "m", "a"]
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__} {value!r}")
+    item = (typing.get_args(t) or (Any,))[0]
+    return [converter.structure(v, item) for v in value]
+
+
+converter.register_structure_hook_func(lambda t: t is list or typing.get_origin(t) is list, _strict_list)
+
+
 def structure_table(table: Any, cls: type, where: str) -> Any:
     """Structure one TOML table into an attrs class, with errors that name the key."""
     if not isinstance(table, dict):
@@ -146,6 +156,8 @@ def _first_error(exc: BaseException) -> str:
 def _type_name(t: Any) -> str:
     if typing.get_origin(t) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(t))
+    if typing.get_args(t):  # list[float], not "list"
+        return str(t).replace("typing.", "")
     return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 
 
@@ -235,7 +247,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node[last] = value
             continue
         items = value if isinstance(value, list) else [value]
-        current = list(node.get(last, []))
+        current = node.get(last, [])
+        if not isinstance(current, list):
+            raise BadInput(f"override {text!r}: {op} adds to or removes from a list, but {'.'.join(path)} is "
+                           f"{current!r}; write {'.'.join(path)}=VALUE")
+        current = list(current)
         if op == "+=":
             current += [v for v in items if v not in current]
         else:

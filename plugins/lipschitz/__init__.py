@@ -1,0 +1,18 @@
+"""hookmix Lipschitz plugin package -- engine-independent core (spec ``shared/specs/lipschitz.md``).
+
+Modules:
+* :mod:`.spectral`  -- RMS->RMS norms, power iteration, msign/Newton–Schulz, NS overshoot, and the
+  constraint maps (soft cap + coupling, spectral normalize / weight decay / hammer, hard cap with a
+  validity guard, exact msign clip, SVD clip, Stiefel projection, embedding projections).
+* :mod:`.bound`     -- certified Lipschitz bounds of the Lipschitz transformer and MLP from measured norms.
+* :mod:`.models`    -- ``LipschitzGPT`` and ``LipschitzMLP``.
+* :mod:`.muon`      -- ``MuonAdamW``: torch.optim.Muon (shape-correct update scale) + AdamW, with the
+  update-norm bound for the soft-cap coupling.
+* :mod:`.empirical` -- empirical lower estimates of Lipschitz constants (checks of the certificate).
+
+Nothing here imports the engine; hook wiring lives elsewhere.
+"""
+
+from . import bound, empirical, models, muon, spectral  # noqa: F401
+
+__all__ = ["bound", "empirical", "models", "muon", "spectral"]

@@ -1,0 +1,180 @@
+"""Group-relative advantages, PPO-clip surrogate with dual clip, k3 KL, aggregation (spec §6).
+
+Conventions follow the official code (verl ``core_algos``):
+
+* ``Â_i = (R_i − mean_g R) / (std_g R + 1e-6)`` with the Bessel (unbiased) std; broadcast to every
+  response token; a group of size 1 gets mean 0 and std 1 (``Â = R``); groups whose rewards are all
+  equal get ``Â = 0`` exactly (forced, not left to float rounding).
+* ``r_t = exp(clamp(ℓ̂_θ − ℓ̂_old, −20, 20))``; per-token loss ``max(−Â·r, −Â·clip(r, 1−ε_low, 1+ε_high))``,
+  and for ``Â < 0`` additionally ``min(·, −c·Â)`` (dual clip, ``c = 3``).
+* k3 ("low_var_kl"): ``d = clamp(ℓ̂_ref − ℓ̂_θ, −20, 20)``, ``k3 = exp(d) − d − 1`` clamped to ``[−10, 10]``;
+  added to the loss with ``β = 0.001`` (not to the reward).
+* aggregation ``"token-mean"`` (default: mean over every active token of the micro-batch, DAPO-style,
+  optionally over a caller-given global token count) or ``"seq-mean"`` (mean over tokens within each
+  sequence, then over sequences: GRPO's ``1/|o_i|``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "ObjectiveConfig",
+    "group_advantages",
+    "ppo_clip_token_losses",
+    "k3_kl",
+    "aggregate",
+    "policy_loss",
+    "rollout_loss",
+]
+
+
+@dataclass
+class ObjectiveConfig:
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # None -> clip_eps (symmetric, as in the official scripts)
+    dual_clip_c: float | None = 3.0  # None disables the dual clip
+    kl_coef: float = 0.001  # β; 0 disables the KL term
+    agg: str = "token-mean"  # or "seq-mean"
+
+    def __post_init__(self) -> None:
+        if self.agg not in ("token-mean", "seq-mean"):
+            raise ValueError(f"agg must be 'token-mean' or 'seq-mean', got {self.agg!r}")
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
+            raise ValueError("dual_clip_c must be > 1")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int | None = None, group_ids: torch.Tensor | None = None,
+                     eps: float = 1e-6, scale: bool = True) -> torch.Tensor:
+    """Per-sample advantages ``(N,)`` from rewards ``(N,)``.
+
+    Groups are consecutive blocks of ``group_size`` (the layout of ``repeat_interleave``d prompts) or
+    given by integer ``group_ids``.  ``scale=False`` gives Dr. GRPO's mean-only baseline.
+    """
+    r = rewards.detach().to(torch.float64).flatten()
+    if group_ids is None:
+        if group_size is None or group_size < 1 or r.numel() % group_size:
+            raise ValueError("pass group_ids, or a group_size dividing the number of rewards")
+        group_ids = torch.arange(r.numel(), device=r.device) // group_size
+    gid = torch.as_tensor(group_ids, device=r.device).flatten()
+    _, inv, counts = torch.unique(gid, return_inverse=True, return_counts=True)
+    G = counts.numel()
+    n = counts.to(torch.float64)
+    s = torch.zeros(G, dtype=torch.float64, device=r.device).index_add_(0, inv, r)
+    mean = s / n
+    dev = r - mean[inv]
+    var = torch.zeros(G, dtype=torch.float64, device=r.device).index_add_(0, inv, dev * dev) / (n - 1).clamp_min(1)
+    std = var.sqrt()
+    single = counts == 1
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    std = torch.where(single, torch.ones_like(std), std)
+    rmax = torch.full((G,), float("-inf"), dtype=torch.float64, device=r.device).scatter_reduce(0, inv, r, "amax")
+    rmin = torch.full((G,), float("inf"), dtype=torch.float64, device=r.device).scatter_reduce(0, inv, r, "amin")
+    adv = r - mean[inv]
+    if scale:
+        adv = adv / (std[inv] + eps)
+    equal = (rmax == rmin) & ~single
+    adv = torch.where(equal[inv], torch.zeros_like(adv), adv)
+    return adv.to(torch.float32)
+
+
+def ppo_clip_token_losses(logp, old_logp, advantages, clip_eps=0.2, clip_eps_high=None, dual_clip_c=3.0):
+    """Per-token PPO-clip (+ dual-clip) losses and indicator tensors.
+
+    Returns ``(loss, ratio, clipped, dual_clipped)``, all shaped like ``logp``.
+    """
+    hi = clip_eps if clip_eps_high is None else clip_eps_high
+    adv = advantages if advantages.dim() == logp.dim() else advantages.unsqueeze(-1).expand_as(logp)
+    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    l1 = -adv * ratio
+    l2 = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + hi)
+    loss = torch.maximum(l1, l2)
+    clipped = l2 > l1
+    dual = torch.zeros_like(clipped)
+    if dual_clip_c is not None:
+        l3 = -adv * dual_clip_c
+        capped = torch.minimum(loss, l3)
+        dual = (adv < 0) & (loss > l3)
+        loss = torch.where(adv < 0, capped, loss)
+    return loss, ratio, clipped, dual
+
+
+def k3_kl(logp, ref_logp):
+    """Per-token k3 estimator of KL(π_θ ‖ π_ref) (verl ``low_var_kl``): ``≥ 0``, ``0`` when equal."""
+    d = (ref_logp - logp).clamp(-20.0, 20.0)
+    return (torch.exp(d) - d - 1.0).clamp(-10.0, 10.0)
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
+              num_tokens: float | None = None) -> torch.Tensor:
+    """Reduce per-token ``values (B, L)`` over ``mask``.
+
+    ``"token-mean"``: ``Σ values / Σ mask`` (or ``/ num_tokens`` when given, e.g. the global token count
+    over gradient-accumulation micro-batches).  ``"seq-mean"``: mean over each sequence's tokens, then
+    mean over sequences that have tokens.
+    """
+    m = mask.to(values.dtype)
+    v = torch.where(mask.bool(), values, torch.zeros_like(values))
+    if agg == "token-mean":
+        denom = m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=values.dtype)
+        return v.sum() / denom.clamp_min(1.0)
+    if agg == "seq-mean":
+        per = m.sum(-1)
+        has = per > 0
+        seq = v.sum(-1) / per.clamp_min(1.0)
+        return (seq * has).sum() / has.sum().clamp_min(1)
+    raise ValueError(f"unknown aggregation {agg!r}")
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                cfg: ObjectiveConfig | None = None, ref_logp: torch.Tensor | None = None,
+                num_tokens: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO-clip/dual-clip surrogate plus ``β·k3``; returns ``(loss, stats)``.
+
+    ``logp/old_logp/ref_logp/mask (B, L)``; ``advantages (B,)`` or ``(B, L)``.  ``old_logp`` and
+    ``ref_logp`` are treated as constants.
+    """
+    cfg = cfg or ObjectiveConfig()
+    mask = mask.bool()
+    old_logp = old_logp.detach()
+    tok_loss, ratio, clipped, dual = ppo_clip_token_losses(
+        logp, old_logp, advantages, cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip_c
+    )
+    pg = aggregate(tok_loss, mask, cfg.agg, num_tokens)
+    loss = pg
+    n = mask.sum().clamp_min(1)
+    with torch.no_grad():
+        stats = {
+            "pg_loss": float(pg.detach()),
+            "clip_frac": float((clipped & mask).sum() / n),
+            "dual_clip_frac": float((dual & mask).sum() / n),
+            "ratio_mean": float(torch.where(mask, ratio, torch.zeros_like(ratio)).sum() / n),
+            "ratio_max": float(ratio[mask].max()) if bool(mask.any()) else 1.0,
+            "ratio_min": float(ratio[mask].min()) if bool(mask.any()) else 1.0,
+            "ppo_kl": float(torch.where(mask, old_logp - logp, torch.zeros_like(logp)).sum() / n),
+            "tokens": float(mask.sum()),
+        }
+    if ref_logp is not None and cfg.kl_coef != 0.0:
+        kl_tok = k3_kl(logp, ref_logp.detach())
+        kl = aggregate(kl_tok, mask, cfg.agg, num_tokens)
+        loss = loss + cfg.kl_coef * kl
+        stats["kl"] = float(kl.detach())
+    stats["loss"] = float(loss.detach())
+    return loss, stats
+
+
+def rollout_loss(policy, rollout, advantages: torch.Tensor, old_logp: torch.Tensor,
+                 ref_logp: torch.Tensor | None = None, obj_cfg: ObjectiveConfig | None = None,
+                 lik_cfg=None, num_tokens: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Convenience: teacher-forced log-likelihood of ``rollout`` under ``policy`` + :func:`policy_loss`.
+
+    ``old_logp`` / ``ref_logp`` come from :func:`~.likelihood.sequence_logprobs` under ``torch.no_grad()``
+    with the old / reference policy (same likelihood config).
+    """
+    from .likelihood import sequence_logprobs
+
+    logp = sequence_logprobs(policy, rollout, lik_cfg)
+    return policy_loss(logp, old_logp, advantages, rollout.loss_mask, obj_cfg, ref_logp, num_tokens)
