@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hookmix: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hookmix plugins | head`
+        sys.stdout = None
+        return 0
 
 
 def cmd_plugins(args) -> int:
@@ -127,7 +130,9 @@ def cmd_describe(args) -> int:
 def _describe_fields(cls, indent: str) -> None:
     attrs.resolve_types(cls)
     for f in attrs.fields(cls):
-        ftype = getattr(f.type, "__name__", None) or str(f.type).replace("typing.", "")
+        from engine.recipe import _type_name
+
+        ftype = _type_name(f.type)
         if attrs.has(f.type):
             print(f"{indent}{f.name} ({ftype}): {f.metadata.get('help', '')}")
             _describe_fields(f.type, indent + "  ")
@@ -155,6 +160,8 @@ def cmd_train(args) -> int:
     registry = Registry()
     overrides = list(args.overrides)
     if args.resume:
+        if args.out:
+            raise BadInput("--resume continues in RUN_DIR itself; drop --out (copy the directory to branch a run)")
         if args.recipe is not None:  # `train --resume DIR run.steps=20`: the first override lands in `recipe`
             overrides.insert(0, args.recipe)
         run_dir = RunDir(args.resume)

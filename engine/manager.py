@@ -9,6 +9,7 @@ attribute lookup.
 
 from __future__ import annotations
 
+import argparse
 import heapq
 import os
 import sys
@@ -346,7 +347,14 @@ def collect_commands(registry: Registry) -> dict[str, Any]:
     for info in registry.all():
         if info.cls is None or "hookmix_commands" not in vars(info.cls):
             continue
-        for verb, command in (info.cls().hookmix_commands() or {}).items():
+        try:
+            provided = info.cls().hookmix_commands() or {}
+            for verb, command in provided.items():  # a verb whose arguments cannot be built is broken too
+                command.add_arguments(argparse.ArgumentParser(prog=f"hookmix {verb}"))
+        except Exception as exc:  # like a failed import: one broken plugin must not break every other verb
+            info.error = f"hookmix_commands failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            continue
+        for verb, command in provided.items():
             if verb in commands:
                 raise PluginConflict(f"command {verb!r} provided by both {owner[verb]} and {info.name}; uninstall one")
             commands[verb], owner[verb] = command, info.name

@@ -255,6 +255,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if op == "+=":
             current += [v for v in items if v not in current]
         else:
+            missing = [v for v in items if v not in current]
+            if missing:
+                raise BadInput(unknown_name_message(f"entry {'.'.join(path)}-=", str(missing[0]),
+                                                    [str(c) for c in current], "it is not in the list"))
             current = [v for v in current if v not in items]
         node[last] = current
     return raw
