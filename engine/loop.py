@@ -101,6 +101,7 @@ class Trainer:
         if not manager.has("hookmix_loss_terms"):
             raise BadInput("no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins")
         state = self.state = State(self.recipe, manager, device)
+        state.registry = self.registry  # plugins that rebuild other runs (a teacher) resolve with it
         self.manager = manager
         manager.builtins.evaluate = self._evaluate
 

@@ -190,7 +190,22 @@ def assert_resumes_exactly(plugins: list[Any], config: dict | None = None, steps
     out = f"memory://hookmix-test-{uuid.uuid4().hex}"
     train(plugins, config, steps, out=out, stop_at=split, **run)
     resumed = train(plugins, config, steps, out=out, resume=True, **run)
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"weight {key} differs after resume"
+    for what, a, b in [("weight", straight.model.state_dict(), resumed.model.state_dict()),
+                       ("plugin module weight", straight.state.modules.state_dict(), resumed.state.modules.state_dict())]:
+        assert a.keys() == b.keys(), f"{what}s differ after resume: {sorted(a)} vs {sorted(b)}"
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{what} {key} differs after resume"
+    opt_a, opt_b = straight.state.optimizer.state_dict(), resumed.state.optimizer.state_dict()
+    assert _tree_equal(opt_a, opt_b), "optimizer state differs after resume"
     assert straight.metrics == resumed.metrics, "metrics differ after resume"
+
+
+def _tree_equal(a: Any, b: Any) -> bool:
+    """Exact equality of nested dicts/lists of tensors and plain values."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_tree_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_tree_equal(x, y) for x, y in zip(a, b))
+    return a == b

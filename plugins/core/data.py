@@ -192,10 +192,15 @@ class MNIST1D:
         return args
 
     def cache_name(self) -> str:
-        # Readable counts plus a hash of all generation arguments: if mnist1d's defaults
-        # ever change, the name changes too and a stale cache is never loaded.
-        args = self._args()
-        digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+        # Readable counts plus a hash of our arguments and the mnist1d version: a new
+        # release (possibly with new defaults) gets a new file, and a stale cache is never
+        # loaded. The version comes from metadata, so a cache hit never imports mnist1d
+        # (a multi-second import).
+        from importlib.metadata import version
+
+        key = {"num_train": self.num_train, "num_test": self.num_test, "seed": self.seed,
+               "mnist1d": version("mnist1d")}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         return f"mnist1d_train{self.num_train}_test{self.num_test}_seed{self.seed}_{digest}.npz"
 
     def _load_or_make(self, cache_dir) -> dict:

@@ -120,7 +120,7 @@ def test_ints_are_accepted_for_floats_and_values_are_kept(registry):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("run.steps+=3", "override 'run.steps+=3': += adds to or removes from a list, but run.steps is 600"),
+    ("run.steps+=3", "override 'run.steps+=3': += adds to or removes from a list, but run.steps is 1000"),
     ("run.steps", "override 'run.steps' is not KEY=VALUE"),
     ("steps=3", "top-level key must be run or plugins"),
     ("run..steps=3", "has an empty key part"),

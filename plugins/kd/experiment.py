@@ -1,0 +1,244 @@
+"""``hookmix distill-mnist1d``: the MNIST-1D distillation table (spec §12.2).
+
+Trains the CNN teacher once (recipe ``mnist1d-teacher-cnn``), then every student arm (``mnist1d-student-*``:
+CE only, KD, KD+LS, DKD, DKD+LS, NKD, USKD) for each seed, and writes a markdown table of the test accuracy
+(mean ± sample std over seeds; best evaluation and last) with an honest noise verdict: a difference smaller
+than twice the larger seed std of the two arms is reported as inside the noise.
+
+Runs are ordinary hookmix run directories under ``--out``; a finished run (``summary.json``) is reused and an
+interrupted one is resumed, so the command can be re-run to add seeds or arms. For a given seed every arm
+starts from the same student initialization and sees the same batches (the teacher is built without moving
+the student's RNG streams), so arms are paired.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+TEACHER = "mnist1d-teacher-cnn"
+#: arm label -> shipped recipe
+ARMS = {
+    "CE only": "mnist1d-student-ce",
+    "KD": "mnist1d-student-kd",
+    "KD+LS": "mnist1d-student-kd-ls",
+    "DKD": "mnist1d-student-dkd",
+    "DKD+LS": "mnist1d-student-dkd-ls",
+    "NKD": "mnist1d-student-nkd",
+    "USKD": "mnist1d-student-uskd",
+}
+#: (arm, reference arm) pairs compared in the verdict list, besides every arm against CE only
+PAIRS = [("KD+LS", "KD"), ("DKD+LS", "DKD"), ("DKD", "KD"), ("NKD", "KD")]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="runs/distill-mnist1d", help="directory of all runs (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=5, help="student seeds 0..N-1 (default: %(default)s)")
+    parser.add_argument("--teacher-steps", type=int, default=0, help="teacher steps (0: the recipe's)")
+    parser.add_argument("--student-steps", type=int, default=0, help="student steps (0: the recipes')")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms (default: all)")
+    parser.add_argument("--teacher", default="", help="use this trained teacher run instead of training one")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default: %(default)s)")
+    parser.add_argument("--doc", default="docs/distillation-mnist1d.md", help="markdown output (default: %(default)s)")
+
+
+def _train(recipe_name: str, out: str, overrides: list[str], log) -> dict:
+    """Train (or resume, or reuse) one run; return its accuracy curve and wall time."""
+    from engine.loop import Trainer
+    from engine.outputs import RunDir
+    from engine.recipe import apply_overrides, read_recipe, resolve
+    from engine.registry import Registry
+
+    run_dir = RunDir(out)
+    if not run_dir.exists("summary.json"):
+        registry = Registry()
+        name, raw = read_recipe(recipe_name, registry)
+        raw = apply_overrides(raw, overrides + [f"run.out={json.dumps(out)}"])
+        resume = run_dir.exists("recipe.toml")
+        trainer = Trainer(resolve(name, raw, registry), registry, resume=resume, quiet=True)
+        t0 = time.perf_counter()
+        trainer.run()
+        log(f"  {out}: {time.perf_counter() - t0:.1f}s")
+    summary = json.loads(run_dir.read_text("summary.json"))
+    records = [json.loads(line) for line in run_dir.read_text("metrics.jsonl").splitlines() if line.strip()]
+    curve = [(r["step"], r["val/accuracy"]) for r in records if "val/accuracy" in r]
+    return {"curve": curve, "best": max(a for _, a in curve), "last": curve[-1][1],
+            "wall": summary["wall_seconds"], "metrics": summary["metrics"]}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def _pct(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def verdict(a: list[float], b: list[float]) -> tuple[float, float, bool]:
+    """(delta of means, noise threshold = 2 x the larger seed std, inside the noise?)."""
+    (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
+    noise = 2 * max(sa, sb)
+    delta = ma - mb
+    return delta, noise, math.isnan(noise) or abs(delta) < noise
+
+
+def _verdict_text(delta: float, noise: float, inside: bool) -> str:
+    near = not math.isnan(noise) and 0.8 * noise <= abs(delta) < 1.25 * noise
+    text = "inside the noise" if inside else "**outside the noise**"
+    return text + " (borderline)" if near else text
+
+
+def _paired(a: list[float], b: list[float]) -> str:
+    """Mean ± std of the per-seed differences (arms share init and batch order for a seed)."""
+    diffs = [x - y for x, y in zip(a, b)]
+    m, sd = _mean_std(diffs)
+    return f"{100 * m:+.2f} ± {100 * sd:.2f}"
+
+
+def render(results: dict, teacher: dict, args, command: str) -> str:
+    import torch
+
+    seeds = list(range(args.seeds))
+    walls = [r["wall"] for runs in results.values() for r in runs] or [0.0]
+    runs = 1 + sum(len(v) for v in results.values())
+    train_wall = teacher["wall"] + sum(walls)
+    lines = [
+        "# Distillation on MNIST-1D: CNN teacher, MLP student",
+        "",
+        "Generated by `hookmix distill-mnist1d` (plugins/kd/experiment.py); spec §12.2. Reproduce with:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Setup: MNIST-1D (4000 train / 1000 test, generation seed 42; the test split is the validation set). "
+        f"Teacher: `{TEACHER}` (1-D CNN, 25 channels), trained once, seed 0. Students: MLP [100, 100] (ReLU), "
+        f"AdamW lr 1e-2 with cosine decay to 1e-4, weight decay 0.1 (decoupled, not on biases), batch 100, "
+        f"{args.student_steps or 2000} steps, evaluated every 40 steps (one epoch; \"best\" is the best of "
+        f"these evaluations); "
+        f"seeds {', '.join(map(str, seeds))}. Each arm is a shipped recipe (`hookmix recipes`). "
+        f"For a given seed all arms share the student's initialization and batch order (paired runs).",
+        "",
+        f"Machine: {platform.machine()}, torch {torch.__version__}, {args.threads} CPU thread(s) per run. "
+        f"Training time, summed over the {runs} runs (teacher included): {train_wall / 60:.1f} min "
+        f"(teacher {teacher['wall'] / 60:.1f} min, student runs {min(walls):.0f}-{max(walls):.0f} s each); "
+        f"runs finished by an earlier invocation are reused, not retrained.",
+        "",
+        "## Sanity checks (spec §14 item 20)",
+        "",
+        f"- Teacher test accuracy: best {100 * teacher['best']:.2f}, last {100 * teacher['last']:.2f} "
+        f"(MNIST-1D paper CNN: ~94).",
+    ]
+    if "CE only" in results:
+        ce = results["CE only"]
+        lines.append(f"- Student alone (CE only): last {_pct(*_mean_std([r['last'] for r in ce]))}, best "
+                     f"{_pct(*_mean_std([r['best'] for r in ce]))} (MNIST-1D paper MLP: ~68).")
+    lines += [
+        "",
+        "## Results (test accuracy %, mean ± sample std over seeds)",
+        "",
+        "| arm | recipe | best | last | last per seed | Δ last vs CE only (2σ) | paired Δ per seed | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    ce_last = [r["last"] for r in results.get("CE only", [])]
+    for arm, runs in results.items():
+        last = [r["last"] for r in runs]
+        best = [r["best"] for r in runs]
+        per_seed = " / ".join(f"{100 * v:.1f}" for v in last)
+        if arm != "CE only" and ce_last:
+            delta, noise, inside = verdict(last, ce_last)
+            cmp = f"{100 * delta:+.2f} ({100 * noise:.2f})"
+            paired, flag = _paired(last, ce_last), _verdict_text(delta, noise, inside)
+        else:
+            cmp = paired = flag = "—"
+        lines.append(f"| {arm} | `{ARMS[arm]}` | {_pct(*_mean_std(best))} | {_pct(*_mean_std(last))} | "
+                     f"{per_seed} | {cmp} | {paired} | {flag} |")
+    lines += ["", "Pairwise (last accuracy):", ""]
+    for a, b in PAIRS:
+        if a in results and b in results:
+            la, lb = [r["last"] for r in results[a]], [r["last"] for r in results[b]]
+            delta, noise, inside = verdict(la, lb)
+            lines.append(f"- {a} vs {b}: {100 * delta:+.2f} points, 2σ = {100 * noise:.2f}, paired "
+                         f"{_paired(la, lb)} → {_verdict_text(delta, noise, inside)}.")
+    lines += [
+        "",
+        "Rule (spec §12.2): a difference of means smaller than twice the larger of the two arms' seed standard "
+        "deviations is treated as no effect (\"inside the noise\"); \"borderline\" marks a difference within "
+        f"0.8-1.25x that threshold. With {args.seeds} seeds the std itself is uncertain, so borderline verdicts "
+        "are weak either way. The paired column (mean ± std of the per-seed differences; for a seed, arms share "
+        "the student's initialization and batch order) is given for information: the verdict uses the unpaired "
+        "rule.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from engine.errors import BadInput
+    from engine.outputs import RunDir
+
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise BadInput(f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}")
+    if args.seeds < 1:
+        raise BadInput("--seeds must be >= 1")
+    out = args.out.rstrip("/")
+    common = [f"run.threads={args.threads}"]
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    t0 = time.perf_counter()
+    teacher_dir = args.teacher or f"{out}/teacher"
+    log(f"teacher: {teacher_dir}")
+    teacher_overrides = common + ([f"run.steps={args.teacher_steps}"] if args.teacher_steps else [])
+    if args.teacher and not RunDir(teacher_dir).exists("summary.json"):
+        raise BadInput(f"--teacher {teacher_dir} holds no finished run; train {TEACHER} first or drop --teacher")
+    teacher = _train(TEACHER, teacher_dir, teacher_overrides, log)
+    log(f"  teacher test accuracy: best {teacher['best']:.4f}, last {teacher['last']:.4f}")
+
+    results: dict[str, list[dict]] = {}
+    for arm in arms:
+        recipe = ARMS[arm]
+        overrides = list(common)
+        if args.student_steps:
+            overrides.append(f"run.steps={args.student_steps}")
+        if arm not in ("CE only", "USKD"):
+            overrides.append(f"plugins.teacher.run={json.dumps(teacher_dir)}")
+        results[arm] = []
+        for seed in range(args.seeds):
+            slug = recipe.removeprefix("mnist1d-student-")
+            res = _train(recipe, f"{out}/{slug}/seed{seed}", overrides + [f"run.seed={seed}"], log)
+            results[arm].append(res)
+        last = _mean_std([r["last"] for r in results[arm]])
+        log(f"{arm}: last {_pct(*last)}")
+
+    argv = ["hookmix", "distill-mnist1d", "--out", args.out, "--seeds", str(args.seeds),
+            "--threads", str(args.threads)]
+    if args.teacher_steps:
+        argv += ["--teacher-steps", str(args.teacher_steps)]
+    if args.student_steps:
+        argv += ["--student-steps", str(args.student_steps)]
+    if args.arms != ",".join(ARMS):
+        argv += ["--arms", args.arms]
+    if args.teacher:
+        argv += ["--teacher", args.teacher]
+    if args.doc != "docs/distillation-mnist1d.md":
+        argv += ["--doc", args.doc]
+    text = render(results, teacher, args, shlex.join(argv))
+    log(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
+    if args.doc:
+        import fsspec
+
+        with fsspec.open(args.doc, "w", encoding="utf-8") as f:
+            f.write(text)
+        log(f"wrote {args.doc}")
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,1 @@
+"""Recipes shipped with the distillation plugins (MNIST-1D and CIFAR-100)."""

@@ -1,0 +1,69 @@
+"""Engine plugin ``logit_std``: logit standardization (Sun et al., CVPR 2024) scoped to distillation consumers.
+
+Spec: ``shared/specs/distillation.md`` §9, §14.12-14.17; the transform is :func:`plugins.logit_std.transform.
+standardize_logits`. It implements ``hookmix_transform_logits``, which the engine calls only when a loss plugin
+asks ``state.logits(logits, role=..., consumer=..., kind=...)``: by default it standardizes what consumers of
+kind ``"distillation"`` see (kd, dkd, nkd, uskd), each role (student, teacher) with its own per-row statistics,
+and returns ``None`` (unchanged) for everything else, so ``cross_entropy`` (kind ``"supervised"``) keeps the
+raw logits.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from engine import BadInput, Plugin, field, hookimpl
+from engine.registry import unknown_name_message
+
+ROLES = ("student", "teacher")
+
+
+@attrs.define
+class LogitStdConfig:
+    kinds: list[str] = field(["distillation"], "consumer kinds whose logits are standardized (spec §9.2: the "
+                                               "distillation terms only; CE keeps raw logits)")
+    consumers: list[str] = field([], "restrict to these consumer plugins (empty: every consumer of those kinds)")
+    roles: list[str] = field(["student", "teacher"], "roles standardized (spec §9.1: both, separately)")
+    eps: float = field(1e-7, "added to the std, not under the square root (official code)")
+    unbiased: bool = field(True, "Bessel-corrected std, divides by C-1 like Tensor.std (official code); "
+                                 "false: population std")
+    base_temperature: float = field(1.0, "divide the z-scores by this; keep 1 and give the base temperature "
+                                         "(2 on CIFAR) to the loss as its temperature (it then supplies tau^2)")
+    log_std: bool = field(True, "log the mean per-row std of each role (logit_std/std_<role>): the effective "
+                                "temperature is temperature x std")
+
+
+class LogitStd(Plugin):
+    """Logit standardization: per-row z-scores (Bessel std + eps) of the logits distillation consumers see."""
+
+    name = "logit_std"
+    Config = LogitStdConfig
+    provides = ("logit_transform",)
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        c = self.config
+        if not c.eps > 0:
+            raise BadInput(f"plugins.logit_std.eps={c.eps} must be > 0 (1e-7 in the official code)")
+        if not c.base_temperature > 0:
+            raise BadInput(f"plugins.logit_std.base_temperature={c.base_temperature} must be > 0; keep 1.0")
+        if not c.kinds:
+            raise BadInput("plugins.logit_std.kinds is empty, so it would never act; e.g. kinds = [\"distillation\"]")
+        for role in c.roles:
+            if role not in ROLES:
+                raise BadInput(unknown_name_message("plugins.logit_std.roles entry", role, list(ROLES)))
+        for consumer in c.consumers:
+            if consumer not in state.plugins:
+                raise BadInput(unknown_name_message("plugins.logit_std.consumers entry", consumer,
+                                                    sorted(state.plugins), "it must be an enabled plugin"))
+
+    @hookimpl
+    def hookmix_transform_logits(self, logits, role, consumer, kind, state):
+        from plugins.logit_std.transform import logit_std, standardize_logits
+
+        c = self.config
+        if kind not in c.kinds or role not in c.roles or (c.consumers and consumer not in c.consumers):
+            return None
+        if c.log_std:
+            state.log(f"logit_std/std_{role}", logit_std(logits.detach().float(), c.unbiased).mean())
+        return standardize_logits(logits, c.eps, c.base_temperature, c.unbiased)
