@@ -172,8 +172,8 @@ def hookmix_on_train_start(state: State) -> None:
 def hookmix_generate_rollouts(model: torch.nn.Module, batch: dict, state: State) -> dict:
     """Sample rollouts from the policy for a batch of prompts (exclusive; optional).
 
-    Fires once per micro-batch, before the forward pass, under ``torch.no_grad()`` with the
-    model in eval mode. Returns the batch the rest of the step sees (token ids, stored noise,
+    Fires once per micro-batch, before the forward pass, under ``torch.no_grad()`` and the
+    run's autocast, with the model in eval mode. Returns the batch the rest of the step sees (token ids, stored noise,
     masks, old log-probabilities, ...). When no plugin implements it, the data batch is used
     as is (supervised training).
     """
@@ -205,7 +205,8 @@ def hookmix_advantages(rollouts: dict, rewards: torch.Tensor, state: State) -> t
 def hookmix_forward(model: torch.nn.Module, batch: dict, state: State) -> dict:
     """Run the model on a (micro-)batch (exclusive; built-in default).
 
-    Fires inside autocast when bf16 is on. Returns a dict with at least ``"logits"``. The
+    Fires inside autocast when bf16 is on, for training batches and for the engine's
+    validation batches alike. Returns a dict with at least ``"logits"``. The
     built-in behaviour, used without a provider, is ``{"logits": model(batch["input"])}``.
     """
 

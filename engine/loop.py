@@ -246,7 +246,7 @@ class Trainer:
     def _rollouts(self, batch: dict) -> dict:
         state, manager, model = self.state, self.manager, self.state.model
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), state.autocast():
             rollouts = manager.generate_rollouts(model, batch, state)
         model.train()
         terms = manager.rewards(rollouts, state)
@@ -280,9 +280,12 @@ class Trainer:
                     logits = self.manager.forward(model, batch, state)["logits"]
                 logits = logits.float().reshape(-1, logits.shape[-1])
                 target = batch["target"].reshape(-1)
-                loss_mean.update(torch.nn.functional.cross_entropy(logits, target), weight=target.numel())
-                acc_mean.update((logits.argmax(-1) == target).float().mean(), weight=target.numel())
-                seen += 1
+                keep = target != -100  # the ignore index of cross-entropy: padding, prompts
+                logits, target = logits[keep], target[keep]
+                if target.numel():
+                    loss_mean.update(torch.nn.functional.cross_entropy(logits, target), weight=target.numel())
+                    acc_mean.update((logits.argmax(-1) == target).float().mean(), weight=target.numel())
+                    seen += 1
             if seen:
                 metrics["val/loss"] = loss_mean.compute().item()
                 metrics["val/accuracy"] = acc_mean.compute().item()

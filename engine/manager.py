@@ -119,7 +119,7 @@ class Manager:
                                    f"(see its convention in docs/hooks.md)")
             self._impls[hook_name] = [(i.plugin_name, i.function, tuple(i.argnames)) for i in impls
                                       if not (i.wrapper or i.hookwrapper)]
-        for hook_name in hookspecs.EXCLUSIVE:
+        for hook_name in sorted(hookspecs.EXCLUSIVE):
             providers = self.providers(hook_name)
             if len(providers) > 1:
                 raise PluginConflict(f"plugins {providers[0]!r} and {providers[1]!r} both implement {hook_name}, "
@@ -351,8 +351,9 @@ def collect_commands(registry: Registry) -> dict[str, Any]:
             provided = info.cls().hookmix_commands() or {}
             for verb, command in provided.items():  # a verb whose arguments cannot be built is broken too
                 command.add_arguments(argparse.ArgumentParser(prog=f"hookmix {verb}"))
-        except Exception as exc:  # like a failed import: one broken plugin must not break every other verb
-            info.error = f"hookmix_commands failed: {type(exc).__name__}: {exc}".splitlines()[0]
+        except Exception as exc:  # one broken plugin must not break every other verb (nor its training use)
+            print(f"hookmix: warning: commands of plugin {info.name!r} are broken "
+                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); skipped", file=sys.stderr)
             continue
         for verb, command in provided.items():
             if verb in commands:

@@ -10,7 +10,9 @@ Modules:
   update-norm bound for the soft-cap coupling.
 * :mod:`.empirical` -- empirical lower estimates of Lipschitz constants (checks of the certificate).
 
-Nothing here imports the engine; hook wiring lives elsewhere.
+The modules above never import the engine. The engine wiring is :mod:`.plugin` (the hookmix plugins),
+with the ``hookmix lipschitz-*`` commands in :mod:`.commands`, :mod:`.sweep` and :mod:`.bench` and the
+recipes in ``recipes/``; this package does not import them (the engine loads them by entry point).
 """
 
 from . import bound, empirical, models, muon, spectral  # noqa: F401

@@ -26,7 +26,8 @@ __all__ = ["rms_jacobian_norm", "sequence_jacobian_norm", "random_pair_ratio", "
 
 def token_rms_max(y: torch.Tensor) -> torch.Tensor:
     """max over all leading positions of the RMS over the last dim (per-example for dim 0)."""
-    return y.pow(2).mean(-1).sqrt().flatten(1).max(dim=1).values
+    rms = y.pow(2).mean(-1).sqrt()
+    return rms.reshape(rms.shape[0], -1).max(dim=1).values  # (B,) for (B, n) inputs: the plain RMS
 
 
 def rms_jacobian_norm(

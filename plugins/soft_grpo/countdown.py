@@ -274,6 +274,7 @@ def _entries(ms: tuple[int, ...], ops: str) -> dict[int, tuple]:
     return {v: tuple(e for e in b.values() if e is not None) for v, b in buckets.items()}
 
 
+@lru_cache(maxsize=8192)
 def _all_trees(numbers: tuple[int, ...], ops: str) -> dict[int, tuple]:
     """value -> distinct expression trees using every number of the sorted multiset exactly once."""
     return {v: tuple(e[0] for e in es) for v, es in _entries(numbers, ops).items()}
@@ -281,20 +282,29 @@ def _all_trees(numbers: tuple[int, ...], ops: str) -> dict[int, tuple]:
 
 def solve(numbers: Sequence[int], target: int, ops: str = "+-*") -> list[Solution]:
     """All solutions (deduplicated up to commutativity/associativity of + and *), sorted by expression."""
-    trees = _all_trees(tuple(sorted(int(x) for x in numbers)), ops).get(int(target), ())
+    return list(_solve(tuple(sorted(int(x) for x in numbers)), int(target), ops))
+
+
+@lru_cache(maxsize=65536)
+def _solve(ms: tuple[int, ...], target: int, ops: str) -> tuple[Solution, ...]:
+    trees = _all_trees(ms, ops).get(target, ())
     sols = []
     for t in trees:
         values: dict = {}
         _evaluate_tree(t, values)
         sols.append(Solution(_render(t), tuple(_steps(t, values))))
     sols.sort(key=lambda s: s.expr)
-    return sols
+    return tuple(sols)
 
 
 def reachable_targets(numbers: Sequence[int], ops: str = "+-*") -> dict[int, int]:
     """target -> number of distinct solutions, for every value reachable with all the numbers."""
-    trees = _all_trees(tuple(sorted(int(x) for x in numbers)), ops)
-    return {v: len(ts) for v, ts in trees.items()}
+    return dict(_reachable(tuple(sorted(int(x) for x in numbers)), ops))
+
+
+@lru_cache(maxsize=8192)
+def _reachable(ms: tuple[int, ...], ops: str) -> tuple[tuple[int, int], ...]:
+    return tuple((v, len(es)) for v, es in _entries(ms, ops).items())
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -209,6 +209,7 @@ def generate_rollouts(
         raise ValueError(f"prompt ({P}) + think_cap + 1 + answer_cap = {L} exceeds the context {pol.max_positions}")
     K = cfg.top_k if soft else 1
     a_k, a_p, a_m = cfg.answer_filters
+    same_filters = (a_k, a_p, a_m) == (cfg.top_k, cfg.top_p, cfg.min_p)
 
     f32, lng, bo = torch.float32, torch.long, torch.bool
     tok = torch.full((B, L), pad_id, dtype=lng, device=device)
@@ -250,23 +251,33 @@ def generate_rollouts(
         t = P + s
         thinking, answering, active = phase == 0, phase == 1, phase < 2
         force = thinking & (think_len >= cfg.think_cap)
-        ans_tok = discrete_token_step(last, cfg.temperature, a_k, a_p, a_m, cfg.suppress_ids, generator)
-        if soft:
+        # sample only for the phases some row is in (one host sync for both flags)
+        any_think, any_ans = (bool(x) for x in torch.stack([thinking.any(), answering.any()]).tolist())
+        st = None
+        if soft and any_think:
             st = soft_token_step(last, cfg, generator, pad_id)
             ends = thinking & ~force & (st.token == think_end_id)
             soft_row = thinking & ~force & ~ends
             think_tok = st.token
-        else:
+        elif any_think:
             think_tok = discrete_token_step(last, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p,
                                             cfg.suppress_ids, generator)
             ends = thinking & ~force & (think_tok == think_end_id)
             soft_row = torch.zeros_like(thinking)
+        else:
+            think_tok, ends, soft_row = pad_vec, torch.zeros_like(thinking), torch.zeros_like(thinking)
+        if not any_ans:
+            ans_tok = pad_vec
+        elif st is not None and same_filters:  # reuse the soft step's filtered p̄ (same law, one filter pass)
+            ans_tok = st.ids.gather(-1, torch.multinomial(st.pbar, 1, generator=generator)).squeeze(-1)
+        else:
+            ans_tok = discrete_token_step(last, cfg.temperature, a_k, a_p, a_m, cfg.suppress_ids, generator)
         step_tok = torch.where(answering, ans_tok, torch.where(thinking, think_tok, pad_vec))
         step_tok = torch.where(force, end_id, step_tok)
 
         tok[:, t] = step_tok
         topk_ids[:, t, 0] = step_tok
-        if soft:
+        if st is not None:
             sr = soft_row.unsqueeze(-1)
             topk_ids[:, t] = torch.where(sr, st.ids, topk_ids[:, t])
             gp_rec[:, t] = torch.where(sr, st.gumbel_logits, gp_rec[:, t])
@@ -295,7 +306,7 @@ def generate_rollouts(
             break
 
         plain = pol.embed(step_tok)
-        if soft:
+        if st is not None:
             mix = mixture_embeds(pol, st.ids, st.weights)
             nxt = torch.where(soft_row.unsqueeze(-1), mix, plain)
         else:

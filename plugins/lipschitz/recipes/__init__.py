@@ -1,0 +1,1 @@
+"""Recipes shipped with the Lipschitz plugins (hookmix recipes)."""
