@@ -37,6 +37,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import IO
@@ -169,7 +170,8 @@ class Trainer:
             "rng": checkpoint.capture_rng(state.generator),
             "plugins": self.manager.plugin_states(state),
             "plugin_versions": dict(self.versions),
-            "pending_metrics": {k: [v, state._counts[k]] for k, v in state._sums.items()},
+            "pending_metrics": {k: torch.stack([v.float().reshape(()) for v in vs]).cpu()
+                                for k, vs in state._pending.items()},
             "wall_seconds": self.wall_before + time.perf_counter() - self.t0,
         }
 
@@ -190,8 +192,7 @@ class Trainer:
             state.scheduler.load_state_dict(payload["scheduler"])
         checkpoint.restore_rng(payload["rng"], state.generator)
         self.manager.load_plugin_states(payload.get("plugins", {}), state)
-        state._sums = {k: v for k, (v, _) in payload["pending_metrics"].items()}
-        state._counts = {k: c for k, (_, c) in payload["pending_metrics"].items()}
+        state._pending = {k: list(v.unbind()) for k, v in payload["pending_metrics"].items()}
         state.step = state.start_step = int(payload["step"])
         state.resumed = True
         self.wall_before = float(payload.get("wall_seconds", 0.0))
@@ -208,7 +209,8 @@ class Trainer:
 
     def train_step(self) -> None:
         state, manager, model, run = self.state, self.manager, self.state.model, self.recipe.run
-        model.train()
+        if not model.training:  # train() walks every submodule: ~0.1 ms, too much per step on small models
+            model.train()
         step = state.step + 1
         for micro in range(run.grad_accum):
             state.micro = micro
@@ -221,8 +223,11 @@ class Trainer:
                 outputs = manager.forward(model, batch, state)
                 outputs = manager.aux_outputs(model, batch, outputs, state)
                 terms = manager.loss_terms(batch, outputs, state)
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
+            if not terms:
+                raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
+                                      f"check the loss plugins' conditions")
+            loss = sum(terms.values()) if len(terms) > 1 else next(iter(terms.values()))
+            if not math.isfinite(loss.item()):  # one host sync per micro-batch; cheaper than isfinite()
                 bad = [n for n, t in terms.items() if not torch.isfinite(t)] or list(terms)
                 raise TrainingFailure(f"step {step}: loss term {bad[0]!r} is not finite ({terms[bad[0]].item()}); "
                                       f"lower the learning rate or check the inputs")

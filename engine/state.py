@@ -44,24 +44,24 @@ class State:
         self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)  # data order
         self.run_dir: RunDir | None = None
         self.cache_dir = os.path.expanduser(os.environ.get("HOOKMIX_CACHE", "~/.cache/hookmix"))
-        self._sums: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
+        self._pending: dict[str, list[torch.Tensor]] = {}
 
     def log(self, name: str, value: float | torch.Tensor) -> None:
-        """Record a training metric; the engine logs its mean over each log interval."""
-        value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-        if name in self._sums:
-            self._sums[name] += value
-            self._counts[name] += 1
+        """Record a training metric; the engine logs its mean over each log interval.
+
+        Values are only collected here (no arithmetic, no device sync); they are reduced at log
+        time, which keeps the per-step cost of logging to a list append.
+        """
+        value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        if name in self._pending:
+            self._pending[name].append(value)
         else:
-            self._sums[name] = value.clone()
-            self._counts[name] = 1
+            self._pending[name] = [value]
 
     def pop_logged(self) -> dict[str, float]:
         """Means of everything logged since the last call (used by the loop at log time)."""
-        out = {k: (v / self._counts[k]).item() for k, v in self._sums.items()}
-        self._sums.clear()
-        self._counts.clear()
+        out = {k: torch.stack([v.float().reshape(()) for v in vs]).mean().item() for k, vs in self._pending.items()}
+        self._pending.clear()
         return out
 
     def logits(self, logits: torch.Tensor, *, role: str, consumer: str, kind: str) -> torch.Tensor:

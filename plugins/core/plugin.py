@@ -214,6 +214,8 @@ class AdamW(Plugin):
     @hookimpl
     def hookmix_lr_scheduler(self, optimizer, state):
         c = self.config
+        if c.schedule == "constant" and not c.warmup_steps:
+            return None  # nothing to schedule: no per-step cost
         total = state.run.steps
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: schedule_factor(s, total, c.warmup_steps, c.schedule, c.min_lr_ratio))
