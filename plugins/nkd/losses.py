@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.kd.losses import drop_target_column
+from plugins.kd.losses import _as_float, _reduce, drop_target_column
 
 Tensor = torch.Tensor
 Weight = Union[float, Tensor]
@@ -49,20 +49,6 @@ USKD_PRESETS: Dict[str, Dict[str, float]] = {
 }
 
 _RANK_EPS = 1e-6  # the "+ 1e-6" of the official rank expression
-
-
-def _as_float(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    if reduction == "none":
-        return per_sample
-    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 def _hard_index(target: Tensor, n: int, c: int) -> Tensor:
