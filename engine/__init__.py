@@ -13,7 +13,7 @@ import attrs
 
 from engine.errors import BadInput, HookmixError, PluginConflict, TrainingFailure
 from engine.plugin import Plugin, hookimpl
-from engine.recipe import field
+from engine.recipe import field, non_negative, one_of, positive
 from engine.state import State
 
 __version__ = "0.1.0"
@@ -29,4 +29,4 @@ class Command:
 
 
 __all__ = ["BadInput", "Command", "HookmixError", "Plugin", "PluginConflict", "State",
-           "TrainingFailure", "field", "hookimpl", "__version__"]
+           "TrainingFailure", "field", "hookimpl", "non_negative", "one_of", "positive", "__version__"]

@@ -31,21 +31,29 @@ from engine.errors import BadInput
 from engine.registry import Registry, unknown_name_message
 
 
-def _choice(*allowed: str):
+def one_of(*allowed: str):
+    """attrs validator: the value must be one of ``allowed`` (for plugin configs too)."""
     def check(inst, attribute, value):
         if value not in allowed:
-            raise ValueError(f"{attribute.name} must be one of {', '.join(allowed)}")
+            raise ValueError(f"{attribute.name} must be one of {', '.join(map(str, allowed))}")
     return check
 
 
-def _positive(inst, attribute, value):
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1")
+def positive(inst, attribute, value):
+    """attrs validator: the value must be > 0."""
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0")
 
 
-def _non_negative(inst, attribute, value):
+def non_negative(inst, attribute, value):
+    """attrs validator: the value must be >= 0."""
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0")
+
+
+def _at_least_one(inst, attribute, value):
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be >= 1")
 
 
 def field(default, help: str, **kw):
@@ -60,18 +68,18 @@ class RunConfig:
     """The ``[run]`` table: everything about a run that is not a plugin's business."""
 
     plugins: list[str] = field([], "plugin names to enable, in tie-break order")
-    steps: int = field(100, "optimizer steps to train", validator=_positive)
+    steps: int = field(100, "optimizer steps to train", validator=_at_least_one)
     seed: int = field(0, "seed for every RNG the run uses")
     device: str = field("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    precision: str = field("fp32", "fp32, or bf16 (autocast)", validator=_choice("fp32", "bf16"))
-    grad_accum: int = field(1, "micro-batches per optimizer step", validator=_positive)
-    grad_clip: float = field(0.0, "max global gradient norm; 0 disables clipping", validator=_non_negative)
-    eval_interval: int = field(0, "evaluate every N steps (0: only at the end)", validator=_non_negative)
-    checkpoint_interval: int = field(0, "checkpoint every N steps (0: only at the end)", validator=_non_negative)
-    log_interval: int = field(10, "log train metrics every N steps", validator=_positive)
-    keep_checkpoints: int = field(2, "how many recent checkpoints to keep", validator=_positive)
+    precision: str = field("fp32", "fp32, or bf16 (autocast)", validator=one_of("fp32", "bf16"))
+    grad_accum: int = field(1, "micro-batches per optimizer step", validator=_at_least_one)
+    grad_clip: float = field(0.0, "max global gradient norm; 0 disables clipping", validator=non_negative)
+    eval_interval: int = field(0, "evaluate every N steps (0: only at the end)", validator=non_negative)
+    checkpoint_interval: int = field(0, "checkpoint every N steps (0: only at the end)", validator=non_negative)
+    log_interval: int = field(10, "log train metrics every N steps", validator=_at_least_one)
+    keep_checkpoints: int = field(2, "how many recent checkpoints to keep", validator=_at_least_one)
     out: str = field("", "run directory URL (default: runs/<recipe>-<time>)")
-    threads: int = field(0, "torch CPU threads (0: torch's default)", validator=_non_negative)
+    threads: int = field(0, "torch CPU threads (0: torch's default)", validator=non_negative)
 
 
 @attrs.define

@@ -64,6 +64,15 @@ class State:
         self._pending.clear()
         return out
 
+    def data_info(self, key: str, *, needed_by: str, what: str) -> Any:
+        """``data.info[key]``, or bad input naming the plugin that needs it and what it needs."""
+        from engine.errors import BadInput
+
+        info = getattr(self.data, "info", None) or {}
+        if key not in info:
+            raise BadInput(f"{needed_by} needs {what} (data info {key!r}); enable a matching data plugin")
+        return info[key]
+
     def logits(self, logits: torch.Tensor, *, role: str, consumer: str, kind: str) -> torch.Tensor:
         """``logits`` as the loss ``consumer`` of family ``kind`` should see them (hookmix_transform_logits)."""
         return self.manager.transform_logits(logits, role, consumer, kind, self)

@@ -8,16 +8,9 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from engine import BadInput, Plugin, field, hookimpl
+from engine import BadInput, Plugin, field, hookimpl, one_of
 
 RECIPES = "plugins.core.recipes"
-
-
-def _need(state, key: str, plugin: str, what: str):
-    info = getattr(state.data, "info", {}) or {}
-    if key not in info:
-        raise BadInput(f"{plugin} needs {what} (data info {key!r}); enable a matching data plugin")
-    return info[key]
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -104,8 +97,8 @@ class GPTModel(Plugin):
         from plugins.core.models import GPT
 
         c = self.config
-        vocab = _need(state, "vocab_size", "gpt", "a language-model data plugin")
-        block = c.block_size or _need(state, "block_size", "gpt", "a context length")
+        vocab = state.data_info("vocab_size", needed_by="gpt", what="a language-model data plugin")
+        block = c.block_size or state.data_info("block_size", needed_by="gpt", what="a context length")
         if c.n_embd % c.n_head:
             raise BadInput(f"plugins.gpt: n_embd={c.n_embd} is not divisible by n_head={c.n_head}; change one")
         return GPT(vocab, block, c.n_layer, c.n_head, c.n_embd, c.dropout, tie_weights=c.tie_weights)
@@ -129,9 +122,9 @@ class MLPModel(Plugin):
         from plugins.core.models import MLP
 
         c = self.config
-        in_dim = _need(state, "input_dim", "mlp", "a classification data plugin")
+        in_dim = state.data_info("input_dim", needed_by="mlp", what="a classification data plugin")
         try:
-            return MLP(in_dim, _need(state, "num_classes", "mlp", "a class count"), tuple(c.hidden), c.activation)
+            return MLP(in_dim, state.data_info("num_classes", needed_by="mlp", what="a class count"), tuple(c.hidden), c.activation)
         except (ValueError, KeyError) as exc:
             raise BadInput(f"plugins.mlp: {exc}; fix the config") from None
 
@@ -152,8 +145,8 @@ class CNN1DModel(Plugin):
     def hookmix_model(self, state):
         from plugins.core.models import CNN1D
 
-        in_len = _need(state, "input_dim", "cnn1d", "a 1-D classification data plugin")
-        return CNN1D(in_len, _need(state, "num_classes", "cnn1d", "a class count"), channels=self.config.channels)
+        in_len = state.data_info("input_dim", needed_by="cnn1d", what="a 1-D classification data plugin")
+        return CNN1D(in_len, state.data_info("num_classes", needed_by="cnn1d", what="a class count"), channels=self.config.channels)
 
 
 # --- optimization ----------------------------------------------------------------------------
@@ -171,13 +164,6 @@ def schedule_factor(step: int, total: int, warmup: int, kind: str, min_ratio: fl
     return min_ratio + (1 - min_ratio) * (1 - progress)
 
 
-def _one_of(*allowed):
-    def check(inst, attribute, value):
-        if value not in allowed:
-            raise ValueError(f"{attribute.name} must be one of {', '.join(allowed)}")
-    return check
-
-
 @attrs.define
 class AdamWConfig:
     lr: float = field(1e-3, "peak learning rate")
@@ -186,7 +172,7 @@ class AdamWConfig:
     weight_decay: float = field(0.0, "decoupled weight decay")
     decay_1d: bool = field(False, "also decay 1-D parameters (biases, norm gains)")
     warmup_steps: int = field(0, "linear warm-up steps")
-    schedule: str = field("cosine", "cosine, linear or constant after warm-up", validator=_one_of("cosine", "linear", "constant"))
+    schedule: str = field("cosine", "cosine, linear or constant after warm-up", validator=one_of("cosine", "linear", "constant"))
     min_lr_ratio: float = field(0.1, "final learning rate as a fraction of lr")
 
 

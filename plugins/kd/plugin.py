@@ -21,30 +21,13 @@ from typing import Any
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl
+from engine import BadInput, Plugin, State, field, hookimpl, non_negative, one_of, positive
 
 RECIPES = "plugins.kd.recipes"
 DISTILLATION = "distillation"  # the `kind` every distillation consumer passes to state.logits
 
 
 # --- helpers shared with plugins.nkd ---------------------------------------------------------------------
-
-
-def _one_of(*allowed: str):
-    def check(inst, attribute, value):
-        if value not in allowed:
-            raise ValueError(f"{attribute.name} must be one of {', '.join(allowed)}")
-    return check
-
-
-def _positive(inst, attribute, value):
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0")
-
-
-def _non_negative(inst, attribute, value):
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0")
 
 
 def sample_batch(state) -> dict:
@@ -112,7 +95,7 @@ class TeacherConfig:
     run: str = field("", "hookmix run directory (any fsspec URL) of the trained teacher, or a checkpoint "
                          "RUN/checkpoints/step-N.pt in it; the recipe is read from RUN/recipe.toml")
     weights: str = field("model", "model: the trained weights; ema: the ema plugin's averaged weights",
-                         validator=_one_of("model", "ema"))
+                         validator=one_of("model", "ema"))
     eval_metric: bool = field(True, "log the teacher's accuracy on the validation data (teacher/val_accuracy, "
                                     "computed once)")
 
@@ -132,6 +115,8 @@ class _TeacherState:
         self.rank, self.world_size, self.is_main, self.resumed = 0, 1, True, False
         self.autocast_dtype = None
         self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)
+
+    data_info = State.data_info  # the same lookup (and error) a model plugin gets from a real run
 
     def log(self, name, value) -> None:
         pass
@@ -398,11 +383,11 @@ class Teacher(Plugin):
 @attrs.define
 class KDConfig:
     temperature: float = field(4.0, "softening temperature T (spec §5: T 4 CIFAR, 1 ImageNet; 2 with LS = "
-                                    "its base temperature)", validator=_positive)
+                                    "its base temperature)", validator=positive)
     weight: float = field(0.9, "weight of the KD term (spec §5: 0.9 with CE 0.1 in the DKD paper; 9 with LS)",
-                          validator=_non_negative)
+                          validator=non_negative)
     form: str = field("kl", "kl: T^2 KL(p_t||p_s), zero at identical logits; ce: T^2 CE(p_t, p_s) (same gradient)",
-                      validator=_one_of("kl", "ce"))
+                      validator=one_of("kl", "ce"))
 
 
 class KD(Plugin):
@@ -425,10 +410,10 @@ class KD(Plugin):
 
 @attrs.define
 class DKDConfig:
-    alpha: float = field(1.0, "weight of TCKD (spec §6: 1; 9 with LS = 1 x kd weight)", validator=_non_negative)
+    alpha: float = field(1.0, "weight of TCKD (spec §6: 1; 9 with LS = 1 x kd weight)", validator=non_negative)
     beta: float = field(8.0, "weight of NCKD (spec §6: 8 CIFAR default, 2-6 some pairs; 72 with LS)",
-                        validator=_non_negative)
-    temperature: float = field(4.0, "temperature T (spec §6: 4 CIFAR, 1 ImageNet; 2 with LS)", validator=_positive)
+                        validator=non_negative)
+    temperature: float = field(4.0, "temperature T (spec §6: 4 CIFAR, 1 ImageNet; 2 with LS)", validator=positive)
     warmup_steps: int = field(-1, "linear warm-up of both terms over this many steps, min(step/N, 1); -1: 1/12 "
                                   "of run.steps (mdistiller's 20 of 240 epochs); 0: none")
 
@@ -506,7 +491,7 @@ class CIFAR100Config:
     batch_size: int = field(64, "training images per micro-batch (spec §11.1: 64)")
     eval_batch_size: int = field(500, "test images per evaluation batch")
     augment: bool = field(True, "RandomCrop(32, padding) + horizontal flip on training batches (spec §11.1)")
-    padding: int = field(4, "crop padding in pixels", validator=_non_negative)
+    padding: int = field(4, "crop padding in pixels", validator=non_negative)
 
 
 class CIFAR100Data(Plugin):
@@ -537,7 +522,7 @@ class CIFAR100Data(Plugin):
 @attrs.define
 class ResNetConfig:
     arch: str = field("resnet8x4", "resnet8x4 (student, ~1.2M parameters) or resnet32x4 (teacher, ~7.4M)",
-                      validator=_one_of("resnet8x4", "resnet32x4"))
+                      validator=one_of("resnet8x4", "resnet32x4"))
 
 
 class ResNet(Plugin):
@@ -560,12 +545,12 @@ class ResNet(Plugin):
 @attrs.define
 class SGDConfig:
     lr: float = field(0.05, "learning rate (spec §11.1: 0.05; 0.01 for ShuffleNet / MobileNet students)",
-                      validator=_positive)
+                      validator=positive)
     momentum: float = field(0.9, "momentum")
     weight_decay: float = field(5e-4, "L2 weight decay on every parameter (spec §11.1: 5e-4)")
     nesterov: bool = field(False, "Nesterov momentum")
     milestones: list[int] = field([], "steps after which the learning rate is multiplied by gamma (MultiStepLR)")
-    gamma: float = field(0.1, "learning-rate factor at each milestone", validator=_positive)
+    gamma: float = field(0.1, "learning-rate factor at each milestone", validator=positive)
 
 
 class SGD(Plugin):

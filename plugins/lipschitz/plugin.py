@@ -487,13 +487,6 @@ class Muon(Plugin):
 # --- models and the certificate --------------------------------------------------------------------
 
 
-def _need(state, key: str, plugin: str, what: str):
-    info = getattr(state.data, "info", {}) or {}
-    if key not in info:
-        raise BadInput(f"{plugin} needs {what} (data info {key!r}); enable a matching data plugin")
-    return info[key]
-
-
 def certificate_metrics(model: torch.nn.Module, per_matrix: bool = False) -> dict[str, float]:
     """``lipschitz/bound`` (from the measured norms) and ``lipschitz/max_norm/<group>``."""
     out = {"lipschitz/bound": float(model.certified_bound())}
@@ -534,8 +527,8 @@ class LipschitzGPTModel(Plugin):
         from .models import LipschitzGPT
 
         c = self.config
-        vocab = _need(state, "vocab_size", self.name, "a language-model data plugin")
-        block = c.block_size or _need(state, "block_size", self.name, "a context length")
+        vocab = state.data_info("vocab_size", needed_by=self.name, what="a language-model data plugin")
+        block = c.block_size or state.data_info("block_size", needed_by=self.name, what="a context length")
         if c.d_model % c.n_heads or (c.d_model // c.n_heads) % 2:
             raise BadInput(f"plugins.lipschitz_gpt: d_model={c.d_model} / n_heads={c.n_heads} must be an even "
                            f"integer (RoPE); change one")
@@ -586,8 +579,8 @@ class LipschitzMLPModel(Plugin):
         from .models import LipschitzMLP
 
         c = self.config
-        in_dim = _need(state, "input_dim", self.name, "a classification data plugin")
-        classes = _need(state, "num_classes", self.name, "a class count")
+        in_dim = state.data_info("input_dim", needed_by=self.name, what="a classification data plugin")
+        classes = state.data_info("num_classes", needed_by=self.name, what="a class count")
         try:
             return LipschitzMLP(in_dim, c.hidden, classes, c.n_hidden_layers, zero_init=c.zero_init)
         except ValueError as exc:

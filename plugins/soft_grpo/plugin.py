@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl
+from engine import BadInput, Plugin, field, hookimpl, one_of
 
 from . import countdown as cd
 from .likelihood import LikelihoodConfig, sequence_logprobs
@@ -38,13 +38,6 @@ from .record import Rollout
 from .sampling import SamplingConfig, generate_rollouts, left_pad
 
 RECIPES = "plugins.soft_grpo.recipes"
-
-
-def _one_of(*allowed):
-    def check(inst, attribute, value):
-        if value not in allowed:
-            raise ValueError(f"{attribute.name} must be one of {', '.join(map(repr, allowed))}")
-    return check
 
 
 def _clamp_pair(value: list[float], what: str) -> tuple[float, float] | None:
@@ -128,7 +121,7 @@ def suppress_ids_for(tok) -> tuple[int, ...]:
 @attrs.define
 class CountdownDataConfig:
     mode: str = field("rl", "rl: prompt batches for rollouts; sft: gold traces as input/target LM batches",
-                      validator=_one_of("rl", "sft"))
+                      validator=one_of("rl", "sft"))
     batch_size: int = field(16, "prompts per rollout batch (rl) or traces per micro-batch (sft)")
     n_numbers: list[int] = field([3, 4], "how many numbers a problem has (drawn uniformly from this list)")
     number_max: int = field(9, "numbers are drawn from 1..number_max")
@@ -343,13 +336,13 @@ class HFPolicy(torch.nn.Module):
 @attrs.define
 class HFPolicyModelConfig:
     path: str = field("", "local directory of a Hugging Face causal LM (empty: a random tiny model of `arch`)")
-    arch: str = field("llama", "random-init architecture when path is empty", validator=_one_of("llama", "gpt2"))
+    arch: str = field("llama", "random-init architecture when path is empty", validator=one_of("llama", "gpt2"))
     hidden_size: int = field(64, "random init: width")
     layers: int = field(2, "random init: blocks")
     heads: int = field(4, "random init: attention heads")
     intermediate_size: int = field(0, "random init: MLP width (0: 4 * hidden_size)")
     max_positions: int = field(0, "random init: context (0: the data's block_size)")
-    dtype: str = field("float32", "weights dtype (float32 or bfloat16)", validator=_one_of("float32", "bfloat16"))
+    dtype: str = field("float32", "weights dtype (float32 or bfloat16)", validator=one_of("float32", "bfloat16"))
     init_from: str = field("", "start from the weights of this hookmix run directory (latest checkpoint) or .pt file")
 
 
@@ -468,7 +461,7 @@ class GRPOConfig:
     dual_clip: float = field(3.0, "dual-clip constant c > 1 for negative advantages (0: off)")
     kl_coef: float = field(0.001, "β of the k3 KL to the frozen reference (0: no reference model)")
     agg: str = field("token-mean", "token-mean (DAPO / official code) or seq-mean (GRPO 1/|o_i|)",
-                     validator=_one_of("token-mean", "seq-mean"))
+                     validator=one_of("token-mean", "seq-mean"))
     scale_advantages: bool = field(True, "divide by the group's Bessel std + adv_eps (false: Dr. GRPO)")
     adv_eps: float = field(1e-6, "added to the group std (verl: 1e-6)")
     seed_offset: int = field(2, "the rollout generator is seeded with run.seed + this")
@@ -480,7 +473,7 @@ class SoftGRPOConfig(GRPOConfig):
     noise_factor: float = field(1.0, "λ: g' = log(p̄ + 1e-6) + λ·g")
     gumbel_clamp: list[float] = field([-1.5, 3.0], "clamp of the rollout Gumbel noise ([] : none)")
     soft_density: str = field("mean", "mean (official code: masked mean of Gumbel log-densities) or sum (exact)",
-                              validator=_one_of("mean", "sum"))
+                              validator=one_of("mean", "sum"))
     likelihood_clamp: list[float] = field([-1.5, 3.0], "clamp of the recovered noise z in the likelihood ([] : none)")
     mask_logq_min: float = field(-3.0, "mean density: slots with log(q + 1e-6) above this (q > ~0.05)")
     detach_inputs: bool = field(True, "detach the rebuilt mixture inputs (official code)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import attrs
-import torch
 
 from engine import BadInput, Plugin, field, hookimpl
 
