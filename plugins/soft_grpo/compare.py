@@ -467,14 +467,15 @@ def write_perf_section(path: str, results: list[dict], args) -> None:
              "discrete. The sampler draws only for the phases some row is in and reuses the soft step's filtered "
              "distribution for answer tokens; before that change soft rollouts ran at 0.70× discrete (64 rows, "
              "d 64). Absolute tokens/s depend on the load of the shared machine (2–3× between runs here); the "
-             "interleaved ratio much less.", "", "```bash", cmd, "```", "",
+             "interleaved ratio much less, except in the smallest, Python-bound case (64 rows, d 64), which moved "
+             "between 0.73× on the loaded machine and 0.93× on the idle one.", "", "```bash", cmd, "```", "",
              "| device | model (d × layers) | rows | steps | discrete tok/s | soft tok/s | soft / discrete |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['device']} ({r['threads']} thread) | {r['d_model']} × {r['n_layers']} | {r['rows']} | "
                      f"{r['steps']} | {r['discrete']['tokens_per_s']:,.0f} | {r['soft']['tokens_per_s']:,.0f} | "
                      f"{r['ratio']:.2f}× |")
-    section = "\n".join(lines) + "\n"
+    section = "\n".join(lines) + "\n\n"
     text = open(path).read() if os.path.exists(path) else "# Performance\n"
     marker = "## SofT-GRPO rollouts"
     if marker in text:
