@@ -26,7 +26,8 @@ per plugin
 Arguments are passed by keyword; an implementation may accept any subset of them. ``state``
 is the :class:`engine.state.State` of the run (config, step counter, model, optimizer, data,
 ``state.log(name, value)`` for plugin metrics, ``state.logits(...)`` for consumer-scoped
-logit transforms).
+logit transforms, ``state.provider(capability)`` for the plugin that provides a capability,
+``state.data_info(key, ...)`` for what the data provides).
 """
 
 from __future__ import annotations

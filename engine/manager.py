@@ -134,7 +134,8 @@ class Manager:
     # --- validation and the plan -------------------------------------------------------------
 
     def _check_declarations(self, registry: Registry | None) -> None:
-        capability: dict[str, str] = {}
+        # capability -> the first plugin (in order) providing it; every plugin provides its own name
+        self.capabilities = capability = {}
         for name in self.order:
             for cap in (name, *self.plugins[name].provides):
                 capability.setdefault(cap, name)

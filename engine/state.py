@@ -64,6 +64,11 @@ class State:
         self._pending.clear()
         return out
 
+    def provider(self, capability: str) -> Any:
+        """The enabled plugin that provides ``capability`` (or is named so), or ``None``."""
+        name = self.manager.capabilities.get(capability)
+        return None if name is None else self.plugins[name]
+
     def data_info(self, key: str, *, needed_by: str, what: str) -> Any:
         """``data.info[key]``, or bad input naming the plugin that needs it and what it needs."""
         from engine.errors import BadInput

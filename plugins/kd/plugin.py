@@ -118,6 +118,9 @@ class _TeacherState:
 
     data_info = State.data_info  # the same lookup (and error) a model plugin gets from a real run
 
+    def provider(self, capability):
+        return None  # only the teacher's data and model plugins are built: no other plugin provides anything
+
     def log(self, name, value) -> None:
         pass
 
@@ -247,8 +250,7 @@ class Teacher(Plugin):
         from the teacher's recipe (for its info); falls back to the student's data when that cannot be built."""
         from engine.recipe import converter
 
-        student_data = next((n for n in state.manager.order if _implements(type(state.plugins[n]), "hookmix_data")),
-                            None)
+        student_data = next(iter(state.manager.providers("hookmix_data")), None)
         if student_data == data_name:
             mine = state.recipe.plugin_configs.get(data_name)
             theirs = recipe.plugin_configs.get(data_name)
@@ -270,12 +272,10 @@ class Teacher(Plugin):
     def build(self, state) -> torch.nn.Module:
         """Rebuild the teacher's model through its own model plugin and load its weights (frozen, eval mode)."""
         from engine.recipe import resolve
-        from engine.registry import Registry
 
         run_dir, ckpt = self._source()
         raw = self._read_recipe(run_dir)
-        # installed plugins plus the classes of this run (tests register plugins in code)
-        registry = Registry({n: type(p) for n, p in state.plugins.items() if n != self.name})
+        registry = state.registry  # the run's: installed plugins plus classes registered in code (tests)
         data_name, model_name = self._plugins_of(raw, registry)
         tables = raw.get("plugins", {}) if isinstance(raw.get("plugins"), dict) else {}
         reduced = {"run": {**raw.get("run", {}), "plugins": [data_name, model_name]},

@@ -292,7 +292,7 @@ class SpectralSoftCap(_Constraint):
 
     def validate(self, state):
         super().validate(state)
-        provider = next((p for p in state.plugins.values() if "update_norm_bound" in p.provides), None)
+        provider = state.provider("update_norm_bound")
         bound = getattr(provider, "peak_update_norm", None)
         if bound is None:
             raise BadInput("spectral_soft_cap needs an optimizer plugin with peak_update_norm(group) "

@@ -48,14 +48,6 @@ def _clamp_pair(value: list[float], what: str) -> tuple[float, float] | None:
     return (float(value[0]), float(value[1]))
 
 
-def _find(state, capability: str):
-    """The enabled plugin providing ``capability`` (or named so), else None."""
-    for name, plugin in state.plugins.items():
-        if name == capability or capability in type(plugin).provides:
-            return plugin
-    return None
-
-
 # --- tokenizers ------------------------------------------------------------------------------
 
 
@@ -225,7 +217,7 @@ class Countdown(Plugin):
     @hookimpl
     def hookmix_configure(self, state):
         c = self.config
-        if c.mode == "rl" and _find(state, "rl") is None:
+        if c.mode == "rl" and state.provider("rl") is None:
             raise BadInput("plugins.countdown.mode='rl' yields prompts, which need a rollout plugin; "
                            "add grpo or soft_grpo to run.plugins, or set plugins.countdown.mode=\"sft\"")
         if not c.n_numbers or min(c.n_numbers) < 2 or max(c.n_numbers) > 6:
@@ -539,7 +531,7 @@ class GRPO(Plugin):
     @hookimpl
     def hookmix_configure(self, state):
         c = self.config
-        data = _find(state, "data:countdown")
+        data = state.provider("data:countdown")
         if data is not None and data.config.mode != "rl":
             raise BadInput(f"{self.name} samples rollouts from prompts; set plugins.countdown.mode=\"rl\"")
         if c.group_size < 2:
