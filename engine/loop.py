@@ -66,6 +66,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def make_state(recipe: Recipe, registry: Registry, device: torch.device) -> State:
+    """The plugins a recipe enables, configured, validated and ordered, behind a fresh ``State``.
+
+    Used by the trainer, and by plugins that rebuild another run's data or model outside its
+    training (a distillation teacher, ``lipschitz-check``): they call ``state.manager.data(state)``
+    and ``state.manager.model(state)`` on it, with the same state a run's plugins would see.
+    """
+    plugins = {}
+    for name in recipe.run.plugins:
+        plugin = registry.load(name)()
+        plugin.config = recipe.plugin_configs.get(name)
+        plugins[name] = plugin
+    state = State(recipe, Manager(plugins, registry), device)
+    state.registry = registry  # plugins that rebuild other runs (a teacher) resolve with it
+    return state
+
+
 class Trainer:
     """Runs one recipe. ``setup()``, then ``train_step()`` per step, or ``run()`` for everything."""
 
@@ -93,17 +110,10 @@ class Trainer:
         import random
         random.seed(run.seed)
 
-        plugins = {}
-        for name in run.plugins:
-            plugin = self.registry.load(name)()
-            plugin.config = self.recipe.plugin_configs.get(name)
-            plugins[name] = plugin
-        manager = Manager(plugins, self.registry)
+        state = self.state = make_state(self.recipe, self.registry, device)
+        manager = self.manager = state.manager
         if not manager.has("hookmix_loss_terms"):
             raise BadInput("no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins")
-        state = self.state = State(self.recipe, manager, device)
-        state.registry = self.registry  # plugins that rebuild other runs (a teacher) resolve with it
-        self.manager = manager
         manager.builtins.evaluate = self._evaluate
 
         manager.configure(state)

@@ -15,13 +15,13 @@ this module only wires them into hooks:
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import attrs
 import torch
 
-from engine import BadInput, Plugin, State, field, hookimpl, non_negative, one_of, positive
+from engine import BadInput, Plugin, field, hookimpl, non_negative, one_of, positive
+from engine.loop import make_state
 
 RECIPES = "plugins.kd.recipes"
 DISTILLATION = "distillation"  # the `kind` every distillation consumer passes to state.logits
@@ -98,52 +98,6 @@ class TeacherConfig:
                          validator=one_of("model", "ema"))
     eval_metric: bool = field(True, "log the teacher's accuracy on the validation data (teacher/val_accuracy, "
                                     "computed once)")
-
-
-class _TeacherState:
-    """The few ``State`` attributes a data or model plugin reads while it builds, for the teacher's recipe."""
-
-    def __init__(self, recipe, data, device: torch.device, cache_dir: str) -> None:
-        self.recipe = recipe
-        self.run = recipe.run
-        self.data = data
-        self.device = device
-        self.cache_dir = cache_dir
-        self.plugins: dict = {}
-        self.modules = torch.nn.ModuleDict()
-        self.step = self.start_step = self.micro = 0
-        self.rank, self.world_size, self.is_main, self.resumed = 0, 1, True, False
-        self.autocast_dtype = None
-        self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)
-
-    data_info = State.data_info  # the same lookup (and error) a model plugin gets from a real run
-
-    def provider(self, capability):
-        return None  # only the teacher's data and model plugins are built: no other plugin provides anything
-
-    def log(self, name, value) -> None:
-        pass
-
-    def logits(self, logits, **_):
-        return logits
-
-    def add_module(self, name, module) -> None:
-        raise BadInput(f"the teacher's model plugin adds a module ({name!r}) while it builds; "
-                       f"such teachers are not supported")
-
-
-def _call_hook(plugin: Plugin, hook: str, **kwargs) -> Any:
-    """Call one plugin's hook implementation with the subset of arguments it declares (as pluggy does)."""
-    fn = getattr(plugin, hook)
-    names = inspect.signature(fn).parameters
-    return fn(**{k: v for k, v in kwargs.items() if k in names})
-
-
-def _instance(registry, recipe, name: str) -> Plugin:
-    """An instance of plugin ``name`` configured as in ``recipe`` (for rebuilding the teacher)."""
-    plugin = registry.load(name)()
-    plugin.config = recipe.plugin_configs.get(name)
-    return plugin
 
 
 def _implements(cls: type, hook: str) -> bool:
@@ -245,7 +199,7 @@ class Teacher(Plugin):
                            f"pass the run directory of a complete training run")
         return data, model
 
-    def _teacher_data(self, state, recipe, registry, data_name: str):
+    def _teacher_data(self, state, tstate, data_name: str):
         """The teacher's data: the student's own when it is the same plugin with the same config, else rebuilt
         from the teacher's recipe (for its info); falls back to the student's data when that cannot be built."""
         from engine.recipe import converter
@@ -253,12 +207,11 @@ class Teacher(Plugin):
         student_data = next(iter(state.manager.providers("hookmix_data")), None)
         if student_data == data_name:
             mine = state.recipe.plugin_configs.get(data_name)
-            theirs = recipe.plugin_configs.get(data_name)
+            theirs = tstate.recipe.plugin_configs.get(data_name)
             if converter.unstructure(mine) == converter.unstructure(theirs):
                 return state.data
-        plugin = _instance(registry, recipe, data_name)
         try:
-            return _call_hook(plugin, "hookmix_data", state=_TeacherState(recipe, None, state.device, state.cache_dir))
+            return tstate.manager.data(tstate)
         except BadInput:
             return state.data  # not available here: the weight load and the shape check still guard
 
@@ -293,12 +246,16 @@ class Teacher(Plugin):
         else:
             weights = payload["model"]
 
+        # The teacher's own data and model plugins, behind a state of their own (engine.loop.make_state).
+        try:
+            tstate = make_state(recipe, registry, state.device)
+        except BadInput as exc:
+            raise BadInput(f"the teacher's data/model plugins cannot be set up here: {exc}") from None
         # The teacher's construction must not move the student's RNG streams (same init with or without it).
         with torch.random.fork_rng(devices=[]):
-            data = self._teacher_data(state, recipe, registry, data_name)
-            self._check_info(getattr(data, "info", {}) or {}, getattr(state.data, "info", {}) or {})
-            tstate = _TeacherState(recipe, data, state.device, state.cache_dir)
-            model = _call_hook(_instance(registry, recipe, model_name), "hookmix_model", state=tstate)
+            tstate.data = self._teacher_data(state, tstate, data_name)
+            self._check_info(getattr(tstate.data, "info", {}) or {}, getattr(state.data, "info", {}) or {})
+            model = tstate.manager.model(tstate)
         try:
             model.load_state_dict(weights)
         except (RuntimeError, KeyError, ValueError) as exc:

@@ -23,11 +23,10 @@ def check_arguments(p) -> None:
 def load_run(run_dir_url: str):
     """(recipe, model with the latest checkpoint's weights, data, step) of a finished/interrupted run."""
     from engine import checkpoint
-    from engine.manager import Manager
+    from engine.loop import make_state
     from engine.outputs import RunDir
     from engine.recipe import parse_toml, resolve
     from engine.registry import Registry
-    from engine.state import State
 
     run_dir = RunDir(run_dir_url)
     if not run_dir.exists("recipe.toml"):
@@ -36,16 +35,10 @@ def load_run(run_dir_url: str):
     registry = Registry()
     recipe = resolve(str(raw.get("name", "run")), raw, registry)
     payload = checkpoint.load_latest(run_dir)
-    plugins = {}
-    for name in recipe.run.plugins:
-        plugin = registry.load(name)()
-        plugin.config = recipe.plugin_configs.get(name)
-        plugins[name] = plugin
-    manager = Manager(plugins, registry)
-    state = State(recipe, manager, torch.device("cpu"))
+    state = make_state(recipe, registry, torch.device("cpu"))
     torch.manual_seed(recipe.run.seed)
-    state.data = manager.data(state)
-    model = manager.model(state)
+    state.data = state.manager.data(state)
+    model = state.manager.model(state)
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as exc:
