@@ -60,12 +60,12 @@ measures by SVD and caps exactly).
 
 from __future__ import annotations
 
-import math
 
 import attrs
 import torch
 
 from engine import BadInput, Command, Plugin, TrainingFailure, field, hookimpl
+from plugins.core.plugin import schedule_factor
 
 from . import spectral as sp
 
@@ -370,21 +370,6 @@ class SpectralWeightDecay(_Constraint):
 # --- Muon ----------------------------------------------------------------------------------------
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str, final: float) -> float:
-    """LR multiplier: linear warm-up, then linear / cosine decay to ``final`` (or constant).
-
-    With no warm-up and ``final = 0`` the linear schedule is the paper's ``lr_t = lr (T - t) / T``.
-    """
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return final + (1.0 - final) * (1.0 - progress)
-
-
 @attrs.define
 class MuonConfig:
     lr: float = field(0.02, "nominal Muon lr = RMS->RMS norm of each matrix update (before NS overshoot)")
@@ -481,7 +466,7 @@ class Muon(Plugin):
         c = self.config
         total = state.run.steps
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, total, c.warmup_steps, c.schedule, c.final_lr_ratio))
+            optimizer, lambda s: schedule_factor(s, total, c.warmup_steps, c.schedule, c.final_lr_ratio))
 
 
 # --- models and the certificate --------------------------------------------------------------------
@@ -514,7 +499,17 @@ class LipschitzGPTConfig:
     log_matrix_norms: bool = field(False, "also log lipschitz/norm/<matrix> for every matrix")
 
 
-class LipschitzGPTModel(Plugin):
+class _CertifiedModel(Plugin):
+    """A Lipschitz model plugin: logs its certified bound at every evaluation (config ``certify``)."""
+
+    @hookimpl
+    def hookmix_eval_metrics(self, model, state):
+        if self.config.certify:
+            return certificate_metrics(model, self.config.log_matrix_norms)
+        return None
+
+
+class LipschitzGPTModel(_CertifiedModel):
     """Lipschitz transformer (no norms, convex residuals, 1/d attention); logs its certified bound."""
 
     name = "lipschitz_gpt"
@@ -536,12 +531,6 @@ class LipschitzGPTModel(Plugin):
             raise BadInput("plugins.lipschitz_gpt: d_model, n_layers, n_heads must be >= 1, softmax_scale > 0")
         return LipschitzGPT(vocab, c.d_model, c.n_layers, c.n_heads, block, softmax_scale=c.softmax_scale,
                             residual_scale=c.residual_scale, zero_init_output=c.zero_init_output)
-
-    @hookimpl
-    def hookmix_eval_metrics(self, model, state):
-        if self.config.certify:
-            return certificate_metrics(model, self.config.log_matrix_norms)
-        return None
 
     @hookimpl
     def hookmix_commands(self):
@@ -566,7 +555,7 @@ class LipschitzMLPConfig:
     log_matrix_norms: bool = field(False, "also log lipschitz/norm/<matrix> for every matrix")
 
 
-class LipschitzMLPModel(Plugin):
+class LipschitzMLPModel(_CertifiedModel):
     """Bias-free ReLU MLP with spectrally constrainable layers; logs its certified bound (prod of norms)."""
 
     name = "lipschitz_mlp"
@@ -586,14 +575,8 @@ class LipschitzMLPModel(Plugin):
         except ValueError as exc:
             raise BadInput(f"plugins.lipschitz_mlp: {exc}; fix the config") from None
 
-    @hookimpl
-    def hookmix_eval_metrics(self, model, state):
-        if self.config.certify:
-            return certificate_metrics(model, self.config.log_matrix_norms)
-        return None
-
 
 __all__ = ["LipschitzGPTModel", "LipschitzMLPModel", "Muon", "SpectralHammer", "SpectralHardCap",
-           "SpectralNormalize", "SpectralSoftCap", "SpectralWeightDecay", "certificate_metrics", "lr_factor",
+           "SpectralNormalize", "SpectralSoftCap", "SpectralWeightDecay", "certificate_metrics",
            "weight_groups"]
 
