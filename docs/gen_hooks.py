@@ -33,7 +33,9 @@ def main() -> None:
             name = line[4:].split("(")[0]
             fn = getattr(hookspecs, name)
             sig = str(inspect.signature(fn)).replace("'", "")
-            parts += [f"### {name}", "", f"`{name}{sig}`", "", inspect.getdoc(fn), ""]
+            convention = hookspecs.CONVENTIONS[name]
+            parts += [f"### {name}", "", f"`{name}{sig}`", "", f"Convention: **{convention}**.", "",
+                      inspect.getdoc(fn), ""]
     pathlib.Path(__file__).with_name("hooks.md").write_text("\n".join(parts).rstrip() + "\n")
 
 

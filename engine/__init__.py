@@ -1,32 +1,28 @@
 """hookmix: a small PyTorch training loop whose methods are pluggy plugins.
 
-The public surface for plugin authors: :class:`Plugin`, :data:`hookimpl`, :func:`field`,
-:class:`Command`, :class:`State` and the errors. The engine never imports first-party
-plugins; it finds every plugin through the ``hookmix.plugins`` entry-point group.
+The public surface for plugin authors (the plugin API, version :data:`API_VERSION`):
+:class:`Plugin`, :data:`hookimpl`, :func:`field` and the validators, :class:`Command`,
+:class:`State`, :func:`open_run`, the engine's capabilities (:class:`WeightConstraint`) and the
+errors. The engine never imports first-party plugins; it finds every plugin through the
+``hookmix.plugins`` entry-point group.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from importlib import metadata
 
-import attrs
-
+from engine.capabilities import WeightConstraint
 from engine.errors import BadInput, HookmixError, PluginConflict, TrainingFailure
-from engine.plugin import Plugin, hookimpl
+from engine.plugin import API_VERSION, Command, Plugin, hookimpl
 from engine.recipe import field, non_negative, one_of, positive
+from engine.run import Run, open_run
 from engine.state import State
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("hookmix")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
-
-@attrs.define
-class Command:
-    """A ``hookmix`` sub-command contributed by a plugin through ``hookmix_commands``."""
-
-    help: str
-    add_arguments: Callable[[Any], None]  # receives the verb's argparse parser
-    run: Callable[[Any], int | None]  # receives the parsed namespace; returns an exit code
-
-
-__all__ = ["BadInput", "Command", "HookmixError", "Plugin", "PluginConflict", "State",
-           "TrainingFailure", "field", "hookimpl", "non_negative", "one_of", "positive", "__version__"]
+__all__ = ["API_VERSION", "BadInput", "Command", "HookmixError", "Plugin", "PluginConflict", "Run", "State",
+           "TrainingFailure", "WeightConstraint", "field", "hookimpl", "non_negative", "one_of", "open_run",
+           "positive", "__version__"]

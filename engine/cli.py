@@ -10,7 +10,7 @@ import attrs
 
 from engine.errors import BadInput, HookmixError
 
-BUILTIN = ("plugins", "describe", "recipes", "train", "bench")
+BUILTIN = ("plugins", "describe", "recipes", "train", "bench", "new-plugin")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,13 +19,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser(commands: dict) -> argparse.ArgumentParser:
+    from engine import __version__
+    from engine.plugin import API_VERSION
+
     parser = _Parser(prog="hookmix", description="Train PyTorch models with methods as plugins.")
+    parser.add_argument("--version", action="version", version=f"hookmix {__version__} (plugin API {API_VERSION})")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     p = sub.add_parser("plugins", help="list every discoverable plugin")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("describe", help="show a plugin's config fields and declarations")
-    p.add_argument("name")
-    sub.add_parser("recipes", help="list recipes shipped by installed plugins")
+    p = sub.add_parser("describe", help="show a plugin's config fields and declarations (or `describe run`)")
+    p.add_argument("name", help="a plugin name, or `run` for the [run] table")
+    p = sub.add_parser("recipes", help="list recipes shipped by installed plugins")
+    p.add_argument("--show", metavar="NAME", help="print one shipped recipe's TOML")
+    p = sub.add_parser("new-plugin", help="write a ready plugin package (pyproject, plugin, recipe, tests)")
+    p.add_argument("name", help="plugin name (a Python identifier, e.g. zloss)")
+    p.add_argument("--dir", help="where to create the package (default: ./hookmix-NAME)")
     p = sub.add_parser("train", help="train a recipe (TOML path/URL or shipped recipe name)")
     p.add_argument("recipe", nargs="?", help="recipe file, URL or shipped name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. run.steps=50 plugins.adamw.lr=3e-4")
@@ -38,7 +46,7 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     p.add_argument("--noop", type=int, default=8, help="extra no-op plugins in the second comparison")
     p.add_argument("--workload", choices=["gpt", "mlp", "both"], default="both")
     for verb, command in commands.items():
-        p = sub.add_parser(verb, help=command.help)
+        p = sub.add_parser(verb, help=f"{command.help} (plugin command)")
         command.add_arguments(p)
     return parser
 
@@ -48,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {}
         verb = next((a for a in argv if not a.startswith("-")), None)
-        if verb is not None and verb not in BUILTIN:
+        if (verb is None and "--version" not in argv) or (verb is not None and verb not in BUILTIN):
+            # plugin commands: for an unknown verb, and for `hookmix` / `hookmix --help` to list them
             from engine.manager import collect_commands
             from engine.registry import Registry
             commands = collect_commands(Registry())
@@ -63,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.verb in commands:
             return int(commands[args.verb].run(args) or 0)
-        return int(globals()[f"cmd_{args.verb}"](args) or 0)
+        return int(globals()[f"cmd_{args.verb.replace('-', '_')}"](args) or 0)
     except HookmixError as exc:
         print(f"hookmix: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return exc.exit_code
@@ -106,19 +115,29 @@ def hooks_of(cls) -> list[str]:
 
 
 def cmd_describe(args) -> int:
+    from engine.plugin import capability_name
+    from engine.recipe import RunConfig
     from engine.registry import Registry
 
+    if args.name == "run":
+        print("[run]  the run table of every recipe (engine/recipe.py RunConfig)")
+        _describe_fields(RunConfig, "    ")
+        return 0
     registry = Registry()
     info = registry.info(args.name)
     cls = registry.load(args.name)
-    print(f"{info.name}  ({info.dist} {info.version})")
+    print(f"{info.name}  ({info.dist} {info.version}; plugin API {cls.api})")
     print(f"  {cls.summary()}")
     for label in ("provides", "requires", "conflicts", "before", "after"):
         values = getattr(cls, label)
         if values:
-            print(f"  {label}: {', '.join(values)}")
+            print(f"  {label}: {', '.join(map(capability_name, values))}")
     print(f"  hooks: {', '.join(hooks_of(cls)) or 'none'}")
-    config = cls().hookmix_plugin_config()
+    if cls.commands:
+        print(f"  commands: {', '.join(cls.commands)}")
+    if cls.recipes:
+        print(f"  recipes: {cls.recipes}")
+    config = cls.Config
     if config is None:
         print("  config: none")
         return 0
@@ -145,7 +164,15 @@ def cmd_recipes(args) -> int:
     from engine.recipe import parse_toml, shipped_recipes
     from engine.registry import Registry
 
-    for name, (dist, text) in sorted(shipped_recipes(Registry()).items()):
+    from engine.registry import unknown_name_message
+
+    shipped = shipped_recipes(Registry())
+    if args.show:
+        if args.show not in shipped:
+            raise BadInput(unknown_name_message("recipe", args.show, sorted(shipped), "see `hookmix recipes`"))
+        print(shipped[args.show][1], end="")
+        return 0
+    for name, (dist, text) in sorted(shipped.items()):
         raw = parse_toml(text, name)
         print(f"{name:<28} {dist:<12} {raw.get('description', '')}")
     return 0
@@ -186,6 +213,15 @@ def cmd_train(args) -> int:
     print(f"done: {summary['steps']} steps in {summary['wall_seconds']:.1f}s; "
           + ", ".join(f"{k} {v}" for k, v in shown.items())
           + f"; outputs in {trainer.state.run_dir.url()}")
+    return 0
+
+
+def cmd_new_plugin(args) -> int:
+    from engine.scaffold import new_plugin
+
+    path = new_plugin(args.name, args.dir)
+    print(f"wrote {path}: cd there, `pip install -e .`, `python -m pytest`, then "
+          f"`hookmix train {args.name}-mnist1d` (its shipped recipe)")
     return 0
 
 

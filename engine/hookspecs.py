@@ -21,7 +21,12 @@ wrapper
     changed). Wrappers nest like context managers, so undo happens in reverse order.
 per plugin
     The engine calls each plugin's implementation separately and keys the result by the
-    plugin's name (used for configuration and checkpoint state).
+    plugin's name (used for checkpoint state).
+
+The convention of each hook is data (:data:`CONVENTIONS`), read by the manager and the docs.
+What a plugin *declares* rather than does — its config class, capabilities, ordering, shipped
+recipes, CLI commands, supported API range — are class attributes of :class:`engine.Plugin`,
+not hooks.
 
 Arguments are passed by keyword; an implementation may accept any subset of them. ``state``
 is the :class:`engine.state.State` of the run (config, step counter, model, optimizer, data,
@@ -42,41 +47,39 @@ if TYPE_CHECKING:
 
 hookspec = pluggy.HookspecMarker("hookmix")
 
-# Conventions, read by the manager (validation, plan printing) and by the docs test.
-EXCLUSIVE = {
-    "hookmix_data",
-    "hookmix_model",
-    "hookmix_optimizer",
-    "hookmix_lr_scheduler",
-    "hookmix_forward",
-    "hookmix_generate_rollouts",
-    "hookmix_advantages",
+# The calling convention of every hook, in one place: read by the manager (validation,
+# dispatch, the plan), by docs/gen_hooks.py and by the docs test. A hook missing here fails
+# the test suite; the docstring's summary line must name the same convention.
+CONVENTIONS: dict[str, str] = {
+    "hookmix_configure": "collect-all",
+    "hookmix_data": "exclusive",
+    "hookmix_model": "exclusive",
+    "hookmix_setup_model": "collect-all",
+    "hookmix_param_groups": "collect-all",
+    "hookmix_optimizer": "exclusive",
+    "hookmix_lr_scheduler": "exclusive",
+    "hookmix_on_train_start": "collect-all",
+    "hookmix_generate_rollouts": "exclusive",
+    "hookmix_rewards": "collect-all",
+    "hookmix_advantages": "exclusive",
+    "hookmix_forward": "exclusive",
+    "hookmix_aux_outputs": "collect-all",
+    "hookmix_transform_logits": "ordered fold",
+    "hookmix_loss_terms": "collect-all",
+    "hookmix_before_backward": "collect-all",
+    "hookmix_after_backward": "collect-all",
+    "hookmix_optimizer_step": "wrapper",
+    "hookmix_after_optimizer_step": "collect-all",
+    "hookmix_evaluate": "wrapper",
+    "hookmix_eval_metrics": "collect-all",
+    "hookmix_on_log": "collect-all",
+    "hookmix_on_train_end": "collect-all",
+    "hookmix_plugin_state": "per plugin",
+    "hookmix_load_plugin_state": "per plugin",
 }
-PER_PLUGIN = {"hookmix_plugin_config", "hookmix_plugin_state", "hookmix_load_plugin_state"}
-
-
-# --- Registration ---------------------------------------------------------------------------
-
-
-@hookspec
-def hookmix_plugin_config() -> type | None:
-    """Return the plugin's attrs configuration class (per plugin).
-
-    Fires when a recipe is resolved, before the plugin is set up, and for
-    ``hookmix describe``. The engine structures the recipe's ``[plugins.NAME]`` table into this
-    class with cattrs (unknown keys and wrong types are bad input) and stores the instance as
-    ``plugin.config``. :class:`engine.Plugin` implements it by returning its ``Config``
-    attribute, so most plugins only declare ``Config = MyConfig``.
-    """
-
-
-@hookspec
-def hookmix_commands() -> dict[str, Any] | None:
-    """Return extra ``hookmix`` sub-commands: ``{verb: engine.Command}`` (collect-all).
-
-    Fires when the CLI is given a verb it does not know. Duplicate verbs are an error naming
-    both plugins. Used for e.g. ``hookmix lipschitz-check RUN_DIR``.
-    """
+EXCLUSIVE = frozenset(h for h, c in CONVENTIONS.items() if c == "exclusive")
+WRAPPERS = frozenset(h for h, c in CONVENTIONS.items() if c == "wrapper")
+PER_PLUGIN = frozenset(h for h, c in CONVENTIONS.items() if c == "per plugin")
 
 
 # --- Setup ----------------------------------------------------------------------------------

@@ -51,7 +51,30 @@ from engine.manager import Manager
 from engine.outputs import MetricsLog, Progress, RunDir
 from engine.recipe import Recipe
 from engine.registry import Registry
+from engine.run import build_state
 from engine.state import State
+
+
+def resume_changes(payload: dict, versions: dict[str, tuple[str, str]], recipe: Recipe) -> list[str]:
+    """What differs between a checkpoint's plugins (versions, configs) and the resuming run's, one line each."""
+    out = []
+    saved_versions = payload.get("plugin_versions", {})
+    for name, (dist, version) in versions.items():
+        before = saved_versions.get(name)
+        if before is None:
+            out.append(f"plugin {name} ({dist} {version}) was not enabled when the checkpoint was written")
+        elif before.split()[-1] != version:  # older checkpoints stored the version alone
+            out.append(f"plugin {name}: {before} when checkpointed, {dist} {version} now")
+    saved = payload.get("plugin_configs")
+    if isinstance(saved, dict):
+        now = recipe.to_dict().get("plugins", {})
+        for name in sorted(set(saved) | set(now)):
+            old, new = saved.get(name, {}), now.get(name, {})
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    out.append(f"plugins.{name}.{key}: {old.get(key, '(unset)')!r} when checkpointed, "
+                               f"{new.get(key, '(unset)')!r} now")
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,23 +87,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"run.device is {name!r} but CUDA is not available; set run.device=cpu")
     return device
-
-
-def make_state(recipe: Recipe, registry: Registry, device: torch.device) -> State:
-    """The plugins a recipe enables, configured, validated and ordered, behind a fresh ``State``.
-
-    Used by the trainer, and by plugins that rebuild another run's data or model outside its
-    training (a distillation teacher, ``lipschitz-check``): they call ``state.manager.data(state)``
-    and ``state.manager.model(state)`` on it, with the same state a run's plugins would see.
-    """
-    plugins = {}
-    for name in recipe.run.plugins:
-        plugin = registry.load(name)()
-        plugin.config = recipe.plugin_configs.get(name)
-        plugins[name] = plugin
-    state = State(recipe, Manager(plugins, registry), device)
-    state.registry = registry  # plugins that rebuild other runs (a teacher) resolve with it
-    return state
 
 
 class Trainer:
@@ -110,11 +116,10 @@ class Trainer:
         import random
         random.seed(run.seed)
 
-        state = self.state = make_state(self.recipe, self.registry, device)
-        manager = self.manager = state.manager
+        state, manager = build_state(self.recipe, self.registry, device, evaluate=self._evaluate)
+        self.state, self.manager = state, manager
         if not manager.has("hookmix_loss_terms"):
             raise BadInput("no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins")
-        manager.builtins.evaluate = self._evaluate
 
         manager.configure(state)
         state.data = manager.data(state)
@@ -125,15 +130,18 @@ class Trainer:
         state.scheduler = manager.lr_scheduler(state.optimizer, state)
         self.params = [p for g in groups for p in g["params"]]
 
+        self.versions = {n: (self.registry.info(n).dist, self.registry.info(n).version) for n in manager.order}
+        self.resume_changes: list[str] = []
         out = run.out or f"runs/{self.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         state.run_dir = run_dir = RunDir(out)
         if self.resume:
             self._restore(checkpoint.load_latest(run_dir))
         elif run_dir.exists("recipe.toml"):
             raise BadInput(f"run directory {out} already holds a run; pass --out NEW_DIR, or --resume {out}")
-        self.versions = {n: self.registry.info(n).version for n in manager.order}
         self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
-        self.progress.print(manager.plan(self.versions))
+        for line in self.resume_changes:
+            self.progress.print(f"resume: {line}")
+        self.progress.print(manager.plan(self.versions, manager.constraint_overlaps(state.model)))
         if state.is_main:  # everything above validated: only now is anything written
             run_dir.makedirs()
             run_dir.write_text_atomic("recipe.toml", self.recipe.to_toml())
@@ -179,15 +187,15 @@ class Trainer:
             "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
             "rng": checkpoint.capture_rng(state.generator),
             "plugins": self.manager.plugin_states(state),
-            "plugin_versions": dict(self.versions),
-            "pending_metrics": {k: torch.stack([v.float().reshape(()) for v in vs]).cpu()
-                                for k, vs in state._pending.items()},
+            "plugin_versions": {n: f"{d} {v}" for n, (d, v) in self.versions.items()},
+            "plugin_configs": self.recipe.to_dict().get("plugins", {}),
+            "pending_metrics": state.pending_logged(),
             "wall_seconds": self.wall_before + time.perf_counter() - self.t0,
         }
 
     def _restore(self, payload: dict) -> None:
         state = self.state
-        missing = [n for n in payload.get("plugin_versions", {}) if n not in state.plugins]
+        missing = [n for n in payload.get("plugin_versions", {}) if n not in self.manager.plugins]
         if missing:
             raise BadInput(f"checkpoint was written with plugin {missing[0]!r}, which this run does not enable; "
                            f"add it to run.plugins (resume needs the same plugins)")
@@ -202,7 +210,8 @@ class Trainer:
             state.scheduler.load_state_dict(payload["scheduler"])
         checkpoint.restore_rng(payload["rng"], state.generator)
         self.manager.load_plugin_states(payload.get("plugins", {}), state)
-        state._pending = {k: list(v.unbind()) for k, v in payload["pending_metrics"].items()}
+        state.restore_logged(payload["pending_metrics"])
+        self.resume_changes = resume_changes(payload, self.versions, self.recipe)
         state.step = state.start_step = int(payload["step"])
         state.resumed = True
         self.wall_before = float(payload.get("wall_seconds", 0.0))
@@ -359,11 +368,13 @@ class Trainer:
         summary = {
             "steps": state.step,
             "wall_seconds": round(self.wall_before + time.perf_counter() - self.t0, 3),
-            "plugins": dict(self.versions),
+            "plugins": {n: {"distribution": d, "version": v} for n, (d, v) in self.versions.items()},
             "metrics": dict(self.last),
         }
         if state.is_main:
             import json
             state.run_dir.write_text_atomic("summary.json", json.dumps(summary, indent=2) + "\n")
         self.manager.on_train_end(state, summary)
+        if self.manager.profile is not None:
+            print(self.manager.profile.table(), file=sys.stderr)
         return summary

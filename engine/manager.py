@@ -13,6 +13,7 @@ import argparse
 import heapq
 import os
 import sys
+import time
 from typing import Any, Callable
 
 import pluggy
@@ -20,18 +21,18 @@ import torch
 
 from engine import hookspecs
 from engine.errors import BadInput, PluginConflict
-from engine.plugin import Plugin, hookimpl
+from engine.plugin import Plugin, capability_name, hookimpl
 from engine.registry import Registry
 
-WRAPPER_HOOKS = {"hookmix_optimizer_step", "hookmix_evaluate"}
+WRAPPER_HOOKS = hookspecs.WRAPPERS
 ENGINE = "engine"
 
 
 class _Builtins:
     """The engine's own inner implementations of the wrapper hooks."""
 
-    def __init__(self) -> None:
-        self.evaluate: Callable[[torch.nn.Module, Any], dict] = lambda model, state: {}
+    def __init__(self, evaluate: Callable[[torch.nn.Module, Any], dict] | None) -> None:
+        self.evaluate = evaluate or (lambda model, state: {})
 
     @hookimpl
     def hookmix_optimizer_step(self, optimizer):
@@ -42,16 +43,24 @@ class _Builtins:
         return self.evaluate(model, state)
 
 
+def matches(plugins: dict[str, Plugin], target: Any) -> list[str]:
+    """Enabled plugins a before/after/conflicts entry designates: the plugin so named, or every provider."""
+    key = capability_name(target)
+    return [n for n, p in plugins.items() if n == key or key in map(capability_name, p.provides)]
+
+
 def order_plugins(plugins: dict[str, Plugin]) -> list[str]:
-    """Topological order from before/after declarations; ties keep the recipe order."""
+    """Topological order from before/after declarations (names or capabilities); ties keep the recipe order."""
     names = list(plugins)
     index = {n: i for i, n in enumerate(names)}
     succ: dict[str, set[str]] = {n: set() for n in names}
     for n, p in plugins.items():
-        succ[n] |= {m for m in p.before if m in plugins and m != n}
-        for m in p.after:
-            if m in plugins and m != n:
-                succ[m].add(n)
+        for target in p.before:
+            succ[n] |= {m for m in matches(plugins, target) if m != n}
+        for target in p.after:
+            for m in matches(plugins, target):
+                if m != n:
+                    succ[m].add(n)
     indeg = {n: 0 for n in names}
     for n in names:
         for m in succ[n]:
@@ -87,11 +96,12 @@ def _find_cycle(succ: dict[str, set[str]], left: set[str]) -> list[str]:
 class Manager:
     """Owns the pluggy manager of one run; one typed method per hook."""
 
-    def __init__(self, plugins: dict[str, Plugin], registry: Registry | None = None):
+    def __init__(self, plugins: dict[str, Plugin], registry: Registry | None = None, *,
+                 evaluate: Callable[[torch.nn.Module, Any], dict] | None = None):
         self.plugins = plugins
         self.order = order_plugins(plugins)
         self._check_declarations(registry)
-        self.builtins = _Builtins()
+        self.builtins = _Builtins(evaluate)
         self.pm = pluggy.PluginManager("hookmix")
         self.pm.add_hookspecs(hookspecs)
         self.pm.register(self.builtins, name=ENGINE)
@@ -100,10 +110,6 @@ class Manager:
                 self.pm.register(plugins[name], name=name)
             except pluggy.PluginValidationError as exc:
                 raise BadInput(f"plugin {name!r} has an invalid hook implementation: {exc}; fix the plugin") from None
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            raise BadInput(f"{exc}; hook names must match engine/hookspecs.py (see docs/hooks.md)") from None
         self._impls: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {}
         for hook_name in self.hook_names():
             impls = [i for i in reversed(getattr(self.pm.hook, hook_name).get_hookimpls())
@@ -126,6 +132,7 @@ class Manager:
                                      f"which takes one provider; remove one of them from run.plugins")
         self._wrapped = {h: any(i.wrapper or i.hookwrapper for i in getattr(self.pm.hook, h).get_hookimpls())
                          for h in WRAPPER_HOOKS}
+        self.profile = Profile(self) if os.environ.get("HOOKMIX_PROFILE") == "1" else None
         self.trace = os.environ.get("HOOKMIX_TRACE") == "1"
         if self.trace:
             self.pm.trace.root.setwriter(sys.stderr.write)
@@ -134,38 +141,39 @@ class Manager:
     # --- validation and the plan -------------------------------------------------------------
 
     def _check_declarations(self, registry: Registry | None) -> None:
-        # capability -> the first plugin (in order) providing it; every plugin provides its own name
+        # capability name -> the first plugin (in order) providing it; every plugin provides its own name
         self.capabilities = capability = {}
         for name in self.order:
             for cap in (name, *self.plugins[name].provides):
-                capability.setdefault(cap, name)
+                capability.setdefault(capability_name(cap), name)
         for name in self.order:
             p = self.plugins[name]
-            for req in p.requires:
+            for req in map(capability_name, p.requires):
                 if req not in capability:
-                    hint = _providers_hint(req, registry)
+                    hint = " or ".join(map(repr, registry.providers_of(req))) if registry else ""
                     raise PluginConflict(f"plugin {name!r} requires {req!r}, which no enabled plugin provides; "
-                                         f"add {hint} to run.plugins")
+                                         f"add {hint or 'a plugin that provides it'} to run.plugins")
             for bad in p.conflicts:
-                other = capability.get(bad)
-                if other is not None and other != name:
-                    raise PluginConflict(f"plugins {name!r} and {other!r} conflict ({name} declares conflicts={bad!r}); "
-                                         f"remove one of them from run.plugins")
+                others = [o for o in matches(self.plugins, bad) if o != name]
+                if others:
+                    raise PluginConflict(f"plugins {name!r} and {others[0]!r} conflict ({name} declares "
+                                         f"conflicts={capability_name(bad)!r}); remove one of them from run.plugins")
 
     @staticmethod
     def hook_names() -> list[str]:
-        return [n for n in vars(hookspecs) if n.startswith("hookmix_")]
+        return list(hookspecs.CONVENTIONS)
 
     def providers(self, hook_name: str) -> list[str]:
         impls = getattr(self.pm.hook, hook_name).get_hookimpls()
         return [i.plugin_name for i in reversed(impls) if i.plugin_name != ENGINE]
 
-    def plan(self, versions: dict[str, str]) -> str:
-        """The lines printed at the start of each run: plugins, versions, order per hook."""
+    def plan(self, versions: dict[str, tuple[str, str]], warnings: list[str] = ()) -> str:
+        """The lines printed at the start of each run: plugins, distributions, order per hook, warnings."""
         lines = [f"hookmix plan: {len(self.order)} plugins (in order)"]
         width = max(len(n) for n in self.order)
         for name in self.order:
-            lines.append(f"  {name:<{width}}  {versions.get(name, '?'):<12} {type(self.plugins[name]).summary()}")
+            dist, version = versions.get(name, ("?", "?"))
+            lines.append(f"  {name:<{width}}  {dist + ' ' + version:<22} {type(self.plugins[name]).summary()}")
         lines.append("hooks (call order; * = exclusive provider, ~ = wrapper):")
         for hook_name in self.hook_names():
             if hook_name in hookspecs.PER_PLUGIN:
@@ -174,7 +182,26 @@ class Manager:
             if names:
                 mark = "*" if hook_name in hookspecs.EXCLUSIVE else "~" if hook_name in WRAPPER_HOOKS else " "
                 lines.append(f"  {mark} {hook_name:<30} {' -> '.join(names)}")
+        lines += [f"warning: {w}" for w in warnings]
         return "\n".join(lines)
+
+    def constraint_overlaps(self, model: torch.nn.Module) -> list[str]:
+        """Warnings for weight constraints that touch the same parameters (the later can void the earlier)."""
+        from engine.capabilities import WeightConstraint
+
+        claimed: list[tuple[str, set[str]]] = []
+        for name in self.order:
+            plugin = self.plugins[name]
+            if WeightConstraint in plugin.provides:
+                claimed.append((name, set(plugin.constrained_parameters(model))))
+        out = []
+        for i, (a, pa) in enumerate(claimed):
+            for b, pb in claimed[i + 1:]:
+                both = sorted(pa & pb)
+                if both:
+                    out.append(f"weight constraints {a!r} and {b!r} both constrain {len(both)} parameters "
+                               f"(e.g. {both[0]}); {b} runs after {a} and can void {a}'s guarantee")
+        return out
 
     # --- dispatch ----------------------------------------------------------------------------
 
@@ -221,9 +248,6 @@ class Manager:
         return merged
 
     # setup
-
-    def config_class(self, name: str) -> type | None:
-        return self.plugins[name].hookmix_plugin_config()
 
     def configure(self, state) -> None:
         self._each("hookmix_configure", state=state)
@@ -296,7 +320,7 @@ class Manager:
 
     def optimizer_step(self, optimizer, state) -> None:
         if self._wrapped["hookmix_optimizer_step"]:
-            self.pm.hook.hookmix_optimizer_step(optimizer=optimizer, state=state)
+            self._wrapper_call("hookmix_optimizer_step", optimizer=optimizer, state=state)
         else:
             optimizer.step()
 
@@ -309,8 +333,17 @@ class Manager:
 
     def evaluate(self, model, state) -> dict:
         if self._wrapped["hookmix_evaluate"]:
-            return self.pm.hook.hookmix_evaluate(model=model, state=state)
+            return self._wrapper_call("hookmix_evaluate", model=model, state=state)
         return self.builtins.evaluate(model, state)
+
+    def _wrapper_call(self, hook_name: str, **kwargs):
+        if self.profile is None:
+            return getattr(self.pm.hook, hook_name)(**kwargs)
+        t0 = time.perf_counter()
+        try:
+            return getattr(self.pm.hook, hook_name)(**kwargs)
+        finally:
+            self.profile.add(hook_name, "(wrappers + engine)", time.perf_counter() - t0)
 
     def eval_metrics(self, model, state) -> dict:
         return self.merge_named(self._each("hookmix_eval_metrics", model=model, state=state), "metric")
@@ -333,31 +366,57 @@ class Manager:
                 fn(*[kwargs[a] for a in argnames])
 
 
-def _providers_hint(capability: str, registry: Registry | None) -> str:
-    if registry is None:
-        return "a plugin that provides it"
-    names = [i.name for i in registry.all() if i.cls is not None
-             and (i.name == capability or capability in i.cls.provides)]
-    return " or ".join(repr(n) for n in names) if names else "a plugin that provides it"
+class Profile:
+    """Per-hook, per-plugin wall time (``HOOKMIX_PROFILE=1``), printed as a table at the end of a run.
+
+    Timing wraps each implementation once at setup, so a run without the variable pays nothing.
+    Times include the work a hook starts on the device only where it synchronises.
+    """
+
+    def __init__(self, manager: Manager) -> None:
+        self.totals: dict[tuple[str, str], list[float]] = {}
+        for hook_name, impls in manager._impls.items():
+            manager._impls[hook_name] = [(name, self._timed(hook_name, name, fn), argnames)
+                                         for name, fn, argnames in impls]
+
+    def _timed(self, hook_name: str, plugin: str, fn: Callable) -> Callable:
+        def timed(*args):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.add(hook_name, plugin, time.perf_counter() - t0)
+        return timed
+
+    def add(self, hook_name: str, plugin: str, seconds: float) -> None:
+        entry = self.totals.setdefault((hook_name, plugin), [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+
+    def table(self) -> str:
+        rows = sorted(self.totals.items(), key=lambda kv: -kv[1][1])
+        lines = ["hookmix profile (HOOKMIX_PROFILE=1): time in hooks, by hook and plugin",
+                 f"  {'hook':<30} {'plugin':<22} {'calls':>7} {'total s':>9} {'per call ms':>12}"]
+        for (hook_name, plugin), (calls, total) in rows:
+            lines.append(f"  {hook_name:<30} {plugin:<22} {calls:>7} {total:>9.3f} {1e3 * total / calls:>12.3f}")
+        return "\n".join(lines)
 
 
 def collect_commands(registry: Registry) -> dict[str, Any]:
-    """Sub-commands contributed by installed plugins (``hookmix_commands``), for the CLI."""
+    """Sub-commands declared by installed plugins (their ``commands`` attribute), for the CLI."""
     commands: dict[str, Any] = {}
     owner: dict[str, str] = {}
-    for info in registry.all():
-        if info.cls is None or "hookmix_commands" not in vars(info.cls):
-            continue
-        try:
-            provided = info.cls().hookmix_commands() or {}
-            for verb, command in provided.items():  # a verb whose arguments cannot be built is broken too
-                command.add_arguments(argparse.ArgumentParser(prog=f"hookmix {verb}"))
-        except Exception as exc:  # one broken plugin must not break every other verb (nor its training use)
-            print(f"hookmix: warning: commands of plugin {info.name!r} are broken "
-                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); skipped", file=sys.stderr)
-            continue
-        for verb, command in provided.items():
+    for info in registry.ok():
+        for verb, command in info.cls.commands.items():
             if verb in commands:
+                if commands[verb] is command:  # inherited by a subclass: the same command, once
+                    continue
                 raise PluginConflict(f"command {verb!r} provided by both {owner[verb]} and {info.name}; uninstall one")
+            try:  # a verb whose arguments cannot be built is broken; the others still work
+                command.add_arguments(argparse.ArgumentParser(prog=f"hookmix {verb}"))
+            except Exception as exc:
+                print(f"hookmix: warning: command {verb!r} of plugin {info.name!r} is broken "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); skipped", file=sys.stderr)
+                continue
             commands[verb], owner[verb] = command, info.name
     return commands

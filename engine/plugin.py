@@ -5,46 +5,88 @@ A plugin package registers its classes under the ``hookmix.plugins`` entry-point
     [project.entry-points."hookmix.plugins"]
     ema = "hookmix_ema:EMA"
 
-The engine imports a class only when a recipe names it, instantiates it with no arguments,
-structures the recipe's ``[plugins.NAME]`` table into ``Config`` and sets ``plugin.config``.
+The engine imports a class only when a recipe names it (or ``hookmix plugins`` lists
+everything), checks its declarations (:func:`check_plugin_class`: a wrong one makes that plugin
+*broken*, never the others), instantiates it with no arguments, structures the recipe's
+``[plugins.NAME]`` table into ``Config`` and sets ``plugin.config``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import difflib
+import importlib
+import inspect
+import tomllib
+from importlib import resources
+from typing import Any, Callable, ClassVar
 
+import attrs
 import pluggy
 
+from engine import hookspecs
+
 hookimpl = pluggy.HookimplMarker("hookmix")
+
+#: The plugin API this engine implements. A plugin declares the range it supports in ``api``;
+#: the major number changes only when a change would break a plugin written for the last one.
+API_VERSION = "1.0"
+
+
+
+def supports_api(spec: str) -> bool:
+    """Whether a plugin's ``api`` specifier (PEP 440, e.g. ``">=1.0,<2"``) admits :data:`API_VERSION`."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        return API_VERSION in SpecifierSet(spec)
+    except (InvalidSpecifier, TypeError):
+        raise TypeError(f"api = {spec!r} is not a version specifier; write e.g. api = \">=1.0,<2\"") from None
+
+
+@attrs.define
+class Command:
+    """A ``hookmix`` sub-command contributed by a plugin through its ``commands`` attribute."""
+
+    help: str
+    add_arguments: Callable[[Any], None]  # receives the verb's argparse parser
+    run: Callable[[Any], int | None]  # receives the parsed namespace; returns an exit code
 
 
 class Plugin:
     """Base class for hookmix plugins. Subclass it, set the declarations, implement hooks.
 
-    Declarations (class attributes):
+    Declarations (class attributes, all checked when the class is loaded):
 
     ``name``
         The name recipes use; must equal the entry-point name.
     ``Config``
-        An attrs class (fields with defaults and ``metadata={"help": ...}``) or ``None``.
+        An attrs class (fields made with :func:`engine.field`) or ``None``.
     ``provides`` / ``requires`` / ``conflicts``
-        Capability names. Every plugin provides its own name. A run fails when a required
-        capability is not provided by an enabled plugin, or a conflicting one is.
+        Capabilities: names (strings) or ``typing.Protocol`` classes. Every plugin provides its
+        own name. A run fails when a required capability is not provided by an enabled plugin,
+        or a conflicting one is; a plugin that provides a Protocol must implement it.
+        ``state.provider(Protocol)`` returns the enabled plugin that provides it, typed.
     ``before`` / ``after``
-        Names of plugins this one must run before / after, in every hook (ignored when the
-        other plugin is not enabled). The engine sorts topologically and fails on cycles.
+        Plugin names or capabilities this one must run before / after, in every hook (ignored
+        when nothing enabled matches). The engine sorts topologically and fails on cycles.
     ``recipes``
         A package (dotted name) whose ``*.toml`` files are recipes shipped with the plugin.
+    ``commands``
+        ``{verb: engine.Command}``: extra ``hookmix`` sub-commands (inherited like any attribute).
+    ``api``
+        The plugin API versions supported, a PEP 440 specifier (default ``">=1.0,<2"``).
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type | None] = None
-    provides: ClassVar[tuple[str, ...]] = ()
-    requires: ClassVar[tuple[str, ...]] = ()
-    conflicts: ClassVar[tuple[str, ...]] = ()
-    before: ClassVar[tuple[str, ...]] = ()
-    after: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple] = ()
+    requires: ClassVar[tuple] = ()
+    conflicts: ClassVar[tuple] = ()
+    before: ClassVar[tuple] = ()
+    after: ClassVar[tuple] = ()
     recipes: ClassVar[str | None] = None
+    commands: ClassVar[dict[str, Command]] = {}
+    api: ClassVar[str] = ">=1.0,<2"
 
     def __init__(self) -> None:
         self.config = self.Config() if self.Config is not None else None
@@ -55,6 +97,95 @@ class Plugin:
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
 
-    @hookimpl
-    def hookmix_plugin_config(self) -> type | None:
-        return self.Config
+
+def capability_name(cap: Any) -> str:
+    """The name a capability goes by in messages, the plan and docs: a string, or a Protocol's name."""
+    return cap if isinstance(cap, str) else getattr(cap, "__name__", repr(cap))
+
+
+def is_protocol(cap: Any) -> bool:
+    return isinstance(cap, type) and getattr(cap, "_is_protocol", False)
+
+
+def protocol_members(proto: type) -> list[str]:
+    """The methods and attributes a Protocol class asks for (what a provider must have)."""
+    names = set()
+    for klass in proto.__mro__:
+        if klass is object or not getattr(klass, "_is_protocol", False) or klass.__name__ in ("Protocol", "Generic"):
+            continue
+        names |= {n for n in vars(klass) if not n.startswith("_")}
+        names |= set(getattr(klass, "__annotations__", {}))
+    return sorted(names)
+
+
+def missing_members(plugin_cls: type, proto: type) -> list[str]:
+    return [m for m in protocol_members(proto) if not hasattr(plugin_cls, m)]
+
+
+def check_plugin_class(cls: Any, registered_as: str) -> None:
+    """Raise ``TypeError`` with a one-line reason when a plugin class's declarations are wrong."""
+    if not (isinstance(cls, type) and issubclass(cls, Plugin)):
+        raise TypeError(f"{cls!r} is not a subclass of engine.Plugin")
+    if cls.name != registered_as:
+        raise TypeError(f"class {cls.__name__} declares name {cls.name!r} but is registered as {registered_as!r}")
+    if not supports_api(cls.api):
+        raise TypeError(f"supports plugin API {cls.api!r}, this engine implements {API_VERSION}; "
+                        f"upgrade the plugin (or hookmix)")
+    if cls.Config is not None and not attrs.has(cls.Config):
+        raise TypeError(f"Config = {cls.Config!r} is not an attrs class; decorate it with @attrs.define")
+    for label in ("provides", "requires", "conflicts", "before", "after"):
+        values = getattr(cls, label)
+        if not isinstance(values, tuple) or not all(isinstance(v, str) or is_protocol(v) for v in values):
+            raise TypeError(f"{label} must be a tuple of names or typing.Protocol classes, got {values!r}")
+    for proto in (c for c in cls.provides if is_protocol(c)):
+        missing = missing_members(cls, proto)
+        if missing:
+            raise TypeError(f"provides {proto.__name__} but lacks {', '.join(missing)}; implement it or "
+                            f"remove it from provides")
+    _check_hooks(cls)
+    _check_recipes(cls)
+    commands = cls.commands
+    if not isinstance(commands, dict) or not all(isinstance(k, str) and isinstance(v, Command)
+                                                 for k, v in commands.items()):
+        raise TypeError("commands must be a dict {verb: engine.Command}")
+
+
+def _check_hooks(cls: type) -> None:
+    """Every ``hookmix_*`` attribute is a known hook marked ``@hookimpl`` (else it would never run)."""
+    known = list(hookspecs.CONVENTIONS)
+    for attr in dir(cls):
+        if not attr.startswith("hookmix_"):
+            continue
+        value = inspect.getattr_static(cls, attr)
+        if value is None:  # a subclass switching an inherited implementation off
+            continue
+        close = difflib.get_close_matches(attr, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close and close[0] != attr else ""
+        if attr not in hookspecs.CONVENTIONS:
+            raise TypeError(f"method {attr} is not a hook{hint or '; see docs/hooks.md for the hook names'}")
+        if not callable(value) or not hasattr(value, "hookmix_impl"):
+            raise TypeError(f"method {attr} is named like a hook but lacks @hookimpl, so it would never run; "
+                            f"decorate it with @engine.hookimpl")
+
+
+def _check_recipes(cls: type) -> None:
+    package = cls.recipes
+    if package is None:
+        return
+    if not isinstance(package, str) or not package:
+        raise TypeError(f"recipes = {package!r} must be the dotted name of a package holding *.toml files")
+    try:
+        importlib.import_module(package)
+        files = list(resources.files(package).iterdir())
+    except Exception as exc:  # ModuleNotFoundError, a module that is not a package, ...
+        raise TypeError(f"recipes = {package!r} is not an importable package ({type(exc).__name__}); "
+                        f"point it at a package (a folder with __init__.py) holding *.toml files") from None
+    tomls = [f for f in files if f.name.endswith(".toml")]
+    if not tomls:
+        raise TypeError(f"recipes = {package!r} holds no *.toml file; add recipes or remove the declaration")
+    for f in tomls:  # a recipe that cannot be read would break `hookmix recipes` for everyone
+        try:
+            tomllib.loads(f.read_text("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise TypeError(f"shipped recipe {package}/{f.name} is not valid TOML ({str(exc).splitlines()[0]}); "
+                            f"fix the file") from None

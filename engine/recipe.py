@@ -268,6 +268,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 raise BadInput(unknown_name_message(f"entry {'.'.join(path)}-=", str(missing[0]),
                                                     [str(c) for c in current], "it is not in the list"))
             current = [v for v in current if v not in items]
+            if path == ["run", "plugins"] and isinstance(raw.get("plugins"), dict):
+                for name in items:  # disabling a plugin drops its config table with it
+                    raw["plugins"].pop(name, None)
         node[last] = current
     return raw
 
@@ -296,13 +299,15 @@ def resolve(name: str, raw: dict, registry: Registry) -> Recipe:
     tables = raw.get("plugins", {})
     if not isinstance(tables, dict):
         raise BadInput("plugins must be a table of [plugins.NAME] tables; fix the recipe")
-    for pname in tables:  # catch typos in table names even for disabled plugins
+    for pname in tables:  # a typo in a table name, or config for a plugin that would silently not run
         if pname not in registry.names():
             registry.info(pname)  # raises the unknown-name error with a suggestion
+        if pname not in run.plugins:
+            raise BadInput(f"[plugins.{pname}] configures plugin {pname!r}, which run.plugins does not enable; "
+                           f"enable it with run.plugins+={pname}, or remove the table")
     configs = {}
     for pname in run.plugins:
-        cls = registry.load(pname)
-        config_cls = cls().hookmix_plugin_config()
+        config_cls = registry.load(pname).Config
         table = tables.get(pname, {})
         if config_cls is None:
             if table:

@@ -13,7 +13,7 @@ from importlib import metadata
 import attrs
 
 from engine.errors import BadInput
-from engine.plugin import Plugin
+from engine.plugin import Plugin, check_plugin_class
 
 GROUP = "hookmix.plugins"
 
@@ -52,7 +52,12 @@ class Registry:
                 self._infos[ep.name] = PluginInfo(ep.name, dist, version, ep.value)
                 self._eps[ep.name] = ep
         for name, cls in (local or {}).items():
-            self._infos[name] = PluginInfo(name, "<local>", getattr(cls, "version", "0"), "<local>", cls)
+            info = self._infos[name] = PluginInfo(name, "<local>", getattr(cls, "version", "0"), "<local>")
+            try:
+                check_plugin_class(cls, name)
+                info.cls = cls
+            except TypeError as exc:
+                info.error = str(exc).splitlines()[0]
 
     def names(self) -> list[str]:
         return sorted(self._infos)
@@ -65,13 +70,14 @@ class Registry:
         if info.cls is None and info.error is None:
             try:
                 cls = self._eps[name].load()
-                if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-                    raise TypeError(f"{info.target} is not a subclass of engine.Plugin")
-                if cls.name != name:
-                    raise TypeError(f"class declares name {cls.name!r} but is registered as {name!r}")
-                info.cls = cls
             except Exception as exc:  # a broken plugin must not break discovery of the others
                 info.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                return info
+            try:
+                check_plugin_class(cls, name)  # wrong declarations: this plugin is broken, no other
+                info.cls = cls
+            except TypeError as exc:
+                info.error = str(exc).splitlines()[0]
         return info
 
     def load(self, name: str) -> type[Plugin]:
@@ -85,6 +91,17 @@ class Registry:
 
     def all(self) -> list[PluginInfo]:
         return [self.info(n) for n in self.names()]
+
+    def ok(self) -> list[PluginInfo]:
+        """Every plugin that loads and whose declarations are valid."""
+        return [i for i in self.all() if i.cls is not None]
+
+    def providers_of(self, capability: str) -> list[str]:
+        """Installed plugins that provide ``capability`` (by name or declaration), for hints."""
+        from engine.plugin import capability_name
+
+        return [i.name for i in self.ok()
+                if i.name == capability or capability in map(capability_name, i.cls.provides)]
 
 
 def unknown_name_message(what: str, name: str, valid: list[str], hint: str = "") -> str:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 
 if TYPE_CHECKING:
     from engine.manager import Manager
     from engine.outputs import RunDir
+    from engine.plugin import Plugin
     from engine.recipe import Recipe, RunConfig
+    from engine.registry import Registry
+
+T = TypeVar("T")
 
 
 class State:
@@ -19,14 +23,17 @@ class State:
     Attributes set during setup: ``data``, ``model``, ``modules`` (plugin-owned trainable
     modules), ``optimizer``, ``scheduler``. Counters: ``step`` (completed optimizer steps),
     ``start_step``, ``micro`` (micro-batch index within the step). Distributed-ready fields:
-    ``rank``, ``world_size``, ``is_main`` (only the main process writes outputs).
+    ``rank``, ``world_size``, ``is_main`` (only the main process writes outputs). ``registry``
+    is the run's plugin registry (for plugins that open other runs: :func:`engine.open_run`).
+    Plugins reach each other only through :meth:`provider` and hooks, never the manager.
     """
 
-    def __init__(self, recipe: Recipe, manager: Manager, device: torch.device) -> None:
+    def __init__(self, recipe: Recipe, manager: Manager, device: torch.device,
+                 registry: Registry | None = None) -> None:
         self.recipe = recipe
         self.run: RunConfig = recipe.run
-        self.manager = manager
-        self.plugins = manager.plugins
+        self._manager = manager
+        self.registry = registry
         self.device = device
         self.autocast_dtype = torch.bfloat16 if recipe.run.precision == "bf16" else None
         self.rank = int(os.environ.get("RANK", "0"))
@@ -64,10 +71,38 @@ class State:
         self._pending.clear()
         return out
 
-    def provider(self, capability: str) -> Any:
-        """The enabled plugin that provides ``capability`` (or is named so), or ``None``."""
-        name = self.manager.capabilities.get(capability)
-        return None if name is None else self.plugins[name]
+    def pending_logged(self) -> dict[str, torch.Tensor]:
+        """What was logged since the last log record, one 1-D tensor per name (saved in checkpoints)."""
+        return {k: torch.stack([v.float().reshape(()) for v in vs]).cpu() for k, vs in self._pending.items()}
+
+    def restore_logged(self, pending: dict[str, torch.Tensor]) -> None:
+        self._pending = {k: list(v.unbind()) for k, v in pending.items()}
+
+    @overload
+    def provider(self, capability: type[T]) -> T | None: ...
+
+    @overload
+    def provider(self, capability: str) -> Plugin | None: ...
+
+    def provider(self, capability):
+        """The enabled plugin that provides ``capability`` (a Protocol class, or a name), or ``None``.
+
+        With a ``typing.Protocol`` the result is typed as that Protocol; the engine checked at
+        load time that the provider implements it.
+        """
+        from engine.plugin import capability_name
+
+        name = self._manager.capabilities.get(capability_name(capability))
+        return None if name is None else self._manager.plugins[name]
+
+    @property
+    def plugin_names(self) -> list[str]:
+        """The enabled plugins, in the order the engine calls them."""
+        return list(self._manager.order)
+
+    def forward(self, model: torch.nn.Module, batch: dict) -> dict:
+        """``model`` run on ``batch`` the way the run's forward does it (``hookmix_forward`` or the default)."""
+        return self._manager.forward(model, batch, self)
 
     def data_info(self, key: str, *, needed_by: str, what: str) -> Any:
         """``data.info[key]``, or bad input naming the plugin that needs it and what it needs."""
@@ -80,7 +115,7 @@ class State:
 
     def logits(self, logits: torch.Tensor, *, role: str, consumer: str, kind: str) -> torch.Tensor:
         """``logits`` as the loss ``consumer`` of family ``kind`` should see them (hookmix_transform_logits)."""
-        return self.manager.transform_logits(logits, role, consumer, kind, self)
+        return self._manager.transform_logits(logits, role, consumer, kind, self)
 
     def add_module(self, name: str, module: torch.nn.Module) -> None:
         """Register a plugin-owned trainable module: moved to the device, optimized, checkpointed."""

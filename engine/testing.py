@@ -134,7 +134,12 @@ TOY = ["toy_data", "toy_model", "toy_sgd", "toy_ce"]
 
 @attrs.define
 class Result:
-    """What a test run produced: summary, metrics records, the trainer and the run directory."""
+    """What a test run produced.
+
+    ``summary`` (what summary.json holds), ``metrics`` (the metrics.jsonl records, in order),
+    ``run_dir`` (its URL), ``state`` (the run's :class:`engine.State`), ``model``, and
+    ``plugins`` (the enabled plugin instances by name, for tests that inspect their own plugin).
+    """
 
     summary: dict
     metrics: list[dict]
@@ -148,6 +153,10 @@ class Result:
     @property
     def model(self) -> torch.nn.Module:
         return self.trainer.state.model
+
+    @property
+    def plugins(self) -> dict[str, Plugin]:
+        return dict(self.trainer.manager.plugins)
 
 
 def make_recipe(plugins: list[Any], config: dict | None = None, steps: int = 3, out: str | None = None,

@@ -15,7 +15,7 @@ from engine.cli import main
 def test_describe_shows_fields_with_types_defaults_and_help(capsys):
     assert main(["describe", "adamw"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("adamw  (hookmix 0.1.0)\n")
+    assert out.startswith("adamw  (hookmix 0.2.0; plugin API >=1.0,<2)\n")
     assert "  provides: optimizer\n" in out
     assert "  hooks: hookmix_lr_scheduler, hookmix_optimizer, hookmix_param_groups\n" in out
     assert "  config [plugins.adamw]:\n" in out
@@ -36,7 +36,7 @@ def test_recipes_lists_the_shipped_recipes(capsys):
 def test_plugins_text_lists_status(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^adamw +hookmix 0\.1\.0  \[ok\]$", out, flags=re.M)
+    assert re.search(r"^adamw +hookmix 0\.2\.0  \[ok\]$", out, flags=re.M)
     assert re.search(r"^ +hooks: lr_scheduler, optimizer, param_groups$", out, flags=re.M)
 
 
@@ -71,7 +71,7 @@ def test_console_script_maps_bad_input_to_exit_2(tmp_path):
 
 
 COMMANDS_MODULE = """
-    from engine import Command, Plugin, hookimpl
+    from engine import Command, Plugin
 
     def _add(parser):
         parser.add_argument("who")
@@ -83,23 +83,21 @@ COMMANDS_MODULE = """
     class Greeter(Plugin):
         \"\"\"Adds `hookmix hello WHO`.\"\"\"
         name = "greeter"
-
-        @hookimpl
-        def hookmix_commands(self):
-            return {"hello": Command(help="greet", add_arguments=_add, run=_run)}
+        commands = {"hello": Command(help="greet", add_arguments=_add, run=_run)}
 
     class Greeter2(Greeter):
-        \"\"\"Claims `hello` too.\"\"\"
+        \"\"\"Claims `hello` too, with a command of its own.\"\"\"
         name = "greeter2"
-        hookmix_commands = Greeter.hookmix_commands
+        commands = {"hello": Command(help="greet again", add_arguments=_add, run=_run)}
+
+    class Heir(Greeter):
+        \"\"\"Inherits Greeter's commands (the same command: no conflict).\"\"\"
+        name = "heir"
 
     class Crashy(Plugin):
-        \"\"\"Its hookmix_commands raises.\"\"\"
+        \"\"\"Declares commands that are not Commands.\"\"\"
         name = "crashy"
-
-        @hookimpl
-        def hookmix_commands(self):
-            raise ImportError("half-written command module")
+        commands = {"crash": print}
 
     def _add_broken(parser):
         from hookmix_greeter_missing import add_arguments  # not written yet
@@ -107,24 +105,33 @@ COMMANDS_MODULE = """
     class CrashyArgs(Plugin):
         \"\"\"Its command cannot build its arguments.\"\"\"
         name = "crashy_args"
-
-        @hookimpl
-        def hookmix_commands(self):
-            return {"crash": Command(help="x", add_arguments=_add_broken, run=_run)}
+        commands = {"crash": Command(help="x", add_arguments=_add_broken, run=_run)}
 """
 
 
 def test_plugin_commands_run_and_a_failing_provider_breaks_no_other_verb(install_dist, capsys, one_error_line):
     install_dist("hookmix-greeter", {"greeter": "hookmix_greeter:Greeter", "crashy": "hookmix_greeter:Crashy",
-                                     "crashy_args": "hookmix_greeter:CrashyArgs"}, {"hookmix_greeter": COMMANDS_MODULE})
-    assert main(["hello", "world"]) == 3
+                                     "crashy_args": "hookmix_greeter:CrashyArgs", "heir": "hookmix_greeter:Heir"},
+                 {"hookmix_greeter": COMMANDS_MODULE})
+    assert main(["hello", "world"]) == 3  # inherited by heir: listed once, no conflict
     assert capsys.readouterr().out == "hello world\n"
     assert main(["frobnicate"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     warnings, errors = [l for l in err if "warning" in l], [l for l in err if "warning" not in l]
-    # the broken providers are named (not silently dropped), the plugins themselves stay usable
-    assert any("'crashy'" in w for w in warnings) and any("'crashy_args'" in w for w in warnings)
+    # the command that cannot build its arguments is named (not silently dropped)
+    assert any("'crashy_args'" in w for w in warnings)
     assert "invalid choice: 'frobnicate'" in one_error_line("\n".join(errors))
+    # a wrong commands declaration makes that plugin broken, with the reason
+    assert main(["plugins"]) == 0
+    assert re.search(r"^crashy .*BROKEN: commands must be a dict", capsys.readouterr().out, flags=re.M)
+
+
+def test_help_lists_plugin_commands(install_dist, capsys):
+    install_dist("hookmix-greeter", {"greeter": "hookmix_greeter:Greeter"}, {"hookmix_greeter": COMMANDS_MODULE})
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert re.search(r"hello +greet \(plugin command\)", out)
 
 
 def test_duplicate_plugin_command_names_both_plugins(install_dist, capsys, one_error_line):

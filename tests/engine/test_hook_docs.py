@@ -9,7 +9,7 @@ import re
 import pytest
 
 from engine import hookspecs
-from engine.manager import WRAPPER_HOOKS, Manager
+from engine.manager import Manager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONVENTIONS = ("collect-all", "exclusive", "ordered fold", "wrapper", "per plugin")
@@ -21,8 +21,9 @@ def _convention(name: str) -> list[str]:
     return [c for c in CONVENTIONS if c in doc.splitlines()[0]] if doc else []
 
 
-def test_the_hook_list_is_the_managers():
-    assert HOOKS == Manager.hook_names() and len(HOOKS) >= 20
+def test_the_hook_list_is_the_managers_and_every_hook_has_a_convention_as_data():
+    assert HOOKS == Manager.hook_names() == list(hookspecs.CONVENTIONS) and len(HOOKS) >= 20
+    assert set(hookspecs.CONVENTIONS.values()) <= set(CONVENTIONS)
 
 
 @pytest.mark.parametrize("name", HOOKS)
@@ -30,13 +31,9 @@ def test_hook_docstring_states_one_calling_convention(name):
     doc = inspect.getdoc(getattr(hookspecs, name))
     assert doc, f"{name} has no docstring"
     found = _convention(name)
-    assert len(found) == 1, f"{name}: the summary line must name one of {CONVENTIONS}, found {found}"
-    expected = ("exclusive" if name in hookspecs.EXCLUSIVE else "wrapper" if name in WRAPPER_HOOKS
-                else "per plugin" if name in hookspecs.PER_PLUGIN else None)
-    if expected is not None:
-        assert found == [expected], f"{name} is treated as {expected} by the engine but documented as {found}"
-    else:
-        assert found[0] in ("collect-all", "ordered fold"), f"{name}: {found[0]} but the engine does not treat it so"
+    assert found == [hookspecs.CONVENTIONS[name]], (
+        f"{name}: the engine treats it as {hookspecs.CONVENTIONS[name]} (hookspecs.CONVENTIONS) "
+        f"but its summary line says {found}")
 
 
 def _sections() -> dict[str, str]:

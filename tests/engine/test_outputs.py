@@ -116,8 +116,9 @@ def test_metrics_and_summary_names(gpt_run):
     summary = json.loads(RunDir(gpt_run).read_text("summary.json"))
     assert set(summary) == {"steps", "wall_seconds", "plugins", "metrics"}
     assert summary["steps"] == 6
-    assert summary["plugins"] == {"tinyshakespeare": "0.1.0", "gpt": "0.1.0", "adamw": "0.1.0",
-                                  "cross_entropy": "0.1.0"}
+    hookmix = {"distribution": "hookmix", "version": "0.2.0"}
+    assert summary["plugins"] == {"tinyshakespeare": hookmix, "gpt": hookmix, "adamw": hookmix,
+                                  "cross_entropy": hookmix}
     assert summary["metrics"]["val/accuracy"] == records[-1]["val/accuracy"]
     assert summary["metrics"]["train/loss"] == records[-2]["train/loss"]
     assert sorted(os.listdir(os.path.join(gpt_run, "checkpoints"))) == ["step-00000003.pt", "step-00000006.pt"]

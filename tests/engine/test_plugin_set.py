@@ -211,7 +211,7 @@ def _plugin(name: str, **hooks) -> type[Plugin]:
 
 @pytest.mark.parametrize("plugin, expected", [
     (_plugin("typo", hookmix_los_terms=hookimpl(lambda self, batch: None)),
-     r"unknown hook 'hookmix_los_terms'.*hook names must match engine/hookspecs\.py"),
+     r"plugin 'typo' .*is broken: method hookmix_los_terms is not a hook; did you mean hookmix_loss_terms\?"),
     (_plugin("plain_eval", hookmix_evaluate=hookimpl(lambda self, model: {})),
      r"plugin 'plain_eval': hookmix_evaluate must be implemented with wrapper=True"),
     (_plugin("wrapped_log", hookmix_on_log=hookimpl(wrapper=True)(lambda self, metrics: (yield))),

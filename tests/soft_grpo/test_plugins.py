@@ -65,7 +65,7 @@ def test_rl_arm_from_sft_checkpoint(sft_dir, arm):
     evals = [m for m in res.metrics if "passk/discrete/pass@1" in m]
     assert evals and "passk/soft_t0.1/pass@4" in evals[-1]
     # the reference is the starting policy, frozen and outside the optimizer
-    plugin = res.state.plugins[arm]
+    plugin = res.plugins[arm]
     ref_params = {id(p) for p in plugin.ref.parameters()}
     assert all(not p.requires_grad for p in plugin.ref.parameters())
     assert not ref_params & {id(p) for g in res.state.optimizer.param_groups for p in g["params"]}
@@ -96,7 +96,7 @@ def test_soft_grpo_mixes_with_ema():
     res = train([*RL, ThinkLengthReward, "soft_grpo", EMA, "passk"], config=cfg, steps=2, threads=1)
     last = res.metrics[-1]
     assert last["ema/decay"] == 0.5 and "passk/soft_t0.1/pass@1" in last and "passk/discrete/pass@1" not in last
-    ema = res.state.plugins["ema"]
+    ema = res.plugins["ema"]
     assert any(not torch.equal(ema.shadow[k], v) for k, v in res.model.state_dict().items())
 
 
@@ -113,7 +113,7 @@ def test_second_minibatch_is_off_policy():
     res = train([*RL, ThinkLengthReward, "grpo"], config=cfg, steps=2, threads=1, log_interval=1)
     recs = [m for m in res.metrics if "train/rl/ratio_max" in m]
     assert recs[0]["train/rl/ratio_max"] == 1.0 and recs[1]["train/rl/ratio_max"] != 1.0
-    assert "train/loss/kl" not in recs[0] and res.state.plugins["grpo"].ref is None
+    assert "train/loss/kl" not in recs[0] and res.plugins["grpo"].ref is None
 
 
 @pytest.mark.skipif(not HAS_HF, reason="transformers not installed")
