@@ -1,4 +1,4 @@
-"""hookmix KD plugin package -- engine-independent core (spec ``shared/specs/distillation.md``).
+"""hookmix KD plugin package -- engine-independent core (docs: ``docs/distillation.md``).
 
 Modules:
 * :mod:`.losses`   -- vanilla KD (KL / CE form) and DKD (TCKD / NCKD, warm-up), presets.

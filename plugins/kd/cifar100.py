@@ -1,6 +1,6 @@
 """CIFAR-100 from the official python-pickle archive, read with a restricted unpickler.
 
-Spec: ``shared/specs/distillation.md`` §3 (format, safety) and §11.1 (augmentation, normalisation).
+Docs: ``docs/distillation.md`` (the CIFAR-100 protocol: archive format, safety, augmentation, normalisation).
 
 The archive ``cifar-100-python.tar.gz`` (or its extracted folder ``cifar-100-python/`` holding ``train``,
 ``test`` and ``meta``) is located through fsspec, so any fsspec URL works (local path, ``file://``,

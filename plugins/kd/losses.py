@@ -1,6 +1,6 @@
 """Logit-distillation losses: vanilla KD (Hinton et al. 2015) and DKD (Zhao et al., CVPR 2022).
 
-Pure PyTorch, no engine imports. Spec: ``shared/specs/distillation.md`` §5 (KD), §6 (DKD), §14 (checks).
+Pure PyTorch, no engine imports. Docs: ``docs/distillation.md`` (kd, dkd).
 
 Conventions shared by every loss in this module
 ------------------------------------------------
@@ -62,7 +62,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
-def _as_float(x: Tensor) -> Tensor:
+def as_float(x: Tensor) -> Tensor:
     """Upcast half / bfloat16 logits to float32 (log-space maths in fp16 loses too much precision)."""
     if x.dtype in (torch.float16, torch.bfloat16):
         return x.float()
@@ -93,7 +93,7 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+def reduce_per_sample(per_sample: Tensor, reduction: str) -> Tensor:
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":
@@ -155,7 +155,7 @@ def kd_loss(
     _check_temperature(temperature)
     if detach_teacher:
         teacher = teacher.detach()
-    s, t = _as_float(student), _as_float(teacher)
+    s, t = as_float(student), as_float(teacher)
     log_ps = F.log_softmax(s / temperature, dim=1)
     log_pt = F.log_softmax(t / temperature, dim=1)
     pt = log_pt.exp()
@@ -165,7 +165,7 @@ def kd_loss(
         per_sample = -(pt * log_ps).sum(1)
     else:
         raise ValueError(f"form must be 'kl' or 'ce', got {form!r}")
-    return _reduce(per_sample * temperature**2, reduction)
+    return reduce_per_sample(per_sample * temperature**2, reduction)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -181,8 +181,8 @@ def tckd(student: Tensor, teacher: Tensor, target: Tensor, temperature: float = 
     _check_temperature(temperature)
     if detach_teacher:
         teacher = teacher.detach()
-    log_ps = F.log_softmax(_as_float(student) / temperature, dim=1)
-    log_pt = F.log_softmax(_as_float(teacher) / temperature, dim=1)
+    log_ps = F.log_softmax(as_float(student) / temperature, dim=1)
+    log_pt = F.log_softmax(as_float(teacher) / temperature, dim=1)
     return _binary_kl(*target_log_probs(log_pt, target), *target_log_probs(log_ps, target))
 
 
@@ -198,8 +198,8 @@ def nckd(student: Tensor, teacher: Tensor, target: Tensor, temperature: float = 
     _check_temperature(temperature)
     if detach_teacher:
         teacher = teacher.detach()
-    log_ns = F.log_softmax(drop_target_column(_as_float(student), target) / temperature, dim=1)
-    log_nt = F.log_softmax(drop_target_column(_as_float(teacher), target) / temperature, dim=1)
+    log_ns = F.log_softmax(drop_target_column(as_float(student), target) / temperature, dim=1)
+    log_nt = F.log_softmax(drop_target_column(as_float(teacher), target) / temperature, dim=1)
     return (log_nt.exp() * (log_nt - log_ns)).sum(1)
 
 
@@ -230,7 +230,7 @@ def dkd_loss(
     _check_temperature(temperature)
     if detach_teacher:
         teacher = teacher.detach()
-    s, t = _as_float(student), _as_float(teacher)
+    s, t = as_float(student), as_float(teacher)
     log_ps = F.log_softmax(s / temperature, dim=1)
     log_pt = F.log_softmax(t / temperature, dim=1)
     tc = _binary_kl(*target_log_probs(log_pt, target), *target_log_probs(log_ps, target))
@@ -239,8 +239,8 @@ def dkd_loss(
     log_nt = F.log_softmax(drop_target_column(log_pt, target), dim=1)
     nc = (log_nt.exp() * (log_nt - log_ns)).sum(1)
     t2 = temperature**2
-    tc_term = _reduce(alpha * t2 * tc, reduction)
-    nc_term = _reduce(beta * t2 * nc, reduction)
+    tc_term = reduce_per_sample(alpha * t2 * tc, reduction)
+    nc_term = reduce_per_sample(beta * t2 * nc, reduction)
     return tc_term + nc_term, {"tckd": tc_term, "nckd": nc_term}
 
 

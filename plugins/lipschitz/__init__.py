@@ -1,4 +1,4 @@
-"""hookmix Lipschitz plugin package -- engine-independent core (spec ``shared/specs/lipschitz.md``).
+"""hookmix Lipschitz plugin package -- engine-independent core (docs: ``docs/lipschitz.md``).
 
 Modules:
 * :mod:`.spectral`  -- RMS->RMS norms, power iteration, msign/Newton–Schulz, NS overshoot, and the
@@ -10,7 +10,7 @@ Modules:
   update-norm bound for the soft-cap coupling.
 * :mod:`.empirical` -- empirical lower estimates of Lipschitz constants (checks of the certificate).
 
-The modules above never import the engine. The engine wiring is :mod:`.plugin` (the hookmix plugins),
+The modules above never import the engine. The engine wiring is :mod:`.constraints`, :mod:`.optim_plugins` and :mod:`.model_plugins` (the hookmix plugins),
 with the ``hookmix lipschitz-*`` commands in :mod:`.commands`, :mod:`.sweep` and :mod:`.bench` and the
 recipes in ``recipes/``; this package does not import them (the engine loads them by entry point).
 """

@@ -1,6 +1,6 @@
 """Engine plugin ``logit_std``: logit standardization (Sun et al., CVPR 2024) scoped to distillation consumers.
 
-Spec: ``shared/specs/distillation.md`` §9, §14.12-14.17; the transform is :func:`plugins.logit_std.transform.
+Docs: ``docs/distillation.md`` (logit_std); the transform is :func:`plugins.logit_std.transform.
 standardize_logits`. It implements ``hookmix_transform_logits``, which the engine calls only when a loss plugin
 asks ``state.logits(logits, role=..., consumer=..., kind=...)``: by default it standardizes what consumers of
 kind ``"distillation"`` see (kd, dkd, nkd, uskd), each role (student, teacher) with its own per-row statistics,

@@ -1,6 +1,6 @@
 """Logit standardization (LS) — Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024.
 
-Pure PyTorch, no engine imports. Spec: ``shared/specs/distillation.md`` §1.2–1.4, §9, §14.12–14.17.
+Pure PyTorch, no engine imports. Docs: ``docs/distillation.md`` (logit_std).
 
 ``Z(z) = (z - mean(z)) / (std(z) + eps)`` per row (sample), Bessel-corrected std (÷(C-1)), ``eps = 1e-7``
 added to the std (not under the square root) — the official ``Tensor.std(dim=-1)`` code.

@@ -1,4 +1,4 @@
-"""hookmix NKD / USKD plugin package -- engine-independent core (spec ``shared/specs/distillation.md`` §7-§8).
+"""hookmix NKD / USKD plugin package -- engine-independent core (docs: ``docs/distillation.md``).
 
 * :mod:`.losses` -- ``nkd_loss``, ``uskd_loss``, ``zipf_labels``, ``USKDHead`` / ``USKDLoss``, presets.
 

@@ -1,6 +1,6 @@
 """NKD (normalized KD) and USKD (universal self-KD) losses — Yang et al., ICCV 2023, arXiv 2303.13005.
 
-Pure PyTorch, no engine imports. Spec: ``shared/specs/distillation.md`` §7 (NKD), §8 (USKD), §14 (checks).
+Pure PyTorch, no engine imports. Docs: ``docs/distillation.md`` (nkd, uskd).
 Formulas restate the official code (``yzd-v/cls_KD: mmcls/models/dis_losses/{nkd,uskd}.py``, branch ``1.0``).
 
 Conventions (same as ``plugins.kd.losses``): 2-D ``(N, C)`` logits; ``target`` is an int64 ``(N,)`` index
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.kd.losses import _as_float, _reduce, drop_target_column
+from plugins.kd.losses import as_float, reduce_per_sample, drop_target_column
 
 Tensor = torch.Tensor
 Weight = Union[float, Tensor]
@@ -95,7 +95,7 @@ def nkd_loss(
     t_idx = _hard_index(target, n, c)
     if detach_teacher:
         teacher = teacher.detach()
-    s, t = _as_float(student), _as_float(teacher)
+    s, t = as_float(student), as_float(teacher)
 
     log_ps = F.log_softmax(s, dim=1)
     with torch.no_grad():
@@ -108,7 +108,7 @@ def nkd_loss(
     nt = F.softmax(t_non / temperature, dim=1)
     l_non = -gamma * temperature**2 * (nt * log_ns).sum(1)
 
-    l_tar, l_non = _reduce(l_tar, reduction), _reduce(l_non, reduction)
+    l_tar, l_non = reduce_per_sample(l_tar, reduction), reduce_per_sample(l_non, reduction)
     return l_tar + l_non, {"nkd_target": l_tar, "nkd_non_target": l_non}
 
 
@@ -135,7 +135,7 @@ def uskd_soft_target(final_logits: Tensor, target: Tensor) -> Tuple[Tensor, Tens
     n, c = final_logits.shape
     idx, values = _label_support(target, n, c)
     with torch.no_grad():
-        s = F.softmax(_as_float(final_logits.detach()), dim=1).gather(1, idx)
+        s = F.softmax(as_float(final_logits.detach()), dim=1).gather(1, idx)
         s2 = s * s
         q = s2 + values - s2.mean(dim=0, keepdim=True)
         q = torch.where(values > 0, q, torch.zeros_like(q))
@@ -157,10 +157,10 @@ def uskd_rank_scores(final_logits: Tensor, weak_logits: Tensor, idx: Tensor, val
     """
     with torch.no_grad():
         support = (values > 0).to(torch.float32)
-        pw = F.softmax(_as_float(weak_logits.detach()), dim=1)
+        pw = F.softmax(as_float(weak_logits.detach()), dim=1)
         pw_t = (pw.gather(1, idx) * support).sum(1, keepdim=True)
         score = pw / (1.0 - pw_t + _RANK_EPS)
-        z = _as_float(final_logits.detach())
+        z = as_float(final_logits.detach())
         if rank == "prob":
             ps = F.softmax(z, dim=1)
             ps_t = (ps.gather(1, idx) * support).sum(1, keepdim=True)
@@ -235,7 +235,7 @@ def uskd_loss(
     n, c = final_logits.shape
     if c < 3:
         raise ValueError("USKD needs at least 3 classes")
-    z, w = _as_float(final_logits), _as_float(weak_logits)
+    z, w = as_float(final_logits), as_float(weak_logits)
 
     idx, q = uskd_soft_target(z, target)
     _, values = _label_support(target, n, c)
@@ -260,9 +260,9 @@ def uskd_loss(
     log_non = F.log_softmax(z.masked_fill(excl, float("-inf")), dim=1)
     l_non = -torch.where(excl, torch.zeros_like(log_non), zipf * log_non).sum(1)
 
-    l_tar = _reduce(alpha * l_tar, reduction)
-    l_non = _reduce(beta * l_non, reduction)
-    l_weak = _reduce(l_weak, reduction)
+    l_tar = reduce_per_sample(alpha * l_tar, reduction)
+    l_non = reduce_per_sample(beta * l_non, reduction)
+    l_weak = reduce_per_sample(l_weak, reduction)
     return l_tar + l_non + l_weak, {"uskd_target": l_tar, "uskd_non_target": l_non, "uskd_weak": l_weak}
 
 

@@ -1,7 +1,7 @@
 """Engine plugins ``nkd`` (normalized KD, with a teacher) and ``uskd`` (universal self-KD, no teacher).
 
-Spec: ``shared/specs/distillation.md`` §7-§8; losses in :mod:`plugins.nkd.losses`. Both read the final logits
-through ``state.logits(..., kind="distillation")`` (see :mod:`plugins.kd.plugin`).
+Docs: ``docs/distillation.md`` (nkd, uskd); losses in :mod:`plugins.nkd.losses`. Both read the final logits
+through ``state.logits(..., kind="distillation")`` (see :mod:`plugins.kd.distill_inputs`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import torch
 
 from engine import BadInput, Plugin, field, hookimpl, non_negative, one_of, positive
 from engine.registry import unknown_name_message
-from plugins.kd.plugin import (RECIPES, distill_inputs, need_target,
-                               sample_batch, student_logits_of)
+from plugins.kd.distill_inputs import distill_inputs, need_target, sample_batch, student_logits_of
+
+RECIPES = "plugins.kd.recipes"  # the distillation recipes ship with the kd package
 
 
 @attrs.define

@@ -12,7 +12,7 @@ from engine.cli import main
 from engine.testing import TOY, assert_resumes_exactly, train
 from plugins.lipschitz import spectral as sp
 from plugins.lipschitz.commands import empirical_estimate
-from plugins.lipschitz.plugin import CAPS
+from plugins.lipschitz.constraints import CAPS
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

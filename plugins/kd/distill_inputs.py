@@ -1,0 +1,71 @@
+"""What a distillation loss plugin reads: logits through ``state.logits(kind="distillation")``, and targets.
+
+Shared by the loss plugins of :mod:`plugins.kd` and :mod:`plugins.nkd`. Every consumer passes the same ``kind``,
+so a logit transform such as ``logit_std`` reaches all of them while the supervised ``cross_entropy`` term keeps
+the raw logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine import BadInput, Plugin
+
+DISTILLATION = "distillation"  # the `kind` every distillation consumer passes to state.logits
+
+
+def sample_batch(state) -> dict:
+    """A small batch of the run's data for shape checks, without touching the engine's data generator.
+
+    The first validation batch when there is one, else a training batch drawn with a private generator (the
+    engine's generator drives the data order and must not move).
+    """
+    batch = next(iter(state.data.val_batches()), None)
+    if batch is None:
+        batch = state.data.train_batch(torch.Generator().manual_seed(0))
+    return {k: v[:2].to(state.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def student_logits_of(model: torch.nn.Module, batch: dict, state) -> torch.Tensor:
+    """The student's logits on ``batch`` in eval mode without gradient (the run's forward, custom or not)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return state.manager.forward(model, batch, state)["logits"]
+    finally:
+        model.train(was_training)
+
+
+def distill_inputs(plugin: Plugin, batch: dict, outputs: dict, state, *, teacher: bool = True):
+    """Student (and teacher) logits as ``plugin`` should see them, flattened to (N, C), plus (N,) targets.
+
+    Logits go through ``state.logits(role=..., consumer=plugin.name, kind="distillation")`` before
+    flattening; language-model logits (B, T, V) become (B*T, V). Positions whose target is negative (the usual
+    ``-100`` ignore index) are dropped from all three tensors.
+    """
+    student = state.logits(outputs["logits"], role="student", consumer=plugin.name, kind=DISTILLATION)
+    width = student.shape[-1]
+    student = student.reshape(-1, width)
+    target = batch["target"].reshape(-1) if "target" in batch else None
+    t = None
+    if teacher:
+        if "teacher_logits" not in outputs:
+            raise BadInput(f"{plugin.name} needs outputs['teacher_logits']; add 'teacher' to run.plugins")
+        t = state.logits(outputs["teacher_logits"], role="teacher", consumer=plugin.name, kind=DISTILLATION)
+        t = t.reshape(-1, t.shape[-1])
+        if t.shape != student.shape:
+            raise BadInput(f"{plugin.name}: teacher logits {tuple(t.shape)} and student logits "
+                           f"{tuple(student.shape)} differ; use a teacher trained on the same classes")
+    if target is not None:
+        keep = target >= 0
+        if not bool(keep.all()):
+            student, target = student[keep], target[keep]
+            t = t[keep] if t is not None else None
+    return student, t, target
+
+
+def need_target(plugin: Plugin, target) -> torch.Tensor:
+    if target is None:
+        raise BadInput(f"{plugin.name} needs batch['target'] (class indices); use a labelled data plugin")
+    return target

@@ -1,0 +1,85 @@
+"""The distillation loss plugins ``kd`` (Hinton KD) and ``dkd`` (decoupled KD); losses in :mod:`plugins.kd.losses`.
+
+They return named, weighted loss terms and read logits only through ``state.logits(..., kind="distillation")``
+(:mod:`plugins.kd.distill_inputs`), so a transform such as ``logit_std`` reaches them while the supervised
+``cross_entropy`` term keeps the raw logits.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from engine import BadInput, Plugin, field, hookimpl, non_negative, one_of, positive
+
+from .distill_inputs import distill_inputs, need_target
+
+RECIPES = "plugins.kd.recipes"
+
+
+@attrs.define
+class KDConfig:
+    temperature: float = field(4.0, "softening temperature T (spec §5: T 4 CIFAR, 1 ImageNet; 2 with LS = "
+                                    "its base temperature)", validator=positive)
+    weight: float = field(0.9, "weight of the KD term (spec §5: 0.9 with CE 0.1 in the DKD paper; 9 with LS)",
+                          validator=non_negative)
+    form: str = field("kl", "kl: T^2 KL(p_t||p_s), zero at identical logits; ce: T^2 CE(p_t, p_s) (same gradient)",
+                      validator=one_of("kl", "ce"))
+
+
+class KD(Plugin):
+    """Hinton knowledge distillation: the loss term `kd` = weight * T^2 * KL(p_teacher(T) || p_student(T))."""
+
+    name = "kd"
+    Config = KDConfig
+    provides = ("loss:distillation",)
+    requires = ("teacher",)
+    recipes = RECIPES
+
+    @hookimpl
+    def hookmix_loss_terms(self, batch, outputs, state):
+        from plugins.kd.losses import kd_loss
+
+        c = self.config
+        student, teacher, _ = distill_inputs(self, batch, outputs, state)
+        return {"kd": c.weight * kd_loss(student, teacher, c.temperature, form=c.form)}
+
+
+@attrs.define
+class DKDConfig:
+    alpha: float = field(1.0, "weight of TCKD (spec §6: 1; 9 with LS = 1 x kd weight)", validator=non_negative)
+    beta: float = field(8.0, "weight of NCKD (spec §6: 8 CIFAR default, 2-6 some pairs; 72 with LS)",
+                        validator=non_negative)
+    temperature: float = field(4.0, "temperature T (spec §6: 4 CIFAR, 1 ImageNet; 2 with LS)", validator=positive)
+    warmup_steps: int = field(-1, "linear warm-up of both terms over this many steps, min(step/N, 1); -1: 1/12 "
+                                  "of run.steps (mdistiller's 20 of 240 epochs); 0: none")
+
+
+class DKD(Plugin):
+    """Decoupled KD: the terms `tckd` = alpha T^2 TCKD and `nckd` = beta T^2 NCKD, with a linear warm-up."""
+
+    name = "dkd"
+    Config = DKDConfig
+    provides = ("loss:distillation",)
+    requires = ("teacher",)
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        if self.config.warmup_steps < -1:
+            raise BadInput(f"plugins.dkd.warmup_steps={self.config.warmup_steps}: use >= 0, or -1 for 1/12 of run.steps")
+
+    def warmup(self, state) -> int:
+        n = self.config.warmup_steps
+        return max(1, round(state.run.steps * 20 / 240)) if n == -1 else n
+
+    @hookimpl
+    def hookmix_loss_terms(self, batch, outputs, state):
+        from plugins.kd.losses import dkd_loss, dkd_warmup_factor
+
+        c = self.config
+        student, teacher, target = distill_inputs(self, batch, outputs, state)
+        target = need_target(self, target)
+        # the step being taken, counted from 1 like mdistiller's epochs: the first step is already > 0
+        factor = dkd_warmup_factor(state.step + 1, self.warmup(state))
+        _, parts = dkd_loss(student, teacher, target, c.alpha, c.beta, c.temperature)
+        state.log("dkd/warmup", factor)
+        return {"tckd": factor * parts["tckd"], "nckd": factor * parts["nckd"]}

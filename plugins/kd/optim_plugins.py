@@ -1,0 +1,46 @@
+"""The ``sgd`` optimizer plugin: momentum SGD with a multi-step schedule (the CIFAR KD protocol)."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from engine import BadInput, Plugin, field, hookimpl, positive
+
+
+@attrs.define
+class SGDConfig:
+    lr: float = field(0.05, "learning rate (spec §11.1: 0.05; 0.01 for ShuffleNet / MobileNet students)",
+                      validator=positive)
+    momentum: float = field(0.9, "momentum")
+    weight_decay: float = field(5e-4, "L2 weight decay on every parameter (spec §11.1: 5e-4)")
+    nesterov: bool = field(False, "Nesterov momentum")
+    milestones: list[int] = field([], "steps after which the learning rate is multiplied by gamma (MultiStepLR)")
+    gamma: float = field(0.1, "learning-rate factor at each milestone", validator=positive)
+
+
+class SGD(Plugin):
+    """SGD with momentum and weight decay, and a multi-step learning-rate schedule (the CIFAR KD protocol)."""
+
+    name = "sgd"
+    Config = SGDConfig
+    provides = ("optimizer",)
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        m = self.config.milestones
+        if any(b <= a for a, b in zip(m, m[1:])) or any(s < 1 for s in m):
+            raise BadInput(f"plugins.sgd.milestones={m} must be increasing positive step counts, e.g. [150, 180]")
+
+    @hookimpl
+    def hookmix_optimizer(self, param_groups, state):
+        c = self.config
+        groups = [{k: v for k, v in g.items() if k != "name"} for g in param_groups]
+        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                               nesterov=c.nesterov)
+
+    @hookimpl
+    def hookmix_lr_scheduler(self, optimizer, state):
+        if not self.config.milestones:
+            return None
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.config.milestones), self.config.gamma)

@@ -1,0 +1,311 @@
+"""The weight-constraint plugins: ``spectral_normalize``, ``spectral_hammer``, ``spectral_soft_cap``,
+``spectral_hard_cap`` (each provides ``"weight_constraint"`` and conflicts with it: at most one per run) and
+``spectral_weight_decay`` (a regulariser, ordered before the caps, conflicts with the hammer).
+
+Each projects once at init (``hookmix_setup_model``) and after every optimizer step
+(``hookmix_after_optimizer_step``) the matrices of the model's ``weight_groups()``; the maps are in
+:mod:`plugins.lipschitz.spectral`. Design choices and their reasons: docs/lipschitz.md, "Design choices".
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from engine import BadInput, Plugin, TrainingFailure, field, hookimpl
+
+from . import spectral as sp
+
+RECIPES = "plugins.lipschitz.recipes"
+GROUPS = ("hidden", "embedding", "head")
+MATRIX_GROUPS = ("hidden", "head")
+CAPS = ("spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap")
+
+
+def weight_groups(model: torch.nn.Module, who: str) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    """The model's ``weight_groups()`` (``{"hidden"|"embedding"|"head": [(name, param), ...]}``)."""
+    fn = getattr(model, "weight_groups", None)
+    if not callable(fn):
+        raise BadInput(f"{who} needs a model with weight_groups() (hidden / embedding / head matrices), "
+                       f"but {type(model).__name__} has none; use lipschitz_gpt or lipschitz_mlp")
+    groups = fn()
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise BadInput(f"{who}: the model's weight_groups() returned unknown group {unknown[0]!r}; "
+                       f"groups are {', '.join(GROUPS)}")
+    return groups
+
+
+def _check_groups(who: str, groups: list[str]) -> None:
+    for g in groups:
+        if g not in GROUPS:
+            raise BadInput(f"plugins.{who}.groups: unknown group {g!r}; choose from {', '.join(GROUPS)}")
+
+
+@attrs.define
+class CapConfig:
+    w_max: float = field(1.0, "cap on the RMS->RMS norm of every hidden matrix")
+    head_w_max: float = field(0.0, "cap on the head matrix (0: w_max)")
+    emb_max_rms: float = field(1.0, "max RMS of every embedding row, projected after every step (0: off)")
+    groups: list[str] = field(["hidden", "embedding", "head"], "weight groups to constrain (hidden, embedding, head)")
+    project_at_init: bool = field(True, "also project once at initialization (spec §1 item 5)")
+
+
+@attrs.define
+class PowerCapConfig(CapConfig):
+    power_iters: int = field(16, "power-iteration steps per matrix per step")
+    warm_start: bool = field(True, "keep each matrix's power-iteration vector between steps (checkpointed); "
+                                   "false: fresh seeded start every step (JAX)")
+
+
+@attrs.define
+class SpectralNormalizeConfig(PowerCapConfig):
+    estimator: str = field("power", "sigma_max estimate: power (iteration, JAX default) or exact (SVD)")
+
+
+@attrs.define
+class HardCapConfig(CapConfig):
+    form: str = field("polynomial", "polynomial (4 rounds, guarded validity) or exact (msign clip formula)")
+
+
+@attrs.define
+class SpectralWeightDecayConfig:
+    strength: float = field(0.1, "fraction of the top singular value removed every step (not scaled by lr)")
+    emb_max_rms: float = field(1.0, "max RMS of every embedding row, projected after every step (0: off)")
+    groups: list[str] = field(["hidden", "embedding", "head"], "weight groups to act on (hidden, embedding, head)")
+    power_iters: int = field(16, "power-iteration steps per matrix per step")
+    warm_start: bool = field(True, "keep each matrix's power-iteration vector between steps (checkpointed); "
+                                   "false: fresh seeded start every step (JAX)")
+    project_at_init: bool = field(False, "also apply once at initialization (the embedding projection)")
+
+
+class _Constraint(Plugin):
+    """Shared machinery: targets from weight_groups(), init + per-step application, embedding rows."""
+
+    recipes = RECIPES
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: list[tuple[str, str, torch.nn.Parameter]] = []
+        self.pi: dict[str, dict] = {}
+
+    # hooks
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        c = self.config
+        _check_groups(self.name, c.groups)
+        if getattr(c, "emb_max_rms", 0.0) < 0:
+            raise BadInput(f"plugins.{self.name}.emb_max_rms={c.emb_max_rms} must be >= 0 (0 disables it)")
+        if hasattr(c, "power_iters") and c.power_iters < 1:
+            raise BadInput(f"plugins.{self.name}.power_iters={c.power_iters} must be >= 1")
+        self.validate(state)
+
+    @hookimpl
+    def hookmix_setup_model(self, model, state):
+        groups = weight_groups(model, self.name)
+        self.targets = [(g, n, p) for g in self.config.groups for n, p in groups.get(g, [])]
+        if self.config.project_at_init:
+            with torch.no_grad():
+                self._apply(None, init=True)
+
+    @hookimpl
+    def hookmix_on_train_start(self, state):
+        self.check_optimizer(state.optimizer)
+
+    @hookimpl
+    def hookmix_after_optimizer_step(self, model, optimizer, state):
+        self._apply(optimizer, init=False)
+
+    @hookimpl
+    def hookmix_plugin_state(self, state):
+        if not getattr(self.config, "warm_start", False):
+            return None
+        return {"pi": {name: {k: v.detach().cpu().clone() for k, v in s.items()} for name, s in self.pi.items()}}
+
+    @hookimpl
+    def hookmix_load_plugin_state(self, plugin_state, state):
+        devices = {name: p.device for _, name, p in self.targets}
+        self.pi = {name: {k: v.to(devices.get(name, "cpu")) for k, v in s.items()}
+                   for name, s in plugin_state.get("pi", {}).items()}
+
+    # helpers
+
+    def _apply(self, optimizer, init: bool) -> None:
+        emb = getattr(self.config, "emb_max_rms", 0.0)
+        for group, name, p in self.targets:
+            if group == "embedding":
+                if emb > 0 and p.ndim == 2:
+                    p.copy_(sp.project_embedding_rows(p, emb))
+                continue
+            if p.ndim != 2:
+                continue
+            new = self.init_map(p, group, name) if init else self.step_map(p, group, name, optimizer)
+            if new is not None:
+                p.copy_(new)
+
+    def cap(self, group: str) -> float:
+        c = self.config
+        return c.head_w_max if group == "head" and c.head_w_max > 0 else c.w_max
+
+    def pi_state(self, name: str) -> dict | None:
+        if not getattr(self.config, "warm_start", False):
+            return None
+        return self.pi.setdefault(name, {})
+
+    def validate(self, state) -> None:
+        c = self.config
+        if hasattr(c, "w_max"):
+            if c.w_max <= 0:
+                raise BadInput(f"plugins.{self.name}.w_max={c.w_max} must be > 0")
+            if c.head_w_max < 0:
+                raise BadInput(f"plugins.{self.name}.head_w_max={c.head_w_max} must be >= 0 (0: w_max)")
+
+    def check_optimizer(self, optimizer) -> None:
+        pass
+
+    def step_map(self, p, group: str, name: str, optimizer) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def init_map(self, p, group: str, name: str) -> torch.Tensor | None:
+        return self.step_map(p, group, name, None)
+
+
+class SpectralNormalize(_Constraint):
+    """Spectral normalization as a projection: W <- W / max(1, sigma_max/w_max) after every step."""
+
+    name = "spectral_normalize"
+    Config = SpectralNormalizeConfig
+    provides = ("weight_constraint",)
+    conflicts = ("weight_constraint",)
+
+    def validate(self, state):
+        super().validate(state)
+        if self.config.estimator not in ("power", "exact"):
+            raise BadInput(f"plugins.spectral_normalize.estimator={self.config.estimator!r}; choose power or exact")
+
+    def step_map(self, p, group, name, optimizer):
+        c = self.config
+        return sp.spectral_normalize(p, self.cap(group), iters=c.power_iters, pi_state=self.pi_state(name),
+                                     exact=c.estimator == "exact")
+
+
+class SpectralHammer(_Constraint):
+    """Spectral hammer: sets the top singular value to w_max every step (not a cap under Muon)."""
+
+    name = "spectral_hammer"
+    Config = PowerCapConfig
+    provides = ("weight_constraint",)
+    conflicts = ("weight_constraint",)
+
+    def step_map(self, p, group, name, optimizer):
+        return sp.spectral_hammer(p, self.cap(group), iters=self.config.power_iters, pi_state=self.pi_state(name))
+
+
+class SpectralHardCap(_Constraint):
+    """Spectral hard cap: sigma -> ~min(w_max, sigma) by an odd polynomial (guarded) or the exact formula."""
+
+    name = "spectral_hard_cap"
+    Config = HardCapConfig
+    provides = ("weight_constraint",)
+    conflicts = ("weight_constraint",)
+
+    def validate(self, state):
+        super().validate(state)
+        if self.config.form not in ("polynomial", "exact"):
+            raise BadInput(f"plugins.spectral_hard_cap.form={self.config.form!r}; choose polynomial or exact")
+
+    def step_map(self, p, group, name, optimizer):
+        if self.config.form == "exact":
+            return sp.spectral_clip_exact(p, self.cap(group))
+        return sp.spectral_hard_cap(p, self.cap(group))
+
+
+class SpectralSoftCap(_Constraint):
+    """Spectral soft cap coupled to Muon's update norm: a certified cap at w_max (co-designed method)."""
+
+    name = "spectral_soft_cap"
+    Config = CapConfig
+    provides = ("weight_constraint",)
+    conflicts = ("weight_constraint",)
+    requires = ("update_norm_bound",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._alpha_cache: dict[tuple[float, float, float], float] = {}
+
+    def validate(self, state):
+        super().validate(state)
+        provider = state.provider("update_norm_bound")
+        bound = getattr(provider, "peak_update_norm", None)
+        if bound is None:
+            raise BadInput("spectral_soft_cap needs an optimizer plugin with peak_update_norm(group) "
+                           "(provides 'update_norm_bound'); use muon")
+        for group in MATRIX_GROUPS:
+            if group not in self.config.groups:
+                continue
+            eta = bound(group)
+            if eta is None:
+                raise BadInput(f"spectral_soft_cap: the {group} matrices are not updated by {provider.name}'s "
+                               f"bounded (Muon) update; enable it there (e.g. plugins.muon.claim_head=true) "
+                               f"or remove {group!r} from plugins.spectral_soft_cap.groups")
+            ratio = eta / self.cap(group)
+            if ratio > sp.SOFT_CAP_MAX_RATIO:
+                raise BadInput(f"spectral_soft_cap: eta/w_max = {eta:.4g}/{self.cap(group):g} = {ratio:.3f} > "
+                               f"{sp.SOFT_CAP_MAX_RATIO} for the {group} matrices (eta = peak lr x NS overshoot "
+                               f"x margin), so the cap would not be a certificate; lower plugins.{provider.name}.lr "
+                               f"or raise the cap")
+
+    def check_optimizer(self, optimizer):
+        fn = getattr(optimizer, "max_update_norm", None)
+        if fn is None:
+            raise BadInput(f"spectral_soft_cap: the optimizer {type(optimizer).__name__} has no "
+                           f"max_update_norm(param); use the muon plugin")
+        for group, name, p in self.targets:
+            if group in MATRIX_GROUPS and p.ndim == 2:
+                try:
+                    fn(p)
+                except KeyError:
+                    raise BadInput(f"spectral_soft_cap: {name} is not updated by Muon, so its update norm is "
+                                   f"unbounded; remove {group!r} from plugins.spectral_soft_cap.groups") from None
+
+    def init_map(self, p, group, name):
+        if sp.rms_to_rms_norm(p) <= self.cap(group):
+            return None  # already within the cap: leave the init bit-identical
+        return sp.svd_clip(p, self.cap(group))  # no update to couple to: clip exactly once
+
+    def step_map(self, p, group, name, optimizer):
+        eta = float(optimizer.max_update_norm(p))
+        decay = getattr(optimizer, "decay_fraction", None)
+        wd = float(decay(p)) if decay is not None else 0.0  # 0 is conservative: k = w_max + eta
+        key = (self.cap(group), wd, eta)
+        alpha = self._alpha_cache.get(key)
+        if alpha is None:
+            try:
+                alpha = sp.soft_cap_coupling(*key)
+            except ValueError as exc:
+                raise TrainingFailure(f"spectral_soft_cap on {name}: {exc}") from None
+            if len(self._alpha_cache) > 4096:
+                self._alpha_cache.clear()
+            self._alpha_cache[key] = alpha
+        return sp.soft_cap(p, alpha) if alpha > 0 else None
+
+
+class SpectralWeightDecay(_Constraint):
+    """Spectral weight decay: shrinks only the top singular value by a fixed fraction every step."""
+
+    name = "spectral_weight_decay"
+    Config = SpectralWeightDecayConfig
+    before = CAPS
+    conflicts = ("spectral_hammer",)  # the hammer resets sigma_1 to w_max right after: the decay is void
+
+    def validate(self, state):
+        if not 0.0 <= self.config.strength < 1.0:
+            raise BadInput(f"plugins.spectral_weight_decay.strength={self.config.strength} must be in [0, 1)")
+
+    def init_map(self, p, group, name):
+        return None  # only the embedding rows are projected at init
+
+    def step_map(self, p, group, name, optimizer):
+        c = self.config
+        return sp.spectral_weight_decay(p, c.strength, iters=c.power_iters, pi_state=self.pi_state(name))

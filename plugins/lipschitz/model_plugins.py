@@ -1,0 +1,117 @@
+"""The Lipschitz model plugins ``lipschitz_gpt`` and ``lipschitz_mlp``: they log the certified bound at every
+evaluation and ship the ``hookmix lipschitz-check / lipschitz-sweep / lipschitz-bench`` commands."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from engine import BadInput, Command, Plugin, field, hookimpl
+
+from . import spectral as sp
+
+RECIPES = "plugins.lipschitz.recipes"
+
+
+def certificate_metrics(model: torch.nn.Module, per_matrix: bool = False) -> dict[str, float]:
+    """``lipschitz/bound`` (from the measured norms) and ``lipschitz/max_norm/<group>``."""
+    out = {"lipschitz/bound": float(model.certified_bound())}
+    for group, value in model.group_max_norms().items():
+        out[f"lipschitz/max_norm/{group}"] = float(value)
+    if per_matrix:
+        for group, named in model.weight_groups().items():
+            for name, p in named:
+                if p.ndim == 2:
+                    value = sp.max_row_rms(p) if group == "embedding" else sp.rms_to_rms_norm(p)
+                    out[f"lipschitz/norm/{name.removesuffix('.weight')}"] = value
+    return out
+
+
+@attrs.define
+class LipschitzGPTConfig:
+    d_model: int = field(256, "model width")
+    n_layers: int = field(3, "transformer blocks")
+    n_heads: int = field(4, "attention heads (d_model / n_heads must be even, for RoPE)")
+    block_size: int = field(0, "context length (0: the data's block size)")
+    softmax_scale: float = field(1.0, "s in the 1/d attention scores s q.k / d_head")
+    residual_scale: float = field(1.0, "r in the convex residual (1 - r/2L) x + r/2L block(x)")
+    zero_init_output: bool = field(True, "zero-init W_o, MLP out and the head (official)")
+    certify: bool = field(True, "log lipschitz/bound and lipschitz/max_norm/* at every evaluation")
+    log_matrix_norms: bool = field(False, "also log lipschitz/norm/<matrix> for every matrix")
+
+
+class _CertifiedModel(Plugin):
+    """A Lipschitz model plugin: logs its certified bound at every evaluation (config ``certify``)."""
+
+    @hookimpl
+    def hookmix_eval_metrics(self, model, state):
+        if self.config.certify:
+            return certificate_metrics(model, self.config.log_matrix_norms)
+        return None
+
+
+class LipschitzGPTModel(_CertifiedModel):
+    """Lipschitz transformer (no norms, convex residuals, 1/d attention); logs its certified bound."""
+
+    name = "lipschitz_gpt"
+    Config = LipschitzGPTConfig
+    provides = ("model", "lipschitz_certificate")
+    recipes = RECIPES
+
+    @hookimpl
+    def hookmix_model(self, state):
+        from .models import LipschitzGPT
+
+        c = self.config
+        vocab = state.data_info("vocab_size", needed_by=self.name, what="a language-model data plugin")
+        block = c.block_size or state.data_info("block_size", needed_by=self.name, what="a context length")
+        if c.d_model % c.n_heads or (c.d_model // c.n_heads) % 2:
+            raise BadInput(f"plugins.lipschitz_gpt: d_model={c.d_model} / n_heads={c.n_heads} must be an even "
+                           f"integer (RoPE); change one")
+        if min(c.d_model, c.n_layers, c.n_heads) < 1 or c.softmax_scale <= 0:
+            raise BadInput("plugins.lipschitz_gpt: d_model, n_layers, n_heads must be >= 1, softmax_scale > 0")
+        return LipschitzGPT(vocab, c.d_model, c.n_layers, c.n_heads, block, softmax_scale=c.softmax_scale,
+                            residual_scale=c.residual_scale, zero_init_output=c.zero_init_output)
+
+    @hookimpl
+    def hookmix_commands(self):
+        from . import commands
+
+        return {
+            "lipschitz-check": Command("compare a run's certified Lipschitz bound with an empirical estimate",
+                                       commands.check_arguments, commands.check),
+            "lipschitz-sweep": Command("sweep constraint methods on the CPU recipe; plot accuracy vs bound",
+                                       commands.sweep_arguments, commands.sweep),
+            "lipschitz-bench": Command("cost of each weight constraint vs an SVD clip and a Muon step",
+                                       commands.bench_arguments, commands.bench),
+        }
+
+
+@attrs.define
+class LipschitzMLPConfig:
+    hidden: int = field(256, "hidden width")
+    n_hidden_layers: int = field(2, "hidden layers (n_hidden_layers + 1 linear maps)")
+    zero_init: str = field("last", "zero-initialized layer: last, first (official; dead with ReLU) or none")
+    certify: bool = field(True, "log lipschitz/bound and lipschitz/max_norm/* at every evaluation")
+    log_matrix_norms: bool = field(False, "also log lipschitz/norm/<matrix> for every matrix")
+
+
+class LipschitzMLPModel(_CertifiedModel):
+    """Bias-free ReLU MLP with spectrally constrainable layers; logs its certified bound (prod of norms)."""
+
+    name = "lipschitz_mlp"
+    Config = LipschitzMLPConfig
+    provides = ("model", "lipschitz_certificate")
+    recipes = RECIPES
+
+    @hookimpl
+    def hookmix_model(self, state):
+        from .models import LipschitzMLP
+
+        c = self.config
+        in_dim = state.data_info("input_dim", needed_by=self.name, what="a classification data plugin")
+        classes = state.data_info("num_classes", needed_by=self.name, what="a class count")
+        try:
+            return LipschitzMLP(in_dim, c.hidden, classes, c.n_hidden_layers, zero_init=c.zero_init)
+        except ValueError as exc:
+            raise BadInput(f"plugins.lipschitz_mlp: {exc}; fix the config") from None

@@ -1,0 +1,113 @@
+"""The ``muon`` optimizer plugin: :class:`~plugins.lipschitz.muon.MuonAdamW` (Muon for hidden matrices, AdamW
+for the rest), which also provides ``"update_norm_bound"`` for the spectral soft cap (docs/lipschitz.md)."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from engine import BadInput, Plugin, field, hookimpl
+from plugins.core.schedule import schedule_factor
+
+from . import spectral as sp
+
+RECIPES = "plugins.lipschitz.recipes"
+
+
+@attrs.define
+class MuonConfig:
+    lr: float = field(0.02, "nominal Muon lr = RMS->RMS norm of each matrix update (before NS overshoot)")
+    head_lr: float = field(0.0, "Muon lr of the head matrix (0: lr)")
+    momentum: float = field(0.95, "momentum (EMA m <- mu m + (1-mu) g); the JAX reference uses 0.9")
+    nesterov: bool = field(True, "Nesterov momentum (torch/Keller default); the JAX reference uses false")
+    weight_decay: float = field(0.0, "decoupled weight decay tied to the lr: W <- W (1 - lr wd); 0 for the soft cap")
+    ns_coefficients: list[float] = field([3.4445, -4.775, 2.0315], "Newton-Schulz (a, b, c) of torch.optim.Muon")
+    ns_steps: int = field(5, "Newton-Schulz rounds")
+    overshoot_margin: float = field(1.05, "safety factor on the NS overshoot in the update-norm bound")
+    claim_head: bool = field(True, "optimize the head matrix with Muon (else AdamW, and the soft cap cannot cap it)")
+    adam_lr: float = field(3e-3, "AdamW lr for everything Muon does not take (embeddings, gains, biases)")
+    adam_betas: list[float] = field([0.9, 0.95], "AdamW betas")
+    adam_eps: float = field(1e-8, "AdamW epsilon")
+    adam_weight_decay: float = field(0.0, "AdamW decoupled weight decay")
+    warmup_steps: int = field(0, "linear warm-up steps")
+    schedule: str = field("linear", "after warm-up: linear, cosine or constant")
+    final_lr_ratio: float = field(0.0, "final lr as a fraction of the peak (0 as in the paper)")
+
+
+class Muon(Plugin):
+    """Muon for hidden 2-D matrices + AdamW for the rest, shape-correct update scale, update-norm bound."""
+
+    name = "muon"
+    Config = MuonConfig
+    provides = ("optimizer", "update_norm_bound")
+    recipes = RECIPES
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        c = self.config
+        if c.lr <= 0 or c.head_lr < 0 or c.adam_lr < 0:
+            raise BadInput("plugins.muon: lr must be > 0 and head_lr, adam_lr >= 0; fix the values")
+        if c.schedule not in ("linear", "cosine", "constant"):
+            raise BadInput(f"plugins.muon.schedule={c.schedule!r}; choose linear, cosine or constant")
+        if len(c.ns_coefficients) != 3 or len(c.adam_betas) != 2:
+            raise BadInput("plugins.muon: ns_coefficients needs 3 numbers (a, b, c) and adam_betas 2")
+        if not 0.0 <= c.final_lr_ratio <= 1.0 or c.weight_decay < 0:
+            raise BadInput("plugins.muon: final_lr_ratio must be in [0, 1] and weight_decay >= 0")
+
+    def group_lr(self, group: str) -> float:
+        c = self.config
+        return c.head_lr if group == "head" and c.head_lr > 0 else c.lr
+
+    def peak_update_norm(self, group: str) -> float | None:
+        """RMS->RMS bound of the largest update of a ``group`` matrix over the run (peak lr), or None
+        when that group is not Muon-updated. Used by spectral_soft_cap's eta/w_max check."""
+        if group == "head" and not self.config.claim_head:
+            return None
+        c = self.config
+        return self.group_lr(group) * sp.ns_overshoot(tuple(c.ns_coefficients), steps=c.ns_steps) * c.overshoot_margin
+
+    @hookimpl
+    def hookmix_param_groups(self, model, state):
+        fn = getattr(model, "weight_groups", None)
+        if callable(fn):
+            groups = fn()
+            hidden = [p for _, p in groups.get("hidden", []) if p.ndim == 2 and p.requires_grad]
+            head = [p for _, p in groups.get("head", []) if p.ndim == 2 and p.requires_grad]
+        else:  # any model: 2-D matrices, except embeddings and the last Linear (the head) -- Keller's rule
+            embeds = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+            linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+            last = id(linears[-1].weight) if linears else None
+            head = [linears[-1].weight] if linears and last not in embeds and linears[-1].weight.requires_grad else []
+            hidden = [p for p in model.parameters() if p.ndim == 2 and p.requires_grad
+                      and id(p) not in embeds and id(p) != last]
+        out = [{"name": "muon", "params": hidden, "muon": True}] if hidden else []
+        if head and self.config.claim_head:
+            out.append({"name": "muon_head", "params": head, "muon": True, "lr": self.group_lr("head")})
+        return out
+
+    @hookimpl
+    def hookmix_optimizer(self, param_groups, state):
+        from .muon import MuonAdamW
+
+        c = self.config
+        names = {id(p): n for n, p in state.model.named_parameters()}
+        muon, adam = [], []
+        for g in param_groups:
+            if g.get("muon"):
+                spec = {"params": [(names.get(id(p)), p) for p in g["params"]]}
+                if "lr" in g:
+                    spec["lr"] = g["lr"]
+                muon.append(spec)
+            elif g["params"]:
+                adam.append({k: v for k, v in g.items() if k != "muon"})
+        return MuonAdamW(muon, adam, lr=c.lr, adam_lr=c.adam_lr, momentum=c.momentum, nesterov=c.nesterov,
+                         weight_decay=c.weight_decay, adam_betas=tuple(c.adam_betas), adam_eps=c.adam_eps,
+                         adam_weight_decay=c.adam_weight_decay, ns_coefficients=tuple(c.ns_coefficients),
+                         ns_steps=c.ns_steps, overshoot_margin=c.overshoot_margin)
+
+    @hookimpl
+    def hookmix_lr_scheduler(self, optimizer, state):
+        c = self.config
+        total = state.run.steps
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: schedule_factor(s, total, c.warmup_steps, c.schedule, c.final_lr_ratio))

@@ -1,0 +1,124 @@
+"""The ``passk`` evaluation plugin: unbiased and first-k pass@k on held-out Countdown problems, discrete and
+soft decoding, with freshly seeded generators (every evaluated model sees the same problems and noise)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import torch
+
+from engine import BadInput, Plugin, field, hookimpl
+
+from . import countdown as cd
+from .data_plugins import CountdownSource, check_context
+from .passk import pass_at_k_table
+from .sampling import SamplingConfig, generate_rollouts
+from .tokenizers import suppress_ids_for
+
+RECIPES = "plugins.soft_grpo.recipes"
+
+
+@attrs.define
+class PassKConfig:
+    problems: int = field(64, "held-out problems evaluated")
+    samples: int = field(32, "samples per problem (n of the unbiased estimator)")
+    ks: list[int] = field([1, 4, 16, 32], "k values reported (k <= samples)")
+    modes: list[str] = field(["discrete", "soft"], "decodings: discrete sampling and/or soft thinking + Gumbel")
+    taus: list[float] = field([0.1], "Gumbel-Softmax temperatures of the soft decoding (one metric set each)")
+    temperature: float = field(1.0, "sampling temperature")
+    top_k: int = field(5, "top-k filter (= soft mixture size)")
+    top_p: float = field(0.95, "top-p filter")
+    think_cap: int = field(24, "thinking tokens before </think> is forced")
+    answer_cap: int = field(14, "answer tokens, <eos> included")
+    seed: int = field(1234, "seed of the evaluation noise (fixed: every model sees the same stream)")
+    chunk: int = field(2048, "rows per generation call")
+    save: bool = field(True, "write per-problem correct counts to passk/step-XXXXXXXX.json in the run directory")
+
+
+@torch.no_grad()
+def evaluate_passk(model, data: CountdownSource, c: PassKConfig, device, autocast=None) -> tuple[dict, dict]:
+    """pass@k metrics and per-problem correctness for every decoding of ``c``; returns (metrics, details)."""
+    tok = data.tokenizer
+    problems = data.heldout(c.problems)
+    prompts = [data.prompt_ids(p) for p in problems]
+    runs = [("discrete", None)] if "discrete" in c.modes else []
+    runs += [(f"soft_t{t:g}", t) for t in c.taus] if "soft" in c.modes else []
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {"problems": [[list(p.numbers), p.target] for p in problems], "samples": c.samples}
+    rows = [(i, p) for i, p in enumerate(prompts) for _ in range(c.samples)]
+    for idx, (label, tau) in enumerate(runs):
+        cfg = SamplingConfig(mode="discrete" if tau is None else "soft", temperature=c.temperature, top_k=c.top_k,
+                             top_p=c.top_p, think_cap=c.think_cap, answer_cap=c.answer_cap,
+                             tau=tau if tau is not None else 0.1, suppress_ids=suppress_ids_for(tok))
+        gen = torch.Generator(device=device).manual_seed(c.seed + 7919 * idx)
+        correct = torch.zeros(len(problems), c.samples, dtype=torch.bool)
+        sums = {"think": 0.0, "finished": 0.0, "top1": 0.0, "top1_99": 0.0, "soft": 0.0}
+        seen = [0] * len(problems)
+        for start in range(0, len(rows), c.chunk):
+            part = rows[start:start + c.chunk]
+            with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
+                r = generate_rollouts(model, [p for _, p in part], cfg, think_end_id=tok.think_end_id,
+                                      eos_id=tok.eos_id, pad_id=tok.pad_id, generator=gen, decode=tok.decode)
+            for (i, _), a, f in zip(part, r.answer_text, r.finished.tolist()):
+                correct[i, seen[i]] = cd.answer_reward(problems[i], a, f) > 0
+                seen[i] += 1
+            soft = r.is_soft & r.response_mask
+            sums["think"] += float(r.think_lengths.float().sum())
+            sums["finished"] += float(r.finished.float().sum())
+            sums["top1"] += float(r.top1_weight[soft].sum())
+            sums["top1_99"] += float((r.top1_weight[soft] > 0.99).float().sum())
+            sums["soft"] += float(soft.sum())
+        table = pass_at_k_table(correct.numpy(), [k for k in c.ks if k <= c.samples])
+        for k in c.ks:
+            if k <= c.samples:
+                metrics[f"passk/{label}/pass@{k}"] = table[f"pass@{k}"]
+                metrics[f"passk/{label}/first@{k}"] = table[f"first@{k}"]
+        n = len(rows)
+        metrics[f"passk/{label}/think_len"] = sums["think"] / n
+        metrics[f"passk/{label}/finished"] = sums["finished"] / n
+        if tau is not None and sums["soft"] > 0:
+            metrics[f"passk/{label}/top1_weight"] = sums["top1"] / sums["soft"]
+            metrics[f"passk/{label}/top1_gt_0.99"] = sums["top1_99"] / sums["soft"]
+        details[label] = ["".join("1" if x else "0" for x in row) for row in correct.tolist()]
+    return metrics, details
+
+
+class PassK(Plugin):
+    """Evaluation: unbiased and first-k pass@k on held-out Countdown problems, discrete and soft decoding."""
+
+    name = "passk"
+    Config = PassKConfig
+    requires = ("data:countdown",)
+    recipes = RECIPES
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        c = self.config
+        bad = [m for m in c.modes if m not in ("discrete", "soft")]
+        if bad or not c.modes:
+            raise BadInput(f"plugins.passk.modes={c.modes}: use a non-empty subset of [\"discrete\", \"soft\"]")
+        if c.problems < 1 or c.samples < 1 or not c.ks or max(c.ks) > c.samples or min(c.ks) < 1:
+            raise BadInput(f"plugins.passk: need problems, samples >= 1 and 1 <= k <= samples "
+                           f"(samples={c.samples}, ks={c.ks})")
+        if "soft" in c.modes and (not c.taus or min(c.taus) <= 0):
+            raise BadInput(f"plugins.passk.taus={c.taus} must be non-empty and > 0 for soft decoding")
+
+    @hookimpl
+    def hookmix_setup_model(self, model, state):
+        check_context(model, state.data, self.config.think_cap, self.config.answer_cap, self.name)
+
+    @hookimpl
+    def hookmix_eval_metrics(self, model, state):
+        metrics, details = evaluate_passk(model, state.data, self.config, state.device, state.autocast)
+        if self.config.save and state.is_main and state.run_dir is not None:
+            details["metrics"] = metrics
+            state.run_dir.write_text_atomic(f"passk/step-{state.step:08d}.json", json.dumps(details) + "\n")
+        return metrics
+
+    @hookimpl
+    def hookmix_commands(self):
+        from .compare import bench_command, compare_command
+
+        return {"countdown-compare": compare_command(), "bench-rollouts": bench_command()}

@@ -1,0 +1,158 @@
+"""The policy model plugins ``tiny_policy`` and ``hf_policy`` (a Hugging Face causal LM, extra ``hf``)."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from engine import BadInput, Plugin, field, hookimpl, one_of
+
+from .policy import TinyPolicy, TinyPolicyConfig
+
+
+def load_init(model: torch.nn.Module, source: str, plugin: str) -> None:
+    """Load the model weights of a hookmix run directory (latest checkpoint) or of one ``.pt`` checkpoint."""
+    from engine import checkpoint
+    from engine.outputs import RunDir
+
+    if source.endswith(".pt"):
+        parent, name = source.rsplit("/", 1) if "/" in source else (".", source)
+        payload = checkpoint.load(RunDir(parent), name)
+    else:
+        payload = checkpoint.load_latest(RunDir(source))
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise BadInput(f"plugins.{plugin}.init_from={source!r} does not match this model "
+                       f"({str(exc).splitlines()[0][:160]}); use the same model config as that run") from None
+
+
+@attrs.define
+class TinyPolicyModelConfig:
+    d_model: int = field(64, "model width")
+    n_layers: int = field(2, "transformer blocks")
+    n_heads: int = field(4, "attention heads")
+    d_ff: int = field(0, "MLP width (0: 4 * d_model)")
+    max_len: int = field(0, "context length (0: the data's block_size)")
+    dropout: float = field(0.0, "dropout probability (keep 0 for RL: θ_old is recomputed in eval mode)")
+    tie_embeddings: bool = field(False, "share the input embedding with the LM head")
+    init_std: float = field(0.02, "initialisation std (GPT-2 style)")
+    init_from: str = field("", "start from the weights of this hookmix run directory (latest checkpoint) or .pt file")
+
+
+class TinyPolicyModel(Plugin):
+    """Tiny pre-LN decoder (learned positions, KV cache) that also speaks the soft-policy protocol."""
+
+    name = "tiny_policy"
+    Config = TinyPolicyModelConfig
+    provides = ("model", "policy")
+
+    @hookimpl
+    def hookmix_model(self, state):
+        c = self.config
+        info = state.data.info
+        if "vocab_size" not in info:
+            raise BadInput("tiny_policy needs a token data plugin (data info 'vocab_size'); enable countdown")
+        if c.d_model % c.n_heads:
+            raise BadInput(f"plugins.tiny_policy: d_model={c.d_model} is not divisible by n_heads={c.n_heads}")
+        model = TinyPolicy(TinyPolicyConfig(vocab_size=info["vocab_size"], d_model=c.d_model, n_layers=c.n_layers,
+                                            n_heads=c.n_heads, d_ff=c.d_ff or None,
+                                            max_len=c.max_len or info.get("block_size", 64), dropout=c.dropout,
+                                            tie_embeddings=c.tie_embeddings, init_std=c.init_std))
+        if c.init_from:
+            load_init(model, c.init_from, self.name)
+        return model
+
+
+class HFPolicy(torch.nn.Module):
+    """A ``transformers`` causal LM as an engine model: ``forward(ids) -> logits`` plus the soft-policy protocol."""
+
+    def __init__(self, hf_model: torch.nn.Module) -> None:
+        super().__init__()
+        from .hf_adapter import HFCausalLMAdapter
+
+        self.hf = hf_model
+        self._adapter = HFCausalLMAdapter(hf_model)
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        return self._adapter.embedding_matrix
+
+    @property
+    def vocab_size(self) -> int:
+        return self._adapter.vocab_size
+
+    @property
+    def max_positions(self) -> int | None:
+        return self._adapter.max_positions
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._adapter.embed(ids)
+
+    def new_cache(self, batch_size: int = 0):
+        return self._adapter.new_cache(batch_size)
+
+    def forward_embeds(self, inputs_embeds, attention_mask=None, position_ids=None, kv_cache=None):
+        return self._adapter.forward_embeds(inputs_embeds, attention_mask, position_ids, kv_cache)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.hf(input_ids=input_ids, use_cache=False).logits
+
+
+@attrs.define
+class HFPolicyModelConfig:
+    path: str = field("", "local directory of a Hugging Face causal LM (empty: a random tiny model of `arch`)")
+    arch: str = field("llama", "random-init architecture when path is empty", validator=one_of("llama", "gpt2"))
+    hidden_size: int = field(64, "random init: width")
+    layers: int = field(2, "random init: blocks")
+    heads: int = field(4, "random init: attention heads")
+    intermediate_size: int = field(0, "random init: MLP width (0: 4 * hidden_size)")
+    max_positions: int = field(0, "random init: context (0: the data's block_size)")
+    dtype: str = field("float32", "weights dtype (float32 or bfloat16)", validator=one_of("float32", "bfloat16"))
+    init_from: str = field("", "start from the weights of this hookmix run directory (latest checkpoint) or .pt file")
+
+
+class HFPolicyModel(Plugin):
+    """A Hugging Face causal LM (local directory, or a random tiny llama/gpt2) as the policy (extra `hf`)."""
+
+    name = "hf_policy"
+    Config = HFPolicyModelConfig
+    provides = ("model", "policy")
+
+    @hookimpl
+    def hookmix_model(self, state):
+        from .hf_adapter import require_transformers
+
+        try:
+            tr = require_transformers()
+        except ImportError as exc:
+            raise BadInput(f"hf_policy: {exc}; or install the extra: pip install 'hookmix[hf]'") from None
+        c, info = self.config, state.data.info
+        dtype = torch.bfloat16 if c.dtype == "bfloat16" else torch.float32
+        if c.path:
+            try:
+                hf = tr.AutoModelForCausalLM.from_pretrained(c.path, local_files_only=True, dtype=dtype)
+            except (OSError, ValueError) as exc:
+                raise BadInput(f"plugins.hf_policy.path: cannot load a causal LM from {c.path!r} "
+                               f"({str(exc).splitlines()[0][:160]}); pass a local model directory") from None
+        else:
+            inter = c.intermediate_size or 4 * c.hidden_size
+            npos = c.max_positions or info.get("block_size", 64)
+            if c.arch == "llama":
+                cfg = tr.LlamaConfig(vocab_size=info["vocab_size"], hidden_size=c.hidden_size, intermediate_size=inter,
+                                     num_hidden_layers=c.layers, num_attention_heads=c.heads,
+                                     num_key_value_heads=c.heads, max_position_embeddings=npos,
+                                     tie_word_embeddings=False)
+                hf = tr.LlamaForCausalLM(cfg)
+            else:
+                cfg = tr.GPT2Config(vocab_size=info["vocab_size"], n_embd=c.hidden_size, n_layer=c.layers,
+                                    n_head=c.heads, n_inner=inter, n_positions=npos)
+                hf = tr.GPT2LMHeadModel(cfg)
+            hf = hf.to(dtype)
+        model = HFPolicy(hf)
+        if model.vocab_size < info["vocab_size"]:
+            raise BadInput(f"hf_policy: the model's vocabulary ({model.vocab_size}) is smaller than the data's "
+                           f"({info['vocab_size']}); set plugins.countdown.tokenizer to the model's directory")
+        if c.init_from:
+            load_init(model, c.init_from, self.name)
+        return model

@@ -1,0 +1,267 @@
+"""The RL plugins ``grpo`` and ``soft_grpo``: rollouts, group advantages, the clipped objective and the KL term.
+
+How the RL step maps onto the engine hooks (see ``engine/loop.py``)::
+
+    batch = countdown.train_batch(generator)          # prompts (numbers, target), left-padded
+    rollouts = grpo|soft_grpo.generate_rollouts(...)  # G samples per prompt (discrete | soft+Gumbel),
+                                                      # θ_old and reference log-likelihoods, teacher-forced
+    rewards = countdown_reward + format_reward        # named, weighted, summed by the engine
+    advantages = grpo|soft_grpo.advantages(...)       # group-normalised (Bessel std + 1e-6)
+    outputs = grpo|soft_grpo.forward(...)             # teacher-forced log-likelihood under θ
+    terms = grpo|soft_grpo.loss_terms(...)            # {"pg": PPO-clip + dual clip, "kl": β·k3}
+
+Every random draw of a run comes from the engine's data generator (problems, SFT traces) or from a
+generator owned by the RL plugin and saved in its checkpoint state (rollout noise), so a resumed run is
+bit-exact. Evaluation (``passk``) uses its own freshly seeded generators: every evaluated model sees the
+same problems and the same noise stream.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import attrs
+import torch
+
+from engine import BadInput, Plugin, field, hookimpl, one_of
+
+from . import countdown as cd
+from .data_plugins import check_context
+from .likelihood import LikelihoodConfig, sequence_logprobs
+from .objective import ObjectiveConfig, aggregate, group_advantages, k3_kl, policy_loss
+from .record import Rollout
+from .sampling import SamplingConfig, generate_rollouts
+from .tokenizers import suppress_ids_for
+
+RECIPES = "plugins.soft_grpo.recipes"
+
+
+def _clamp_pair(value: list[float], what: str) -> tuple[float, float] | None:
+    if not value:
+        return None
+    if len(value) != 2 or value[0] >= value[1]:
+        raise BadInput(f"{what} must be [] (no clamp) or [low, high] with low < high, got {value}")
+    return (float(value[0]), float(value[1]))
+
+
+@attrs.define
+class GRPOConfig:
+    group_size: int = field(8, "rollouts per prompt (G)")
+    minibatches: int = field(1, "chunks per rollout batch, split by prompt groups and consumed one per micro-batch "
+                                "(grad_accum 1: one optimizer step each; the ratio is exactly 1 on the first only)")
+    temperature: float = field(1.0, "sampling temperature (also divides the logits in the likelihood)")
+    top_k: int = field(5, "top-k filter (for soft thinking also the number of mixed/stored ids)")
+    top_p: float = field(0.95, "top-p filter")
+    min_p: float = field(0.0, "min-p filter (0: off)")
+    think_cap: int = field(24, "thinking tokens before </think> is forced")
+    answer_cap: int = field(14, "answer tokens after </think>, <eos> included")
+    clip_eps: float = field(0.2, "PPO clip ε (low side)")
+    clip_eps_high: float = field(0.0, "PPO clip ε on the high side (0: same as clip_eps)")
+    dual_clip: float = field(3.0, "dual-clip constant c > 1 for negative advantages (0: off)")
+    kl_coef: float = field(0.001, "β of the k3 KL to the frozen reference (0: no reference model)")
+    agg: str = field("token-mean", "token-mean (DAPO / official code) or seq-mean (GRPO 1/|o_i|)",
+                     validator=one_of("token-mean", "seq-mean"))
+    scale_advantages: bool = field(True, "divide by the group's Bessel std + adv_eps (false: Dr. GRPO)")
+    adv_eps: float = field(1e-6, "added to the group std (verl: 1e-6)")
+    seed_offset: int = field(2, "the rollout generator is seeded with run.seed + this")
+
+
+@attrs.define
+class SoftGRPOConfig(GRPOConfig):
+    tau: float = field(0.1, "Gumbel-Softmax temperature τ of the soft-token weights")
+    noise_factor: float = field(1.0, "λ: g' = log(p̄ + 1e-6) + λ·g")
+    gumbel_clamp: list[float] = field([-1.5, 3.0], "clamp of the rollout Gumbel noise ([] : none)")
+    soft_density: str = field("mean", "mean (official code: masked mean of Gumbel log-densities) or sum (exact)",
+                              validator=one_of("mean", "sum"))
+    likelihood_clamp: list[float] = field([-1.5, 3.0], "clamp of the recovered noise z in the likelihood ([] : none)")
+    mask_logq_min: float = field(-3.0, "mean density: slots with log(q + 1e-6) above this (q > ~0.05)")
+    detach_inputs: bool = field(True, "detach the rebuilt mixture inputs (official code)")
+
+
+def _pack_rollout(r: Rollout) -> dict:
+    return {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
+
+
+def _unpack_rollout(d: dict, device) -> Rollout:
+    r = Rollout(**d)
+    return r.to(device)
+
+
+class GRPO(Plugin):
+    """GRPO on discretely sampled scratchpads: PPO-clip + dual clip, k3 KL to the frozen start, group advantages."""
+
+    name = "grpo"
+    Config = GRPOConfig
+    provides = ("rl", "rl:objective")
+    requires = ("data:countdown", "policy")
+    # the frozen reference is copied in setup_model: after any plugin that projects the initial weights
+    after = ("spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap")
+    recipes = RECIPES
+    mode = "discrete"
+
+    # configs of the pure code
+    def sampling_config(self, tok) -> SamplingConfig:
+        c = self.config
+        extra = {}
+        if self.mode == "soft":
+            extra = dict(tau=c.tau, noise_factor=c.noise_factor,
+                         gumbel_clamp=_clamp_pair(c.gumbel_clamp, f"plugins.{self.name}.gumbel_clamp"))
+        return SamplingConfig(mode=self.mode, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, min_p=c.min_p,
+                              think_cap=c.think_cap, answer_cap=c.answer_cap, suppress_ids=suppress_ids_for(tok),
+                              **extra)
+
+    def likelihood_config(self) -> LikelihoodConfig:
+        if self.mode != "soft":
+            return LikelihoodConfig()
+        c = self.config
+        return LikelihoodConfig(soft_density=c.soft_density,
+                                clamp=_clamp_pair(c.likelihood_clamp, f"plugins.{self.name}.likelihood_clamp"),
+                                mask_logq_min=c.mask_logq_min, detach_inputs=c.detach_inputs)
+
+    def objective_config(self) -> ObjectiveConfig:
+        c = self.config
+        return ObjectiveConfig(clip_eps=c.clip_eps, clip_eps_high=c.clip_eps_high or None,
+                               dual_clip_c=c.dual_clip or None, kl_coef=c.kl_coef, agg=c.agg)
+
+    # setup
+    @hookimpl
+    def hookmix_configure(self, state):
+        c = self.config
+        data = state.provider("data:countdown")
+        if data is not None and data.config.mode != "rl":
+            raise BadInput(f"{self.name} samples rollouts from prompts; set plugins.countdown.mode=\"rl\"")
+        if c.group_size < 2:
+            raise BadInput(f"plugins.{self.name}.group_size={c.group_size}: group advantages need G >= 2")
+        if c.minibatches < 1 or (data is not None and data.config.batch_size % c.minibatches):
+            raise BadInput(f"plugins.{self.name}.minibatches={c.minibatches} must divide plugins.countdown.batch_size")
+        if c.dual_clip and c.dual_clip <= 1.0:
+            raise BadInput(f"plugins.{self.name}.dual_clip={c.dual_clip} must be > 1 (or 0 to disable)")
+        try:
+            self.sampling_config(cd.CharTokenizer())
+            self.likelihood_config()
+        except ValueError as exc:
+            raise BadInput(f"plugins.{self.name}: {exc}") from None
+
+    @hookimpl
+    def hookmix_setup_model(self, model, state):
+        # the frozen reference: a copy of the starting policy (after init_from), never optimized
+        self.ref = None
+        if self.config.kl_coef > 0:
+            self.ref = copy.deepcopy(model).eval().requires_grad_(False)
+        self.generator = torch.Generator(device=state.device).manual_seed(state.run.seed + self.config.seed_offset)
+        self.buffer: list[dict] = []
+        tok = state.data.tokenizer
+        self.sampling = self.sampling_config(tok)
+        self.likelihood = self.likelihood_config()
+        self.objective = self.objective_config()
+        check_context(model, state.data, self.config.think_cap, self.config.answer_cap, self.name)
+
+    # rollouts
+    def _sample(self, model, batch: dict, state) -> list[dict]:
+        c, tok = self.config, state.data.tokenizer
+        ids, mask = batch["prompt_ids"].cpu(), batch["prompt_mask"].cpu()
+        prompts = [row[m].tolist() for row, m in zip(ids, mask)]
+        G = c.group_size
+        with state.autocast():
+            r = generate_rollouts(model, [p for p in prompts for _ in range(G)], self.sampling,
+                                  think_end_id=tok.think_end_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                  generator=self.generator, decode=tok.decode, likelihood=self.likelihood)
+        problems = {k: batch[k].cpu().repeat_interleave(G, 0) for k in ("numbers", "targets")}
+        per = len(prompts) // c.minibatches * G
+        chunks = []
+        for i in range(c.minibatches):
+            rows = list(range(i * per, (i + 1) * per))
+            sub = r.select(rows) if c.minibatches > 1 else r
+            with state.autocast():  # θ_old and the reference, teacher-forced exactly as the training forward
+                old = sequence_logprobs(model, sub, self.likelihood).float()
+                ref = sequence_logprobs(self.ref, sub, self.likelihood).float() if self.ref is not None else None
+            chunks.append({"rollout": sub, "numbers": problems["numbers"][rows], "targets": problems["targets"][rows],
+                           "old_logp": old, "ref_logp": ref, "group_size": G})
+        return chunks
+
+    @hookimpl
+    def hookmix_generate_rollouts(self, model, batch, state):
+        if not self.buffer:
+            self.buffer = self._sample(model, batch, state)
+        chunk = self.buffer.pop(0)
+        s = chunk["rollout"].stats()
+        for key in ("think_length_mean", "answer_length_mean", "finished_frac", "forced_think_end_frac"):
+            state.log(f"train/rl/{key.removesuffix('_mean').removesuffix('_frac')}", s[key])
+        if self.mode == "soft" and s["soft_tokens"] > 0:
+            state.log("train/rl/top1_weight", s["top1_weight_mean"])
+            state.log("train/rl/top1_weight_gt_0.99", s["top1_weight_gt_0.99"])
+        return dict(chunk)
+
+    @hookimpl
+    def hookmix_advantages(self, rollouts, rewards, state):
+        G = rollouts["group_size"]
+        r = rewards.detach().float().cpu()
+        adv = group_advantages(r, group_size=G, eps=self.config.adv_eps, scale=self.config.scale_advantages)
+        groups = r.view(-1, G)
+        state.log("train/rl/frac_reward_zero_std", (groups.max(1).values == groups.min(1).values).float().mean())
+        return adv
+
+    # forward and loss
+    @hookimpl
+    def hookmix_forward(self, model, batch, state):
+        if "rollout" not in batch:  # supervised batches (the engine's val/loss on gold traces)
+            return {"logits": model(batch["input"])}
+        logp, logits = sequence_logprobs(model, batch["rollout"], self.likelihood, return_logits=True)
+        return {"logits": logits, "logp": logp}
+
+    @hookimpl
+    def hookmix_loss_terms(self, batch, outputs, state):
+        if "rollout" not in batch:
+            return None
+        r: Rollout = batch["rollout"]
+        logp = outputs["logp"].float()
+        mask = r.loss_mask
+        adv = batch["advantages"].to(logp.device).float()
+        pg_cfg = dataclasses.replace(self.objective, kl_coef=0.0)
+        pg, stats = policy_loss(logp, batch["old_logp"].to(logp.device), adv, mask, pg_cfg)
+        terms = {"pg": pg}
+        for key in ("clip_frac", "dual_clip_frac", "ratio_mean", "ratio_max", "ratio_min", "ppo_kl"):
+            state.log(f"train/rl/{key}", stats[key])
+        if self.ref is not None:
+            kl = aggregate(k3_kl(logp, batch["ref_logp"].to(logp.device)), mask, self.objective.agg)
+            state.log("train/rl/kl", kl.detach())
+            terms["kl"] = self.objective.kl_coef * kl
+        return terms
+
+    # checkpoint state: the rollout generator and any rollouts not yet trained on
+    @hookimpl
+    def hookmix_plugin_state(self, state):
+        return {"generator": self.generator.get_state(),
+                "buffer": [{**{k: v for k, v in ch.items() if k != "rollout"}, "rollout": _pack_rollout(ch["rollout"])}
+                           for ch in self.buffer]}
+
+    @hookimpl
+    def hookmix_load_plugin_state(self, plugin_state, state):
+        self.generator.set_state(plugin_state["generator"])
+        self.buffer = []
+        for ch in plugin_state["buffer"]:
+            d = dict(ch)
+            d["rollout"] = _unpack_rollout(ch["rollout"], state.device)
+            for k in ("old_logp", "ref_logp"):
+                if d.get(k) is not None:
+                    d[k] = d[k].to(state.device)
+            self.buffer.append(d)
+
+
+class SoftGRPO(GRPO):
+    """SofT-GRPO: soft-thinking rollouts with Gumbel noise, scored by the reparameterised Gumbel likelihood."""
+
+    name = "soft_grpo"
+    Config = SoftGRPOConfig
+    mode = "soft"
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        super().hookmix_configure(state)
+        c = self.config
+        if c.tau <= 0 or c.noise_factor <= 0:
+            raise BadInput(f"plugins.soft_grpo: tau={c.tau} and noise_factor={c.noise_factor} must be > 0 "
+                           f"(the Gumbel likelihood needs noise)")
+        if c.top_k < 1 or c.top_k > 20:
+            raise BadInput(f"plugins.soft_grpo.top_k={c.top_k} must be in 1..20 (the likelihood mask must be non-empty)")
