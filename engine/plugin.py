@@ -51,6 +51,28 @@ class Command:
     add_arguments: Callable[[Any], None]  # receives the verb's argparse parser
     run: Callable[[Any], int | None]  # receives the parsed namespace; returns an exit code
 
+    @classmethod
+    def lazy(cls, help: str, add_arguments: str, run: str) -> Command:
+        """A command whose functions (``"module:function"``) are imported only when it is used.
+
+        Keeps ``hookmix --help`` fast however heavy the command's module is.
+        """
+        return cls(help, _Lazy(add_arguments), _Lazy(run))
+
+
+class _Lazy:
+    """A ``"module:function"`` reference, imported at the first call."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __call__(self, *args):
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)(*args)
+
+    def __repr__(self) -> str:
+        return f"<lazy {self.target}>"
+
 
 class Plugin:
     """Base class for hookmix plugins. Subclass it, set the declarations, implement hooks.

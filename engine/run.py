@@ -56,7 +56,11 @@ class Run:
         self.url = url.rstrip("/")
         self.run_dir = RunDir(self.url)
         self.checkpoint_name = checkpoint_name
-        if not self.run_dir.exists("recipe.toml"):
+        try:
+            present = self.run_dir.exists("recipe.toml")
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"cannot read {self.url} ({exc}); check the URL") from None
+        if not present:
             raise BadInput(f"{self.url} holds no recipe.toml; pass the directory of a hookmix run")
         self.recipe_raw: dict = parse_toml(self.run_dir.read_text("recipe.toml"), self.run_dir.url("recipe.toml"))
         self.name = str(self.recipe_raw.get("name", "run"))
@@ -128,7 +132,8 @@ class Run:
 
         Only the data and model plugins are set up (the other plugins of the recipe need not be
         installed). ``data`` reuses an already built data source instead of building the run's.
-        Neither the caller's torch RNG nor its streams move: construction runs in a forked RNG.
+        Construction runs in a forked torch RNG seeded with the run's seed: the caller's streams do
+        not move, and the rebuild is the same every time.
         ``weights=None`` leaves the freshly initialised model.
         """
         data_name, model_name = self.data_and_model_plugins(registry)
@@ -142,6 +147,7 @@ class Run:
         except BadInput as exc:
             raise BadInput(f"the recipe of {self.url} does not resolve here: {exc}") from None
         with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.run.seed)  # built as its own training built it
             state.data = data if data is not None else manager.data(state)
             model = manager.model(state)
         if weights is not None:

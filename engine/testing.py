@@ -67,7 +67,6 @@ class ToyData(Plugin):
 
     name = "toy_data"
     Config = ToyDataConfig
-    provides = ("data",)
 
     @hookimpl
     def hookmix_data(self, state):
@@ -84,7 +83,6 @@ class ToyModel(Plugin):
 
     name = "toy_model"
     Config = ToyModelConfig
-    provides = ("model",)
 
     @hookimpl
     def hookmix_model(self, state):
@@ -106,7 +104,6 @@ class ToySGD(Plugin):
 
     name = "toy_sgd"
     Config = ToySGDConfig
-    provides = ("optimizer",)
 
     @hookimpl
     def hookmix_optimizer(self, param_groups, state):

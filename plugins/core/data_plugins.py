@@ -23,7 +23,6 @@ class TinyShakespeare(Plugin):
 
     name = "tinyshakespeare"
     Config = TinyShakespeareConfig
-    provides = ("data", "data:lm")
     recipes = RECIPES
 
     @hookimpl
@@ -51,7 +50,6 @@ class MNIST1DData(Plugin):
 
     name = "mnist1d"
     Config = MNIST1DConfig
-    provides = ("data", "data:classification")
     recipes = RECIPES
 
     @hookimpl

@@ -19,7 +19,6 @@ class CrossEntropy(Plugin):
 
     name = "cross_entropy"
     Config = CrossEntropyConfig
-    provides = ("loss:ce",)
 
     @hookimpl
     def hookmix_loss_terms(self, batch, outputs, state):

@@ -22,7 +22,6 @@ class GPTModel(Plugin):
 
     name = "gpt"
     Config = GPTConfig
-    provides = ("model",)
 
     @hookimpl
     def hookmix_model(self, state):
@@ -47,7 +46,6 @@ class MLPModel(Plugin):
 
     name = "mlp"
     Config = MLPConfig
-    provides = ("model",)
 
     @hookimpl
     def hookmix_model(self, state):
@@ -71,7 +69,6 @@ class CNN1DModel(Plugin):
 
     name = "cnn1d"
     Config = CNN1DConfig
-    provides = ("model",)
 
     @hookimpl
     def hookmix_model(self, state):

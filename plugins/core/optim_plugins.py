@@ -27,7 +27,6 @@ class AdamW(Plugin):
 
     name = "adamw"
     Config = AdamWConfig
-    provides = ("optimizer",)
 
     @hookimpl
     def hookmix_param_groups(self, model, state):

@@ -60,7 +60,6 @@ class CIFAR100Data(Plugin):
 
     name = "cifar100"
     Config = CIFAR100Config
-    provides = ("data", "data:classification")
     recipes = RECIPES
 
     @hookimpl
@@ -91,7 +90,6 @@ class ResNet(Plugin):
 
     name = "resnet"
     Config = ResNetConfig
-    provides = ("model",)
 
     @hookimpl
     def hookmix_model(self, state):

@@ -32,7 +32,7 @@ def student_logits_of(model: torch.nn.Module, batch: dict, state) -> torch.Tenso
     model.eval()
     try:
         with torch.no_grad():
-            return state.manager.forward(model, batch, state)["logits"]
+            return state.forward(model, batch)["logits"]
     finally:
         model.train(was_training)
 

@@ -24,7 +24,6 @@ class SGD(Plugin):
 
     name = "sgd"
     Config = SGDConfig
-    provides = ("optimizer",)
 
     @hookimpl
     def hookmix_configure(self, state):

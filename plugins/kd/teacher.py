@@ -11,8 +11,8 @@ from typing import Any
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl, one_of
-from engine.loop import make_state
+from engine import BadInput, Command, Plugin, field, hookimpl, one_of
+from engine import open_run
 
 from .distill_inputs import sample_batch, student_logits_of
 
@@ -27,10 +27,6 @@ class TeacherConfig:
                          validator=one_of("model", "ema"))
     eval_metric: bool = field(True, "log the teacher's accuracy on the validation data (teacher/val_accuracy, "
                                     "computed once)")
-
-
-def _implements(cls: type, hook: str) -> bool:
-    return callable(getattr(cls, hook, None))
 
 
 #: Data-info keys that must agree between the teacher's data and the student's.
@@ -49,6 +45,8 @@ class Teacher(Plugin):
     Config = TeacherConfig
     provides = ("teacher",)
     recipes = RECIPES
+    commands = {"distill-mnist1d": Command.lazy("MNIST-1D distillation table: CNN teacher, MLP student arms, seeds",
+                                                "plugins.kd.experiment:add_arguments", "plugins.kd.experiment:run")}
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,93 +54,47 @@ class Teacher(Plugin):
         self.step: int | None = None
         self._accuracy: float | None = None
 
-    # where the teacher comes from
+    # where the teacher comes from, and building it (engine.open_run: one way to open a run)
 
-    def _source(self):
-        """(run directory, checkpoint name or None for the latest) from ``plugins.teacher.run``."""
-        from engine.outputs import RunDir
-
+    def _open(self):
         url = self.config.run.strip().rstrip("/")
         if not url:
             raise BadInput("plugins.teacher.run is empty; set it to a trained teacher's run directory, "
                            "e.g. plugins.teacher.run=runs/mnist1d-teacher-cnn")
-        if url.endswith(".pt"):
-            parent, name = url.rsplit("/", 1) if "/" in url else ("", url)
-            if parent.rsplit("/", 1)[-1] != "checkpoints":
-                raise BadInput(f"plugins.teacher.run={url}: a checkpoint must be RUN/checkpoints/step-N.pt (the "
-                               f"recipe is read from RUN/recipe.toml); or pass the run directory")
-            base = parent.rsplit("/", 1)[0] if "/" in parent else "."
-            return RunDir(base), f"checkpoints/{name}"
-        return RunDir(url), None
-
-    def _read_recipe(self, run_dir) -> dict:
-        from engine.recipe import parse_toml
-
         try:
-            present = run_dir.exists("recipe.toml")
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"plugins.teacher.run={self.config.run}: cannot read it ({exc}); check the URL") from None
-        if not present:
-            raise BadInput(f"plugins.teacher.run={self.config.run} holds no recipe.toml; pass the directory of a "
-                           f"trained hookmix run (train one first, e.g. hookmix train mnist1d-teacher-cnn "
-                           f"--out runs/mnist1d-teacher-cnn)")
-        return parse_toml(run_dir.read_text("recipe.toml"), run_dir.url("recipe.toml"))
+            return open_run(url)
+        except BadInput as exc:
+            raise BadInput(f"plugins.teacher.run={url}: {exc} (train one first, e.g. hookmix train "
+                           f"mnist1d-teacher-cnn --out runs/mnist1d-teacher-cnn)") from None
 
-    def _load_payload(self, run_dir, name: str | None) -> dict:
-        from engine import checkpoint
-
-        if name is None:
-            steps = checkpoint.list_steps(run_dir)
-            if not steps:
-                raise BadInput(f"plugins.teacher.run={self.config.run} has no checkpoint in checkpoints/; "
-                               f"let the teacher run finish (it checkpoints at its last step)")
-            name = f"checkpoints/step-{steps[-1]:08d}.pt"
-        return checkpoint.load(run_dir, name)
-
-    # building it
-
-    def _plugins_of(self, raw: dict, registry) -> tuple[str, str]:
-        """Names of the data and model plugins of the teacher's recipe (only those are rebuilt)."""
-        names = raw.get("run", {}).get("plugins", [])
-        data = model = None
-        unloadable = []
-        for name in names:
+    def _check_forward(self, run, registry) -> None:
+        for name in run.plugins:
             try:
                 cls = registry.load(name)
             except BadInput:
-                unloadable.append(name)
-                continue
-            if _implements(cls, "hookmix_forward"):
+                continue  # not installed here: only the data and model plugins are rebuilt
+            if callable(getattr(cls, "hookmix_forward", None)):
                 raise BadInput(f"the teacher's recipe uses a custom forward (plugin {name!r}); only teachers whose "
                                f"forward is model(batch['input']) are supported")
-            if _implements(cls, "hookmix_data") and data is None:
-                data = name
-            if _implements(cls, "hookmix_model") and model is None:
-                model = name
-        if model is None:
-            extra = f" (not installed here: {', '.join(unloadable)})" if unloadable else ""
-            raise BadInput(f"the teacher's recipe {self.config.run}/recipe.toml enables no model plugin that "
-                           f"can be loaded{extra}; install it or pass another teacher")
-        if data is None:
-            raise BadInput(f"the teacher's recipe {self.config.run}/recipe.toml enables no data plugin; "
-                           f"pass the run directory of a complete training run")
-        return data, model
 
-    def _teacher_data(self, state, tstate, data_name: str):
-        """The teacher's data: the student's own when it is the same plugin with the same config, else rebuilt
-        from the teacher's recipe (for its info); falls back to the student's data when that cannot be built."""
+    def _student_data_if_same(self, state, run, data_name: str):
+        """The student's data when the student enables the teacher's data plugin with the same config."""
         from engine.recipe import converter
 
-        student_data = next(iter(state.manager.providers("hookmix_data")), None)
-        if student_data == data_name:
-            mine = state.recipe.plugin_configs.get(data_name)
-            theirs = tstate.recipe.plugin_configs.get(data_name)
-            if converter.unstructure(mine) == converter.unstructure(theirs):
-                return state.data
-        try:
-            return tstate.manager.data(tstate)
-        except BadInput:
-            return state.data  # not available here: the weight load and the shape check still guard
+        if data_name not in state.recipe.run.plugins:
+            return None
+        mine = converter.unstructure(state.recipe.plugin_configs.get(data_name))
+        tables = run.recipe_raw.get("plugins", {})
+        theirs = tables.get(data_name, {}) if isinstance(tables, dict) else {}
+        config_cls = state.registry.load(data_name).Config
+        if config_cls is not None:
+            from engine.recipe import structure_table
+
+            try:
+                theirs = converter.unstructure(structure_table(theirs, config_cls, f"plugins.{data_name}"))
+            except BadInput:
+                return None
+        return state.data if mine == theirs else None
 
     def _check_info(self, teacher_info: dict, student_info: dict) -> None:
         for key in _INFO_KEYS:
@@ -152,47 +104,38 @@ class Teacher(Plugin):
                                f"use a teacher trained on the same classes / vocabulary")
 
     def build(self, state) -> torch.nn.Module:
-        """Rebuild the teacher's model through its own model plugin and load its weights (frozen, eval mode)."""
-        from engine.recipe import resolve
+        """Rebuild the teacher's model through its own plugins and load its weights (frozen, eval mode).
 
-        run_dir, ckpt = self._source()
-        raw = self._read_recipe(run_dir)
+        The student's RNG streams do not move (``Run.build`` constructs in a forked RNG), so a run
+        initialises identically with or without a teacher.
+        """
+        run = self._open()
         registry = state.registry  # the run's: installed plugins plus classes registered in code (tests)
-        data_name, model_name = self._plugins_of(raw, registry)
-        tables = raw.get("plugins", {}) if isinstance(raw.get("plugins"), dict) else {}
-        reduced = {"run": {**raw.get("run", {}), "plugins": [data_name, model_name]},
-                   "plugins": {n: tables[n] for n in (data_name, model_name) if n in tables}}
+        self._check_forward(run, registry)
+        data_name, _ = run.data_and_model_plugins(registry)
+        shared = self._student_data_if_same(state, run, data_name)
         try:
-            recipe = resolve(str(raw.get("name", "teacher")), reduced, registry)
+            built = run.build(registry, state.device, weights=None, data=shared)
         except BadInput as exc:
-            raise BadInput(f"the teacher's recipe {run_dir.url('recipe.toml')} does not resolve here: {exc}") from None
-        payload = self._load_payload(run_dir, ckpt)
-        if self.config.weights == "ema":
-            weights = payload.get("plugins", {}).get("ema", {}).get("shadow")
-            if weights is None:
-                raise BadInput(f"plugins.teacher.weights=ema but the teacher run {self.config.run} has no ema state; "
-                               f"set plugins.teacher.weights=model")
-        else:
-            weights = payload["model"]
-
-        # The teacher's own data and model plugins, behind a state of their own (engine.loop.make_state).
+            if shared is not None:
+                raise
+            try:  # the teacher's data cannot be built here: the weight load and the shape check still guard
+                built = run.build(registry, state.device, weights=None, data=state.data)
+            except BadInput:
+                raise exc from None
+        self._check_info(getattr(built.data, "info", {}) or {}, getattr(state.data, "info", {}) or {})
         try:
-            tstate = make_state(recipe, registry, state.device)
-        except BadInput as exc:
-            raise BadInput(f"the teacher's data/model plugins cannot be set up here: {exc}") from None
-        # The teacher's construction must not move the student's RNG streams (same init with or without it).
-        with torch.random.fork_rng(devices=[]):
-            tstate.data = self._teacher_data(state, tstate, data_name)
-            self._check_info(getattr(tstate.data, "info", {}) or {}, getattr(state.data, "info", {}) or {})
-            model = tstate.manager.model(tstate)
+            weights = run.weights(self.config.weights)
+        except BadInput:
+            raise BadInput(f"plugins.teacher.weights={self.config.weights} but the teacher run {self.config.run} "
+                           f"has no {self.config.weights} weights; set plugins.teacher.weights=model") from None
         try:
-            model.load_state_dict(weights)
+            built.model.load_state_dict(weights)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise BadInput(f"incompatible teacher {self.config.run}: its weights do not fit the model its recipe "
                            f"builds here ({str(exc).splitlines()[0][:160]})") from None
-        model.to(state.device).eval().requires_grad_(False)
-        self.step = int(payload["step"])
-        return model
+        self.step = run.step
+        return built.model.to(state.device).eval().requires_grad_(False)
 
     def _check_shapes(self, state) -> None:
         batch = sample_batch(state)
@@ -212,8 +155,7 @@ class Teacher(Plugin):
 
     @hookimpl
     def hookmix_configure(self, state):
-        run_dir, _ = self._source()
-        self._read_recipe(run_dir)  # fail before any data is built
+        self._open()  # fail before any data is built
 
     @hookimpl
     def hookmix_setup_model(self, model, state):
@@ -254,10 +196,3 @@ class Teacher(Plugin):
                            f"then, {self.step} now); set plugins.teacher.run to RUN/checkpoints/"
                            f"step-{plugin_state.get('step'):08d}.pt to resume exactly")
 
-    @hookimpl
-    def hookmix_commands(self):
-        from engine import Command
-        from plugins.kd import experiment
-
-        return {"distill-mnist1d": Command(help="MNIST-1D distillation table: CNN teacher, MLP student arms, seeds",
-                                           add_arguments=experiment.add_arguments, run=experiment.run)}

@@ -1,4 +1,4 @@
-"""``hookmix lipschitz-check``, ``lipschitz-sweep`` and ``lipschitz-bench`` (via ``hookmix_commands``)."""
+"""``hookmix lipschitz-check``, ``lipschitz-sweep`` and ``lipschitz-bench`` (the ``commands`` of the ``lipschitz_gpt`` plugin)."""
 
 from __future__ import annotations
 
@@ -21,33 +21,17 @@ def check_arguments(p) -> None:
 
 
 def load_run(run_dir_url: str):
-    """(recipe, model with the latest checkpoint's weights, data, step) of a finished/interrupted run."""
-    from engine import checkpoint
-    from engine.loop import make_state
-    from engine.outputs import RunDir
-    from engine.recipe import parse_toml, resolve
+    """(recipe table, model with the latest checkpoint's weights, data, step) of a finished/interrupted run."""
+    from engine import open_run
     from engine.registry import Registry
 
-    run_dir = RunDir(run_dir_url)
-    if not run_dir.exists("recipe.toml"):
-        raise BadInput(f"{run_dir_url} holds no recipe.toml; pass the directory of a hookmix run")
-    raw = parse_toml(run_dir.read_text("recipe.toml"), run_dir.url("recipe.toml"))
-    registry = Registry()
-    recipe = resolve(str(raw.get("name", "run")), raw, registry)
-    payload = checkpoint.load_latest(run_dir)
-    state = make_state(recipe, registry, torch.device("cpu"))
-    torch.manual_seed(recipe.run.seed)
-    state.data = state.manager.data(state)
-    model = state.manager.model(state)
-    try:
-        model.load_state_dict(payload["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise BadInput(f"checkpoint of {run_dir_url} does not match its recipe's model "
-                       f"({str(exc).splitlines()[0][:160]})") from None
+    run = open_run(run_dir_url)
+    built = run.build(Registry(), torch.device("cpu"))
+    model = built.model
     if not hasattr(model, "certified_bound"):
         raise BadInput(f"the model of {run_dir_url} ({type(model).__name__}) has no certified Lipschitz bound; "
                        f"use lipschitz_gpt or lipschitz_mlp")
-    return recipe, model.eval(), state.data, int(payload["step"])
+    return built.state.recipe, model.eval(), built.data, run.step
 
 
 def empirical_estimate(model, data, examples: int = 4, iters: int = 20, tokens: int = 4,

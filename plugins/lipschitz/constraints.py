@@ -1,5 +1,6 @@
 """The weight-constraint plugins: ``spectral_normalize``, ``spectral_hammer``, ``spectral_soft_cap``,
-``spectral_hard_cap`` (each provides ``"weight_constraint"`` and conflicts with it: at most one per run) and
+``spectral_hard_cap`` (each provides the engine's ``WeightConstraint`` and ``"spectral_cap"``, and conflicts with
+``"spectral_cap"``: at most one cap per run) and
 ``spectral_weight_decay`` (a regulariser, ordered before the caps, conflicts with the hammer).
 
 Each projects once at init (``hookmix_setup_model``) and after every optimizer step
@@ -12,9 +13,10 @@ from __future__ import annotations
 import attrs
 import torch
 
-from engine import BadInput, Plugin, TrainingFailure, field, hookimpl
+from engine import BadInput, Plugin, TrainingFailure, WeightConstraint, field, hookimpl
 
 from . import spectral as sp
+from .capabilities import SPECTRAL_CAP, UpdateNormBound
 
 RECIPES = "plugins.lipschitz.recipes"
 GROUPS = ("hidden", "embedding", "head")
@@ -88,6 +90,10 @@ class _Constraint(Plugin):
         super().__init__()
         self.targets: list[tuple[str, str, torch.nn.Parameter]] = []
         self.pi: dict[str, dict] = {}
+
+    def constrained_parameters(self, model: torch.nn.Module) -> list[str]:
+        """WeightConstraint: the parameters this plugin rewrites (set up in hookmix_setup_model)."""
+        return [name for _, name, _ in self.targets]
 
     # hooks
 
@@ -176,8 +182,8 @@ class SpectralNormalize(_Constraint):
 
     name = "spectral_normalize"
     Config = SpectralNormalizeConfig
-    provides = ("weight_constraint",)
-    conflicts = ("weight_constraint",)
+    provides = (WeightConstraint, SPECTRAL_CAP)
+    conflicts = (SPECTRAL_CAP,)
 
     def validate(self, state):
         super().validate(state)
@@ -195,8 +201,8 @@ class SpectralHammer(_Constraint):
 
     name = "spectral_hammer"
     Config = PowerCapConfig
-    provides = ("weight_constraint",)
-    conflicts = ("weight_constraint",)
+    provides = (WeightConstraint, SPECTRAL_CAP)
+    conflicts = (SPECTRAL_CAP,)
 
     def step_map(self, p, group, name, optimizer):
         return sp.spectral_hammer(p, self.cap(group), iters=self.config.power_iters, pi_state=self.pi_state(name))
@@ -207,8 +213,8 @@ class SpectralHardCap(_Constraint):
 
     name = "spectral_hard_cap"
     Config = HardCapConfig
-    provides = ("weight_constraint",)
-    conflicts = ("weight_constraint",)
+    provides = (WeightConstraint, SPECTRAL_CAP)
+    conflicts = (SPECTRAL_CAP,)
 
     def validate(self, state):
         super().validate(state)
@@ -226,9 +232,9 @@ class SpectralSoftCap(_Constraint):
 
     name = "spectral_soft_cap"
     Config = CapConfig
-    provides = ("weight_constraint",)
-    conflicts = ("weight_constraint",)
-    requires = ("update_norm_bound",)
+    provides = (WeightConstraint, SPECTRAL_CAP)
+    conflicts = (SPECTRAL_CAP,)
+    requires = (UpdateNormBound,)
 
     def __init__(self) -> None:
         super().__init__()
@@ -236,11 +242,8 @@ class SpectralSoftCap(_Constraint):
 
     def validate(self, state):
         super().validate(state)
-        provider = state.provider("update_norm_bound")
-        bound = getattr(provider, "peak_update_norm", None)
-        if bound is None:
-            raise BadInput("spectral_soft_cap needs an optimizer plugin with peak_update_norm(group) "
-                           "(provides 'update_norm_bound'); use muon")
+        provider = state.provider(UpdateNormBound)  # required: the engine checked it is enabled
+        bound = provider.peak_update_norm
         for group in MATRIX_GROUPS:
             if group not in self.config.groups:
                 continue
@@ -296,7 +299,7 @@ class SpectralWeightDecay(_Constraint):
 
     name = "spectral_weight_decay"
     Config = SpectralWeightDecayConfig
-    before = CAPS
+    before = (WeightConstraint,)
     conflicts = ("spectral_hammer",)  # the hammer resets sigma_1 to w_max right after: the decay is void
 
     def validate(self, state):

@@ -55,8 +55,15 @@ class LipschitzGPTModel(_CertifiedModel):
 
     name = "lipschitz_gpt"
     Config = LipschitzGPTConfig
-    provides = ("model", "lipschitz_certificate")
     recipes = RECIPES
+    commands = {
+        "lipschitz-check": Command.lazy("compare a run's certified Lipschitz bound with an empirical estimate",
+                                        "plugins.lipschitz.commands:check_arguments", "plugins.lipschitz.commands:check"),
+        "lipschitz-sweep": Command.lazy("sweep constraint methods on the CPU recipe; plot accuracy vs bound",
+                                        "plugins.lipschitz.commands:sweep_arguments", "plugins.lipschitz.commands:sweep"),
+        "lipschitz-bench": Command.lazy("cost of each weight constraint vs an SVD clip and a Muon step",
+                                        "plugins.lipschitz.commands:bench_arguments", "plugins.lipschitz.commands:bench"),
+    }
 
     @hookimpl
     def hookmix_model(self, state):
@@ -73,19 +80,6 @@ class LipschitzGPTModel(_CertifiedModel):
         return LipschitzGPT(vocab, c.d_model, c.n_layers, c.n_heads, block, softmax_scale=c.softmax_scale,
                             residual_scale=c.residual_scale, zero_init_output=c.zero_init_output)
 
-    @hookimpl
-    def hookmix_commands(self):
-        from . import commands
-
-        return {
-            "lipschitz-check": Command("compare a run's certified Lipschitz bound with an empirical estimate",
-                                       commands.check_arguments, commands.check),
-            "lipschitz-sweep": Command("sweep constraint methods on the CPU recipe; plot accuracy vs bound",
-                                       commands.sweep_arguments, commands.sweep),
-            "lipschitz-bench": Command("cost of each weight constraint vs an SVD clip and a Muon step",
-                                       commands.bench_arguments, commands.bench),
-        }
-
 
 @attrs.define
 class LipschitzMLPConfig:
@@ -101,7 +95,6 @@ class LipschitzMLPModel(_CertifiedModel):
 
     name = "lipschitz_mlp"
     Config = LipschitzMLPConfig
-    provides = ("model", "lipschitz_certificate")
     recipes = RECIPES
 
     @hookimpl

@@ -10,6 +10,7 @@ from engine import BadInput, Plugin, field, hookimpl
 from plugins.core.schedule import schedule_factor
 
 from . import spectral as sp
+from .capabilities import UpdateNormBound
 
 RECIPES = "plugins.lipschitz.recipes"
 
@@ -39,7 +40,7 @@ class Muon(Plugin):
 
     name = "muon"
     Config = MuonConfig
-    provides = ("optimizer", "update_norm_bound")
+    provides = (UpdateNormBound,)
     recipes = RECIPES
 
     @hookimpl

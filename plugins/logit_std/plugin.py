@@ -38,7 +38,6 @@ class LogitStd(Plugin):
 
     name = "logit_std"
     Config = LogitStdConfig
-    provides = ("logit_transform",)
 
     @hookimpl
     def hookmix_configure(self, state):
@@ -53,9 +52,9 @@ class LogitStd(Plugin):
             if role not in ROLES:
                 raise BadInput(unknown_name_message("plugins.logit_std.roles entry", role, list(ROLES)))
         for consumer in c.consumers:
-            if consumer not in state.plugins:
+            if consumer not in state.plugin_names:
                 raise BadInput(unknown_name_message("plugins.logit_std.consumers entry", consumer,
-                                                    sorted(state.plugins), "it must be an enabled plugin"))
+                                                    sorted(state.plugin_names), "it must be an enabled plugin"))
 
     @hookimpl
     def hookmix_transform_logits(self, logits, role, consumer, kind, state):

@@ -69,7 +69,6 @@ class USKD(Plugin):
 
     name = "uskd"
     Config = USKDConfig
-    provides = ("loss:self_distillation",)
     recipes = RECIPES
 
     def __init__(self) -> None:

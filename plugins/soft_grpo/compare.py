@@ -1,7 +1,7 @@
 """``hookmix countdown-compare`` (SFT once, GRPO vs SofT-GRPO over seeds, pass@k table) and
 ``hookmix bench-rollouts`` (soft-thinking vs discrete rollout throughput, side by side).
 
-Both are plugin commands (``hookmix_commands`` of the ``passk`` plugin). Every training run goes through
+Both are plugin commands (the ``commands`` of the ``passk`` plugin). Every training run goes through
 the engine (:class:`engine.loop.Trainer`) with the shipped recipes plus overrides; the pass@k numbers are
 the ``passk`` plugin's end-of-run evaluation, read back from ``RUN/passk/step-*.json``.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import BadInput, Command
+from engine import BadInput
 
 from .passk import paired_bootstrap, pass_at_k
 
@@ -41,6 +41,9 @@ def _train(recipe: str, overrides: list[str], out: str, log) -> dict:
         shutil.rmtree(out)  # an interrupted run of this command: start it again
     registry = Registry()
     name, raw = read_recipe(recipe, registry)
+    # `--set` applies to every RL arm: a plugins.X.key override reaches the arms that enable X
+    enabled = raw.get("run", {}).get("plugins", [])
+    overrides = [o for o in overrides if not o.startswith("plugins.") or o.split(".")[1] in enabled]
     raw = apply_overrides(raw, [*overrides, f"run.out=\"{out}\""])
     t0 = time.perf_counter()
     summary = Trainer(resolve(name, raw, registry), registry, quiet=True, stream=io.StringIO()).run()
@@ -349,7 +352,7 @@ def command_line(args) -> str:
     return " ".join(parts)
 
 
-def _compare_args(p) -> None:
+def compare_arguments(p) -> None:
     p.add_argument("--out", default="runs/countdown-compare", help="directory of all runs (finished runs are reused)")
     p.add_argument("--seeds", default="0,1,2", help="RL seeds, comma-separated")
     p.add_argument("--taus", default="0.1,0.25,0.5", help="SofT-GRPO τ values (0.1 is the main arm)")
@@ -359,7 +362,8 @@ def _compare_args(p) -> None:
     p.add_argument("--sft-recipe", default="countdown-sft")
     p.add_argument("--grpo-recipe", default="countdown-grpo")
     p.add_argument("--soft-recipe", default="countdown-soft-grpo")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every RL run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every RL run (plugins.X.* only where X is enabled)")
     p.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE", help="override for the SFT run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -369,10 +373,6 @@ def _compare_args(p) -> None:
                    help="skip optional runs (control, τ sweep) that would overrun (0: none)")
     p.add_argument("--doc", default="docs/soft-grpo-countdown.md", help="where the report is written")
 
-
-def compare_command() -> Command:
-    return Command(help="Countdown: SFT once, GRPO vs SofT-GRPO over seeds, pass@k table (docs/soft-grpo-countdown.md)",
-                   add_arguments=_compare_args, run=run_compare)
 
 
 # --- rollout throughput ----------------------------------------------------------------------
@@ -430,7 +430,7 @@ def bench_rollouts(rows: int = 256, d_model: int = 64, n_layers: int = 2, n_head
     return out
 
 
-def _bench_args(p) -> None:
+def bench_arguments(p) -> None:
     p.add_argument("--rows", default="64,256,1024", help="rollouts per generation call, comma-separated")
     p.add_argument("--sizes", default="64x2,128x4", help="model sizes d_model x layers, comma-separated")
     p.add_argument("--repeats", type=int, default=5)
@@ -486,8 +486,3 @@ def write_perf_section(path: str, results: list[dict], args) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     with open(path, "w") as f:
         f.write(text)
-
-
-def bench_command() -> Command:
-    return Command(help="soft-thinking vs discrete rollout throughput, same model and lengths, side by side",
-                   add_arguments=_bench_args, run=run_bench)

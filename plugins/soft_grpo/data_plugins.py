@@ -10,6 +10,7 @@ import torch
 from engine import BadInput, Plugin, field, hookimpl, one_of
 
 from . import countdown as cd
+from .capabilities import RL, CountdownTask
 from .sampling import left_pad
 from .tokenizers import HFCountdownTokenizer
 
@@ -117,13 +118,21 @@ class Countdown(Plugin):
 
     name = "countdown"
     Config = CountdownDataConfig
-    provides = ("data", "data:countdown")
+    provides = (CountdownTask,)
     recipes = RECIPES
+
+    # CountdownTask: what the RL plugins may ask of this plugin
+
+    def task_mode(self) -> str:
+        return self.config.mode
+
+    def prompts_per_batch(self) -> int:
+        return self.config.batch_size
 
     @hookimpl
     def hookmix_configure(self, state):
         c = self.config
-        if c.mode == "rl" and state.provider("rl") is None:
+        if c.mode == "rl" and state.provider(RL) is None:
             raise BadInput("plugins.countdown.mode='rl' yields prompts, which need a rollout plugin; "
                            "add grpo or soft_grpo to run.plugins, or set plugins.countdown.mode=\"sft\"")
         if not c.n_numbers or min(c.n_numbers) < 2 or max(c.n_numbers) > 6:

@@ -9,9 +9,10 @@ from typing import Any
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl
+from engine import BadInput, Command, Plugin, field, hookimpl
 
 from . import countdown as cd
+from .capabilities import CountdownTask
 from .data_plugins import CountdownSource, check_context
 from .passk import pass_at_k_table
 from .sampling import SamplingConfig, generate_rollouts
@@ -90,8 +91,15 @@ class PassK(Plugin):
 
     name = "passk"
     Config = PassKConfig
-    requires = ("data:countdown",)
+    requires = (CountdownTask,)
     recipes = RECIPES
+    commands = {
+        "countdown-compare": Command.lazy("Countdown: SFT once, GRPO vs SofT-GRPO over seeds, pass@k table "
+                                          "(docs/soft-grpo-countdown.md)",
+                                          "plugins.soft_grpo.compare:compare_arguments", "plugins.soft_grpo.compare:run_compare"),
+        "bench-rollouts": Command.lazy("soft-thinking vs discrete rollout throughput, same model and lengths, side by side",
+                                       "plugins.soft_grpo.compare:bench_arguments", "plugins.soft_grpo.compare:run_bench"),
+    }
 
     @hookimpl
     def hookmix_configure(self, state):
@@ -116,9 +124,3 @@ class PassK(Plugin):
             details["metrics"] = metrics
             state.run_dir.write_text_atomic(f"passk/step-{state.step:08d}.json", json.dumps(details) + "\n")
         return metrics
-
-    @hookimpl
-    def hookmix_commands(self):
-        from .compare import bench_command, compare_command
-
-        return {"countdown-compare": compare_command(), "bench-rollouts": bench_command()}

@@ -7,21 +7,20 @@ import torch
 
 from engine import BadInput, Plugin, field, hookimpl, one_of
 
+from .capabilities import POLICY
 from .policy import TinyPolicy, TinyPolicyConfig
 
 
 def load_init(model: torch.nn.Module, source: str, plugin: str) -> None:
-    """Load the model weights of a hookmix run directory (latest checkpoint) or of one ``.pt`` checkpoint."""
-    from engine import checkpoint
-    from engine.outputs import RunDir
+    """Load the model weights of a hookmix run (latest checkpoint) or of one ``RUN/checkpoints/step-N.pt``."""
+    from engine import open_run
 
-    if source.endswith(".pt"):
-        parent, name = source.rsplit("/", 1) if "/" in source else (".", source)
-        payload = checkpoint.load(RunDir(parent), name)
-    else:
-        payload = checkpoint.load_latest(RunDir(source))
     try:
-        model.load_state_dict(payload["model"])
+        weights = open_run(source).weights("model")
+    except BadInput as exc:
+        raise BadInput(f"plugins.{plugin}.init_from={source!r}: {exc}") from None
+    try:
+        model.load_state_dict(weights)
     except (RuntimeError, KeyError) as exc:
         raise BadInput(f"plugins.{plugin}.init_from={source!r} does not match this model "
                        f"({str(exc).splitlines()[0][:160]}); use the same model config as that run") from None
@@ -45,7 +44,7 @@ class TinyPolicyModel(Plugin):
 
     name = "tiny_policy"
     Config = TinyPolicyModelConfig
-    provides = ("model", "policy")
+    provides = (POLICY,)
 
     @hookimpl
     def hookmix_model(self, state):
@@ -117,7 +116,7 @@ class HFPolicyModel(Plugin):
 
     name = "hf_policy"
     Config = HFPolicyModelConfig
-    provides = ("model", "policy")
+    provides = (POLICY,)
 
     @hookimpl
     def hookmix_model(self, state):

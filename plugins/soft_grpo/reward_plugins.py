@@ -8,6 +8,7 @@ import torch
 from engine import Plugin, field, hookimpl
 
 from . import countdown as cd
+from .capabilities import RL
 from .data_plugins import problems_from
 from .record import Rollout
 
@@ -22,7 +23,7 @@ class CountdownReward(Plugin):
 
     name = "countdown_reward"
     Config = RewardConfig
-    requires = ("rl",)
+    requires = (RL,)
 
     @hookimpl
     def hookmix_rewards(self, rollouts, state):
@@ -42,7 +43,7 @@ class FormatReward(Plugin):
 
     name = "format_reward"
     Config = FormatRewardConfig
-    requires = ("rl",)
+    requires = (RL,)
 
     @staticmethod
     def _parses(text: str) -> bool:

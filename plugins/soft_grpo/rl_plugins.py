@@ -24,9 +24,10 @@ import dataclasses
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl, one_of
+from engine import BadInput, Plugin, WeightConstraint, field, hookimpl, one_of
 
 from . import countdown as cd
+from .capabilities import POLICY, RL, CountdownTask
 from .data_plugins import check_context
 from .likelihood import LikelihoodConfig, sequence_logprobs
 from .objective import ObjectiveConfig, aggregate, group_advantages, k3_kl, policy_loss
@@ -93,10 +94,10 @@ class GRPO(Plugin):
 
     name = "grpo"
     Config = GRPOConfig
-    provides = ("rl", "rl:objective")
-    requires = ("data:countdown", "policy")
+    provides = (RL,)
+    requires = (CountdownTask, POLICY)
     # the frozen reference is copied in setup_model: after any plugin that projects the initial weights
-    after = ("spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap")
+    after = (WeightConstraint,)
     recipes = RECIPES
     mode = "discrete"
 
@@ -128,12 +129,12 @@ class GRPO(Plugin):
     @hookimpl
     def hookmix_configure(self, state):
         c = self.config
-        data = state.provider("data:countdown")
-        if data is not None and data.config.mode != "rl":
+        task = state.provider(CountdownTask)  # required: the engine checked it is enabled
+        if task.task_mode() != "rl":
             raise BadInput(f"{self.name} samples rollouts from prompts; set plugins.countdown.mode=\"rl\"")
         if c.group_size < 2:
             raise BadInput(f"plugins.{self.name}.group_size={c.group_size}: group advantages need G >= 2")
-        if c.minibatches < 1 or (data is not None and data.config.batch_size % c.minibatches):
+        if c.minibatches < 1 or task.prompts_per_batch() % c.minibatches:
             raise BadInput(f"plugins.{self.name}.minibatches={c.minibatches} must divide plugins.countdown.batch_size")
         if c.dual_clip and c.dual_clip <= 1.0:
             raise BadInput(f"plugins.{self.name}.dual_clip={c.dual_clip} must be > 1 (or 0 to disable)")

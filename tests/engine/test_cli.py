@@ -16,7 +16,6 @@ def test_describe_shows_fields_with_types_defaults_and_help(capsys):
     assert main(["describe", "adamw"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("adamw  (hookmix 0.2.0; plugin API >=1.0,<2)\n")
-    assert "  provides: optimizer\n" in out
     assert "  hooks: hookmix_lr_scheduler, hookmix_optimizer, hookmix_param_groups\n" in out
     assert "  config [plugins.adamw]:\n" in out
     assert "    lr: float = 0.001  peak learning rate\n" in out

@@ -81,11 +81,12 @@ def test_recipe_enabling_installed_contrib_plugin_by_name_trains(ema_site, broke
         sys.modules.pop("hookmix_ema", None)
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert re.search(r"^  ema +0\.1\.0 +Exponential moving average", captured.out, flags=re.M)  # in the plan
+    assert re.search(r"^  ema +hookmix-ema 0\.1\.0 +Exponential moving average", captured.out, flags=re.M)  # in the plan
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2
-    assert summary["plugins"] == {"tinyshakespeare": "0.1.0", "gpt": "0.1.0", "adamw": "0.1.0",
-                                  "cross_entropy": "0.1.0", "ema": "0.1.0"}
+    ours = {"distribution": "hookmix", "version": "0.2.0"}
+    assert summary["plugins"] == {"tinyshakespeare": ours, "gpt": ours, "adamw": ours, "cross_entropy": ours,
+                                  "ema": {"distribution": "hookmix-ema", "version": "0.1.0"}}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["ema/decay"] == 0.99  # ema's evaluate wrapper ran
     assert "[plugins.ema]" in (out / "recipe.toml").read_text()

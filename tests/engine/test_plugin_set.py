@@ -54,10 +54,10 @@ class TutorSource(Plugin):
 
 
 class Loner(Plugin):
-    """Cannot run with another optimizer provider than itself."""
+    """Cannot run with the toy optimizer."""
 
     name = "loner"
-    conflicts = ("optimizer",)
+    conflicts = ("toy_sgd",)
 
 
 def _run(names: list[str], extra: dict[str, type[Plugin]], steps: int = 1, **run):
@@ -77,7 +77,7 @@ def test_missing_requirement_names_it_and_a_provider():
 
 def test_conflicting_capability_names_both_plugins():
     with pytest.raises(PluginConflict, match=r"plugins 'loner' and 'toy_sgd' conflict \(loner declares "
-                                             r"conflicts='optimizer'\)"):
+                                             r"conflicts='toy_sgd'\)"):
         _run([*TOY, "loner"], {"loner": Loner})
 
 

@@ -128,7 +128,7 @@ def test_lipschitz_mlp_logs_bound_and_dominates_empirical():
 
 
 def test_soft_cap_without_update_norm_bound_is_rejected():
-    with pytest.raises(PluginConflict, match="requires 'update_norm_bound'.*'muon'"):
+    with pytest.raises(PluginConflict, match="requires 'UpdateNormBound'.*'muon'"):
         train([*LM, "adamw", "spectral_soft_cap", "cross_entropy"], steps=1, config={**DATA, **GPT})
 
 
@@ -140,7 +140,7 @@ def test_muon_and_adamw_conflict_names_both():
 
 
 def test_two_caps_conflict_and_spectral_wd_is_ordered_before_caps():
-    with pytest.raises(PluginConflict, match="'spectral_hard_cap' and 'spectral_normalize' conflict"):
+    with pytest.raises(PluginConflict, match="'spectral_normalize' and 'spectral_hard_cap' conflict \\(spectral_normalize declares conflicts='spectral_cap'\\)"):
         train([*LM, "muon", "spectral_normalize", "spectral_hard_cap", "cross_entropy"], steps=1,
               config={**DATA, **GPT})
     with pytest.raises(PluginConflict, match="spectral_weight_decay.*spectral_hammer"):

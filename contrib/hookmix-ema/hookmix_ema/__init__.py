@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from engine import BadInput, Plugin, field, hookimpl
+from engine import BadInput, Plugin, WeightConstraint, field, hookimpl
 
 
 @attrs.define
@@ -19,9 +19,8 @@ class EMA(Plugin):
 
     name = "ema"
     Config = EMAConfig
-    provides = ("ema",)
-    after = ("spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap",
-             "spectral_weight_decay")  # average the weights after any constraint has been applied
+    # average the weights after every constraint has rewritten them, whoever provides it
+    after = (WeightConstraint, "spectral_weight_decay")
 
     @hookimpl
     def hookmix_configure(self, state):
@@ -56,9 +55,9 @@ class EMA(Plugin):
 
     @hookimpl
     def hookmix_plugin_state(self, state):
-        return {"shadow": self.shadow}
+        return {"weights": self.shadow}  # "weights": where open_run(...).weights("ema") finds them
 
     @hookimpl
     def hookmix_load_plugin_state(self, plugin_state, state):
-        for key, value in plugin_state["shadow"].items():
+        for key, value in plugin_state["weights"].items():
             self.shadow[key].copy_(value)
