@@ -15,6 +15,7 @@ from engine.errors import BadInput, HookmixError, PluginConflict, TrainingFailur
 from engine.plugin import Plugin, hookimpl
 from engine.recipe import field, non_negative, one_of, positive
 from engine.state import State
+from engine import validators  # generic config validators: finite, in_range, length, each, width, ...
 
 __version__ = "0.1.0"
 
@@ -29,4 +30,4 @@ class Command:
 
 
 __all__ = ["BadInput", "Command", "HookmixError", "Plugin", "PluginConflict", "State",
-           "TrainingFailure", "field", "hookimpl", "non_negative", "one_of", "positive", "__version__"]
+           "TrainingFailure", "field", "hookimpl", "non_negative", "one_of", "positive", "validators", "__version__"]
