@@ -17,6 +17,7 @@ from engine.plugin import API_VERSION, Command, Plugin, hookimpl
 from engine.recipe import field, non_negative, one_of, positive
 from engine.run import Run, open_run
 from engine.state import State
+from engine import validators  # generic config validators: finite, in_range, length, each, width, ...
 
 try:
     __version__ = metadata.version("hookmix")
@@ -25,4 +26,4 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
 
 __all__ = ["API_VERSION", "BadInput", "Command", "HookmixError", "Plugin", "PluginConflict", "Run", "State",
            "TrainingFailure", "WeightConstraint", "field", "hookimpl", "non_negative", "one_of", "open_run",
-           "positive", "__version__"]
+           "positive", "validators", "__version__"]

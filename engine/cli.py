@@ -149,6 +149,7 @@ def cmd_describe(args) -> int:
 def _describe_fields(cls, indent: str) -> None:
     attrs.resolve_types(cls)
     for f in attrs.fields(cls):
+        from engine import validators
         from engine.recipe import _type_name
 
         ftype = _type_name(f.type)
@@ -157,7 +158,8 @@ def _describe_fields(cls, indent: str) -> None:
             _describe_fields(f.type, indent + "  ")
             continue
         default = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default
-        print(f"{indent}{f.name}: {ftype} = {default!r}  {f.metadata.get('help', '')}")
+        rule = validators.describe(f.validator)  # e.g. "finite and > 0": the values the field accepts
+        print(f"{indent}{f.name}: {ftype} = {default!r}  {f.metadata.get('help', '')}{f' [{rule}]' if rule else ''}")
 
 
 def cmd_recipes(args) -> int:

@@ -6,12 +6,13 @@ import attrs
 import torch.nn.functional as F
 
 from engine import Plugin, field, hookimpl
+from engine.validators import finite_non_negative, in_range
 
 
 @attrs.define
 class CrossEntropyConfig:
-    weight: float = field(1.0, "weight of the term")
-    label_smoothing: float = field(0.0, "label smoothing")
+    weight: float = field(1.0, "weight of the term", validator=finite_non_negative)
+    label_smoothing: float = field(0.0, "label smoothing", validator=in_range(0, 1))
 
 
 class CrossEntropy(Plugin):

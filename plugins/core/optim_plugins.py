@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 import torch
 
-from engine import Plugin, field, hookimpl, one_of
+from engine import Plugin, field, hookimpl
+from engine.validators import each, finite_non_negative, finite_positive, in_range, int_range
 
 from .schedule import schedule_factor
 
 
 @attrs.define
 class AdamWConfig:
-    lr: float = field(1e-3, "peak learning rate")
-    betas: list[float] = field([0.9, 0.95], "Adam betas")
-    eps: float = field(1e-8, "Adam epsilon")
-    weight_decay: float = field(0.0, "decoupled weight decay")
+    lr: float = field(1e-3, "peak learning rate", validator=finite_positive)
+    betas: list[float] = field([0.9, 0.95], "Adam betas (beta1, beta2)",
+                               validator=each(in_range(0, 1, high_open=True), min_items=2, max_items=2))
+    eps: float = field(1e-8, "Adam epsilon", validator=finite_positive)
+    weight_decay: float = field(0.0, "decoupled weight decay", validator=finite_non_negative)
     decay_1d: bool = field(False, "also decay 1-D parameters (biases, norm gains)")
-    warmup_steps: int = field(0, "linear warm-up steps")
-    schedule: str = field("cosine", "cosine, linear or constant after warm-up", validator=one_of("cosine", "linear", "constant"))
-    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of lr")
+    warmup_steps: int = field(0, "linear warm-up steps", validator=int_range(0, 2**62))
+    schedule: Literal["cosine", "linear", "constant"] = field("cosine", "learning-rate decay after warm-up")
+    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of lr", validator=in_range(0, 1))
 
 
 class AdamW(Plugin):

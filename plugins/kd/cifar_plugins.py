@@ -5,10 +5,13 @@ The CRD / mdistiller CIFAR-100 protocol (docs/distillation.md), for users with a
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl, non_negative, one_of
+from engine import BadInput, Plugin, field, hookimpl
+from engine.validators import int_range
 
 RECIPES = "plugins.kd.recipes"
 
@@ -49,10 +52,10 @@ class CIFAR100Batches:
 @attrs.define
 class CIFAR100Config:
     path: str = field("", "fsspec URL of cifar-100-python.tar.gz or of its extracted cifar-100-python/ folder")
-    batch_size: int = field(64, "training images per micro-batch (spec §11.1: 64)")
-    eval_batch_size: int = field(500, "test images per evaluation batch")
+    batch_size: int = field(64, "training images per micro-batch (spec §11.1: 64)", validator=int_range(1, 50000))
+    eval_batch_size: int = field(500, "test images per evaluation batch", validator=int_range(1, 10000))
     augment: bool = field(True, "RandomCrop(32, padding) + horizontal flip on training batches (spec §11.1)")
-    padding: int = field(4, "crop padding in pixels", validator=non_negative)
+    padding: int = field(4, "crop padding in pixels", validator=int_range(0, 32))
 
 
 class CIFAR100Data(Plugin):
@@ -81,8 +84,8 @@ class CIFAR100Data(Plugin):
 
 @attrs.define
 class ResNetConfig:
-    arch: str = field("resnet8x4", "resnet8x4 (student, ~1.2M parameters) or resnet32x4 (teacher, ~7.4M)",
-                      validator=one_of("resnet8x4", "resnet32x4"))
+    arch: Literal["resnet8x4", "resnet32x4"] = field("resnet8x4", "resnet8x4 (student, ~1.2M parameters) or "
+                                                                  "resnet32x4 (teacher, ~7.4M)")
 
 
 class ResNet(Plugin):

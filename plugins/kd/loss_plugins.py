@@ -7,9 +7,12 @@ They return named, weighted loss terms and read logits only through ``state.logi
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
-from engine import BadInput, Plugin, field, hookimpl, non_negative, one_of, positive
+from engine import Plugin, field, hookimpl
+from engine.validators import finite_non_negative, finite_positive, int_range
 
 from .distill_inputs import distill_inputs, need_target
 
@@ -19,11 +22,11 @@ RECIPES = "plugins.kd.recipes"
 @attrs.define
 class KDConfig:
     temperature: float = field(4.0, "softening temperature T (spec §5: T 4 CIFAR, 1 ImageNet; 2 with LS = "
-                                    "its base temperature)", validator=positive)
+                                    "its base temperature)", validator=finite_positive)
     weight: float = field(0.9, "weight of the KD term (spec §5: 0.9 with CE 0.1 in the DKD paper; 9 with LS)",
-                          validator=non_negative)
-    form: str = field("kl", "kl: T^2 KL(p_t||p_s), zero at identical logits; ce: T^2 CE(p_t, p_s) (same gradient)",
-                      validator=one_of("kl", "ce"))
+                          validator=finite_non_negative)
+    form: Literal["kl", "ce"] = field("kl", "kl: T^2 KL(p_t||p_s), zero at identical logits; ce: T^2 CE(p_t, p_s) "
+                                            "(same gradient)")
 
 
 class KD(Plugin):
@@ -46,12 +49,12 @@ class KD(Plugin):
 
 @attrs.define
 class DKDConfig:
-    alpha: float = field(1.0, "weight of TCKD (spec §6: 1; 9 with LS = 1 x kd weight)", validator=non_negative)
+    alpha: float = field(1.0, "weight of TCKD (spec §6: 1; 9 with LS = 1 x kd weight)", validator=finite_non_negative)
     beta: float = field(8.0, "weight of NCKD (spec §6: 8 CIFAR default, 2-6 some pairs; 72 with LS)",
-                        validator=non_negative)
-    temperature: float = field(4.0, "temperature T (spec §6: 4 CIFAR, 1 ImageNet; 2 with LS)", validator=positive)
+                        validator=finite_non_negative)
+    temperature: float = field(4.0, "temperature T (spec §6: 4 CIFAR, 1 ImageNet; 2 with LS)", validator=finite_positive)
     warmup_steps: int = field(-1, "linear warm-up of both terms over this many steps, min(step/N, 1); -1: 1/12 "
-                                  "of run.steps (mdistiller's 20 of 240 epochs); 0: none")
+                                  "of run.steps (mdistiller's 20 of 240 epochs); 0: none", validator=int_range(-1, 2**62))
 
 
 class DKD(Plugin):
@@ -61,11 +64,6 @@ class DKD(Plugin):
     Config = DKDConfig
     provides = ("loss:distillation",)
     requires = ("teacher",)
-
-    @hookimpl
-    def hookmix_configure(self, state):
-        if self.config.warmup_steps < -1:
-            raise BadInput(f"plugins.dkd.warmup_steps={self.config.warmup_steps}: use >= 0, or -1 for 1/12 of run.steps")
 
     def warmup(self, state) -> int:
         n = self.config.warmup_steps

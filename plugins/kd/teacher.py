@@ -6,13 +6,12 @@ never saved in checkpoints: the recipe's ``plugins.teacher.run`` is its source.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import torch
 
-from engine import BadInput, Command, Plugin, field, hookimpl, one_of
-from engine import open_run
+from engine import BadInput, Command, Plugin, field, hookimpl, open_run
 
 from .distill_inputs import sample_batch, student_logits_of
 
@@ -23,8 +22,8 @@ RECIPES = "plugins.kd.recipes"
 class TeacherConfig:
     run: str = field("", "hookmix run directory (any fsspec URL) of the trained teacher, or a checkpoint "
                          "RUN/checkpoints/step-N.pt in it; the recipe is read from RUN/recipe.toml")
-    weights: str = field("model", "model: the trained weights; ema: the ema plugin's averaged weights",
-                         validator=one_of("model", "ema"))
+    weights: Literal["model", "ema"] = field("model", "model: the trained weights; ema: the ema plugin's averaged "
+                                                      "weights")
     eval_metric: bool = field(True, "log the teacher's accuracy on the validation data (teacher/val_accuracy, "
                                     "computed once)")
 

@@ -10,10 +10,13 @@ Each projects once at init (``hookmix_setup_model``) and after every optimizer s
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 import torch
 
 from engine import BadInput, Plugin, TrainingFailure, WeightConstraint, field, hookimpl
+from engine.validators import finite_non_negative, finite_positive, in_range, int_range, subset_of
 
 from . import spectral as sp
 from .capabilities import SPECTRAL_CAP, UpdateNormBound
@@ -21,6 +24,7 @@ from .capabilities import SPECTRAL_CAP, UpdateNormBound
 RECIPES = "plugins.lipschitz.recipes"
 GROUPS = ("hidden", "embedding", "head")
 MATRIX_GROUPS = ("hidden", "head")
+MAX_ITERS = 10_000  # power-iteration steps per matrix per step: beyond this a typo
 CAPS = ("spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap")
 
 
@@ -38,44 +42,45 @@ def weight_groups(model: torch.nn.Module, who: str) -> dict[str, list[tuple[str,
     return groups
 
 
-def _check_groups(who: str, groups: list[str]) -> None:
-    for g in groups:
-        if g not in GROUPS:
-            raise BadInput(f"plugins.{who}.groups: unknown group {g!r}; choose from {', '.join(GROUPS)}")
-
-
 @attrs.define
 class CapConfig:
-    w_max: float = field(1.0, "cap on the RMS->RMS norm of every hidden matrix")
-    head_w_max: float = field(0.0, "cap on the head matrix (0: w_max)")
-    emb_max_rms: float = field(1.0, "max RMS of every embedding row, projected after every step (0: off)")
-    groups: list[str] = field(["hidden", "embedding", "head"], "weight groups to constrain (hidden, embedding, head)")
+    w_max: float = field(1.0, "cap on the RMS->RMS norm of every hidden matrix", validator=finite_positive)
+    head_w_max: float = field(0.0, "cap on the head matrix (0: w_max)", validator=finite_non_negative)
+    emb_max_rms: float = field(1.0, "max RMS of every embedding row, projected after every step (0: off)",
+                               validator=finite_non_negative)
+    groups: list[str] = field(["hidden", "embedding", "head"], "weight groups to constrain",
+                              validator=subset_of(*GROUPS))
     project_at_init: bool = field(True, "also project once at initialization (spec §1 item 5)")
 
 
 @attrs.define
 class PowerCapConfig(CapConfig):
-    power_iters: int = field(16, "power-iteration steps per matrix per step")
+    power_iters: int = field(16, "power-iteration steps per matrix per step", validator=int_range(1, MAX_ITERS))
     warm_start: bool = field(True, "keep each matrix's power-iteration vector between steps (checkpointed); "
                                    "false: fresh seeded start every step (JAX)")
 
 
 @attrs.define
 class SpectralNormalizeConfig(PowerCapConfig):
-    estimator: str = field("power", "sigma_max estimate: power (iteration, JAX default) or exact (SVD)")
+    estimator: Literal["power", "exact"] = field("power", "sigma_max estimate: power (iteration, JAX default) or "
+                                                          "exact (SVD)")
 
 
 @attrs.define
 class HardCapConfig(CapConfig):
-    form: str = field("polynomial", "polynomial (4 rounds, guarded validity) or exact (msign clip formula)")
+    form: Literal["polynomial", "exact"] = field("polynomial", "polynomial (4 rounds, guarded validity) or exact "
+                                                             "(msign clip formula)")
 
 
 @attrs.define
 class SpectralWeightDecayConfig:
-    strength: float = field(0.1, "fraction of the top singular value removed every step (not scaled by lr)")
-    emb_max_rms: float = field(1.0, "max RMS of every embedding row, projected after every step (0: off)")
-    groups: list[str] = field(["hidden", "embedding", "head"], "weight groups to act on (hidden, embedding, head)")
-    power_iters: int = field(16, "power-iteration steps per matrix per step")
+    strength: float = field(0.1, "fraction of the top singular value removed every step (not scaled by lr)",
+                            validator=in_range(0, 1, high_open=True))
+    emb_max_rms: float = field(1.0, "max RMS of every embedding row, projected after every step (0: off)",
+                               validator=finite_non_negative)
+    groups: list[str] = field(["hidden", "embedding", "head"], "weight groups to act on",
+                              validator=subset_of(*GROUPS))
+    power_iters: int = field(16, "power-iteration steps per matrix per step", validator=int_range(1, MAX_ITERS))
     warm_start: bool = field(True, "keep each matrix's power-iteration vector between steps (checkpointed); "
                                    "false: fresh seeded start every step (JAX)")
     project_at_init: bool = field(False, "also apply once at initialization (the embedding projection)")
@@ -99,13 +104,7 @@ class _Constraint(Plugin):
 
     @hookimpl
     def hookmix_configure(self, state):
-        c = self.config
-        _check_groups(self.name, c.groups)
-        if getattr(c, "emb_max_rms", 0.0) < 0:
-            raise BadInput(f"plugins.{self.name}.emb_max_rms={c.emb_max_rms} must be >= 0 (0 disables it)")
-        if hasattr(c, "power_iters") and c.power_iters < 1:
-            raise BadInput(f"plugins.{self.name}.power_iters={c.power_iters} must be >= 1")
-        self.validate(state)
+        self.validate(state)  # the per-field rules are the configs' validators; this checks across plugins
 
     @hookimpl
     def hookmix_setup_model(self, model, state):
@@ -160,12 +159,7 @@ class _Constraint(Plugin):
         return self.pi.setdefault(name, {})
 
     def validate(self, state) -> None:
-        c = self.config
-        if hasattr(c, "w_max"):
-            if c.w_max <= 0:
-                raise BadInput(f"plugins.{self.name}.w_max={c.w_max} must be > 0")
-            if c.head_w_max < 0:
-                raise BadInput(f"plugins.{self.name}.head_w_max={c.head_w_max} must be >= 0 (0: w_max)")
+        """Checks that need the other plugins (the config's own rules are its field validators)."""
 
     def check_optimizer(self, optimizer) -> None:
         pass
@@ -184,11 +178,6 @@ class SpectralNormalize(_Constraint):
     Config = SpectralNormalizeConfig
     provides = (WeightConstraint, SPECTRAL_CAP)
     conflicts = (SPECTRAL_CAP,)
-
-    def validate(self, state):
-        super().validate(state)
-        if self.config.estimator not in ("power", "exact"):
-            raise BadInput(f"plugins.spectral_normalize.estimator={self.config.estimator!r}; choose power or exact")
 
     def step_map(self, p, group, name, optimizer):
         c = self.config
@@ -215,11 +204,6 @@ class SpectralHardCap(_Constraint):
     Config = HardCapConfig
     provides = (WeightConstraint, SPECTRAL_CAP)
     conflicts = (SPECTRAL_CAP,)
-
-    def validate(self, state):
-        super().validate(state)
-        if self.config.form not in ("polynomial", "exact"):
-            raise BadInput(f"plugins.spectral_hard_cap.form={self.config.form!r}; choose polynomial or exact")
 
     def step_map(self, p, group, name, optimizer):
         if self.config.form == "exact":
@@ -301,10 +285,6 @@ class SpectralWeightDecay(_Constraint):
     Config = SpectralWeightDecayConfig
     before = (WeightConstraint,)
     conflicts = ("spectral_hammer",)  # the hammer resets sigma_1 to w_max right after: the decay is void
-
-    def validate(self, state):
-        if not 0.0 <= self.config.strength < 1.0:
-            raise BadInput(f"plugins.spectral_weight_decay.strength={self.config.strength} must be in [0, 1)")
 
     def init_map(self, p, group, name):
         return None  # only the embedding rows are projected at init

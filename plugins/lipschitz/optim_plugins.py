@@ -3,10 +3,13 @@ for the rest), which also provides ``"update_norm_bound"`` for the spectral soft
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl
+from engine import Plugin, field, hookimpl
+from engine.validators import at_least, each, finite, finite_non_negative, finite_positive, in_range, int_range
 from plugins.core.schedule import schedule_factor
 
 from . import spectral as sp
@@ -17,22 +20,30 @@ RECIPES = "plugins.lipschitz.recipes"
 
 @attrs.define
 class MuonConfig:
-    lr: float = field(0.02, "nominal Muon lr = RMS->RMS norm of each matrix update (before NS overshoot)")
-    head_lr: float = field(0.0, "Muon lr of the head matrix (0: lr)")
-    momentum: float = field(0.95, "momentum (EMA m <- mu m + (1-mu) g); the JAX reference uses 0.9")
+    lr: float = field(0.02, "nominal Muon lr = RMS->RMS norm of each matrix update (before NS overshoot)",
+                      validator=finite_positive)
+    head_lr: float = field(0.0, "Muon lr of the head matrix (0: lr)", validator=finite_non_negative)
+    momentum: float = field(0.95, "momentum (EMA m <- mu m + (1-mu) g); the JAX reference uses 0.9",
+                            validator=in_range(0, 1, high_open=True))
     nesterov: bool = field(True, "Nesterov momentum (torch/Keller default); the JAX reference uses false")
-    weight_decay: float = field(0.0, "decoupled weight decay tied to the lr: W <- W (1 - lr wd); 0 for the soft cap")
-    ns_coefficients: list[float] = field([3.4445, -4.775, 2.0315], "Newton-Schulz (a, b, c) of torch.optim.Muon")
-    ns_steps: int = field(5, "Newton-Schulz rounds")
-    overshoot_margin: float = field(1.05, "safety factor on the NS overshoot in the update-norm bound")
+    weight_decay: float = field(0.0, "decoupled weight decay tied to the lr: W <- W (1 - lr wd); 0 for the soft cap",
+                                validator=finite_non_negative)
+    ns_coefficients: list[float] = field([3.4445, -4.775, 2.0315], "Newton-Schulz (a, b, c) of torch.optim.Muon",
+                                        validator=each(finite, min_items=3, max_items=3))
+    ns_steps: int = field(5, "Newton-Schulz rounds", validator=int_range(1, 100))
+    overshoot_margin: float = field(1.05, "safety factor on the NS overshoot in the update-norm bound",
+                                    validator=at_least(1))
     claim_head: bool = field(True, "optimize the head matrix with Muon (else AdamW, and the soft cap cannot cap it)")
-    adam_lr: float = field(3e-3, "AdamW lr for everything Muon does not take (embeddings, gains, biases)")
-    adam_betas: list[float] = field([0.9, 0.95], "AdamW betas")
-    adam_eps: float = field(1e-8, "AdamW epsilon")
-    adam_weight_decay: float = field(0.0, "AdamW decoupled weight decay")
-    warmup_steps: int = field(0, "linear warm-up steps")
-    schedule: str = field("linear", "after warm-up: linear, cosine or constant")
-    final_lr_ratio: float = field(0.0, "final lr as a fraction of the peak (0 as in the paper)")
+    adam_lr: float = field(3e-3, "AdamW lr for everything Muon does not take (embeddings, gains, biases)",
+                           validator=finite_non_negative)
+    adam_betas: list[float] = field([0.9, 0.95], "AdamW betas",
+                                    validator=each(in_range(0, 1, high_open=True), min_items=2, max_items=2))
+    adam_eps: float = field(1e-8, "AdamW epsilon", validator=finite_positive)
+    adam_weight_decay: float = field(0.0, "AdamW decoupled weight decay", validator=finite_non_negative)
+    warmup_steps: int = field(0, "linear warm-up steps", validator=int_range(0, 2**62))
+    schedule: Literal["linear", "cosine", "constant"] = field("linear", "learning-rate decay after warm-up")
+    final_lr_ratio: float = field(0.0, "final lr as a fraction of the peak (0 as in the paper)",
+                                  validator=in_range(0, 1))
 
 
 class Muon(Plugin):
@@ -42,18 +53,6 @@ class Muon(Plugin):
     Config = MuonConfig
     provides = (UpdateNormBound,)
     recipes = RECIPES
-
-    @hookimpl
-    def hookmix_configure(self, state):
-        c = self.config
-        if c.lr <= 0 or c.head_lr < 0 or c.adam_lr < 0:
-            raise BadInput("plugins.muon: lr must be > 0 and head_lr, adam_lr >= 0; fix the values")
-        if c.schedule not in ("linear", "cosine", "constant"):
-            raise BadInput(f"plugins.muon.schedule={c.schedule!r}; choose linear, cosine or constant")
-        if len(c.ns_coefficients) != 3 or len(c.adam_betas) != 2:
-            raise BadInput("plugins.muon: ns_coefficients needs 3 numbers (a, b, c) and adam_betas 2")
-        if not 0.0 <= c.final_lr_ratio <= 1.0 or c.weight_decay < 0:
-            raise BadInput("plugins.muon: final_lr_ratio must be in [0, 1] and weight_decay >= 0")
 
     def group_lr(self, group: str) -> float:
         c = self.config

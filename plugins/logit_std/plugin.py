@@ -13,22 +13,28 @@ from __future__ import annotations
 import attrs
 
 from engine import BadInput, Plugin, field, hookimpl
+from engine.validators import Rule, each, finite_positive, subset_of
 from engine.registry import unknown_name_message
 
 ROLES = ("student", "teacher")
+non_empty_name = Rule("a non-empty name", lambda v: isinstance(v, str) and bool(v.strip()))
 
 
 @attrs.define
 class LogitStdConfig:
     kinds: list[str] = field(["distillation"], "consumer kinds whose logits are standardized (spec §9.2: the "
-                                               "distillation terms only; CE keeps raw logits)")
-    consumers: list[str] = field([], "restrict to these consumer plugins (empty: every consumer of those kinds)")
-    roles: list[str] = field(["student", "teacher"], "roles standardized (spec §9.1: both, separately)")
-    eps: float = field(1e-7, "added to the std, not under the square root (official code)")
+                                               "distillation terms only; CE keeps raw logits)",
+                              validator=each(non_empty_name, min_items=1))
+    consumers: list[str] = field([], "restrict to these consumer plugins (empty: every consumer of those kinds)",
+                                  validator=each(non_empty_name))
+    roles: list[str] = field(["student", "teacher"], "roles standardized (spec §9.1: both, separately)",
+                              validator=subset_of(*ROLES))
+    eps: float = field(1e-7, "added to the std, not under the square root (official code)", validator=finite_positive)
     unbiased: bool = field(True, "Bessel-corrected std, divides by C-1 like Tensor.std (official code); "
                                  "false: population std")
     base_temperature: float = field(1.0, "divide the z-scores by this; keep 1 and give the base temperature "
-                                         "(2 on CIFAR) to the loss as its temperature (it then supplies tau^2)")
+                                         "(2 on CIFAR) to the loss as its temperature (it then supplies tau^2)",
+                                    validator=finite_positive)
     log_std: bool = field(True, "log the mean per-row std of each role (logit_std/std_<role>): the effective "
                                 "temperature is temperature x std")
 
@@ -42,15 +48,6 @@ class LogitStd(Plugin):
     @hookimpl
     def hookmix_configure(self, state):
         c = self.config
-        if not c.eps > 0:
-            raise BadInput(f"plugins.logit_std.eps={c.eps} must be > 0 (1e-7 in the official code)")
-        if not c.base_temperature > 0:
-            raise BadInput(f"plugins.logit_std.base_temperature={c.base_temperature} must be > 0; keep 1.0")
-        if not c.kinds:
-            raise BadInput("plugins.logit_std.kinds is empty, so it would never act; e.g. kinds = [\"distillation\"]")
-        for role in c.roles:
-            if role not in ROLES:
-                raise BadInput(unknown_name_message("plugins.logit_std.roles entry", role, list(ROLES)))
         for consumer in c.consumers:
             if consumer not in state.plugin_names:
                 raise BadInput(unknown_name_message("plugins.logit_std.consumers entry", consumer,

@@ -6,10 +6,13 @@ through ``state.logits(..., kind="distillation")`` (see :mod:`plugins.kd.distill
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl, non_negative, one_of, positive
+from engine import BadInput, Plugin, field, hookimpl
+from engine.validators import finite_non_negative, finite_positive, in_range
 from engine.registry import unknown_name_message
 from plugins.kd.distill_inputs import distill_inputs, need_target, sample_batch, student_logits_of
 
@@ -20,10 +23,10 @@ RECIPES = "plugins.kd.recipes"  # the distillation recipes ship with the kd pack
 class NKDConfig:
     temperature: float = field(1.0, "temperature of the non-target term (spec §7: 1 ImageNet CNN / DeiT; 3 in "
                                     "cls_KD's CIFAR-100 R34->R18 config); the target term is always at 1",
-                               validator=positive)
+                               validator=finite_positive)
     gamma: float = field(1.5, "weight of the non-target term (spec §7: 1.5 ImageNet CNN, 1.0 DeiT, 3.5 CIFAR R34->R18)",
-                         validator=non_negative)
-    weight: float = field(1.0, "extra factor on both NKD terms (1 in the official code)", validator=non_negative)
+                         validator=finite_non_negative)
+    weight: float = field(1.0, "extra factor on both NKD terms (1 in the official code)", validator=finite_non_negative)
 
 
 class NKD(Plugin):
@@ -50,13 +53,14 @@ class USKDConfig:
     feature: str = field("features", "submodule of the model whose output feeds the weak head (e.g. features for "
                                      "mlp / cnn1d, ln_f for gpt, flatten or layer3 for resnet)")
     alpha: float = field(1.0, "weight of the soft target term (spec §8: 1 ImageNet, 0.1 CIFAR-100)",
-                         validator=non_negative)
-    beta: float = field(0.1, "weight of the Zipf non-target term (spec §8: 0.1)", validator=non_negative)
+                         validator=finite_non_negative)
+    beta: float = field(0.1, "weight of the Zipf non-target term (spec §8: 0.1)", validator=finite_non_negative)
     mu: float = field(0.005, "weight of the weak head's label-smoothed CE (spec §8: 0.005 ImageNet, 0.1 CIFAR-100)",
-                      validator=non_negative)
-    rank: str = field("prob", "prob: rank by both heads (pre-2023-07-17 code, default); logprob: current code "
-                              "(ranks by the final logits)", validator=one_of("prob", "logprob"))
-    label_smoothing: float = field(0.1, "label smoothing of the weak head's CE (spec §8: 0.1)")
+                      validator=finite_non_negative)
+    rank: Literal["prob", "logprob"] = field("prob", "prob: rank by both heads (pre-2023-07-17 code, default); "
+                                                     "logprob: current code (ranks by the final logits)")
+    label_smoothing: float = field(0.1, "label smoothing of the weak head's CE (spec §8: 0.1)",
+                                   validator=in_range(0, 1))
 
 
 class USKD(Plugin):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from typing import Literal
 
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl, one_of
+from engine import BadInput, Plugin, field, hookimpl
+from engine.validators import Rule, each, in_range, int_range, seed
 
 from . import countdown as cd
 from .capabilities import RL, CountdownTask
@@ -15,25 +17,35 @@ from .sampling import left_pad
 from .tokenizers import HFCountdownTokenizer
 
 RECIPES = "plugins.soft_grpo.recipes"
+operators = Rule("a non-empty string of distinct operators from +-*/",
+                 lambda v: isinstance(v, str) and bool(v) and len(set(v)) == len(v) and set(v) <= set("+-*/"))
 
 
 @attrs.define
 class CountdownDataConfig:
-    mode: str = field("rl", "rl: prompt batches for rollouts; sft: gold traces as input/target LM batches",
-                      validator=one_of("rl", "sft"))
-    batch_size: int = field(16, "prompts per rollout batch (rl) or traces per micro-batch (sft)")
-    n_numbers: list[int] = field([3, 4], "how many numbers a problem has (drawn uniformly from this list)")
-    number_max: int = field(9, "numbers are drawn from 1..number_max")
-    target_max: int = field(100, "targets are reachable values in 1..target_max")
-    min_solutions: int = field(2, "keep only targets with at least this many distinct solutions")
-    ops: str = field("+-*", "operators the solver uses (add / for exact division)")
-    test_fraction: float = field(0.1, "fraction of problem keys held out (hash split: never trained on)")
-    step_corrupt_rate: float = field(0.0, "sft: probability of corrupting each scratchpad step's result")
-    answer_corrupt_rate: float = field(0.0, "sft: probability of replacing the answer by a wrong expression")
+    mode: Literal["rl", "sft"] = field("rl", "rl: prompt batches for rollouts; sft: gold traces as input/target LM "
+                                             "batches")
+    batch_size: int = field(16, "prompts per rollout batch (rl) or traces per micro-batch (sft)",
+                            validator=int_range(1, 2**16))
+    n_numbers: list[int] = field([3, 4], "how many numbers a problem has (drawn uniformly from this list)",
+                                 validator=each(int_range(2, 6), min_items=1))
+    number_max: int = field(9, "numbers are drawn from 1..number_max", validator=int_range(1, 10**4))
+    target_max: int = field(100, "targets are reachable values in 1..target_max", validator=int_range(1, 10**6))
+    min_solutions: int = field(2, "keep only targets with at least this many distinct solutions",
+                               validator=int_range(1, 10**6))
+    ops: str = field("+-*", "operators the solver uses (add / for exact division)", validator=operators)
+    test_fraction: float = field(0.1, "fraction of problem keys held out (hash split: never trained on)",
+                                 validator=in_range(0, 1, low_open=True, high_open=True))
+    step_corrupt_rate: float = field(0.0, "sft: probability of corrupting each scratchpad step's result",
+                                     validator=in_range(0, 1))
+    answer_corrupt_rate: float = field(0.0, "sft: probability of replacing the answer by a wrong expression",
+                                       validator=in_range(0, 1))
     loss_on_prompt: bool = field(False, "sft: also train on the prompt tokens (default: target -100 there)")
-    val_problems: int = field(128, "held-out gold traces scored by the engine's val/loss (0: none)")
-    heldout_seed: int = field(0, "seed of the held-out problem list (shared by val and passk)")
-    max_len: int = field(64, "context length the model must support (data info block_size)")
+    val_problems: int = field(128, "held-out gold traces scored by the engine's val/loss (0: none)",
+                              validator=int_range(0, 10**6))
+    heldout_seed: int = field(0, "seed of the held-out problem list (shared by val and passk)", validator=seed)
+    max_len: int = field(64, "context length the model must support (data info block_size)",
+                         validator=int_range(1, 2**16))
     tokenizer: str = field("", "empty: the 24-symbol character tokenizer; else a local Hugging Face tokenizer dir")
     think_start: str = field("<think>", "HF tokenizer only: text that opens the scratchpad")
     think_end: str = field("</think>", "HF tokenizer only: the single token that ends thinking")
@@ -135,10 +147,6 @@ class Countdown(Plugin):
         if c.mode == "rl" and state.provider(RL) is None:
             raise BadInput("plugins.countdown.mode='rl' yields prompts, which need a rollout plugin; "
                            "add grpo or soft_grpo to run.plugins, or set plugins.countdown.mode=\"sft\"")
-        if not c.n_numbers or min(c.n_numbers) < 2 or max(c.n_numbers) > 6:
-            raise BadInput(f"plugins.countdown.n_numbers={c.n_numbers} must list sizes in 2..6, e.g. [3, 4]")
-        if not 0.0 < c.test_fraction < 1.0:
-            raise BadInput(f"plugins.countdown.test_fraction={c.test_fraction} must be in (0, 1)")
 
     @hookimpl
     def hookmix_data(self, state):

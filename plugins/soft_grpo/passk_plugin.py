@@ -10,6 +10,7 @@ import attrs
 import torch
 
 from engine import BadInput, Command, Plugin, field, hookimpl
+from engine.validators import each, finite_positive, in_range, int_range, subset_of
 
 from . import countdown as cd
 from .capabilities import CountdownTask
@@ -23,18 +24,22 @@ RECIPES = "plugins.soft_grpo.recipes"
 
 @attrs.define
 class PassKConfig:
-    problems: int = field(64, "held-out problems evaluated")
-    samples: int = field(32, "samples per problem (n of the unbiased estimator)")
-    ks: list[int] = field([1, 4, 16, 32], "k values reported (k <= samples)")
-    modes: list[str] = field(["discrete", "soft"], "decodings: discrete sampling and/or soft thinking + Gumbel")
-    taus: list[float] = field([0.1], "Gumbel-Softmax temperatures of the soft decoding (one metric set each)")
-    temperature: float = field(1.0, "sampling temperature")
-    top_k: int = field(5, "top-k filter (= soft mixture size)")
-    top_p: float = field(0.95, "top-p filter")
-    think_cap: int = field(24, "thinking tokens before </think> is forced")
-    answer_cap: int = field(14, "answer tokens, <eos> included")
-    seed: int = field(1234, "seed of the evaluation noise (fixed: every model sees the same stream)")
-    chunk: int = field(2048, "rows per generation call")
+    problems: int = field(64, "held-out problems evaluated", validator=int_range(1, 10**6))
+    samples: int = field(32, "samples per problem (n of the unbiased estimator)", validator=int_range(1, 10**6))
+    ks: list[int] = field([1, 4, 16, 32], "k values reported (k <= samples)",
+                          validator=each(int_range(1, 10**6), min_items=1))
+    modes: list[str] = field(["discrete", "soft"], "decodings: discrete sampling and/or soft thinking + Gumbel",
+                             validator=subset_of("discrete", "soft"))
+    taus: list[float] = field([0.1], "Gumbel-Softmax temperatures of the soft decoding (one metric set each)",
+                              validator=each(finite_positive))
+    temperature: float = field(1.0, "sampling temperature", validator=finite_positive)
+    top_k: int = field(5, "top-k filter (= soft mixture size)", validator=int_range(1, 2**20))
+    top_p: float = field(0.95, "top-p filter", validator=in_range(0, 1, low_open=True))
+    think_cap: int = field(24, "thinking tokens before </think> is forced", validator=int_range(0, 2**16))
+    answer_cap: int = field(14, "answer tokens, <eos> included", validator=int_range(1, 2**16))
+    seed: int = field(1234, "seed of the evaluation noise (fixed: every model sees the same stream)",
+                      validator=int_range(0, 2**62))
+    chunk: int = field(2048, "rows per generation call", validator=int_range(1, 2**20))
     save: bool = field(True, "write per-problem correct counts to passk/step-XXXXXXXX.json in the run directory")
 
 
@@ -103,15 +108,11 @@ class PassK(Plugin):
 
     @hookimpl
     def hookmix_configure(self, state):
-        c = self.config
-        bad = [m for m in c.modes if m not in ("discrete", "soft")]
-        if bad or not c.modes:
-            raise BadInput(f"plugins.passk.modes={c.modes}: use a non-empty subset of [\"discrete\", \"soft\"]")
-        if c.problems < 1 or c.samples < 1 or not c.ks or max(c.ks) > c.samples or min(c.ks) < 1:
-            raise BadInput(f"plugins.passk: need problems, samples >= 1 and 1 <= k <= samples "
-                           f"(samples={c.samples}, ks={c.ks})")
-        if "soft" in c.modes and (not c.taus or min(c.taus) <= 0):
-            raise BadInput(f"plugins.passk.taus={c.taus} must be non-empty and > 0 for soft decoding")
+        c = self.config  # the per-field rules are the validators; these relate two fields
+        if max(c.ks) > c.samples:
+            raise BadInput(f"plugins.passk.ks={c.ks}: every k must be <= samples={c.samples}; lower ks or raise samples")
+        if "soft" in c.modes and not c.taus:
+            raise BadInput("plugins.passk.taus is empty but modes has \"soft\"; give at least one tau, e.g. [0.1]")
 
     @hookimpl
     def hookmix_setup_model(self, model, state):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl, one_of
+from engine import BadInput, Plugin, field, hookimpl
+from engine.validators import MAX_WIDTH, check_parameter_count, finite_positive, in_range, int_range, width
 
 from .capabilities import POLICY
 from .policy import TinyPolicy, TinyPolicyConfig
+
+MAX_DEPTH = 1024  # layers / heads: a sane bound, checked before anything is allocated
 
 
 def load_init(model: torch.nn.Module, source: str, plugin: str) -> None:
@@ -28,14 +33,15 @@ def load_init(model: torch.nn.Module, source: str, plugin: str) -> None:
 
 @attrs.define
 class TinyPolicyModelConfig:
-    d_model: int = field(64, "model width")
-    n_layers: int = field(2, "transformer blocks")
-    n_heads: int = field(4, "attention heads")
-    d_ff: int = field(0, "MLP width (0: 4 * d_model)")
-    max_len: int = field(0, "context length (0: the data's block_size)")
-    dropout: float = field(0.0, "dropout probability (keep 0 for RL: θ_old is recomputed in eval mode)")
+    d_model: int = field(64, "model width", validator=width)
+    n_layers: int = field(2, "transformer blocks", validator=int_range(1, MAX_DEPTH))
+    n_heads: int = field(4, "attention heads", validator=int_range(1, MAX_DEPTH))
+    d_ff: int = field(0, "MLP width (0: 4 * d_model)", validator=int_range(0, MAX_WIDTH))
+    max_len: int = field(0, "context length (0: the data's block_size)", validator=int_range(0, MAX_WIDTH))
+    dropout: float = field(0.0, "dropout probability (keep 0 for RL: θ_old is recomputed in eval mode)",
+                           validator=in_range(0, 1, high_open=True))
     tie_embeddings: bool = field(False, "share the input embedding with the LM head")
-    init_std: float = field(0.02, "initialisation std (GPT-2 style)")
+    init_std: float = field(0.02, "initialisation std (GPT-2 style)", validator=finite_positive)
     init_from: str = field("", "start from the weights of this hookmix run directory (latest checkpoint) or .pt file")
 
 
@@ -47,13 +53,19 @@ class TinyPolicyModel(Plugin):
     provides = (POLICY,)
 
     @hookimpl
+    def hookmix_configure(self, state):
+        c = self.config
+        if c.d_model % c.n_heads:
+            raise BadInput(f"plugins.tiny_policy: d_model={c.d_model} is not divisible by n_heads={c.n_heads}")
+        ff = c.d_ff or 4 * c.d_model
+        check_parameter_count("plugins.tiny_policy", c.n_layers * (4 * c.d_model**2 + 2 * c.d_model * ff))
+
+    @hookimpl
     def hookmix_model(self, state):
         c = self.config
         info = state.data.info
         if "vocab_size" not in info:
             raise BadInput("tiny_policy needs a token data plugin (data info 'vocab_size'); enable countdown")
-        if c.d_model % c.n_heads:
-            raise BadInput(f"plugins.tiny_policy: d_model={c.d_model} is not divisible by n_heads={c.n_heads}")
         model = TinyPolicy(TinyPolicyConfig(vocab_size=info["vocab_size"], d_model=c.d_model, n_layers=c.n_layers,
                                             n_heads=c.n_heads, d_ff=c.d_ff or None,
                                             max_len=c.max_len or info.get("block_size", 64), dropout=c.dropout,
@@ -101,13 +113,13 @@ class HFPolicy(torch.nn.Module):
 @attrs.define
 class HFPolicyModelConfig:
     path: str = field("", "local directory of a Hugging Face causal LM (empty: a random tiny model of `arch`)")
-    arch: str = field("llama", "random-init architecture when path is empty", validator=one_of("llama", "gpt2"))
-    hidden_size: int = field(64, "random init: width")
-    layers: int = field(2, "random init: blocks")
-    heads: int = field(4, "random init: attention heads")
-    intermediate_size: int = field(0, "random init: MLP width (0: 4 * hidden_size)")
-    max_positions: int = field(0, "random init: context (0: the data's block_size)")
-    dtype: str = field("float32", "weights dtype (float32 or bfloat16)", validator=one_of("float32", "bfloat16"))
+    arch: Literal["llama", "gpt2"] = field("llama", "random-init architecture when path is empty")
+    hidden_size: int = field(64, "random init: width", validator=width)
+    layers: int = field(2, "random init: blocks", validator=int_range(1, MAX_DEPTH))
+    heads: int = field(4, "random init: attention heads", validator=int_range(1, MAX_DEPTH))
+    intermediate_size: int = field(0, "random init: MLP width (0: 4 * hidden_size)", validator=int_range(0, MAX_WIDTH))
+    max_positions: int = field(0, "random init: context (0: the data's block_size)", validator=int_range(0, MAX_WIDTH))
+    dtype: Literal["float32", "bfloat16"] = field("float32", "weights dtype")
     init_from: str = field("", "start from the weights of this hookmix run directory (latest checkpoint) or .pt file")
 
 
@@ -117,6 +129,13 @@ class HFPolicyModel(Plugin):
     name = "hf_policy"
     Config = HFPolicyModelConfig
     provides = (POLICY,)
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        c = self.config
+        if not c.path:  # a random model: its size is known before anything is built
+            inter = c.intermediate_size or 4 * c.hidden_size
+            check_parameter_count("plugins.hf_policy", c.layers * (4 * c.hidden_size**2 + 3 * c.hidden_size * inter))
 
     @hookimpl
     def hookmix_model(self, state):

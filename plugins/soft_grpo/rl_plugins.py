@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+from typing import Literal
 
 import attrs
 import torch
 
-from engine import BadInput, Plugin, WeightConstraint, field, hookimpl, one_of
+from engine import BadInput, Plugin, WeightConstraint, field, hookimpl
+from engine.validators import Rule, finite, finite_non_negative, finite_positive, in_range, int_range
 
 from . import countdown as cd
 from .capabilities import POLICY, RL, CountdownTask
@@ -36,6 +39,9 @@ from .sampling import SamplingConfig, generate_rollouts
 from .tokenizers import suppress_ids_for
 
 RECIPES = "plugins.soft_grpo.recipes"
+dual_clip_rule = Rule("0 (off) or a finite number > 1", lambda v: v == 0 or (math.isfinite(v) and v > 1))
+clamp_rule = Rule("[] (no clamp) or [low, high] with finite low < high",
+                  lambda v: len(v) == 0 or (len(v) == 2 and all(math.isfinite(x) for x in v) and v[0] < v[1]))
 
 
 def _clamp_pair(value: list[float], what: str) -> tuple[float, float] | None:
@@ -48,35 +54,43 @@ def _clamp_pair(value: list[float], what: str) -> tuple[float, float] | None:
 
 @attrs.define
 class GRPOConfig:
-    group_size: int = field(8, "rollouts per prompt (G)")
+    group_size: int = field(8, "rollouts per prompt (G; group advantages need G >= 2)", validator=int_range(2, 4096))
     minibatches: int = field(1, "chunks per rollout batch, split by prompt groups and consumed one per micro-batch "
-                                "(grad_accum 1: one optimizer step each; the ratio is exactly 1 on the first only)")
-    temperature: float = field(1.0, "sampling temperature (also divides the logits in the likelihood)")
-    top_k: int = field(5, "top-k filter (for soft thinking also the number of mixed/stored ids)")
-    top_p: float = field(0.95, "top-p filter")
-    min_p: float = field(0.0, "min-p filter (0: off)")
-    think_cap: int = field(24, "thinking tokens before </think> is forced")
-    answer_cap: int = field(14, "answer tokens after </think>, <eos> included")
-    clip_eps: float = field(0.2, "PPO clip ε (low side)")
-    clip_eps_high: float = field(0.0, "PPO clip ε on the high side (0: same as clip_eps)")
-    dual_clip: float = field(3.0, "dual-clip constant c > 1 for negative advantages (0: off)")
-    kl_coef: float = field(0.001, "β of the k3 KL to the frozen reference (0: no reference model)")
-    agg: str = field("token-mean", "token-mean (DAPO / official code) or seq-mean (GRPO 1/|o_i|)",
-                     validator=one_of("token-mean", "seq-mean"))
+                                "(grad_accum 1: one optimizer step each; the ratio is exactly 1 on the first only)",
+                             validator=int_range(1, 2**16))
+    temperature: float = field(1.0, "sampling temperature (also divides the logits in the likelihood)",
+                               validator=finite_positive)
+    top_k: int = field(5, "top-k filter (for soft thinking also the number of mixed/stored ids)",
+                       validator=int_range(1, 2**20))
+    top_p: float = field(0.95, "top-p filter", validator=in_range(0, 1, low_open=True))
+    min_p: float = field(0.0, "min-p filter (0: off)", validator=in_range(0, 1, high_open=True))
+    think_cap: int = field(24, "thinking tokens before </think> is forced", validator=int_range(0, 2**16))
+    answer_cap: int = field(14, "answer tokens after </think>, <eos> included", validator=int_range(1, 2**16))
+    clip_eps: float = field(0.2, "PPO clip ε (low side)", validator=finite_positive)
+    clip_eps_high: float = field(0.0, "PPO clip ε on the high side (0: same as clip_eps)", validator=finite_non_negative)
+    dual_clip: float = field(3.0, "dual-clip constant c > 1 for negative advantages (0: off)", validator=dual_clip_rule)
+    kl_coef: float = field(0.001, "β of the k3 KL to the frozen reference (0: no reference model)",
+                           validator=finite_non_negative)
+    agg: Literal["token-mean", "seq-mean"] = field("token-mean", "token-mean (DAPO / official code) or seq-mean "
+                                                                 "(GRPO 1/|o_i|)")
     scale_advantages: bool = field(True, "divide by the group's Bessel std + adv_eps (false: Dr. GRPO)")
-    adv_eps: float = field(1e-6, "added to the group std (verl: 1e-6)")
-    seed_offset: int = field(2, "the rollout generator is seeded with run.seed + this")
+    adv_eps: float = field(1e-6, "added to the group std (verl: 1e-6)", validator=finite_non_negative)
+    seed_offset: int = field(2, "the rollout generator is seeded with run.seed + this", validator=int_range(0, 2**32))
 
 
 @attrs.define
 class SoftGRPOConfig(GRPOConfig):
-    tau: float = field(0.1, "Gumbel-Softmax temperature τ of the soft-token weights")
-    noise_factor: float = field(1.0, "λ: g' = log(p̄ + 1e-6) + λ·g")
-    gumbel_clamp: list[float] = field([-1.5, 3.0], "clamp of the rollout Gumbel noise ([] : none)")
-    soft_density: str = field("mean", "mean (official code: masked mean of Gumbel log-densities) or sum (exact)",
-                              validator=one_of("mean", "sum"))
-    likelihood_clamp: list[float] = field([-1.5, 3.0], "clamp of the recovered noise z in the likelihood ([] : none)")
-    mask_logq_min: float = field(-3.0, "mean density: slots with log(q + 1e-6) above this (q > ~0.05)")
+    tau: float = field(0.1, "Gumbel-Softmax temperature τ of the soft-token weights", validator=finite_positive)
+    noise_factor: float = field(1.0, "λ: g' = log(p̄ + 1e-6) + λ·g (the Gumbel likelihood needs noise: > 0)",
+                                validator=finite_positive)
+    gumbel_clamp: list[float] = field([-1.5, 3.0], "clamp of the rollout Gumbel noise ([] : none)",
+                                      validator=clamp_rule)
+    soft_density: Literal["mean", "sum"] = field("mean", "mean (official code: masked mean of Gumbel log-densities) "
+                                                         "or sum (exact)")
+    likelihood_clamp: list[float] = field([-1.5, 3.0], "clamp of the recovered noise z in the likelihood ([] : none)",
+                                          validator=clamp_rule)
+    mask_logq_min: float = field(-3.0, "mean density: slots with log(q + 1e-6) above this (q > ~0.05)",
+                                 validator=finite)
     detach_inputs: bool = field(True, "detach the rebuilt mixture inputs (official code)")
 
 
@@ -132,12 +146,8 @@ class GRPO(Plugin):
         task = state.provider(CountdownTask)  # required: the engine checked it is enabled
         if task.task_mode() != "rl":
             raise BadInput(f"{self.name} samples rollouts from prompts; set plugins.countdown.mode=\"rl\"")
-        if c.group_size < 2:
-            raise BadInput(f"plugins.{self.name}.group_size={c.group_size}: group advantages need G >= 2")
-        if c.minibatches < 1 or task.prompts_per_batch() % c.minibatches:
+        if task.prompts_per_batch() % c.minibatches:
             raise BadInput(f"plugins.{self.name}.minibatches={c.minibatches} must divide plugins.countdown.batch_size")
-        if c.dual_clip and c.dual_clip <= 1.0:
-            raise BadInput(f"plugins.{self.name}.dual_clip={c.dual_clip} must be > 1 (or 0 to disable)")
         try:
             self.sampling_config(cd.CharTokenizer())
             self.likelihood_config()
@@ -261,8 +271,5 @@ class SoftGRPO(GRPO):
     def hookmix_configure(self, state):
         super().hookmix_configure(state)
         c = self.config
-        if c.tau <= 0 or c.noise_factor <= 0:
-            raise BadInput(f"plugins.soft_grpo: tau={c.tau} and noise_factor={c.noise_factor} must be > 0 "
-                           f"(the Gumbel likelihood needs noise)")
-        if c.top_k < 1 or c.top_k > 20:
+        if c.top_k > 20:
             raise BadInput(f"plugins.soft_grpo.top_k={c.top_k} must be in 1..20 (the likelihood mask must be non-empty)")

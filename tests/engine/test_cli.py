@@ -18,11 +18,12 @@ def test_describe_shows_fields_with_types_defaults_and_help(capsys):
     assert out.startswith("adamw  (hookmix 0.2.0; plugin API >=1.0,<2)\n")
     assert "  hooks: hookmix_lr_scheduler, hookmix_optimizer, hookmix_param_groups\n" in out
     assert "  config [plugins.adamw]:\n" in out
-    assert "    lr: float = 0.001  peak learning rate\n" in out
-    assert "    warmup_steps: int = 0  linear warm-up steps\n" in out
+    assert "    lr: float = 0.001  peak learning rate [finite and > 0]\n" in out  # the validator's rule
+    assert "    warmup_steps: int = 0  linear warm-up steps [an integer in 0..2**62]\n" in out
     assert "    decay_1d: bool = False  also decay 1-D parameters (biases, norm gains)\n" in out
-    assert "    schedule: str = 'cosine'  cosine, linear or constant after warm-up\n" in out
-    assert re.search(r"\n    betas: list\S* = \[0\.9, 0\.95\]  Adam betas\n", out)
+    assert "    schedule: 'cosine' | 'linear' | 'constant' = 'cosine'  learning-rate decay after warm-up\n" in out
+    assert re.search(r"\n    betas: list\S* = \[0\.9, 0\.95\]  Adam betas \(beta1, beta2\) \[a list of 2 values, each a number "
+                     r"in \[0, 1\)\]\n", out)
 
 
 def test_recipes_lists_the_shipped_recipes(capsys):

@@ -113,9 +113,10 @@ def test_invalid_values_name_the_key(table, expected):
 
 
 def test_ints_are_accepted_for_floats_and_values_are_kept(registry):
-    recipe = _resolve(registry, "plugins.adamw.lr=1", "plugins.adamw.betas=[1, 0.5]", "run.steps=7")
+    recipe = _resolve(registry, "plugins.adamw.lr=1", "plugins.adamw.betas=[0, 0.5]", "run.steps=7")
     assert recipe.plugin_configs["adamw"].lr == 1.0 and type(recipe.plugin_configs["adamw"].lr) is float
-    assert recipe.plugin_configs["adamw"].betas == [1.0, 0.5]
+    betas = recipe.plugin_configs["adamw"].betas  # (a beta of 1 is refused: torch needs < 1)
+    assert betas == [0.0, 0.5] and type(betas[0]) is float
     assert recipe.run.steps == 7
 
 
