@@ -42,7 +42,6 @@ class Teacher(Plugin):
 
     name = "teacher"
     Config = TeacherConfig
-    provides = ("teacher",)
     recipes = RECIPES
     commands = {"distill-mnist1d": Command.lazy("MNIST-1D distillation table: CNN teacher, MLP student arms, seeds",
                                                 "plugins.kd.experiment:add_arguments", "plugins.kd.experiment:run")}
