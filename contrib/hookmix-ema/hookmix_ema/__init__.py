@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import attrs
 
-from engine import BadInput, Plugin, WeightConstraint, field, hookimpl
+from engine import Plugin, WeightConstraint, field, hookimpl
+from engine.validators import in_range, int_range
 
 
 @attrs.define
 class EMAConfig:
-    decay: float = field(0.99, "weight of the old average at each update (0 < decay < 1)")
-    start_step: int = field(0, "copy the weights (no averaging) until this step")
+    decay: float = field(0.99, "weight of the old average at each update",
+                         validator=in_range(0, 1, low_open=True, high_open=True))
+    start_step: int = field(0, "copy the weights (no averaging) until this step", validator=int_range(0, 2**62))
     eval_with_ema: bool = field(True, "evaluate with the averaged weights")
 
 
@@ -21,11 +23,7 @@ class EMA(Plugin):
     Config = EMAConfig
     # average the weights after every constraint has rewritten them, whoever provides it
     after = (WeightConstraint, "spectral_weight_decay")
-
-    @hookimpl
-    def hookmix_configure(self, state):
-        if not 0.0 < self.config.decay < 1.0:
-            raise BadInput(f"plugins.ema.decay={self.config.decay} must be in (0, 1); e.g. 0.99")
+    recipes = "hookmix_ema.recipes"  # a package of *.toml recipes: `hookmix recipes` lists them
 
     @hookimpl
     def hookmix_setup_model(self, model, state):

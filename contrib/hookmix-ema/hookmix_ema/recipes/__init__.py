@@ -1,0 +1,1 @@
+"""Recipes shipped with hookmix-ema (listed by `hookmix recipes`)."""
