@@ -68,10 +68,15 @@ def in_range(lo: float, hi: float, *, low_open: bool = False, high_open: bool = 
     return Rule(text, ok)
 
 
-#: Finite and > 0.
-finite_positive = greater_than(0)
-#: Finite and >= 0.
-finite_non_negative = at_least(0)
+#: The largest magnitude a float setting may have (learning rates, weights, temperatures, caps, epsilons):
+#: a value beyond 1e6 is a typo in every shipped config, refused before it reaches torch.
+MAX_MAGNITUDE = 1e6
+#: In (0, 1e6].
+finite_positive = in_range(0, MAX_MAGNITUDE, low_open=True)
+#: In [0, 1e6].
+finite_non_negative = in_range(0, MAX_MAGNITUDE)
+#: In [-1e6, 1e6] (signed settings: reward weights, coefficients, thresholds).
+bounded = in_range(-MAX_MAGNITUDE, MAX_MAGNITUDE)
 
 
 def length(n: int) -> Rule:
@@ -169,6 +174,6 @@ def describe(validator) -> str:
     return ""
 
 
-__all__ = ["MAX_PARAMETERS", "MAX_WIDTH", "Rule", "check_parameter_count", "all_of", "at_least", "at_least_one", "describe", "each", "finite",
-           "finite_non_negative", "finite_positive", "greater_than", "in_range", "int_range", "length", "seed",
-           "subset_of", "width"]
+__all__ = ["MAX_MAGNITUDE", "MAX_PARAMETERS", "MAX_WIDTH", "Rule", "all_of", "at_least", "at_least_one", "bounded",
+           "check_parameter_count", "describe", "each", "finite", "finite_non_negative", "finite_positive",
+           "greater_than", "in_range", "int_range", "length", "seed", "subset_of", "width"]

@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from engine import Plugin, field, hookimpl
-from engine.validators import at_least, each, finite, finite_non_negative, finite_positive, in_range, int_range
+from engine.validators import MAX_MAGNITUDE, bounded, each, finite_non_negative, finite_positive, in_range, int_range
 from plugins.core.schedule import schedule_factor
 
 from . import spectral as sp
@@ -29,10 +29,10 @@ class MuonConfig:
     weight_decay: float = field(0.0, "decoupled weight decay tied to the lr: W <- W (1 - lr wd); 0 for the soft cap",
                                 validator=finite_non_negative)
     ns_coefficients: list[float] = field([3.4445, -4.775, 2.0315], "Newton-Schulz (a, b, c) of torch.optim.Muon",
-                                        validator=each(finite, min_items=3, max_items=3))
+                                        validator=each(bounded, min_items=3, max_items=3))
     ns_steps: int = field(5, "Newton-Schulz rounds", validator=int_range(1, 100))
     overshoot_margin: float = field(1.05, "safety factor on the NS overshoot in the update-norm bound",
-                                    validator=at_least(1))
+                                    validator=in_range(1, MAX_MAGNITUDE))
     claim_head: bool = field(True, "optimize the head matrix with Muon (else AdamW, and the soft cap cannot cap it)")
     adam_lr: float = field(3e-3, "AdamW lr for everything Muon does not take (embeddings, gains, biases)",
                            validator=finite_non_negative)

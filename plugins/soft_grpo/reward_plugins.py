@@ -6,7 +6,7 @@ import attrs
 import torch
 
 from engine import Plugin, field, hookimpl
-from engine.validators import finite
+from engine.validators import bounded
 
 from . import countdown as cd
 from .capabilities import RL
@@ -16,7 +16,7 @@ from .record import Rollout
 
 @attrs.define
 class RewardConfig:
-    weight: float = field(1.0, "weight of the reward term", validator=finite)
+    weight: float = field(1.0, "weight of the reward term", validator=bounded)
 
 
 class CountdownReward(Plugin):
@@ -36,7 +36,7 @@ class CountdownReward(Plugin):
 
 @attrs.define
 class FormatRewardConfig:
-    weight: float = field(0.1, "weight of the reward term", validator=finite)
+    weight: float = field(0.1, "weight of the reward term", validator=bounded)
 
 
 class FormatReward(Plugin):

@@ -27,7 +27,7 @@ import attrs
 import torch
 
 from engine import BadInput, Plugin, WeightConstraint, field, hookimpl
-from engine.validators import Rule, finite, finite_non_negative, finite_positive, in_range, int_range
+from engine.validators import MAX_MAGNITUDE, Rule, bounded, finite_non_negative, finite_positive, in_range, int_range
 
 from . import countdown as cd
 from .capabilities import POLICY, RL, CountdownTask
@@ -39,7 +39,7 @@ from .sampling import SamplingConfig, generate_rollouts
 from .tokenizers import suppress_ids_for
 
 RECIPES = "plugins.soft_grpo.recipes"
-dual_clip_rule = Rule("0 (off) or a finite number > 1", lambda v: v == 0 or (math.isfinite(v) and v > 1))
+dual_clip_rule = Rule(f"0 (off) or a number in (1, {MAX_MAGNITUDE:g}]", lambda v: v == 0 or 1 < v <= MAX_MAGNITUDE)
 clamp_rule = Rule("[] (no clamp) or [low, high] with finite low < high",
                   lambda v: len(v) == 0 or (len(v) == 2 and all(math.isfinite(x) for x in v) and v[0] < v[1]))
 
@@ -90,7 +90,7 @@ class SoftGRPOConfig(GRPOConfig):
     likelihood_clamp: list[float] = field([-1.5, 3.0], "clamp of the recovered noise z in the likelihood ([] : none)",
                                           validator=clamp_rule)
     mask_logq_min: float = field(-3.0, "mean density: slots with log(q + 1e-6) above this (q > ~0.05)",
-                                 validator=finite)
+                                 validator=bounded)
     detach_inputs: bool = field(True, "detach the rebuilt mixture inputs (official code)")
 
 

@@ -18,7 +18,7 @@ def test_describe_shows_fields_with_types_defaults_and_help(capsys):
     assert out.startswith("adamw  (hookmix 0.2.0; plugin API >=1.0,<2)\n")
     assert "  hooks: hookmix_lr_scheduler, hookmix_optimizer, hookmix_param_groups\n" in out
     assert "  config [plugins.adamw]:\n" in out
-    assert "    lr: float = 0.001  peak learning rate [finite and > 0]\n" in out  # the validator's rule
+    assert "    lr: float = 0.001  peak learning rate [a number in (0, 1e+06]]\n" in out  # the validator's rule
     assert "    warmup_steps: int = 0  linear warm-up steps [an integer in 0..2**62]\n" in out
     assert "    decay_1d: bool = False  also decay 1-D parameters (biases, norm gains)\n" in out
     assert "    schedule: 'cosine' | 'linear' | 'constant' = 'cosine'  learning-rate decay after warm-up\n" in out
