@@ -18,8 +18,13 @@ class State:
 
     Attributes set during setup: ``data``, ``model``, ``modules`` (plugin-owned trainable
     modules), ``optimizer``, ``scheduler``. Counters: ``step`` (completed optimizer steps),
-    ``start_step``, ``micro`` (micro-batch index within the step). Distributed-ready fields:
-    ``rank``, ``world_size``, ``is_main`` (only the main process writes outputs).
+    ``start_step``, ``micro`` (micro-batch index within the step).
+
+    Distributed runs (docs/distributed.md): ``rank`` (0..world_size-1), ``world_size``,
+    ``local_rank`` (the rank on this node: the GPU index), ``is_main`` (rank 0: the only process that
+    writes outputs). ``state.model`` is always the plain module (never the DDP wrapper); each rank
+    sees its contiguous share of the global batch. A plugin that computes a statistic over data
+    reduces it with :meth:`all_reduce_mean` / :meth:`all_reduce_sum` (no-ops in one process).
     """
 
     def __init__(self, recipe: Recipe, manager: Manager, device: torch.device) -> None:
@@ -29,9 +34,8 @@ class State:
         self.plugins = manager.plugins
         self.device = device
         self.autocast_dtype = torch.bfloat16 if recipe.run.precision == "bf16" else None
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.is_main = self.rank == 0
+        self.group: Any = None  # engine.distributed.Group of a run under torchrun (set by the trainer)
+        self.rank, self.world_size, self.local_rank, self.is_main = 0, 1, 0, True
         self.step = 0
         self.start_step = 0
         self.micro = 0
@@ -63,6 +67,22 @@ class State:
         out = {k: torch.stack([v.float().reshape(()) for v in vs]).mean().item() for k, vs in self._pending.items()}
         self._pending.clear()
         return out
+
+    def use_group(self, group: Any) -> None:
+        """Adopt the run's process group (the trainer calls this before any plugin hook)."""
+        self.group = group
+        self.rank, self.world_size = group.rank, group.world_size
+        self.local_rank = group.env.local_rank
+        self.is_main = self.rank == 0
+
+    def all_reduce_mean(self, value: float | torch.Tensor) -> float | torch.Tensor:
+        """The mean of ``value`` over all ranks (a float, or a tensor of the same shape); every rank
+        must call it at the same point. In one process it returns ``value`` unchanged."""
+        return value if self.group is None else self.group.all_reduce_mean(value)
+
+    def all_reduce_sum(self, value: float | torch.Tensor) -> float | torch.Tensor:
+        """The sum of ``value`` over all ranks (see :meth:`all_reduce_mean`)."""
+        return value if self.group is None else self.group.all_reduce_sum(value)
 
     def provider(self, capability: str) -> Any:
         """The enabled plugin that provides ``capability`` (or is named so), or ``None``."""
