@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import attrs
@@ -40,6 +41,9 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory URL (overrides run.out)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR bit-exactly")
     p.add_argument("--quiet", action="store_true", help="no plan or progress output")
+    from engine.distributed import add_launch_arguments
+
+    add_launch_arguments(p)
     p = sub.add_parser("bench", help="benchmarks: overhead")
     p.add_argument("what", choices=["overhead"])
     p.add_argument("--steps", type=int, default=30, help="timed steps per loop")
@@ -70,12 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb is None:
             _build_parser(commands).print_help()
             return 2
+        args.argv = argv  # `train --nproc N` re-launches itself through torch.distributed.run
         if args.verb in commands:
             return int(commands[args.verb].run(args) or 0)
         return int(globals()[f"cmd_{args.verb.replace('-', '_')}"](args) or 0)
     except HookmixError as exc:
-        print(f"hookmix: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        from engine.distributed import rank_prefix
+
+        print(f"hookmix: error: {rank_prefix()}{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+              file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        from engine.distributed import report_crash
+
+        if "RANK" not in os.environ:
+            raise
+        return report_crash(exc)  # under torchrun: name the rank that failed
     except KeyboardInterrupt:
         print("hookmix: interrupted", file=sys.stderr)
         return 130
@@ -186,6 +200,10 @@ def cmd_train(args) -> int:
     from engine.recipe import apply_overrides, parse_toml, read_recipe, resolve
     from engine.registry import Registry
 
+    from engine import distributed
+
+    if args.nproc or args.nnodes > 1:
+        return distributed.launch(args)
     registry = Registry()
     overrides = list(args.overrides)
     if args.resume:
@@ -208,8 +226,11 @@ def cmd_train(args) -> int:
         if args.out:
             raw.setdefault("run", {})["out"] = args.out
     recipe = resolve(name, raw, registry)
-    trainer = Trainer(recipe, registry, resume=bool(args.resume), quiet=args.quiet)
+    resume, restart = distributed.elastic_resume(recipe.run.out, bool(args.resume))
+    trainer = Trainer(recipe, registry, resume=resume, quiet=args.quiet, restart=restart)
     summary = trainer.run()
+    if not trainer.state.is_main:
+        return 0
     shown = {k: round(v, 4) for k, v in summary["metrics"].items()
              if k in ("train/loss", "val/loss", "val/accuracy") or k.count("/") == 1 and not k.startswith("train/")}
     print(f"done: {summary['steps']} steps in {summary['wall_seconds']:.1f}s; "

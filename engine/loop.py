@@ -37,6 +37,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -45,7 +46,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from engine import checkpoint
+from engine import checkpoint, distributed
 from engine.errors import BadInput, PluginConflict, TrainingFailure
 from engine.manager import Manager
 from engine.outputs import MetricsLog, Progress, RunDir
@@ -93,8 +94,11 @@ class Trainer:
     """Runs one recipe. ``setup()``, then ``train_step()`` per step, or ``run()`` for everything."""
 
     def __init__(self, recipe: Recipe, registry: Registry, *, resume: bool = False,
-                 stream: IO[str] | None = None, quiet: bool = False) -> None:
+                 stream: IO[str] | None = None, quiet: bool = False, restart: bool = False) -> None:
         self.recipe = recipe
+        self.restart = restart  # an elastic restart before the first checkpoint: the run directory is reused
+        self.group: distributed.Group | None = None
+        self.ddp = None  # DistributedDataParallel over the model and plugin modules (distributed runs only)
         self.registry = registry
         self.resume = resume
         self.stream = stream or sys.stdout
@@ -110,14 +114,54 @@ class Trainer:
         run = self.recipe.run
         if run.threads:
             torch.set_num_threads(run.threads)
-        device = resolve_device(run.device)
+        env = distributed.read_env()
+        device = distributed.pin_device(resolve_device(run.device), env)
+        backend = distributed.pick_backend(run.dist_backend, device) if env.launched else ""
+        self.group = distributed.Group(env, backend, run.dist_timeout)
+        try:
+            return self._setup(run, device)
+        except BaseException:
+            self.group.close()
+            raise
+
+    def _setup(self, run, device: torch.device) -> State:
+        group = self.group
         torch.manual_seed(run.seed)
         np.random.seed(run.seed % 2**32)
         import random
         random.seed(run.seed)
 
+        try:  # everything that can be bad input, on every rank; then every rank agrees (distributed.Group.agree)
+            state = self._build(run, device)
+            error = None
+        except BadInput as exc:
+            error = exc
+        group.agree(error)
+        state, manager, run_dir = self.state, self.manager, self.state.run_dir
+        if group.rank > 0 and not state.resumed:  # rank 0 continues the 1-process torch stream (dropout, noise)
+            torch.manual_seed(distributed.rank_seed(run.seed, group.rank))
+        if group.active:
+            self.ddp = distributed.wrap(state.model, state.modules, device)
+        self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
+        for line in self.resume_changes:
+            self.progress.print(f"resume: {line}")
+        self.progress.print(manager.plan(self.versions, manager.constraint_overlaps(state.model)))
+        if group.active:
+            devices = ", ".join(f"rank {r} {d}" for r, d in enumerate(group.gather(str(device))))
+            self.progress.print(f"distributed: world size {group.world_size}, backend {group.backend}; {devices}")
+        if state.is_main:  # everything above validated: only now is anything written
+            run_dir.makedirs()
+            run_dir.write_text_atomic("recipe.toml", self.recipe.to_toml())
+            self.metrics_log = MetricsLog(run_dir, state.start_step if self.resume else None)
+        self.progress.print(f"run directory: {run_dir.url()}")
+        manager.on_train_start(state)
+        self.t0 = time.perf_counter()
+        return state
+
+    def _build(self, run, device: torch.device) -> State:
         state, manager = build_state(self.recipe, self.registry, device, evaluate=self._evaluate)
         self.state, self.manager = state, manager
+        state.use_group(self.group)
         if not manager.has("hookmix_loss_terms"):
             raise BadInput("no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins")
 
@@ -132,23 +176,18 @@ class Trainer:
 
         self.versions = {n: (self.registry.info(n).dist, self.registry.info(n).version) for n in manager.order}
         self.resume_changes: list[str] = []
+        if self.group.active and not run.out:  # a timestamp differs between ranks and restarts
+            raise BadInput("a distributed run needs its run directory named: pass --out DIR (or run.out); "
+                           "every rank and every elastic restart uses it")
         out = run.out or f"runs/{self.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         state.run_dir = run_dir = RunDir(out)
         if self.resume:
             self._restore(checkpoint.load_latest(run_dir))
-        elif run_dir.exists("recipe.toml"):
+        elif run_dir.exists("recipe.toml") and not self.restart:
             raise BadInput(f"run directory {out} already holds a run; pass --out NEW_DIR, or --resume {out}")
-        self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
-        for line in self.resume_changes:
-            self.progress.print(f"resume: {line}")
-        self.progress.print(manager.plan(self.versions, manager.constraint_overlaps(state.model)))
-        if state.is_main:  # everything above validated: only now is anything written
-            run_dir.makedirs()
-            run_dir.write_text_atomic("recipe.toml", self.recipe.to_toml())
-            self.metrics_log = MetricsLog(run_dir, state.start_step if self.resume else None)
-        self.progress.print(f"run directory: {run_dir.url()}")
-        manager.on_train_start(state)
-        self.t0 = time.perf_counter()
+        if state.world_size > 1:  # the global batch must split evenly; probe with a copy of the data generator
+            probe = torch.Generator().set_state(state.generator.get_state())
+            distributed.check_divisible(state.data.train_batch(probe), state.world_size)
         return state
 
     def _merge_param_groups(self) -> list[dict]:
@@ -212,6 +251,7 @@ class Trainer:
         self.manager.load_plugin_states(payload.get("plugins", {}), state)
         state.restore_logged(payload["pending_metrics"])
         self.resume_changes = resume_changes(payload, self.versions, self.recipe)
+        self._restore_rank(payload.get("ranks"), int(payload["step"]))
         state.step = state.start_step = int(payload["step"])
         state.resumed = True
         self.wall_before = float(payload.get("wall_seconds", 0.0))
@@ -219,10 +259,39 @@ class Trainer:
             raise BadInput(f"the run already finished {state.start_step} of run.steps={self.recipe.run.steps}; "
                            f"raise it to continue, e.g. run.steps={state.start_step * 2}")
 
+    def _rank_payload(self) -> dict:
+        """What differs between ranks: the torch RNG stream, the metrics logged since the last log and,
+        when they differ between ranks (RL: rollout buffers and noise), the plugin states."""
+        state = self.state
+        plugins = self.manager.plugin_states(state)
+        same = len(set(self.group.gather(distributed.digest(plugins)))) == 1
+        cuda = {"cuda": torch.cuda.get_rng_state(self.state.device)} if self.state.device.type == "cuda" else {}
+        return {"torch": torch.get_rng_state(), **cuda, **({} if same else {"plugins": plugins}),
+                "pending_metrics": state.pending_logged()}
+
+    def _restore_rank(self, ranks: list | None, step: int) -> None:
+        """Same world size: each rank continues its own streams. Another world size: rank r < N takes the
+        saved rank r's, a new rank starts a fresh stream (seeded by seed, rank and step)."""
+        state = self.state
+        if ranks and state.rank < len(ranks):
+            torch.set_rng_state(ranks[state.rank]["torch"])
+            if "cuda" in ranks[state.rank] and state.device.type == "cuda":
+                torch.cuda.set_rng_state(ranks[state.rank]["cuda"], state.device)
+            state.restore_logged(ranks[state.rank]["pending_metrics"])
+            if "plugins" in ranks[state.rank]:
+                self.manager.load_plugin_states(ranks[state.rank]["plugins"], state)
+        elif state.rank > 0:  # rank 0 keeps the checkpoint's main streams, restored above
+            torch.manual_seed(distributed.rank_seed(self.recipe.run.seed + step, state.rank))
+            state.restore_logged({})
+
     def save_checkpoint(self) -> None:
         state = self.state
+        ranks = self.group.gather(self._rank_payload()) if self.group.world_size > 1 else None
         if state.is_main:
-            checkpoint.save(state.run_dir, state.step, self._payload(), self.recipe.run.keep_checkpoints)
+            payload = self._payload()
+            if ranks is not None:
+                payload["ranks"] = ranks
+            checkpoint.save(state.run_dir, state.step, payload, self.recipe.run.keep_checkpoints)
 
     # --- one step -----------------------------------------------------------------------------
 
@@ -233,15 +302,18 @@ class Trainer:
         step = state.step + 1
         for micro in range(run.grad_accum):
             state.micro = micro
+            sync = contextlib.ExitStack()  # DDP: all-reduce gradients on the last micro-batch only
+            if self.ddp is not None and micro < run.grad_accum - 1:
+                sync.enter_context(self.ddp.no_sync())
             batch = state.data.train_batch(state.generator)
+            if state.world_size > 1:  # the global draw is the same on every rank; keep this rank's rows
+                batch = distributed.shard(batch, state.rank, state.world_size)
             if state.device.type != "cpu":
                 batch = {k: v.to(state.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             if manager.has("hookmix_generate_rollouts"):
                 batch = self._rollouts(batch)
             with state.autocast():
-                outputs = manager.forward(model, batch, state)
-                outputs = manager.aux_outputs(model, batch, outputs, state)
-                terms = manager.loss_terms(batch, outputs, state)
+                outputs, terms = self._forward(model, batch)
             if not terms:
                 raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
                                       f"check the loss plugins' conditions")
@@ -257,6 +329,7 @@ class Trainer:
                 loss = loss / run.grad_accum
             manager.before_backward(loss, state)
             loss.backward()
+            sync.close()
             manager.after_backward(model, state)
         if run.grad_clip > 0:
             state.log("train/grad_norm", torch.nn.utils.clip_grad_norm_(self.params, run.grad_clip))
@@ -266,6 +339,16 @@ class Trainer:
         if state.scheduler is not None:
             state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
+
+    def _forward(self, model: torch.nn.Module, batch: dict) -> tuple[dict, dict]:
+        """Model outputs and loss terms; under DDP inside its forward, so the backward all-reduces."""
+        state, manager = self.state, self.manager
+
+        def forward():
+            outputs = manager.forward(model, batch, state)
+            outputs = manager.aux_outputs(model, batch, outputs, state)
+            return outputs, manager.loss_terms(batch, outputs, state)
+        return forward() if self.ddp is None else self.ddp(forward)
 
     def _rollouts(self, batch: dict) -> dict:
         state, manager, model = self.state, self.manager, self.state.model
@@ -288,16 +371,19 @@ class Trainer:
     # --- evaluation and logging ---------------------------------------------------------------
 
     def _evaluate(self, model: torch.nn.Module, state: State) -> dict:
-        """The engine's inner evaluation: val/loss and val/accuracy, plus hookmix_eval_metrics."""
-        from torchmetrics.aggregation import MeanMetric
+        """The engine's inner evaluation: val/loss and val/accuracy, plus hookmix_eval_metrics.
 
+        Distributed: each rank scores its contiguous share of every validation batch; the sums of
+        losses, correct predictions and counts are all-reduced, so the numbers equal a 1-rank
+        evaluation (accuracy exactly, the loss up to float summation order).
+        """
         was_training = model.training
         model.eval()
         metrics: dict[str, float] = {}
-        loss_mean, acc_mean = MeanMetric(), MeanMetric()
-        seen = 0
+        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct predictions, scored targets
         with torch.no_grad():
             for batch in state.data.val_batches():
+                batch = distributed.shard(batch, state.rank, state.world_size)
                 if state.device.type != "cpu":
                     batch = {k: v.to(state.device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 with state.autocast():
@@ -307,12 +393,13 @@ class Trainer:
                 keep = target != -100  # the ignore index of cross-entropy: padding, prompts
                 logits, target = logits[keep], target[keep]
                 if target.numel():
-                    loss_mean.update(torch.nn.functional.cross_entropy(logits, target), weight=target.numel())
-                    acc_mean.update((logits.argmax(-1) == target).float().mean(), weight=target.numel())
-                    seen += 1
-            if seen:
-                metrics["val/loss"] = loss_mean.compute().item()
-                metrics["val/accuracy"] = acc_mean.compute().item()
+                    sums += torch.stack([torch.nn.functional.cross_entropy(logits, target, reduction="sum").double(),
+                                         (logits.argmax(-1) == target).sum().double(),
+                                         torch.tensor(target.numel(), dtype=torch.float64)])
+            sums = state.all_reduce_sum(sums)
+            if sums[2] > 0:
+                metrics["val/loss"] = (sums[0] / sums[2]).item()
+                metrics["val/accuracy"] = (sums[1] / sums[2]).item()
             metrics.update(self.manager.eval_metrics(model, state))
         model.train(was_training)
         return metrics
@@ -326,7 +413,10 @@ class Trainer:
 
     def log_train(self) -> None:
         state = self.state
-        record = {"step": state.step, **state.pop_logged()}
+        logged = state.pop_logged()
+        if self.group.world_size > 1:  # one collective per log interval: the mean over ranks of each metric
+            logged = distributed.mean_over_ranks(self.group.gather(logged))
+        record = {"step": state.step, **logged}
         groups = state.optimizer.param_groups
         if groups and "lr" in groups[0]:
             record["train/lr"] = float(groups[0]["lr"])
@@ -361,6 +451,9 @@ class Trainer:
         try:
             while state.step < min(run.steps, stop_at or run.steps):
                 self.advance(stop_at)
+        except BaseException:
+            self.group.close()  # peers blocked on this rank fail fast instead of waiting for the timeout
+            raise
         finally:
             self.progress.close()
             if self.metrics_log is not None:
@@ -377,4 +470,5 @@ class Trainer:
         self.manager.on_train_end(state, summary)
         if self.manager.profile is not None:
             print(self.manager.profile.table(), file=sys.stderr)
+        self.group.close()
         return summary

@@ -80,6 +80,9 @@ class RunConfig:
     keep_checkpoints: int = field(2, "how many recent checkpoints to keep", validator=_at_least_one)
     out: str = field("", "run directory URL (default: runs/<recipe>-<time>)")
     threads: int = field(0, "torch CPU threads (0: torch's default)", validator=non_negative)
+    dist_backend: str = field("auto", "torch.distributed backend under torchrun: auto (nccl on CUDA, gloo on CPU), "
+                                      "gloo or nccl", validator=one_of("auto", "gloo", "nccl"))
+    dist_timeout: float = field(120.0, "seconds a collective waits for a peer before the run fails", validator=positive)
 
 
 @attrs.define

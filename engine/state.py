@@ -22,10 +22,15 @@ class State:
 
     Attributes set during setup: ``data``, ``model``, ``modules`` (plugin-owned trainable
     modules), ``optimizer``, ``scheduler``. Counters: ``step`` (completed optimizer steps),
-    ``start_step``, ``micro`` (micro-batch index within the step). Distributed-ready fields:
-    ``rank``, ``world_size``, ``is_main`` (only the main process writes outputs). ``registry``
-    is the run's plugin registry (for plugins that open other runs: :func:`engine.open_run`).
-    Plugins reach each other only through :meth:`provider` and hooks, never the manager.
+    ``start_step``, ``micro`` (micro-batch index within the step). ``registry`` is the run's
+    plugin registry (for plugins that open other runs: :func:`engine.open_run`). Plugins reach
+    each other only through :meth:`provider` and hooks, never the manager.
+
+    Distributed runs (docs/distributed.md): ``rank`` (0..world_size-1), ``world_size``,
+    ``local_rank`` (the rank on this node: the GPU index), ``is_main`` (rank 0: the only process that
+    writes outputs). ``state.model`` is always the plain module (never the DDP wrapper); each rank
+    sees its contiguous share of the global batch. A plugin that computes a statistic over data
+    reduces it with :meth:`all_reduce_mean` / :meth:`all_reduce_sum` (no-ops in one process).
     """
 
     def __init__(self, recipe: Recipe, manager: Manager, device: torch.device,
@@ -36,9 +41,8 @@ class State:
         self.registry = registry
         self.device = device
         self.autocast_dtype = torch.bfloat16 if recipe.run.precision == "bf16" else None
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.is_main = self.rank == 0
+        self.group: Any = None  # engine.distributed.Group of a run under torchrun (set by the trainer)
+        self.rank, self.world_size, self.local_rank, self.is_main = 0, 1, 0, True
         self.step = 0
         self.start_step = 0
         self.micro = 0
@@ -100,9 +104,31 @@ class State:
         """The enabled plugins, in the order the engine calls them."""
         return list(self._manager.order)
 
+    def plugin_states(self) -> dict[str, dict]:
+        """What each plugin would save in a checkpoint now, by plugin name (for checks such as the test
+        kit's rank agreement; plugins read each other only through capabilities)."""
+        return self._manager.plugin_states(self)
+
     def forward(self, model: torch.nn.Module, batch: dict) -> dict:
         """``model`` run on ``batch`` the way the run's forward does it (``hookmix_forward`` or the default)."""
         return self._manager.forward(model, batch, self)
+
+    def use_group(self, group: Any) -> None:
+        """Adopt the run's process group (the trainer calls this before any plugin hook)."""
+        self.group = group
+        self.rank, self.world_size = group.rank, group.world_size
+        self.local_rank = group.env.local_rank
+        self.is_main = self.rank == 0
+
+    def all_reduce_mean(self, value: float | torch.Tensor) -> float | torch.Tensor:
+        """The mean of ``value`` over all ranks (a float, or a tensor of the same shape); every rank
+        must call it at the same point. In one process it returns ``value`` unchanged."""
+        return value if self.group is None else self.group.all_reduce_mean(value)
+
+    def all_reduce_sum(self, value: float | torch.Tensor) -> float | torch.Tensor:
+        """The sum of ``value`` over all ranks (see :meth:`all_reduce_mean`)."""
+        return value if self.group is None else self.group.all_reduce_sum(value)
+
 
     def data_info(self, key: str, *, needed_by: str, what: str) -> Any:
         """``data.info[key]``, or bad input naming the plugin that needs it and what it needs."""
