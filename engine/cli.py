@@ -8,7 +8,7 @@ import sys
 
 import attrs
 
-from engine.errors import BadInput, HookmixError
+from engine.errors import BadInput, HookmixError, Interrupted
 
 BUILTIN = ("plugins", "describe", "recipes", "train", "bench")
 
@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     except HookmixError as exc:
         print(f"hookmix: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:  # SIGTERM, or a signal during training (after its checkpoint)
+        print(f"hookmix: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("hookmix: interrupted", file=sys.stderr)
+        print("hookmix: interrupted by SIGINT; nothing was trained after the last checkpoint", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `hookmix plugins | head`
         sys.stdout = None
@@ -152,8 +155,15 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from engine import interrupts
+
+    with interrupts.stop_at_once():  # SIGTERM before training: one line, exit 143
+        return _train(args)
+
+
+def _train(args) -> int:
+    from engine.claim import open_location, warn_if_ephemeral
     from engine.loop import Trainer
-    from engine.outputs import RunDir
     from engine.recipe import apply_overrides, parse_toml, read_recipe, resolve
     from engine.registry import Registry
 
@@ -164,7 +174,7 @@ def cmd_train(args) -> int:
             raise BadInput("--resume continues in RUN_DIR itself; drop --out (copy the directory to branch a run)")
         if args.recipe is not None:  # `train --resume DIR run.steps=20`: the first override lands in `recipe`
             overrides.insert(0, args.recipe)
-        run_dir = RunDir(args.resume)
+        run_dir = open_location(args.resume)
         if not run_dir.exists("recipe.toml"):
             raise BadInput(f"{args.resume} holds no recipe.toml; pass the directory of a hookmix run")
         raw = parse_toml(run_dir.read_text("recipe.toml"), run_dir.url("recipe.toml"))
@@ -180,6 +190,8 @@ def cmd_train(args) -> int:
             raw.setdefault("run", {})["out"] = args.out
     recipe = resolve(name, raw, registry)
     trainer = Trainer(recipe, registry, resume=bool(args.resume), quiet=args.quiet)
+    trainer.setup()
+    warn_if_ephemeral(trainer.state.run_dir)
     summary = trainer.run()
     shown = {k: round(v, 4) for k, v in summary["metrics"].items()
              if k in ("train/loss", "val/loss", "val/accuracy") or k.count("/") == 1 and not k.startswith("train/")}

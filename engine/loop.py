@@ -8,8 +8,9 @@
         state.model  = model(state); setup_model(model)   # exclusive; collect-all
         groups       = merge(param_groups(model))         # a parameter in two groups: error
         optimizer    = optimizer(groups); scheduler = lr_scheduler(optimizer)
+        [main process: lock the run directory (one writer); engine/claim.py]
         [resume: weights, optimizer, scheduler, RNG + data order, plugin_state by name]
-        print the plan; write recipe.toml; on_train_start(state)
+        print the plan; on_train_start(state); write recipe.toml
 
     for step in start_step .. run.steps - 1:
         for micro in range(run.grad_accum):
@@ -45,10 +46,13 @@ from typing import IO
 import numpy as np
 import torch
 
-from engine import checkpoint
-from engine.errors import BadInput, PluginConflict, TrainingFailure
+from engine import checkpoint, interrupts
+from engine.blame import setup_failure
+from engine.claim import Claim, open_location, record_recipe_change
+from engine.errors import BadInput, HookmixError, Interrupted, PluginConflict, TrainingFailure
+from engine.lock import write_error
 from engine.manager import Manager
-from engine.outputs import MetricsLog, Progress, RunDir
+from engine.outputs import MetricsLog, Progress, RunDir, metrics_to_keep
 from engine.recipe import Recipe
 from engine.registry import Registry
 from engine.state import State
@@ -97,10 +101,20 @@ class Trainer:
         self.metrics_log: MetricsLog | None = None
         self.last: dict[str, float] = {}
         self.wall_before = 0.0
+        self.claim: Claim | None = None
+        self.saved_step: int | None = None  # step of the newest checkpoint on disk
 
     # --- setup --------------------------------------------------------------------------------
 
     def setup(self) -> State:
+        """Build everything, claim the run directory, restore a checkpoint; on failure leave nothing."""
+        try:
+            return self._setup()
+        except BaseException:
+            self._close(failed=True)
+            raise
+
+    def _setup(self) -> State:
         run = self.recipe.run
         if run.threads:
             torch.set_num_threads(run.threads)
@@ -115,33 +129,51 @@ class Trainer:
         if not manager.has("hookmix_loss_terms"):
             raise BadInput("no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins")
         manager.builtins.evaluate = self._evaluate
+        out = run.out or f"runs/{self.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        state.run_dir = run_dir = open_location(out) if state.is_main else RunDir(out)
 
-        manager.configure(state)
-        state.data = manager.data(state)
-        state.model = manager.model(state).to(device)
-        manager.setup_model(state.model, state)
-        groups = self._merge_param_groups()
-        state.optimizer = manager.optimizer(groups, state)
-        state.scheduler = manager.lr_scheduler(state.optimizer, state)
+        hook = self._setup_hook
+        hook("check the plugin set", manager.configure, state)
+        state.data = hook("build the data", manager.data, state)
+        state.model = hook("build the model", lambda s: manager.model(s).to(device), state)
+        hook("set up the model", manager.setup_model, state.model, state)
+        groups = hook("build the param groups", self._merge_param_groups)
+        state.optimizer = hook("build the optimizer", manager.optimizer, groups, state)
+        state.scheduler = hook("build the LR scheduler", manager.lr_scheduler, state.optimizer, state)
         self.params = [p for g in groups for p in g["params"]]
 
-        out = run.out or f"runs/{self.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        state.run_dir = run_dir = RunDir(out)
-        if self.resume:
-            self._restore(checkpoint.load_latest(run_dir))
-        elif run_dir.exists("recipe.toml"):
-            raise BadInput(f"run directory {out} already holds a run; pass --out NEW_DIR, or --resume {out}")
+        resume = self.resume and bool(checkpoint.list_steps(run_dir))
+        if state.is_main:  # one writer per run directory; everything below runs under its lock
+            self.claim = Claim(run_dir)
+            resume = self.claim.take(self.resume)
+        if resume:
+            self._restore(checkpoint.load_latest(run_dir, check=True))
+            self.saved_step = state.start_step
+        kept = metrics_to_keep(run_dir, state.start_step) if resume and state.is_main else None
         self.versions = {n: self.registry.info(n).version for n in manager.order}
         self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
         self.progress.print(manager.plan(self.versions))
+        hook("start training", manager.on_train_start, state)
         if state.is_main:  # everything above validated: only now is anything written
-            run_dir.makedirs()
-            run_dir.write_text_atomic("recipe.toml", self.recipe.to_toml())
-            self.metrics_log = MetricsLog(run_dir, state.start_step if self.resume else None)
+            try:
+                if resume:
+                    record_recipe_change(run_dir, self.recipe.to_toml(), state.start_step)
+                run_dir.write_text_atomic("recipe.toml", self.recipe.to_toml())
+                self.metrics_log = MetricsLog(run_dir, state.start_step if resume else None, kept)
+            except OSError as exc:
+                raise write_error(run_dir.url(), exc) from None
         self.progress.print(f"run directory: {run_dir.url()}")
-        manager.on_train_start(state)
         self.t0 = time.perf_counter()
         return state
+
+    def _setup_hook(self, what: str, call, *args):
+        """``call(*args)``; an error that is not already one line becomes bad input naming the plugin."""
+        try:
+            return call(*args)
+        except HookmixError:
+            raise
+        except Exception as exc:
+            raise setup_failure(exc, what, self.state.plugins) from None
 
     def _merge_param_groups(self) -> list[dict]:
         state = self.state
@@ -198,10 +230,15 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise BadInput(f"checkpoint does not match the model/optimizer of this recipe "
                            f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe") from None
-        if state.scheduler is not None and payload.get("scheduler") is not None:
-            state.scheduler.load_state_dict(payload["scheduler"])
-        checkpoint.restore_rng(payload["rng"], state.generator)
-        self.manager.load_plugin_states(payload.get("plugins", {}), state)
+        try:
+            if state.scheduler is not None and payload.get("scheduler") is not None:
+                state.scheduler.load_state_dict(payload["scheduler"])
+            checkpoint.restore_rng(payload["rng"], state.generator)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BadInput(f"checkpoint scheduler or random state is damaged ({type(exc).__name__}); "
+                           f"delete the newest checkpoint to resume from the previous one") from None
+        self._setup_hook("restore its checkpoint state", self.manager.load_plugin_states,
+                         payload.get("plugins", {}), state)
         state._pending = {k: list(v.unbind()) for k, v in payload["pending_metrics"].items()}
         state.step = state.start_step = int(payload["step"])
         state.resumed = True
@@ -214,6 +251,7 @@ class Trainer:
         state = self.state
         if state.is_main:
             checkpoint.save(state.run_dir, state.step, self._payload(), self.recipe.run.keep_checkpoints)
+        self.saved_step = state.step
 
     # --- one step -----------------------------------------------------------------------------
 
@@ -348,22 +386,67 @@ class Trainer:
         """Train to ``run.steps`` (or stop after ``stop_at`` with a checkpoint, as if interrupted)."""
         if self.state is None:
             self.setup()
+        try:
+            summary = self._train(stop_at)
+        finally:
+            self._close(failed=False)
+        self.manager.on_train_end(self.state, summary)
+        return summary
+
+    def _train(self, stop_at: int | None) -> dict:
         state, run = self.state, self.recipe.run
         try:
-            while state.step < min(run.steps, stop_at or run.steps):
-                self.advance(stop_at)
-        finally:
-            self.progress.close()
+            with interrupts.deferred() as pending:  # SIGINT/SIGTERM: finish the step, checkpoint, stop
+                while state.step < min(run.steps, stop_at or run.steps):
+                    self.advance(stop_at)
+                    if pending.signum is not None:
+                        if self.saved_step != state.step:
+                            self.save_checkpoint()
+                        raise Interrupted(f"interrupted by {pending.name} at step {state.step}; checkpoint saved: "
+                                          f"continue with `hookmix train --resume {state.run_dir.url()}`",
+                                          pending.signum)
             if self.metrics_log is not None:
                 self.metrics_log.close()
-        summary = {
-            "steps": state.step,
-            "wall_seconds": round(self.wall_before + time.perf_counter() - self.t0, 3),
-            "plugins": dict(self.versions),
-            "metrics": dict(self.last),
-        }
-        if state.is_main:
-            import json
-            state.run_dir.write_text_atomic("summary.json", json.dumps(summary, indent=2) + "\n")
-        self.manager.on_train_end(state, summary)
-        return summary
+                self.metrics_log = None
+            summary = {
+                "steps": state.step,
+                "wall_seconds": round(self.wall_before + time.perf_counter() - self.t0, 3),
+                "plugins": dict(self.versions),
+                "metrics": dict(self.last),
+            }
+            if state.is_main:
+                import json
+                state.run_dir.write_text_atomic("summary.json", json.dumps(summary, indent=2) + "\n")
+            return summary
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            where = f": {exc.filename}" if exc.filename else ""
+            raise TrainingFailure(f"step {state.step}: writing the run directory failed ({reason}{where}); "
+                                  f"{self._way_out()}") from None
+        except TrainingFailure as exc:
+            raise TrainingFailure(f"{str(exc).splitlines()[0]}; {self._way_out()}") from None
+
+    def _way_out(self) -> str:
+        """How to continue after a failure: named in every training-failure message."""
+        url = self.state.run_dir.url()
+        if self.saved_step is None:
+            return (f"no checkpoint was written yet: `hookmix train --resume {url} [KEY=VALUE ...]` "
+                    f"starts it again from step 0")
+        return (f"the last good checkpoint (step {self.saved_step}) is intact: "
+                f"`hookmix train --resume {url} [KEY=VALUE ...]` continues from it")
+
+    def _close(self, failed: bool) -> None:
+        """Close the progress display and metrics; release the run directory (after a failed
+        setup, also remove the directory the claim created)."""
+        if getattr(self, "progress", None) is not None:
+            self.progress.close()
+            self.progress.quiet = True  # closed: a second close() draws nothing
+        if self.metrics_log is not None:
+            try:
+                self.metrics_log.close()
+            except OSError:
+                pass  # already failing; the message names the cause
+            self.metrics_log = None
+        if self.claim is not None:
+            self.claim.release(failed=failed)
+            self.claim = None
