@@ -161,6 +161,14 @@ def cmd_train(args) -> int:
         return _train(args)
 
 
+def _set_out(raw: dict, out: str) -> None:
+    run = raw.setdefault("run", {})
+    if not isinstance(run, dict):
+        raise BadInput(f"run must be a table, got {type(run).__name__} {run!r}; write [run] with key = value lines "
+                       f"(or overrides like run.steps=50)")
+    run["out"] = out
+
+
 def _train(args) -> int:
     from engine.claim import open_location, warn_if_ephemeral
     from engine.loop import Trainer
@@ -180,14 +188,14 @@ def _train(args) -> int:
         raw = parse_toml(run_dir.read_text("recipe.toml"), run_dir.url("recipe.toml"))
         name = str(raw.get("name", "run"))
         raw = apply_overrides(raw, overrides)
-        raw.setdefault("run", {})["out"] = args.resume
+        _set_out(raw, args.resume)
     else:
         if args.recipe is None:
             raise BadInput("train needs a RECIPE (a .toml path or a name from `hookmix recipes`) or --resume RUN_DIR")
         name, raw = read_recipe(args.recipe, registry)
         raw = apply_overrides(raw, overrides)
         if args.out:
-            raw.setdefault("run", {})["out"] = args.out
+            _set_out(raw, args.out)
     recipe = resolve(name, raw, registry)
     trainer = Trainer(recipe, registry, resume=bool(args.resume), quiet=args.quiet)
     trainer.setup()
