@@ -14,7 +14,6 @@ import attrs
 from engine.errors import BadInput, HookmixError, PluginConflict, TrainingFailure
 from engine.plugin import Plugin, hookimpl
 from engine.recipe import field, non_negative, one_of, positive
-from engine.state import State
 
 __version__ = "0.1.0"
 
@@ -26,6 +25,15 @@ class Command:
     help: str
     add_arguments: Callable[[Any], None]  # receives the verb's argparse parser
     run: Callable[[Any], int | None]  # receives the parsed namespace; returns an exit code
+
+
+def __getattr__(name: str) -> Any:
+    # State needs torch: imported on first use, so that `hookmix` is inside its error and Ctrl-C
+    # handling (engine.cli.main) before the slow torch import starts
+    if name == "State":
+        from engine.state import State
+        return State
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 
 __all__ = ["BadInput", "Command", "HookmixError", "Plugin", "PluginConflict", "State",

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hookmix: {str(exc).splitlines()[0]}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("hookmix: interrupted by SIGINT; nothing was trained after the last checkpoint", file=sys.stderr)
+        print("hookmix: interrupted by SIGINT before training started; nothing was trained", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `hookmix plugins | head`
         sys.stdout = None

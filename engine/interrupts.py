@@ -21,8 +21,13 @@ def _name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
+def _raise_at_start(signum, frame):
+    raise Interrupted(f"interrupted by {_name(signum)} before training started; nothing was trained", signum)
+
+
 def _raise_now(signum, frame):
-    raise Interrupted(f"interrupted by {_name(signum)}; nothing was trained after the last checkpoint", signum)
+    raise Interrupted(f"interrupted by a second {_name(signum)}; stopped without saving: the last checkpoint "
+                      f"remains, continue with `hookmix train --resume RUN_DIR`", signum)
 
 
 def _installable() -> bool:  # signal handlers can only be set from the main thread
@@ -35,7 +40,7 @@ def stop_at_once():
     if not _installable():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_now)
+    previous = signal.signal(signal.SIGTERM, _raise_at_start)
     try:
         yield
     finally:
