@@ -12,6 +12,8 @@ import io
 import pickle
 import random
 import re
+import sys
+import warnings
 
 import numpy as np
 import torch
@@ -76,7 +78,9 @@ def load(run_dir: RunDir, name: str) -> dict:
 
 def load_bytes(data: bytes, origin: str) -> dict:
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns on some refused files: the refusal must stay one line
+            warnings.simplefilter("ignore")
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message is many lines with ANSI codes; the refused object is on the line that
         # names it. Other unpickling errors (e.g. "Unsupported operand") mean damaged bytes.
@@ -84,22 +88,89 @@ def load_bytes(data: bytes, origin: str) -> dict:
                  for line in str(exc).splitlines()]
         refused = next((line for line in lines if line.startswith(_REFUSED)), None)
         if refused is None:
-            raise BadInput(f"checkpoint {origin} is unreadable (UnpicklingError); "
-                           f"it is damaged or not a hookmix checkpoint") from None
+            raise Damaged(f"checkpoint {origin} is unreadable (UnpicklingError); "
+                          f"it is damaged or not a hookmix checkpoint") from None
         what = refused.split(" was not an allowed", 1)[0].split(" whose module", 1)[0]
         raise BadInput(f"checkpoint {origin} needs unpickling arbitrary Python objects ({what[:160]}); "
                        f"refusing to load it: only load checkpoints written by hookmix") from None
     except Exception as exc:
-        raise BadInput(f"checkpoint {origin} is unreadable ({type(exc).__name__}); "
-                       f"it is damaged or not a hookmix checkpoint") from None
+        raise Damaged(f"checkpoint {origin} is unreadable ({type(exc).__name__}); "
+                      f"it is damaged or not a hookmix checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BadInput(f"checkpoint {origin} is not a hookmix checkpoint (format {FORMAT}); pass a run directory")
     return payload
 
 
-def load_latest(run_dir: RunDir) -> dict:
+class Damaged(BadInput):
+    """The checkpoint's bytes are not a readable checkpoint (truncated, empty, garbage)."""
+
+
+# What the trainer restores from, with the type each entry must have (the loop writes all of them).
+REQUIRED = {"step": int, "model": dict, "modules": dict, "optimizer": dict, "rng": dict, "plugins": dict,
+            "plugin_versions": dict, "pending_metrics": dict, "wall_seconds": (int, float)}
+RNG_KEYS = ("torch", "data", "python", "numpy")
+
+
+def check_run_payload(payload: dict, origin: str, step: int | None = None) -> dict:
+    """Bad input unless ``payload`` has every entry a resume needs, with the right types."""
+    def bad(problem: str) -> BadInput:
+        return BadInput(f"checkpoint {origin} {problem}; it was modified or not written by this hookmix "
+                        f"version: restore it, or delete it to resume from the previous one")
+
+    for key, kind in REQUIRED.items():
+        if key not in payload:
+            raise bad(f"has no {key!r} entry")
+        value = payload[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise bad(f"has a {type(value).__name__} as {key!r}")
+    if payload["step"] < 0 or (step is not None and payload["step"] != step):
+        raise bad(f"says step {payload['step']}" + (f", but its name says {step}" if step is not None else ""))
+    missing = [k for k in RNG_KEYS if k not in payload["rng"]]
+    if missing:
+        raise bad(f"has no {missing[0]!r} random state")
+    if not all(torch.is_tensor(v) for v in payload["pending_metrics"].values()):
+        raise bad("has pending metrics that are not tensors")
+    return payload
+
+
+def load_latest(run_dir: RunDir, check: bool = False) -> dict:
+    """The newest readable checkpoint; a damaged newer one is skipped with a note (a crash can leave
+    one on filesystems without atomic moves). ``check`` also validates what a resume needs."""
     steps = list_steps(run_dir)
     if not steps:
         raise BadInput(f"no checkpoint in {run_dir.url('checkpoints')}; "
                        f"nothing to resume (set run.checkpoint_interval to write some)")
-    return load(run_dir, f"checkpoints/step-{steps[-1]:08d}.pt")
+    for step in reversed(steps[1:]):
+        try:
+            return _load_step(run_dir, step, check)
+        except Damaged as exc:
+            print(f"hookmix: note: {exc}; falling back to the previous checkpoint", file=sys.stderr)
+    return _load_step(run_dir, steps[0], check)
+
+
+def _load_step(run_dir: RunDir, step: int, check: bool) -> dict:
+    name = f"checkpoints/step-{step:08d}.pt"
+    payload = load(run_dir, name)
+    return check_run_payload(payload, run_dir.url(name), step) if check else payload
+
+
+def resume_changes(payload: dict, versions: dict[str, tuple[str, str]], recipe) -> list[str]:
+    """What differs between a checkpoint's plugins (versions, configs) and the resuming run's, one line each."""
+    out = []
+    saved_versions = payload.get("plugin_versions", {})
+    for name, (dist, version) in versions.items():
+        before = saved_versions.get(name)
+        if before is None:
+            out.append(f"plugin {name} ({dist} {version}) was not enabled when the checkpoint was written")
+        elif before.split()[-1] != version:  # older checkpoints stored the version alone
+            out.append(f"plugin {name}: {before} when checkpointed, {dist} {version} now")
+    saved = payload.get("plugin_configs")
+    if isinstance(saved, dict):
+        now = recipe.to_dict().get("plugins", {})
+        for name in sorted(set(saved) | set(now)):
+            old, new = saved.get(name, {}), now.get(name, {})
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    out.append(f"plugins.{name}.{key}: {old.get(key, '(unset)')!r} when checkpointed, "
+                               f"{new.get(key, '(unset)')!r} now")
+    return out

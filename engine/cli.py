@@ -9,7 +9,7 @@ import sys
 
 import attrs
 
-from engine.errors import BadInput, HookmixError
+from engine.errors import BadInput, HookmixError, Interrupted
 
 BUILTIN = ("plugins", "describe", "recipes", "train", "bench", "new-plugin")
 
@@ -56,7 +56,13 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from engine import interrupts
+
+    with interrupts.stop_at_once():  # SIGTERM from the first moment (torch imports slowly): one line, exit 143
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     try:
         commands = {}
         verb = next((a for a in argv if not a.startswith("-")), None)
@@ -84,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hookmix: error: {rank_prefix()}{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
               file=sys.stderr)
         return exc.exit_code
+    except Interrupted as exc:  # SIGTERM, or a signal during training (after its checkpoint)
+        print(f"hookmix: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return exc.exit_code
     except Exception as exc:
         from engine.distributed import report_crash
 
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return report_crash(exc)  # under torchrun: name the rank that failed
     except KeyboardInterrupt:
-        print("hookmix: interrupted", file=sys.stderr)
+        print("hookmix: interrupted by SIGINT before training started; nothing was trained", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `hookmix plugins | head`
         sys.stdout = None
@@ -195,8 +204,23 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from engine import interrupts
+
+    with interrupts.stop_at_once():  # SIGTERM before training: one line, exit 143
+        return _train(args)
+
+
+def _set_out(raw: dict, out: str) -> None:
+    run = raw.setdefault("run", {})
+    if not isinstance(run, dict):
+        raise BadInput(f"run must be a table, got {type(run).__name__} {run!r}; write [run] with key = value lines "
+                       f"(or overrides like run.steps=50)")
+    run["out"] = out
+
+
+def _train(args) -> int:
+    from engine.claim import open_location, warn_if_ephemeral
     from engine.loop import Trainer
-    from engine.outputs import RunDir
     from engine.recipe import apply_overrides, parse_toml, read_recipe, resolve
     from engine.registry import Registry
 
@@ -211,23 +235,25 @@ def cmd_train(args) -> int:
             raise BadInput("--resume continues in RUN_DIR itself; drop --out (copy the directory to branch a run)")
         if args.recipe is not None:  # `train --resume DIR run.steps=20`: the first override lands in `recipe`
             overrides.insert(0, args.recipe)
-        run_dir = RunDir(args.resume)
+        run_dir = open_location(args.resume)
         if not run_dir.exists("recipe.toml"):
             raise BadInput(f"{args.resume} holds no recipe.toml; pass the directory of a hookmix run")
         raw = parse_toml(run_dir.read_text("recipe.toml"), run_dir.url("recipe.toml"))
         name = str(raw.get("name", "run"))
         raw = apply_overrides(raw, overrides)
-        raw.setdefault("run", {})["out"] = args.resume
+        _set_out(raw, args.resume)
     else:
         if args.recipe is None:
             raise BadInput("train needs a RECIPE (a .toml path or a name from `hookmix recipes`) or --resume RUN_DIR")
         name, raw = read_recipe(args.recipe, registry)
         raw = apply_overrides(raw, overrides)
         if args.out:
-            raw.setdefault("run", {})["out"] = args.out
+            _set_out(raw, args.out)
     recipe = resolve(name, raw, registry)
     resume, restart = distributed.elastic_resume(recipe.run.out, bool(args.resume))
     trainer = Trainer(recipe, registry, resume=resume, quiet=args.quiet, restart=restart)
+    trainer.setup()
+    warn_if_ephemeral(trainer.state.run_dir)
     summary = trainer.run()
     if not trainer.state.is_main:
         return 0

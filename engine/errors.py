@@ -24,3 +24,15 @@ class TrainingFailure(HookmixError):
     """Training broke after it started (non-finite loss, ...): exit code 1; names the step and cause."""
 
     exit_code = 1
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM stopped the command: exit code 128 + signal number, one line.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that a plugin's ``except Exception``
+    does not swallow it.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

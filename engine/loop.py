@@ -8,8 +8,9 @@
         state.model  = model(state); setup_model(model)   # exclusive; collect-all
         groups       = merge(param_groups(model))         # a parameter in two groups: error
         optimizer    = optimizer(groups); scheduler = lr_scheduler(optimizer)
+        [main process: lock the run directory (one writer); engine/claim.py]
         [resume: weights, optimizer, scheduler, RNG + data order, plugin_state by name]
-        print the plan; write recipe.toml; on_train_start(state)
+        print the plan; on_train_start(state); write recipe.toml
 
     for step in start_step .. run.steps - 1:
         for micro in range(run.grad_accum):
@@ -46,36 +47,18 @@ from typing import IO
 import numpy as np
 import torch
 
-from engine import checkpoint, distributed
-from engine.errors import BadInput, PluginConflict, TrainingFailure
-from engine.manager import Manager
-from engine.outputs import MetricsLog, Progress, RunDir
+from engine import checkpoint, distributed, interrupts
+from engine.blame import setup_failure
+from engine.claim import Claim, open_location, record_recipe_change
+from engine.errors import BadInput, HookmixError, Interrupted, TrainingFailure
+from engine.lock import write_error
+from engine.outputs import MetricsLog, Progress, RunDir, metrics_to_keep
 from engine.recipe import Recipe
 from engine.registry import Registry
+from engine.evaluation import evaluate_model
+from engine.param_groups import merge_param_groups
 from engine.run import build_state
 from engine.state import State
-
-
-def resume_changes(payload: dict, versions: dict[str, tuple[str, str]], recipe: Recipe) -> list[str]:
-    """What differs between a checkpoint's plugins (versions, configs) and the resuming run's, one line each."""
-    out = []
-    saved_versions = payload.get("plugin_versions", {})
-    for name, (dist, version) in versions.items():
-        before = saved_versions.get(name)
-        if before is None:
-            out.append(f"plugin {name} ({dist} {version}) was not enabled when the checkpoint was written")
-        elif before.split()[-1] != version:  # older checkpoints stored the version alone
-            out.append(f"plugin {name}: {before} when checkpointed, {dist} {version} now")
-    saved = payload.get("plugin_configs")
-    if isinstance(saved, dict):
-        now = recipe.to_dict().get("plugins", {})
-        for name in sorted(set(saved) | set(now)):
-            old, new = saved.get(name, {}), now.get(name, {})
-            for key in sorted(set(old) | set(new)):
-                if old.get(key) != new.get(key):
-                    out.append(f"plugins.{name}.{key}: {old.get(key, '(unset)')!r} when checkpointed, "
-                               f"{new.get(key, '(unset)')!r} now")
-    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,21 +90,26 @@ class Trainer:
         self.metrics_log: MetricsLog | None = None
         self.last: dict[str, float] = {}
         self.wall_before = 0.0
+        self.claim: Claim | None = None
+        self.saved_step: int | None = None  # step of the newest checkpoint on disk
 
     # --- setup --------------------------------------------------------------------------------
 
     def setup(self) -> State:
+        """Build everything, claim the run directory, restore a checkpoint; on failure leave nothing."""
         run = self.recipe.run
-        if run.threads:
-            torch.set_num_threads(run.threads)
-        env = distributed.read_env()
-        device = distributed.pin_device(resolve_device(run.device), env)
-        backend = distributed.pick_backend(run.dist_backend, device) if env.launched else ""
-        self.group = distributed.Group(env, backend, run.dist_timeout)
         try:
+            if run.threads:
+                torch.set_num_threads(run.threads)
+            env = distributed.read_env()
+            device = distributed.pin_device(resolve_device(run.device), env)
+            backend = distributed.pick_backend(run.dist_backend, device) if env.launched else ""
+            self.group = distributed.Group(env, backend, run.dist_timeout)
             return self._setup(run, device)
         except BaseException:
-            self.group.close()
+            self._close(failed=True)
+            if self.group is not None:
+                self.group.close()
             raise
 
     def _setup(self, run, device: torch.device) -> State:
@@ -132,29 +120,27 @@ class Trainer:
         random.seed(run.seed)
 
         try:  # everything that can be bad input, on every rank; then every rank agrees (distributed.Group.agree)
-            state = self._build(run, device)
+            self._build(run, device)
             error = None
         except BadInput as exc:
             error = exc
         group.agree(error)
-        state, manager, run_dir = self.state, self.manager, self.state.run_dir
+        state, run_dir = self.state, self.state.run_dir
         if group.rank > 0 and not state.resumed:  # rank 0 continues the 1-process torch stream (dropout, noise)
             torch.manual_seed(distributed.rank_seed(run.seed, group.rank))
         if group.active:
             self.ddp = distributed.wrap(state.model, state.modules, device)
-        self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
-        for line in self.resume_changes:
-            self.progress.print(f"resume: {line}")
-        self.progress.print(manager.plan(self.versions, manager.constraint_overlaps(state.model)))
-        if group.active:
             devices = ", ".join(f"rank {r} {d}" for r, d in enumerate(group.gather(str(device))))
             self.progress.print(f"distributed: world size {group.world_size}, backend {group.backend}; {devices}")
         if state.is_main:  # everything above validated: only now is anything written
-            run_dir.makedirs()
-            run_dir.write_text_atomic("recipe.toml", self.recipe.to_toml())
-            self.metrics_log = MetricsLog(run_dir, state.start_step if self.resume else None)
+            try:
+                if self.resuming:
+                    record_recipe_change(run_dir, self.recipe.to_toml(), state.start_step)
+                run_dir.write_text_atomic("recipe.toml", self.recipe.to_toml())
+                self.metrics_log = MetricsLog(run_dir, state.start_step if self.resuming else None, self.kept_metrics)
+            except OSError as exc:
+                raise write_error(run_dir.url(), exc) from None
         self.progress.print(f"run directory: {run_dir.url()}")
-        manager.on_train_start(state)
         self.t0 = time.perf_counter()
         return state
 
@@ -164,56 +150,56 @@ class Trainer:
         state.use_group(self.group)
         if not manager.has("hookmix_loss_terms"):
             raise BadInput("no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins")
-
-        manager.configure(state)
-        state.data = manager.data(state)
-        state.model = manager.model(state).to(device)
-        manager.setup_model(state.model, state)
-        groups = self._merge_param_groups()
-        state.optimizer = manager.optimizer(groups, state)
-        state.scheduler = manager.lr_scheduler(state.optimizer, state)
-        self.params = [p for g in groups for p in g["params"]]
-
         self.versions = {n: (self.registry.info(n).dist, self.registry.info(n).version) for n in manager.order}
         self.resume_changes: list[str] = []
         if self.group.active and not run.out:  # a timestamp differs between ranks and restarts
             raise BadInput("a distributed run needs its run directory named: pass --out DIR (or run.out); "
                            "every rank and every elastic restart uses it")
         out = run.out or f"runs/{self.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        state.run_dir = run_dir = RunDir(out)
-        if self.resume:
-            self._restore(checkpoint.load_latest(run_dir))
-        elif run_dir.exists("recipe.toml") and not self.restart:
-            raise BadInput(f"run directory {out} already holds a run; pass --out NEW_DIR, or --resume {out}")
+        state.run_dir = run_dir = open_location(out) if state.is_main else RunDir(out)
+
+        hook = self._setup_hook
+        hook("check the plugin set", manager.configure, state)
+        state.data = hook("build the data", manager.data, state)
+        state.model = hook("build the model", lambda s: manager.model(s).to(device), state)
+        hook("set up the model", manager.setup_model, state.model, state)
+        groups = hook("build the param groups", self._merge_param_groups)
+        state.optimizer = hook("build the optimizer", manager.optimizer, groups, state)
+        state.scheduler = hook("build the LR scheduler", manager.lr_scheduler, state.optimizer, state)
+        self.params = [p for g in groups for p in g["params"]]
+
         if state.world_size > 1:  # the global batch must split evenly; probe with a copy of the data generator
             probe = torch.Generator().set_state(state.generator.get_state())
             distributed.check_divisible(state.data.train_batch(probe), state.world_size)
+
+        # an elastic restart resumes from the run directory (its last checkpoint, or step 0 when it has none)
+        resume = (self.resume or self.restart) and bool(checkpoint.list_steps(run_dir))
+        if state.is_main:  # one writer per run directory; everything below runs under its lock
+            self.claim = Claim(run_dir)
+            resume = self.claim.take(self.resume or self.restart)
+        self.resuming = resume
+        if resume:
+            self._restore(checkpoint.load_latest(run_dir, check=True))
+            self.saved_step = state.start_step
+        self.kept_metrics = metrics_to_keep(run_dir, state.start_step) if resume and state.is_main else None
+        self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
+        for line in self.resume_changes:
+            self.progress.print(f"resume: {line}")
+        self.progress.print(manager.plan(self.versions, manager.constraint_overlaps(state.model)))
+        hook("start training", manager.on_train_start, state)
         return state
 
+    def _setup_hook(self, what: str, call, *args):
+        """``call(*args)``; an error that is not already one line becomes bad input naming the plugin."""
+        try:
+            return call(*args)
+        except HookmixError:
+            raise
+        except Exception as exc:
+            raise setup_failure(exc, what, self.manager.plugins) from None
+
     def _merge_param_groups(self) -> list[dict]:
-        state = self.state
-        names = {id(p): n for n, p in state.model.named_parameters()}
-        names.update({id(p): f"<{n}>" for n, p in state.modules.named_parameters()})
-        owner: dict[int, tuple[str, str]] = {}
-        groups, group_names = [], set()
-        for plugin, group in self.manager.param_groups(state.model, state):
-            gname = group.get("name")
-            if not gname or gname in group_names:
-                raise PluginConflict(f"plugin {plugin!r} returned a param group with a missing or repeated name "
-                                     f"{gname!r}; give each group a unique 'name'")
-            group_names.add(gname)
-            for p in group["params"]:
-                if id(p) in owner:
-                    g0, p0 = owner[id(p)]
-                    raise PluginConflict(f"parameter {names.get(id(p), '?')} is in param group {g0!r} ({p0}) and "
-                                         f"{gname!r} ({plugin}); a parameter may be in one group only")
-                owner[id(p)] = (gname, plugin)
-            groups.append(dict(group, params=list(group["params"])))
-        rest = [p for p in [*state.model.parameters(), *state.modules.parameters()]
-                if p.requires_grad and id(p) not in owner]
-        if rest:
-            groups.append({"name": "default", "params": rest})
-        return groups
+        return merge_param_groups(self.manager.param_groups(self.state.model, self.state), self.state)
 
     # --- checkpointing ------------------------------------------------------------------------
 
@@ -245,12 +231,17 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as exc:
             raise BadInput(f"checkpoint does not match the model/optimizer of this recipe "
                            f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe") from None
-        if state.scheduler is not None and payload.get("scheduler") is not None:
-            state.scheduler.load_state_dict(payload["scheduler"])
-        checkpoint.restore_rng(payload["rng"], state.generator)
-        self.manager.load_plugin_states(payload.get("plugins", {}), state)
+        try:
+            if state.scheduler is not None and payload.get("scheduler") is not None:
+                state.scheduler.load_state_dict(payload["scheduler"])
+            checkpoint.restore_rng(payload["rng"], state.generator)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BadInput(f"checkpoint scheduler or random state is damaged ({type(exc).__name__}); "
+                           f"delete the newest checkpoint to resume from the previous one") from None
+        self._setup_hook("restore its checkpoint state", self.manager.load_plugin_states,
+                         payload.get("plugins", {}), state)
         state.restore_logged(payload["pending_metrics"])
-        self.resume_changes = resume_changes(payload, self.versions, self.recipe)
+        self.resume_changes = checkpoint.resume_changes(payload, self.versions, self.recipe)
         self._restore_rank(payload.get("ranks"), int(payload["step"]))
         state.step = state.start_step = int(payload["step"])
         state.resumed = True
@@ -292,6 +283,7 @@ class Trainer:
             if ranks is not None:
                 payload["ranks"] = ranks
             checkpoint.save(state.run_dir, state.step, payload, self.recipe.run.keep_checkpoints)
+        self.saved_step = state.step
 
     # --- one step -----------------------------------------------------------------------------
 
@@ -371,38 +363,8 @@ class Trainer:
     # --- evaluation and logging ---------------------------------------------------------------
 
     def _evaluate(self, model: torch.nn.Module, state: State) -> dict:
-        """The engine's inner evaluation: val/loss and val/accuracy, plus hookmix_eval_metrics.
-
-        Distributed: each rank scores its contiguous share of every validation batch; the sums of
-        losses, correct predictions and counts are all-reduced, so the numbers equal a 1-rank
-        evaluation (accuracy exactly, the loss up to float summation order).
-        """
-        was_training = model.training
-        model.eval()
-        metrics: dict[str, float] = {}
-        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct predictions, scored targets
-        with torch.no_grad():
-            for batch in state.data.val_batches():
-                batch = distributed.shard(batch, state.rank, state.world_size)
-                if state.device.type != "cpu":
-                    batch = {k: v.to(state.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                with state.autocast():
-                    logits = self.manager.forward(model, batch, state)["logits"]
-                logits = logits.float().reshape(-1, logits.shape[-1])
-                target = batch["target"].reshape(-1)
-                keep = target != -100  # the ignore index of cross-entropy: padding, prompts
-                logits, target = logits[keep], target[keep]
-                if target.numel():
-                    sums += torch.stack([torch.nn.functional.cross_entropy(logits, target, reduction="sum").double(),
-                                         (logits.argmax(-1) == target).sum().double(),
-                                         torch.tensor(target.numel(), dtype=torch.float64)])
-            sums = state.all_reduce_sum(sums)
-            if sums[2] > 0:
-                metrics["val/loss"] = (sums[0] / sums[2]).item()
-                metrics["val/accuracy"] = (sums[1] / sums[2]).item()
-            metrics.update(self.manager.eval_metrics(model, state))
-        model.train(was_training)
-        return metrics
+        """The engine's inner evaluation (engine.evaluation), handed to the manager as the wrapped hook's core."""
+        return evaluate_model(model, state, self.manager)
 
     def _record(self, record: dict) -> None:
         self.last.update({k: v for k, v in record.items() if k != "step"})
@@ -447,28 +409,73 @@ class Trainer:
         """Train to ``run.steps`` (or stop after ``stop_at`` with a checkpoint, as if interrupted)."""
         if self.state is None:
             self.setup()
-        state, run = self.state, self.recipe.run
         try:
-            while state.step < min(run.steps, stop_at or run.steps):
-                self.advance(stop_at)
+            summary = self._train(stop_at)
         except BaseException:
             self.group.close()  # peers blocked on this rank fail fast instead of waiting for the timeout
             raise
         finally:
-            self.progress.close()
-            if self.metrics_log is not None:
-                self.metrics_log.close()
-        summary = {
-            "steps": state.step,
-            "wall_seconds": round(self.wall_before + time.perf_counter() - self.t0, 3),
-            "plugins": {n: {"distribution": d, "version": v} for n, (d, v) in self.versions.items()},
-            "metrics": dict(self.last),
-        }
-        if state.is_main:
-            import json
-            state.run_dir.write_text_atomic("summary.json", json.dumps(summary, indent=2) + "\n")
-        self.manager.on_train_end(state, summary)
+            self._close(failed=False)
+        self.manager.on_train_end(self.state, summary)
         if self.manager.profile is not None:
             print(self.manager.profile.table(), file=sys.stderr)
         self.group.close()
         return summary
+
+    def _train(self, stop_at: int | None) -> dict:
+        state, run = self.state, self.recipe.run
+        try:
+            with interrupts.deferred() as pending:  # SIGINT/SIGTERM: finish the step, checkpoint, stop
+                while state.step < min(run.steps, stop_at or run.steps):
+                    self.advance(stop_at)
+                    if pending.signum is not None:
+                        if self.saved_step != state.step:
+                            self.save_checkpoint()
+                        raise Interrupted(f"interrupted by {pending.name} at step {state.step}; checkpoint saved: "
+                                          f"continue with `hookmix train --resume {state.run_dir.url()}`",
+                                          pending.signum)
+            if self.metrics_log is not None:
+                self.metrics_log.close()
+                self.metrics_log = None
+            summary = {
+                "steps": state.step,
+                "wall_seconds": round(self.wall_before + time.perf_counter() - self.t0, 3),
+                "plugins": {n: {"distribution": d, "version": v} for n, (d, v) in self.versions.items()},
+                "metrics": dict(self.last),
+            }
+            if state.is_main:
+                import json
+                state.run_dir.write_text_atomic("summary.json", json.dumps(summary, indent=2) + "\n")
+            return summary
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            where = f": {exc.filename}" if exc.filename else ""
+            raise TrainingFailure(f"step {state.step}: writing the run directory failed ({reason}{where}); "
+                                  f"{self._way_out()}") from None
+        except TrainingFailure as exc:
+            raise TrainingFailure(f"{str(exc).splitlines()[0]}; {self._way_out()}") from None
+
+    def _way_out(self) -> str:
+        """How to continue after a failure: named in every training-failure message."""
+        url = self.state.run_dir.url()
+        if self.saved_step is None:
+            return (f"no checkpoint was written yet: `hookmix train --resume {url} [KEY=VALUE ...]` "
+                    f"starts it again from step 0")
+        return (f"the last good checkpoint (step {self.saved_step}) is intact: "
+                f"`hookmix train --resume {url} [KEY=VALUE ...]` continues from it")
+
+    def _close(self, failed: bool) -> None:
+        """Close the progress display and metrics; release the run directory (after a failed
+        setup, also remove the directory the claim created)."""
+        if getattr(self, "progress", None) is not None:
+            self.progress.close()
+            self.progress.quiet = True  # closed: a second close() draws nothing
+        if self.metrics_log is not None:
+            try:
+                self.metrics_log.close()
+            except OSError:
+                pass  # already failing; the message names the cause
+            self.metrics_log = None
+        if self.claim is not None:
+            self.claim.release(failed=failed)
+            self.claim = None

@@ -84,17 +84,48 @@ class RunDir:
             self.fs.rm(self._p(name))
 
 
+def metrics_to_keep(run_dir: RunDir, resume_step: int) -> list[str]:
+    """The lines of ``metrics.jsonl`` up to the checkpoint we resume from (later ones are replayed).
+
+    A last line without its newline is what a crash mid-write leaves: it is dropped with a note.
+    Any other line that is not a record ``{"step": N, ...}`` means the file was edited or damaged:
+    bad input, before anything is rewritten.
+    """
+    from engine.errors import BadInput
+
+    if not run_dir.exists("metrics.jsonl"):
+        return []
+    text = run_dir.read_bytes("metrics.jsonl").decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    partial = lines.pop()  # "" when the file ends with a newline
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = record["step"]
+            if type(step) is not int:
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            raise BadInput(f"{run_dir.url('metrics.jsonl')} line {number} is not a metrics record ({line[:40]!r}); "
+                           f"restore the file, or delete that line to resume") from None
+        if step <= resume_step:
+            kept.append(line)
+    if partial.strip():
+        print(f"hookmix: note: dropped an incomplete last line of {run_dir.url('metrics.jsonl')} "
+              f"(left by a crash); its step is replayed", file=sys.stderr)
+    return kept
+
+
 class MetricsLog:
     """Appends records to ``metrics.jsonl`` and mirrors every scalar to TensorBoard."""
 
-    def __init__(self, run_dir: RunDir, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: RunDir, resume_step: int | None = None, kept: list[str] | None = None) -> None:
         self.run_dir = run_dir
-        self.lines: list[str] = []
-        if resume_step is not None and run_dir.exists("metrics.jsonl"):
-            # drop records written after the checkpoint we resume from: they will be replayed
-            for line in run_dir.read_text("metrics.jsonl").splitlines():
-                if line.strip() and json.loads(line)["step"] <= resume_step:
-                    self.lines.append(line)
+        if kept is None and resume_step is not None:
+            kept = metrics_to_keep(run_dir, resume_step)
+        self.lines: list[str] = list(kept or [])
         run_dir.write_text_atomic("metrics.jsonl", "".join(l + "\n" for l in self.lines))
         self._stage = None if run_dir.is_local else tempfile.mkdtemp(prefix="hookmix-tb-")
         tb_dir = os.path.join(run_dir.path, "tensorboard") if run_dir.is_local else self._stage

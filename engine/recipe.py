@@ -28,6 +28,7 @@ import fsspec
 import tomli_w
 
 from engine.errors import BadInput
+from engine.validators import device_name, finite_non_negative, in_range, int_range, no_nul
 from engine.registry import Registry, unknown_name_message
 
 
@@ -51,11 +52,6 @@ def non_negative(inst, attribute, value):
         raise ValueError(f"{attribute.name} must be >= 0")
 
 
-def _at_least_one(inst, attribute, value):
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1")
-
-
 def field(default, help: str, **kw):
     """An attrs field with a help text (shown by ``hookmix describe``)."""
     if isinstance(default, (list, dict, set)):
@@ -68,21 +64,23 @@ class RunConfig:
     """The ``[run]`` table: everything about a run that is not a plugin's business."""
 
     plugins: list[str] = field([], "plugin names to enable, in tie-break order")
-    steps: int = field(100, "optimizer steps to train", validator=_at_least_one)
-    seed: int = field(0, "seed for every RNG the run uses")
-    device: str = field("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    steps: int = field(100, "optimizer steps to train", validator=int_range(1, 2**62))
+    seed: int = field(0, "seed for every RNG the run uses", validator=int_range(0, 2**63 - 2))
+    device: str = field("cpu", "cpu, cuda, cuda:N, or auto (cuda when available)", validator=device_name)
     precision: str = field("fp32", "fp32, or bf16 (autocast)", validator=one_of("fp32", "bf16"))
-    grad_accum: int = field(1, "micro-batches per optimizer step", validator=_at_least_one)
-    grad_clip: float = field(0.0, "max global gradient norm; 0 disables clipping", validator=non_negative)
-    eval_interval: int = field(0, "evaluate every N steps (0: only at the end)", validator=non_negative)
-    checkpoint_interval: int = field(0, "checkpoint every N steps (0: only at the end)", validator=non_negative)
-    log_interval: int = field(10, "log train metrics every N steps", validator=_at_least_one)
-    keep_checkpoints: int = field(2, "how many recent checkpoints to keep", validator=_at_least_one)
-    out: str = field("", "run directory URL (default: runs/<recipe>-<time>)")
-    threads: int = field(0, "torch CPU threads (0: torch's default)", validator=non_negative)
+    grad_accum: int = field(1, "micro-batches per optimizer step", validator=int_range(1, 2**20))
+    grad_clip: float = field(0.0, "max global gradient norm; 0 disables clipping", validator=finite_non_negative)
+    eval_interval: int = field(0, "evaluate every N steps (0: only at the end)", validator=int_range(0, 2**62))
+    checkpoint_interval: int = field(0, "checkpoint every N steps (0: only at the end)",
+                                     validator=int_range(0, 2**62))
+    log_interval: int = field(10, "log train metrics every N steps", validator=int_range(1, 2**62))
+    keep_checkpoints: int = field(2, "how many recent checkpoints to keep", validator=int_range(1, 2**62))
+    out: str = field("", "run directory URL (default: runs/<recipe>-<time>)", validator=no_nul)
+    threads: int = field(0, "torch CPU threads (0: torch's default)", validator=int_range(0, 4096))
     dist_backend: str = field("auto", "torch.distributed backend under torchrun: auto (nccl on CUDA, gloo on CPU), "
                                       "gloo or nccl", validator=one_of("auto", "gloo", "nccl"))
-    dist_timeout: float = field(120.0, "seconds a collective waits for a peer before the run fails", validator=positive)
+    dist_timeout: float = field(120.0, "seconds a collective waits for a peer before the run fails",
+                                validator=in_range(1.0, 86400.0))
 
 
 @attrs.define

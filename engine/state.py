@@ -54,7 +54,7 @@ class State:
         self.scheduler: Any = None
         self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)  # data order
         self.run_dir: RunDir | None = None
-        self.cache_dir = os.path.expanduser(os.environ.get("HOOKMIX_CACHE", "~/.cache/hookmix"))
+        self.cache_dir = cache_dir_from_env()
         self._pending: dict[str, list[torch.Tensor]] = {}
 
     def log(self, name: str, value: float | torch.Tensor) -> None:
@@ -154,6 +154,21 @@ class State:
         if self.autocast_dtype is None:
             return _NULL
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def cache_dir_from_env() -> str:
+    """``$HOOKMIX_CACHE`` (default ``~/.cache/hookmix``): bad input when set empty or to a file."""
+    from engine.errors import BadInput
+
+    value = os.environ.get("HOOKMIX_CACHE")
+    if value is None:
+        return os.path.expanduser("~/.cache/hookmix")
+    if not value.strip():
+        raise BadInput("HOOKMIX_CACHE is set but empty; unset it or point it at a directory")
+    path = os.path.expanduser(value)
+    if "://" not in path and os.path.exists(path) and not os.path.isdir(path):
+        raise BadInput(f"HOOKMIX_CACHE={value} is a file; point it at a directory (created if missing)")
+    return path
 
 
 class _Null:

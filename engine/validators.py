@@ -12,6 +12,7 @@ checks accept both, and refuse booleans (``lr=true`` is a type error, not 1).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 
@@ -160,6 +161,14 @@ def check_parameter_count(where: str, count: int) -> None:
     if count > MAX_PARAMETERS:
         raise BadInput(f"{where}: the model would have about {count:.3g} parameters, more than the "
                        f"{MAX_PARAMETERS:.0e} limit; lower the widths / layers")
+
+
+#: Devices the loop supports; others (meta, mps, xla) are refused before anything is built.
+device_name = Rule("cpu, cuda, cuda:N or auto", lambda v: isinstance(v, str)
+                   and re.fullmatch(r"cpu|auto|cuda(:\d+)?", v) is not None)
+
+#: A path or URL (no NUL character: the OS would refuse it later with a less clear error).
+no_nul = Rule("a path or URL without NUL characters", lambda v: isinstance(v, str) and "\x00" not in v)
 
 
 def describe(validator) -> str:

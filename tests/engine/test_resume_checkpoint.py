@@ -15,6 +15,7 @@ from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from engine import BadInput, Plugin, hookimpl
+from engine.errors import TrainingFailure
 from engine import checkpoint
 from engine.cli import main
 from engine.loop import Trainer
@@ -147,7 +148,8 @@ def test_crash_while_checkpointing_keeps_the_previous_checkpoint(crash, tmp_path
     out = str(tmp_path / "run")
     with monkeypatch.context() as patch:
         crash(patch, 4)
-        with pytest.raises(_Crash):
+        with pytest.raises(TrainingFailure, match=r"^step 4: writing the run directory failed \(.*\); the last good "
+                                                  r"checkpoint \(step 2\) is intact: `hookmix train --resume "):
             train(TOY, steps=6, out=out, checkpoint_interval=2)
     assert os.listdir(f"{out}/checkpoints") == ["step-00000002.pt"]  # no partial step-4, no temp file
     payload = checkpoint.load_latest(RunDir(out))
