@@ -50,11 +50,6 @@ def at_least(lo: float) -> Rule:
     return Rule(f"finite and >= {lo:g}", lambda v: _finite(v) and v >= lo)
 
 
-def greater_than(lo: float) -> Rule:
-    """Finite and > ``lo``."""
-    return Rule(f"finite and > {lo:g}", lambda v: _finite(v) and v > lo)
-
-
 def in_range(lo: float, hi: float, *, low_open: bool = False, high_open: bool = False) -> Rule:
     """Finite and in the interval from ``lo`` to ``hi`` (closed unless ``low_open`` / ``high_open``)."""
     text = f"a number in {'(' if low_open else '['}{lo:g}, {hi:g}{')' if high_open else ']'}"
@@ -114,19 +109,10 @@ def subset_of(*allowed: str, non_empty: bool = True) -> Rule:
     return Rule(text, ok)
 
 
-def all_of(*rules: Rule) -> Rule:
-    """Every rule holds (checked in order; the message names the whole conjunction)."""
-    return Rule(", ".join(r.text for r in rules), lambda v: all(r._ok(v) for r in rules))
-
-
-#: An integer count of at least 1 (batch sizes, layers, heads, evaluation batches).
-at_least_one = Rule("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-
-
 def _int_text(n: int) -> str:
     """Large bounds as powers (2**62, 2**32-1, 10**6): readable in messages and ``hookmix describe``."""
     for base in (2, 10):
-        for k in range(4 if base == 10 else 10, 64):
+        for k in range(4 if base == 10 else 16, 64):
             if n == base**k:
                 return f"{base}**{k}"
             if n == base**k - 1 and base == 2:
@@ -183,6 +169,6 @@ def describe(validator) -> str:
     return ""
 
 
-__all__ = ["MAX_MAGNITUDE", "MAX_PARAMETERS", "MAX_WIDTH", "Rule", "all_of", "at_least", "at_least_one", "bounded",
+__all__ = ["MAX_MAGNITUDE", "MAX_PARAMETERS", "MAX_WIDTH", "Rule", "at_least", "bounded",
            "check_parameter_count", "describe", "each", "finite", "finite_non_negative", "finite_positive",
-           "greater_than", "in_range", "int_range", "length", "seed", "subset_of", "width"]
+           "in_range", "int_range", "length", "seed", "subset_of", "width"]

@@ -21,7 +21,9 @@ import hashlib
 import json
 import math
 import random
+import sys
 import uuid
+import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Dict, Iterator
@@ -146,6 +148,10 @@ class CharText:
 # MNIST-1D
 
 
+class DamagedCache(Exception):
+    """A cache file that cannot be what the generator wrote (it is rebuilt, with a note)."""
+
+
 class MNIST1D:
     """The MNIST-1D classification benchmark (Greydanus 2020), generated locally.
 
@@ -209,9 +215,13 @@ class MNIST1D:
         fs, root = fsspec.core.url_to_fs(str(cache_dir))
         path = root.rstrip("/") + "/" + self.cache_name()
         if fs.exists(path):
-            with fs.open(path, "rb") as f:
-                npz = np.load(f)
-                return {"x": npz["x"], "y": npz["y"]}
+            try:
+                return self._load_checked(fs, path)
+            except DamagedCache as exc:
+                # A truncated, empty or foreign file (a crash, a full disk, a user's copy) must not break every
+                # later run: say which file it was and rebuild it in place.
+                print(f"hookmix: note: the MNIST-1D cache {str(cache_dir).rstrip('/')}/{self.cache_name()} is damaged ({exc}); "
+                      f"rebuilding it", file=sys.stderr)
         arrays = self._make()
         fs.makedirs(root, exist_ok=True)
         # Write under a unique temporary name, then rename: a reader (or a run that
@@ -220,6 +230,24 @@ class MNIST1D:
         with fs.open(tmp, "wb") as f:
             np.savez(f, x=arrays["x"], y=arrays["y"])
         fs.mv(tmp, path)
+        return arrays
+
+    def _load_checked(self, fs, path: str) -> dict:
+        """The cached arrays, after checking that they are what this generator writes (no pickles)."""
+        try:
+            with fs.open(path, "rb") as f:
+                with np.load(f, allow_pickle=False) as npz:
+                    arrays = {"x": npz["x"], "y": npz["y"]}
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise DamagedCache(f"unreadable: {reason}") from None
+        x, y, total = arrays["x"], arrays["y"], self.num_train + self.num_test
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[0] != total:
+            raise DamagedCache(f"x is {x.dtype} {x.shape}, expected float32 ({total}, 40)")
+        if y.dtype != np.int64 or y.shape != (total,):
+            raise DamagedCache(f"y is {y.dtype} {y.shape}, expected int64 ({total},)")
+        if not np.isfinite(x).all() or y.min() < 0 or y.max() > 9:
+            raise DamagedCache("values out of range (non-finite inputs or labels outside 0..9)")
         return arrays
 
     def _make(self) -> dict:

@@ -19,6 +19,7 @@ import io
 import pickle
 import posixpath
 import tarfile
+import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -120,6 +121,16 @@ def restricted_loads(data: bytes, encoding: str = "bytes") -> Any:
     return RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
 
 
+def _unpickle_member(data: bytes, what: str) -> Any:
+    """A member's pickle, or ValueError naming the member when its bytes are not a (complete) pickle."""
+    try:
+        return restricted_loads(data)
+    except UnsafePickleError:
+        raise
+    except Exception as exc:  # garbage or truncated bytes make the parser raise many types (EOFError, KeyError...)
+        raise ValueError(f"{what} is not a valid pickle ({type(exc).__name__}): the archive is damaged") from None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # reading the archive
 # ----------------------------------------------------------------------------------------------------------
@@ -140,13 +151,18 @@ def _read_member(path: str, member: str, storage_options: Optional[Dict[str, Any
         raise FileNotFoundError(f"no '{member}' in {path} (nor in {path}/{ARCHIVE_DIR})")
     if not fs.isfile(root):
         raise FileNotFoundError(f"CIFAR-100 archive not found: {path}")
-    with fs.open(root, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
-        for info in tar:
-            parts = info.name.replace("\\", "/").strip("/").split("/")
-            if info.isfile() and parts[-1] == member and len(parts) <= 2:
-                handle = tar.extractfile(info)
-                if handle is not None:
-                    return handle.read()
+    try:
+        with fs.open(root, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+            for info in tar:
+                parts = info.name.replace("\\", "/").strip("/").split("/")
+                if info.isfile() and parts[-1] == member and len(parts) <= 2:
+                    handle = tar.extractfile(info)
+                    if handle is not None:
+                        return handle.read()
+    except (tarfile.TarError, EOFError, zlib.error) as exc:  # not a tar, or a truncated / corrupt one
+        reason = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).rstrip(": ")[:80]
+        raise ValueError(f"{path} is not a readable tar archive ({reason}); pass cifar-100-python.tar.gz "
+                         f"or its extracted folder") from None
     raise FileNotFoundError(f"no '{ARCHIVE_DIR}/{member}' member in archive {path}")
 
 
@@ -190,7 +206,7 @@ def load_cifar100(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     what = f"{path}:{split}"
-    entry = _str_keys(restricted_loads(_read_member(path, split, storage_options)), what)
+    entry = _str_keys(_unpickle_member(_read_member(path, split, storage_options), what), what)
     for key in ("data", "fine_labels"):
         if key not in entry:
             raise ValueError(f"{what}: missing key {key!r}")
@@ -209,7 +225,7 @@ def load_cifar100(
 
 def load_cifar100_meta(path: str, storage_options: Optional[Dict[str, Any]] = None) -> List[str]:
     """The 100 fine label names from the archive's ``meta`` file."""
-    meta = _str_keys(restricted_loads(_read_member(path, "meta", storage_options)), f"{path}:meta")
+    meta = _str_keys(_unpickle_member(_read_member(path, "meta", storage_options), f"{path}:meta"), f"{path}:meta")
     names = meta.get("fine_label_names")
     if not isinstance(names, (list, tuple)) or len(names) != NUM_CLASSES:
         raise ValueError(f"{path}:meta: expected {NUM_CLASSES} fine_label_names")

@@ -79,7 +79,9 @@ class CIFAR100Data(Plugin):
         except UnsafePickleError as exc:
             raise BadInput(f"plugins.cifar100.path: {exc}") from None
         except (ValueError, OSError, EOFError) as exc:
-            raise BadInput(f"plugins.cifar100: {str(exc).splitlines()[0]}; check the archive") from None
+            message = str(exc).splitlines()[0]
+            fix = "" if "; " in message else "; check the archive or download it again"  # some name their fix
+            raise BadInput(f"plugins.cifar100: {message}{fix}") from None
 
 
 @attrs.define

@@ -1,8 +1,8 @@
 """hookmix Lipschitz plugin package -- engine-independent core (docs: ``docs/lipschitz.md``).
 
 Modules:
-* :mod:`.spectral`  -- RMS->RMS norms, power iteration, msign/Newton–Schulz, NS overshoot, and the
-  constraint maps (soft cap + coupling, spectral normalize / weight decay / hammer, hard cap with a
+* :mod:`.spectral`  -- RMS->RMS norms, power iteration, msign/Newton–Schulz, NS overshoot.
+* :mod:`.constraint_maps` -- the constraint maps (soft cap + coupling, spectral normalize / weight decay / hammer, hard cap with a
   validity guard, exact msign clip, SVD clip, Stiefel projection, embedding projections).
 * :mod:`.bound`     -- certified Lipschitz bounds of the Lipschitz transformer and MLP from measured norms.
 * :mod:`.models`    -- ``LipschitzGPT`` and ``LipschitzMLP``.
@@ -15,6 +15,6 @@ with the ``hookmix lipschitz-*`` commands in :mod:`.commands`, :mod:`.sweep` and
 recipes in ``recipes/``; this package does not import them (the engine loads them by entry point).
 """
 
-from . import bound, empirical, models, muon, spectral  # noqa: F401
+from . import bound, constraint_maps, empirical, models, muon, spectral  # noqa: F401
 
-__all__ = ["bound", "empirical", "models", "muon", "spectral"]
+__all__ = ["bound", "constraint_maps", "empirical", "models", "muon", "spectral"]

@@ -19,6 +19,7 @@ import uuid
 import torch
 
 from . import spectral as sp
+from . import constraint_maps as cm
 
 SHAPES = ((256, 256), (1024, 1024), (4096, 1024))
 RECIPE = "shakespeare-lipschitz-cpu"
@@ -35,17 +36,17 @@ def add_arguments(p) -> None:
 
 def _matrix_cases(W: torch.Tensor, w_max: float, eta: float) -> dict:
     """name -> zero-argument callable applying one map to W (pure maps: W is never modified)."""
-    alpha = sp.soft_cap_coupling(w_max, 0.0, eta)
+    alpha = cm.soft_cap_coupling(w_max, 0.0, eta)
     pi: dict = {}
     sp.power_iteration(W, iters=16)  # warm the allocator
     return {
-        "soft cap (4 matmuls)": lambda: sp.soft_cap(W, alpha),
-        "hard cap, polynomial + guard": lambda: sp.spectral_hard_cap(W, w_max),
-        "hard cap, exact msign formula (SVD polar)": lambda: sp.spectral_clip_exact(W, w_max),
-        "spectral normalize (16 power its)": lambda: sp.spectral_normalize(W, w_max, iters=16, pi_state=pi),
-        "spectral hammer (16 power its)": lambda: sp.spectral_hammer(W, w_max, iters=16, pi_state=pi),
-        "spectral weight decay (16 power its)": lambda: sp.spectral_weight_decay(W, 0.1, iters=16, pi_state=pi),
-        "exact SVD clip": lambda: sp.svd_clip(W, w_max),
+        "soft cap (4 matmuls)": lambda: cm.soft_cap(W, alpha),
+        "hard cap, polynomial + guard": lambda: cm.spectral_hard_cap(W, w_max),
+        "hard cap, exact msign formula (SVD polar)": lambda: cm.spectral_clip_exact(W, w_max),
+        "spectral normalize (16 power its)": lambda: cm.spectral_normalize(W, w_max, iters=16, pi_state=pi),
+        "spectral hammer (16 power its)": lambda: cm.spectral_hammer(W, w_max, iters=16, pi_state=pi),
+        "spectral weight decay (16 power its)": lambda: cm.spectral_weight_decay(W, 0.1, iters=16, pi_state=pi),
+        "exact SVD clip": lambda: cm.svd_clip(W, w_max),
     }
 
 

@@ -19,6 +19,7 @@ from engine import BadInput, Plugin, TrainingFailure, WeightConstraint, field, h
 from engine.validators import finite_non_negative, finite_positive, in_range, int_range, subset_of
 
 from . import spectral as sp
+from . import constraint_maps as cm
 from .capabilities import SPECTRAL_CAP, UpdateNormBound
 
 RECIPES = "plugins.lipschitz.recipes"
@@ -141,7 +142,7 @@ class _Constraint(Plugin):
         for group, name, p in self.targets:
             if group == "embedding":
                 if emb > 0 and p.ndim == 2:
-                    p.copy_(sp.project_embedding_rows(p, emb))
+                    p.copy_(cm.project_embedding_rows(p, emb))
                 continue
             if p.ndim != 2:
                 continue
@@ -181,7 +182,7 @@ class SpectralNormalize(_Constraint):
 
     def step_map(self, p, group, name, optimizer):
         c = self.config
-        return sp.spectral_normalize(p, self.cap(group), iters=c.power_iters, pi_state=self.pi_state(name),
+        return cm.spectral_normalize(p, self.cap(group), iters=c.power_iters, pi_state=self.pi_state(name),
                                      exact=c.estimator == "exact")
 
 
@@ -194,7 +195,7 @@ class SpectralHammer(_Constraint):
     conflicts = (SPECTRAL_CAP,)
 
     def step_map(self, p, group, name, optimizer):
-        return sp.spectral_hammer(p, self.cap(group), iters=self.config.power_iters, pi_state=self.pi_state(name))
+        return cm.spectral_hammer(p, self.cap(group), iters=self.config.power_iters, pi_state=self.pi_state(name))
 
 
 class SpectralHardCap(_Constraint):
@@ -207,8 +208,8 @@ class SpectralHardCap(_Constraint):
 
     def step_map(self, p, group, name, optimizer):
         if self.config.form == "exact":
-            return sp.spectral_clip_exact(p, self.cap(group))
-        return sp.spectral_hard_cap(p, self.cap(group))
+            return cm.spectral_clip_exact(p, self.cap(group))
+        return cm.spectral_hard_cap(p, self.cap(group))
 
 
 class SpectralSoftCap(_Constraint):
@@ -259,7 +260,7 @@ class SpectralSoftCap(_Constraint):
     def init_map(self, p, group, name):
         if sp.rms_to_rms_norm(p) <= self.cap(group):
             return None  # already within the cap: leave the init bit-identical
-        return sp.svd_clip(p, self.cap(group))  # no update to couple to: clip exactly once
+        return cm.svd_clip(p, self.cap(group))  # no update to couple to: clip exactly once
 
     def step_map(self, p, group, name, optimizer):
         eta = float(optimizer.max_update_norm(p))
@@ -269,13 +270,13 @@ class SpectralSoftCap(_Constraint):
         alpha = self._alpha_cache.get(key)
         if alpha is None:
             try:
-                alpha = sp.soft_cap_coupling(*key)
+                alpha = cm.soft_cap_coupling(*key)
             except ValueError as exc:
                 raise TrainingFailure(f"spectral_soft_cap on {name}: {exc}") from None
             if len(self._alpha_cache) > 4096:
                 self._alpha_cache.clear()
             self._alpha_cache[key] = alpha
-        return sp.soft_cap(p, alpha) if alpha > 0 else None
+        return cm.soft_cap(p, alpha) if alpha > 0 else None
 
 
 class SpectralWeightDecay(_Constraint):
@@ -291,4 +292,4 @@ class SpectralWeightDecay(_Constraint):
 
     def step_map(self, p, group, name, optimizer):
         c = self.config
-        return sp.spectral_weight_decay(p, c.strength, iters=c.power_iters, pi_state=self.pi_state(name))
+        return cm.spectral_weight_decay(p, c.strength, iters=c.power_iters, pi_state=self.pi_state(name))

@@ -29,6 +29,7 @@ from torch import nn
 
 from . import bound as _bound
 from . import spectral as _sp
+from . import constraint_maps as _cm
 
 __all__ = ["LipschitzGPT", "LipschitzMLP", "GELU_DIVISOR"]
 
@@ -187,7 +188,7 @@ class LipschitzGPT(nn.Module):
         if seed is not None:
             g = torch.Generator().manual_seed(int(seed))
         E = torch.randn(self.embed.weight.shape, generator=g)
-        self.embed.weight.copy_(_sp.normalize_embedding_rows(E, 1.0))
+        self.embed.weight.copy_(_cm.normalize_embedding_rows(E, 1.0))
         for blk in self.blocks:
             for lin in (blk.attn.q, blk.attn.k, blk.attn.v, blk.mlp.w_in):
                 _orthogonal_init_(lin.weight, g)
@@ -278,7 +279,7 @@ class LipschitzGPT(nn.Module):
     @torch.no_grad()
     def project_embedding_(self, max_rms: float = 1.0) -> "LipschitzGPT":
         """Every token vector (embedding row) ``<- row / max(1, rms/max_rms)``, in place."""
-        self.embed.weight.copy_(_sp.project_embedding_rows(self.embed.weight, max_rms))
+        self.embed.weight.copy_(_cm.project_embedding_rows(self.embed.weight, max_rms))
         return self
 
     @torch.no_grad()
@@ -289,9 +290,9 @@ class LipschitzGPT(nn.Module):
         head_w_max: Optional[float] = None,
         emb_max_rms: float = 1.0,
     ) -> "LipschitzGPT":
-        """Apply a ``spectral.PROJECTIONS`` map to every hidden matrix and the head, and project the
+        """Apply a ``constraint_maps.PROJECTIONS`` map to every hidden matrix and the head, and project the
         embedding rows. (The soft cap needs the optimizer's eta; the engine plugin applies it.)"""
-        fn = _sp.PROJECTIONS[method]
+        fn = _cm.PROJECTIONS[method]
         groups = self.weight_groups()
         for _, p in groups["hidden"]:
             p.copy_(fn(p, w_max))
@@ -368,7 +369,7 @@ class LipschitzMLP(nn.Module):
 
     @torch.no_grad()
     def project_(self, method: str = "svd_clip", w_max: float = 1.0, head_w_max: Optional[float] = None):
-        fn = _sp.PROJECTIONS[method]
+        fn = _cm.PROJECTIONS[method]
         for i, lin in enumerate(self.layers):
             wm = head_w_max if (head_w_max is not None and i == len(self.layers) - 1) else w_max
             lin.weight.copy_(fn(lin.weight, wm))

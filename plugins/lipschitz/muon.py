@@ -42,6 +42,7 @@ import torch
 from torch.optim import AdamW, Muon, Optimizer
 
 from . import spectral as _sp
+from . import constraint_maps as _cm
 
 __all__ = ["MuonAdamW", "muon_lr_scale"]
 
@@ -300,7 +301,7 @@ class MuonAdamW(Optimizer):
         return float(g["lr"]) * float(g["weight_decay"])
 
     def soft_cap_alpha(self, param: torch.Tensor, w_max: float, strict: bool = True) -> float:
-        """``spectral.soft_cap_coupling(w_max, decay_fraction, max_update_norm)`` for the last step."""
-        return _sp.soft_cap_coupling(
+        """``constraint_maps.soft_cap_coupling(w_max, decay_fraction, max_update_norm)`` for the last step."""
+        return _cm.soft_cap_coupling(
             w_max, self.decay_fraction(param), self.max_update_norm(param), strict=strict
         )

@@ -17,6 +17,9 @@ from engine.validators import Rule, each, finite_positive, subset_of
 from engine.registry import unknown_name_message
 
 ROLES = ("student", "teacher")
+DISTILLATION = "distillation"  # the consumer kind of the distillation loss terms
+#: Capabilities of the plugins that read logits of kind "distillation" (kd, dkd, nkd; uskd distills from itself).
+CONSUMER_CAPABILITIES = ("loss:distillation", "loss:self_distillation")
 non_empty_name = Rule("a non-empty name", lambda v: isinstance(v, str) and bool(v.strip()))
 
 
@@ -48,6 +51,10 @@ class LogitStd(Plugin):
     @hookimpl
     def hookmix_configure(self, state):
         c = self.config
+        if set(c.kinds) == {DISTILLATION} and not any(state.provider(cap) for cap in CONSUMER_CAPABILITIES):
+            # standardizing logits nobody distills from changes nothing: the user forgot the loss term
+            raise BadInput("logit_std is enabled but no distillation loss consumes its logits (no plugin provides "
+                           "'loss:distillation'); add one, e.g. run.plugins+=kd (with a teacher), or remove logit_std")
         for consumer in c.consumers:
             if consumer not in state.plugin_names:
                 raise BadInput(unknown_name_message("plugins.logit_std.consumers entry", consumer,

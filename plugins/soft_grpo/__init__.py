@@ -2,7 +2,8 @@
 
 Modules
 -------
-* :mod:`.countdown`: Countdown task, solver, safe verifier/reward, tokenizer, SFT traces, split.
+* :mod:`.countdown`: Countdown task, solver, safe verifier/reward, tokenizer, prompts, split.
+* :mod:`.sft_traces`: gold scratchpad traces (optionally corrupted) and their collation for SFT.
 * :mod:`.policy`: :class:`SoftPolicy` protocol, :class:`TinyPolicy` (pre-LN decoder, KV cache).
 * :mod:`.hf_adapter`: Hugging Face causal-LM adapter (``transformers`` optional, imported lazily).
 * :mod:`.record`: :class:`Rollout` record and shared soft-token helpers.

@@ -12,6 +12,7 @@ from engine import BadInput, Plugin, field, hookimpl
 from engine.validators import Rule, each, in_range, int_range, seed
 
 from . import countdown as cd
+from . import sft_traces as sft
 from .capabilities import RL, CountdownTask
 from .sampling import left_pad
 from .tokenizers import HFCountdownTokenizer
@@ -86,11 +87,11 @@ class CountdownSource:
     def _lm_batch(self, problems: list[cd.Problem], rng: random.Random, corrupt: bool = True) -> dict:
         c = self.config
         steps, answers = (c.step_corrupt_rate, c.answer_corrupt_rate) if corrupt else (0.0, 0.0)
-        examples = [cd.make_sft_example(p, self.tokenizer, rng, c.ops, steps, answers) for p in problems]
+        examples = [sft.make_sft_example(p, self.tokenizer, rng, c.ops, steps, answers) for p in problems]
         if c.loss_on_prompt:
             for e in examples:
                 e.prompt_len = 1
-        b = cd.collate_sft(examples, pad_id=self.tokenizer.pad_id, max_len=c.max_len)
+        b = sft.collate_sft(examples, pad_id=self.tokenizer.pad_id, max_len=c.max_len)
         return {"input": b["input_ids"][:, :-1], "target": b["labels"][:, 1:]}
 
     def train_batch(self, generator: torch.Generator) -> dict:

@@ -12,6 +12,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from plugins.soft_grpo import countdown as cd  # noqa: E402
+from plugins.soft_grpo import sft_traces as sft
 
 
 def test_tokenizer_layout_and_round_trip():
@@ -114,18 +115,18 @@ def test_gold_traces_fit_context_and_corruption():
     rng = random.Random(0)
     longest = 0
     for p in problems:
-        text = cd.gold_trace(p, rng)
+        text = sft.gold_trace(p, rng)
         assert text.startswith(cd.prompt_text(p)) and text.endswith("<eos>")
         assert cd.reward(p, text) == 1.0
         longest = max(longest, len(tok.encode(text)))
     assert longest <= 64
     # deterministic given the rng seed
-    t1 = [cd.gold_trace(p, random.Random(5)) for p in problems[:20]]
-    t2 = [cd.gold_trace(p, random.Random(5)) for p in problems[:20]]
+    t1 = [sft.gold_trace(p, random.Random(5)) for p in problems[:20]]
+    t2 = [sft.gold_trace(p, random.Random(5)) for p in problems[:20]]
     assert t1 == t2
     # corruption: scratchpads change, answers stay correct unless answer corruption is on
     rng = random.Random(1)
-    corrupted = [cd.gold_trace(p, rng, step_corrupt_rate=1.0) for p in problems[:30]]
+    corrupted = [sft.gold_trace(p, rng, step_corrupt_rate=1.0) for p in problems[:30]]
     assert all(cd.reward(p, t) == 1.0 for p, t in zip(problems, corrupted))
     bad = 0
     for t in corrupted:
@@ -134,15 +135,15 @@ def test_gold_traces_fit_context_and_corruption():
             bad += cd.parse_expression(lhs)[0] != int(rhs)
     assert bad > 0
     rng = random.Random(2)
-    wrong = [cd.gold_trace(p, rng, answer_corrupt_rate=1.0) for p in problems[:30]]
+    wrong = [sft.gold_trace(p, rng, answer_corrupt_rate=1.0) for p in problems[:30]]
     assert all(cd.reward(p, t) == 0.0 for p, t in zip(problems, wrong))
 
 
 def test_sft_collate():
     tok = cd.CharTokenizer()
     rng = random.Random(0)
-    exs = [cd.make_sft_example(p, tok, rng) for p in cd.generate_problems(4, seed=0)]
-    batch = cd.collate_sft(exs)
+    exs = [sft.make_sft_example(p, tok, rng) for p in cd.generate_problems(4, seed=0)]
+    batch = sft.collate_sft(exs)
     ids, labels, att = batch["input_ids"], batch["labels"], batch["attention_mask"]
     for i, e in enumerate(exs):
         assert ids[i, : len(e.ids)].tolist() == e.ids

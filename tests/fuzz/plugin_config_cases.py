@@ -160,7 +160,7 @@ def _scalar_cases(t) -> list[tuple[str, str]]:
                 ("beyond_int64", "99999999999999999999999")]
     if t is str:
         return [("int", "5"), ("list", '["a"]'), ("bool", "true")]
-    raise TypeError(f"no fuzz cases for type {t!r}: extend tests/fuzz/cases.py")
+    raise TypeError(f"no fuzz cases for type {t!r}: extend tests/fuzz/plugin_config_cases.py")
 
 
 def _list_cases(t, default: list) -> list[tuple[str, str]]:
