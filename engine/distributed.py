@@ -105,7 +105,12 @@ class Group:
         self.backend = backend or "none"
         self.owned = False
         if env.launched and not dist.is_initialized():
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            timeout = datetime.timedelta(seconds=timeout_s)
+            # torchrun's store outlives a restart of the worker group: the keys of the dead attempt (its
+            # ranks' addresses) would be read by the new one, so every attempt gets its own key prefix
+            store, _, _ = next(dist.rendezvous("env://", env.rank, env.world_size, timeout=timeout))
+            store = dist.PrefixStore(f"hookmix/attempt{env.restart_count}", store)
+            dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout)
             self.owned = True
         self.active = env.launched and dist.is_initialized()
 
@@ -155,11 +160,11 @@ class Group:
             return
         msg = None if error is None else (type(error).__name__, str(error).splitlines()[0] if str(error) else "")
         failures = [(r, m) for r, m in enumerate(self.gather(msg)) if m is not None]
+        if error is not None:
+            raise error
         if not failures:
             return
         rank, (kind, text) = failures[0]
-        if error is not None and rank == self.rank:
-            raise error
         raise BadInput(f"rank {rank} failed setup: {text}") if kind in ("BadInput", "PluginConflict") \
             else RuntimeError(f"rank {rank} failed setup: {kind}: {text}")
 
@@ -218,8 +223,9 @@ def wrap(model: torch.nn.Module, modules: torch.nn.Module, device: torch.device)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(Trained(model, modules), device_ids=ids, broadcast_buffers=True,
-                                   find_unused_parameters=True)
+    # buffers (BatchNorm statistics) are broadcast from rank 0 before every forward (DDP's default);
+    # unused parameters are found every step: RL policies leave the input embedding unused
+    return DistributedDataParallel(Trained(model, modules), device_ids=ids, find_unused_parameters=True)
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -258,7 +264,7 @@ def rank_prefix() -> str:
 def launch(args) -> int:
     """``hookmix train ... --nproc N``: the same command under ``torch.distributed.run`` (the elastic agent).
 
-    Exit code: 2 when every failed worker exited 2 (bad input), 1 for any other failure.
+    Exit code: 2 when the first worker to fail exited 2 (bad input), 1 for any other failure.
     """
     import time
     from pathlib import Path
@@ -290,9 +296,9 @@ def launch(args) -> int:
         launcher += ["--standalone"]
     try:
         torchrun.main([*launcher, "-m", "engine.cli", *rest])
-    except ChildFailedError as exc:
-        codes = {f.exitcode for f in exc.failures.values()}
-        return 2 if codes == {2} else 1
+    except ChildFailedError as exc:  # the agent stops the others (SIGTERM) once one fails: use the first
+        _, first = exc.get_first_failure()
+        return 2 if first.exitcode == 2 else 1
     return 0
 
 
