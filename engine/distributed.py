@@ -218,14 +218,20 @@ class Trained(torch.nn.Module):
         return fn()
 
 
-def wrap(model: torch.nn.Module, modules: torch.nn.Module, device: torch.device):
-    """``DistributedDataParallel`` over :class:`Trained`; parameters are broadcast from rank 0."""
+def wrap(model: torch.nn.Module, modules: torch.nn.Module, device: torch.device, grad_accum: int = 1):
+    """``DistributedDataParallel`` over :class:`Trained`; parameters are broadcast from rank 0.
+
+    Some parameters may get no gradient (RL policies leave the input embedding unused). Without
+    gradient accumulation DDP's static graph handles them: the first step records which parameters are
+    used, later steps skip the graph traversal. With accumulation (``no_sync``), which the static graph
+    does not support, unused parameters are searched every step (``find_unused_parameters``).
+    """
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    # buffers (BatchNorm statistics) are broadcast from rank 0 before every forward (DDP's default);
-    # unused parameters are found every step: RL policies leave the input embedding unused
-    return DistributedDataParallel(Trained(model, modules), device_ids=ids, find_unused_parameters=True)
+    # buffers (BatchNorm statistics) are broadcast from rank 0 before every forward (DDP's default)
+    graph = {"static_graph": True} if grad_accum == 1 else {"find_unused_parameters": True}
+    return DistributedDataParallel(Trained(model, modules), device_ids=ids, **graph)
 
 
 def rank_seed(seed: int, rank: int) -> int:

@@ -135,7 +135,7 @@ class Trainer:
         if group.rank > 0 and not state.resumed:  # rank 0 continues the 1-process torch stream (dropout, noise)
             torch.manual_seed(distributed.rank_seed(run.seed, group.rank))
         if group.active:
-            self.ddp = distributed.wrap(state.model, state.modules, device)
+            self.ddp = distributed.wrap(state.model, state.modules, device, run.grad_accum)
         self.versions = {n: self.registry.info(n).version for n in manager.order}
         self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
         self.progress.print(manager.plan(self.versions))
