@@ -239,6 +239,38 @@ def rank_seed(seed: int, rank: int) -> int:
     return (seed + 1_000_003 * rank) % 2**63
 
 
+# --- checkpoints: what differs between ranks ----------------------------------------------------
+
+
+def rank_payload(state) -> dict:
+    """This rank's part of a checkpoint (every rank's is gathered to rank 0): the torch RNG stream, the
+    metrics logged since the last log and, only when they differ between ranks (RL: rollout buffers and
+    noise generators), the plugin states. A collective: every rank calls it."""
+    plugins = state.manager.plugin_states(state)
+    same = len(set(state.group.gather(digest(plugins)))) == 1
+    cuda = {"cuda": torch.cuda.get_rng_state(state.device)} if state.device.type == "cuda" else {}
+    return {"torch": torch.get_rng_state(), **cuda, **({} if same else {"plugins": plugins}),
+            "pending_metrics": {k: torch.stack([v.float().reshape(()) for v in vs]).cpu()
+                                for k, vs in state._pending.items()}}
+
+
+def restore_rank(state, ranks: list | None, step: int) -> None:
+    """After the checkpoint's main part is restored. Same world size: each rank continues its own streams.
+    Another world size: rank r takes saved rank r's when it exists; a new rank starts a fresh stream
+    (seeded by seed, rank and step) and rank 0 keeps the checkpoint's main streams."""
+    if ranks and state.rank < len(ranks):
+        mine = ranks[state.rank]
+        torch.set_rng_state(mine["torch"])
+        if "cuda" in mine and state.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], state.device)
+        state._pending = {k: list(v.unbind()) for k, v in mine["pending_metrics"].items()}
+        if "plugins" in mine:
+            state.manager.load_plugin_states(mine["plugins"], state)
+    elif state.rank > 0:
+        torch.manual_seed(rank_seed(state.run.seed + step, state.rank))
+        state._pending = {}
+
+
 def mean_over_ranks(logged: list[dict[str, float]]) -> dict[str, float]:
     """Each metric's mean over the ranks that logged it (train metrics, once per log interval)."""
     names = list(dict.fromkeys(k for d in logged for k in d))
