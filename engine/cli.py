@@ -44,8 +44,9 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     from engine.distributed import add_launch_arguments
 
     add_launch_arguments(p)
-    p = sub.add_parser("bench", help="benchmarks: overhead")
-    p.add_argument("what", choices=["overhead"])
+    p = sub.add_parser("bench", help="benchmarks: overhead, ddp (weak scaling of 2 ranks)")
+    p.add_argument("what", choices=["overhead", "ddp"])
+    p.add_argument("--repeats", type=int, default=5, help="ddp: interleaved repeats of 1-rank and 2-rank steps")
     p.add_argument("--steps", type=int, default=30, help="timed steps per loop")
     p.add_argument("--noop", type=int, default=8, help="extra no-op plugins in the second comparison")
     p.add_argument("--workload", choices=["gpt", "mlp", "both"], default="both")
@@ -276,6 +277,11 @@ def cmd_new_plugin(args) -> int:
 
 def cmd_bench(args) -> int:
     from engine.bench import overhead
+
+    if args.what == "ddp":
+        from engine.bench_ddp import ddp_bench
+
+        return ddp_bench(steps=args.steps, repeats=args.repeats, workload=args.workload)
 
     return overhead(steps=args.steps, noop=args.noop, workload=args.workload)
 

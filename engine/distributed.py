@@ -105,7 +105,12 @@ class Group:
         self.backend = backend or "none"
         self.owned = False
         if env.launched and not dist.is_initialized():
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            timeout = datetime.timedelta(seconds=timeout_s)
+            # torchrun's store outlives a restart of the worker group: the keys of the dead attempt (its
+            # ranks' addresses) would be read by the new one, so every attempt gets its own key prefix
+            store, _, _ = next(dist.rendezvous("env://", env.rank, env.world_size, timeout=timeout))
+            store = dist.PrefixStore(f"hookmix/attempt{env.restart_count}", store)
+            dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout)
             self.owned = True
         self.active = env.launched and dist.is_initialized()
 
@@ -155,11 +160,11 @@ class Group:
             return
         msg = None if error is None else (type(error).__name__, str(error).splitlines()[0] if str(error) else "")
         failures = [(r, m) for r, m in enumerate(self.gather(msg)) if m is not None]
+        if error is not None:
+            raise error
         if not failures:
             return
         rank, (kind, text) = failures[0]
-        if error is not None and rank == self.rank:
-            raise error
         raise BadInput(f"rank {rank} failed setup: {text}") if kind in ("BadInput", "PluginConflict") \
             else RuntimeError(f"rank {rank} failed setup: {kind}: {text}")
 
@@ -213,18 +218,56 @@ class Trained(torch.nn.Module):
         return fn()
 
 
-def wrap(model: torch.nn.Module, modules: torch.nn.Module, device: torch.device):
-    """``DistributedDataParallel`` over :class:`Trained`; parameters are broadcast from rank 0."""
+def wrap(model: torch.nn.Module, modules: torch.nn.Module, device: torch.device, grad_accum: int = 1):
+    """``DistributedDataParallel`` over :class:`Trained`; parameters are broadcast from rank 0.
+
+    Some parameters may get no gradient (RL policies leave the input embedding unused). Without
+    gradient accumulation DDP's static graph handles them: the first step records which parameters are
+    used, later steps skip the graph traversal. With accumulation (``no_sync``), which the static graph
+    does not support, unused parameters are searched every step (``find_unused_parameters``).
+    """
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(Trained(model, modules), device_ids=ids, broadcast_buffers=True,
-                                   find_unused_parameters=True)
+    # buffers (BatchNorm statistics) are broadcast from rank 0 before every forward (DDP's default)
+    graph = {"static_graph": True} if grad_accum == 1 else {"find_unused_parameters": True}
+    return DistributedDataParallel(Trained(model, modules), device_ids=ids, **graph)
 
 
 def rank_seed(seed: int, rank: int) -> int:
     """The torch RNG seed of rank ``rank`` > 0 (dropout, noise); rank 0 continues the 1-process stream."""
     return (seed + 1_000_003 * rank) % 2**63
+
+
+# --- checkpoints: what differs between ranks ----------------------------------------------------
+
+
+def rank_payload(state, manager) -> dict:
+    """This rank's part of a checkpoint (every rank's is gathered to rank 0): the torch RNG stream, the
+    metrics logged since the last log and, only when they differ between ranks (RL: rollout buffers and
+    noise generators), the plugin states. A collective: every rank calls it."""
+    plugins = manager.plugin_states(state)
+    same = len(set(state.group.gather(digest(plugins)))) == 1
+    cuda = {"cuda": torch.cuda.get_rng_state(state.device)} if state.device.type == "cuda" else {}
+    return {"torch": torch.get_rng_state(), **cuda, **({} if same else {"plugins": plugins}),
+            "pending_metrics": state.pending_logged()}
+
+
+def restore_rank(state, manager, ranks: list | None, step: int) -> None:
+    """After the checkpoint's main part is restored. Same world size: each rank continues its own streams.
+    Another world size: rank r takes saved rank r's when it exists; a new rank starts a fresh stream
+    (seeded by seed, rank and step) and rank 0 keeps the checkpoint's main streams."""
+    if ranks and state.rank < len(ranks):
+        mine = ranks[state.rank]
+        torch.set_rng_state(mine["torch"])
+        if "cuda" in mine and state.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], state.device)
+        state.restore_logged(mine["pending_metrics"])
+        if "plugins" in mine:
+            manager.load_plugin_states(mine["plugins"], state)
+    elif state.rank > 0:
+        torch.manual_seed(rank_seed(state.run.seed + step, state.rank))
+        state.restore_logged({})
 
 
 def mean_over_ranks(logged: list[dict[str, float]]) -> dict[str, float]:
@@ -258,7 +301,7 @@ def rank_prefix() -> str:
 def launch(args) -> int:
     """``hookmix train ... --nproc N``: the same command under ``torch.distributed.run`` (the elastic agent).
 
-    Exit code: 2 when every failed worker exited 2 (bad input), 1 for any other failure.
+    Exit code: 2 when the first worker to fail exited 2 (bad input), 1 for any other failure.
     """
     import time
     from pathlib import Path
@@ -290,9 +333,9 @@ def launch(args) -> int:
         launcher += ["--standalone"]
     try:
         torchrun.main([*launcher, "-m", "engine.cli", *rest])
-    except ChildFailedError as exc:
-        codes = {f.exitcode for f in exc.failures.values()}
-        return 2 if codes == {2} else 1
+    except ChildFailedError as exc:  # the agent stops the others (SIGTERM) once one fails: use the first
+        _, first = exc.get_first_failure()
+        return 2 if first.exitcode == 2 else 1
     return 0
 
 

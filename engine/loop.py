@@ -129,7 +129,7 @@ class Trainer:
         if group.rank > 0 and not state.resumed:  # rank 0 continues the 1-process torch stream (dropout, noise)
             torch.manual_seed(distributed.rank_seed(run.seed, group.rank))
         if group.active:
-            self.ddp = distributed.wrap(state.model, state.modules, device)
+            self.ddp = distributed.wrap(state.model, state.modules, device, run.grad_accum)
             devices = ", ".join(f"rank {r} {d}" for r, d in enumerate(group.gather(str(device))))
             self.progress.print(f"distributed: world size {group.world_size}, backend {group.backend}; {devices}")
         if state.is_main:  # everything above validated: only now is anything written
@@ -242,7 +242,7 @@ class Trainer:
                          payload.get("plugins", {}), state)
         state.restore_logged(payload["pending_metrics"])
         self.resume_changes = checkpoint.resume_changes(payload, self.versions, self.recipe)
-        self._restore_rank(payload.get("ranks"), int(payload["step"]))
+        distributed.restore_rank(state, self.manager, payload.get("ranks"), int(payload["step"]))
         state.step = state.start_step = int(payload["step"])
         state.resumed = True
         self.wall_before = float(payload.get("wall_seconds", 0.0))
@@ -250,34 +250,9 @@ class Trainer:
             raise BadInput(f"the run already finished {state.start_step} of run.steps={self.recipe.run.steps}; "
                            f"raise it to continue, e.g. run.steps={state.start_step * 2}")
 
-    def _rank_payload(self) -> dict:
-        """What differs between ranks: the torch RNG stream, the metrics logged since the last log and,
-        when they differ between ranks (RL: rollout buffers and noise), the plugin states."""
-        state = self.state
-        plugins = self.manager.plugin_states(state)
-        same = len(set(self.group.gather(distributed.digest(plugins)))) == 1
-        cuda = {"cuda": torch.cuda.get_rng_state(self.state.device)} if self.state.device.type == "cuda" else {}
-        return {"torch": torch.get_rng_state(), **cuda, **({} if same else {"plugins": plugins}),
-                "pending_metrics": state.pending_logged()}
-
-    def _restore_rank(self, ranks: list | None, step: int) -> None:
-        """Same world size: each rank continues its own streams. Another world size: rank r < N takes the
-        saved rank r's, a new rank starts a fresh stream (seeded by seed, rank and step)."""
-        state = self.state
-        if ranks and state.rank < len(ranks):
-            torch.set_rng_state(ranks[state.rank]["torch"])
-            if "cuda" in ranks[state.rank] and state.device.type == "cuda":
-                torch.cuda.set_rng_state(ranks[state.rank]["cuda"], state.device)
-            state.restore_logged(ranks[state.rank]["pending_metrics"])
-            if "plugins" in ranks[state.rank]:
-                self.manager.load_plugin_states(ranks[state.rank]["plugins"], state)
-        elif state.rank > 0:  # rank 0 keeps the checkpoint's main streams, restored above
-            torch.manual_seed(distributed.rank_seed(self.recipe.run.seed + step, state.rank))
-            state.restore_logged({})
-
     def save_checkpoint(self) -> None:
         state = self.state
-        ranks = self.group.gather(self._rank_payload()) if self.group.world_size > 1 else None
+        ranks = self.group.gather(distributed.rank_payload(state, self.manager)) if self.group.world_size > 1 else None
         if state.is_main:
             payload = self._payload()
             if ranks is not None:

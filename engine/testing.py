@@ -352,6 +352,8 @@ def _worker(work: str) -> None:
         with open(os.path.join(work, "spec.json")) as f:
             spec = json.load(f)
         for i, case in enumerate(spec):
+            if os.path.exists(os.path.join(work, f"result{i}.pt")):
+                continue  # finished before an elastic restart of the worker group
             plugins = []
             for ref in case.pop("plugins"):
                 if ":" in ref:

@@ -160,7 +160,9 @@ class GRPO(Plugin):
         self.ref = None
         if self.config.kl_coef > 0:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        self.generator = torch.Generator(device=state.device).manual_seed(state.run.seed + self.config.seed_offset)
+        # one noise stream per rank (rank 0's is the 1-process stream); docs/distributed.md
+        seed = state.run.seed + self.config.seed_offset + 1_000_003 * state.rank
+        self.generator = torch.Generator(device=state.device).manual_seed(seed)
         self.buffer: list[dict] = []
         tok = state.data.tokenizer
         self.sampling = self.sampling_config(tok)

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import attrs
 import torch
@@ -31,6 +32,8 @@ class Fault(Plugin):
             if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
                 os.kill(os.getpid(), signal.SIGKILL)
             return
+        with open(os.path.join(state.run_dir.path, "fault-time"), "w") as f:  # when the fault happened
+            f.write(repr(time.time()))
         raise RuntimeError(f"injected fault at step {state.step}")
 
 

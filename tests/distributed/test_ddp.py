@@ -166,3 +166,24 @@ def test_two_rank_checkpoint_resumes_on_one_rank(runs, tmp_path):
     # the data order continues exactly (the data generator is global); the arithmetic is 1-rank from step 4
     assert_close_results(resumed, single(dict(MLP, steps=STEPS, **RUN)), ADAMW)
     assert os.path.exists(os.path.join(out, "checkpoints", "step-00000006.pt"))
+
+
+def test_two_nodes_on_one_machine_equal_one_node_with_two_processes(runs):
+    """Two torchrun launchers (--nnodes 2, c10d rendezvous on 127.0.0.1), one process each."""
+    import socket
+
+    from engine.testing import launch_cases, read_results, write_cases
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work = write_cases([dict(MLP, steps=STEPS, **RUN)])
+    nodes = [launch_cases(work, ["--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
+                                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t"])
+             for rank in (0, 1)]
+    errs = [node.communicate(timeout=300)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    (two_nodes,) = read_results(work, 1)
+    assert two_nodes["metrics"] == runs["mlp"]["metrics"]
+    for key in two_nodes["model"]:
+        assert torch.equal(two_nodes["model"][key], runs["mlp"]["model"][key]), key

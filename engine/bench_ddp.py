@@ -1,0 +1,137 @@
+"""``hookmix bench ddp``: weak scaling of DDP on CPU (gloo), 2 ranks x 1 thread against 1 rank x 1 thread.
+
+One ``torch.distributed.run`` launch with 2 processes. Each repeat, in turn:
+
+- ``ddp``: both ranks train the workload under DDP with per-rank batch B (global batch 2B) for
+  ``steps`` timed steps;
+- ``single``: rank 0 trains the same workload alone (no process group, no DDP) with batch B for the
+  same number of steps, while rank 1 waits at a barrier.
+
+The two alternate within the launch (interleaved repeats), so load on the machine hits both alike.
+Weak-scaling efficiency = single step time / ddp step time (1.0: a second rank costs nothing).
+The all-reduce column times ``all_reduce`` of one flat float32 tensor with as many elements as the
+trained parameters (the bytes DDP reduces per step), on both ranks, alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import torch
+
+WORKLOADS = {
+    # the benchmark workloads of engine/bench.py, with the per-rank batch given here
+    "gpt": (["tinyshakespeare", "gpt"], {"tinyshakespeare": {"block_size": 64}, "gpt": {"n_layer": 3, "n_head": 4,
+                                                                                       "n_embd": 96}},
+            "tinyshakespeare", 16),
+    "mlp": (["mnist1d", "mlp"], {"mlp": {"hidden": [256, 256]}}, "mnist1d", 100),
+}
+ADAMW = {"lr": 1e-3, "schedule": "constant", "weight_decay": 0.0}
+
+
+def _trainer(workload: str, batch: int, distributed_run: bool):
+    """A set-up trainer for ``workload``; ``distributed_run=False`` hides the torchrun environment."""
+    from engine.loop import Trainer
+    from engine.recipe import resolve
+    from engine.registry import Registry
+
+    base, configs, data, per_rank = WORKLOADS[workload]
+    configs = {**configs, data: {**configs.get(data, {}), "batch_size": batch}}
+    raw = {"run": {"plugins": [*base, "adamw", "cross_entropy"], "steps": 10**6, "log_interval": 10**6,
+                   "threads": 1, "out": f"memory://hookmix-bench-{uuid.uuid4().hex}"},
+           "plugins": {**configs, "adamw": ADAMW}}
+    registry = Registry()
+    hidden = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE") if not distributed_run and k in os.environ}
+    try:
+        trainer = Trainer(resolve("bench", raw, registry), registry, quiet=True)
+        trainer.setup()
+    finally:
+        os.environ.update(hidden)
+    return trainer
+
+
+def _timed_steps(trainer, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _worker(out_path: str, workloads: list[str], steps: int, repeats: int, warmup: int) -> None:
+    import torch.distributed as dist
+
+    from engine import distributed
+
+    torch.set_num_threads(1)
+    group = distributed.Group(distributed.read_env(), "gloo", 300.0)
+    rank = group.rank
+    rows = []
+    try:
+        for name in workloads:
+            batch = WORKLOADS[name][3]
+            ddp = _trainer(name, batch * group.world_size, True)
+            single = _trainer(name, batch, False) if rank == 0 else None
+            n_params = sum(p.numel() for p in ddp.params)
+            _timed_steps(ddp, warmup)
+            if single is not None:
+                _timed_steps(single, warmup)
+            ddp_t, single_t, reduce_t = [], [], []
+            flat = torch.zeros(n_params)
+            for _ in range(repeats):
+                dist.barrier()
+                ddp_t += _timed_steps(ddp, steps)
+                dist.barrier()
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    dist.all_reduce(flat)
+                    reduce_t.append(time.perf_counter() - t0)
+                dist.barrier()
+                if single is not None:
+                    single_t += _timed_steps(single, steps)
+                dist.barrier()
+            if rank == 0:
+                d, s, r = (statistics.median(x) * 1e3 for x in (ddp_t, single_t, reduce_t))
+                rows.append({"workload": name, "per_rank_batch": batch, "params": n_params, "single_ms": s,
+                             "ddp_ms": d, "allreduce_ms": r, "efficiency": s / d})
+        if rank == 0:
+            with open(out_path, "w") as f:
+                json.dump(rows, f)
+    finally:
+        group.close()
+
+
+def ddp_bench(steps: int = 20, repeats: int = 5, workload: str = "both", warmup: int = 5) -> int:
+    """Launch the 2-rank benchmark and print its table (markdown)."""
+    workloads = ["gpt", "mlp"] if workload == "both" else [workload]
+    out = os.path.join(tempfile.mkdtemp(prefix="hookmix-bench-ddp-"), "rows.json")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "engine.bench_ddp", out, ",".join(workloads), str(steps), str(repeats), str(warmup)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return 1
+    with open(out) as f:
+        rows = json.load(f)
+    print(f"torch {torch.__version__}, gloo, 1 thread per rank, {repeats} interleaved repeats x {steps} steps; "
+          f"weak scaling: same per-rank batch")
+    print("| workload | per-rank batch | params | 1 rank step (ms) | 2 ranks DDP step (ms) | "
+          "all-reduce of the gradients alone (ms) | weak-scaling efficiency |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['workload']} | {r['per_rank_batch']} | {r['params']} | {r['single_ms']:.2f} | {r['ddp_ms']:.2f} | "
+              f"{r['allreduce_ms']:.2f} | {r['efficiency']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
