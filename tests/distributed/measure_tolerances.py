@@ -1,0 +1,42 @@
+"""Print the 2-rank vs 1-rank differences behind the tolerances of test_ddp.py, and the control.
+
+    HOOKMIX_CACHE=/tmp/hookmix-cache python tests/distributed/measure_tolerances.py
+
+Runs the MNIST-1D cases of test_ddp.py on 2 ranks (one launch) and in this process, and prints
+engine.testing.max_difference for each; the control compares the 1-rank run with the 1-rank run on
+half the batch (what a missing gradient all-reduce would give).
+"""
+
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "contrib", "hookmix-ema")]
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+import test_ddp as T  # noqa: E402
+from engine.testing import max_difference, run_distributed, train  # noqa: E402
+
+
+def main() -> None:
+    teacher = os.path.join(tempfile.mkdtemp(), "teacher")
+    train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=20, out=teacher, threads=1,
+          config={"mnist1d": T.DATA, "cnn1d": {"channels": 8}, "adamw": {"lr": 1e-2}})
+    cases = {"mlp": T.MLP, "uskd": T.USKD, "lipschitz": T.LIP, "ema_constraints": T.ema_constraints(),
+             "mix": T.mix(teacher)}
+    results = run_distributed([dict(c, steps=T.STEPS, **T.RUN) for c in cases.values()])
+    for (name, case), result in zip(cases.items(), results):
+        one = T.single(dict(case, steps=T.STEPS, **T.RUN))
+        diff, what = max_difference(result, one)
+        half = dict(case, config={**case["config"], "mnist1d": {**T.DATA, "batch_size": T.DATA["batch_size"] // 2}})
+        control, _ = max_difference(one, T.single(dict(half, steps=T.STEPS, **T.RUN)))
+        print(f"{name:16} 2 ranks vs 1: {diff:.2e} ({what}); tolerance {T.TOL[name]:g}; half-batch control {control:.2e}")
+
+
+if __name__ == "__main__":
+    main()
