@@ -15,7 +15,7 @@ import torch
 from reliability_helpers import TINY_GPT, cli, hookmix_process
 
 TRIALS = int(os.environ.get("HOOKMIX_KILL_TRIALS", "3"))
-STEPS = 40 + 20 * TRIALS  # each resumed process trains about 0.1 s (a dozen steps) before its kill
+STEPS = 40 + 50 * TRIALS  # a process trains at most 0.25 s (under 50 steps here) before its kill
 # every step writes a checkpoint and a metrics record, so most kills land in or near a write
 ARGS = [*TINY_GPT, f"run.steps={STEPS}", "run.log_interval=1", "run.checkpoint_interval=1",
         "run.eval_interval=25", "run.keep_checkpoints=2"]
