@@ -14,26 +14,33 @@ import traceback
 
 import attrs
 
-from engine.errors import BadInput
+from engine.errors import BadInput, HookmixError, TrainingFailure
 
 _MANAGER = os.path.join("engine", "manager.py")
+_OUTPUTS = tuple(os.path.join("engine", f) for f in ("outputs.py", "checkpoint.py"))  # what writes the run dir
 
 
-def failing_plugin(exc: BaseException, plugins: dict) -> str | None:
+def _writing_outputs(exc: BaseException) -> bool:
+    return any(frame.f_code.co_filename.endswith(_OUTPUTS) for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def failing_plugin(exc: BaseException, plugins: dict, built: dict | None = None) -> str | None:
     """The plugin (of ``plugins``) whose hook raised ``exc``: the outermost hook call in the traceback.
 
     The manager dispatches every hook in ``Manager._each`` with the plugin's name in the local
     ``name``; outermost, because a hook may run another run's plugins (a teacher builds its model).
+    Outside hooks (the loop calls ``state.data.train_batch``, ``model(...)``), a method of an object
+    in ``built`` ({id(object): plugin that built it}) names its plugin.
     """
     frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
     for frame in frames:
         if frame.f_code.co_filename.endswith(_MANAGER) and frame.f_locals.get("name") in plugins:
             return frame.f_locals["name"]
-    for frame in frames:  # a hook called directly, outside the manager
+    owners = {id(plugin): name for name, plugin in plugins.items()} | (built or {})
+    for frame in frames:  # a hook called directly, or a method of what a plugin built
         owner = frame.f_locals.get("self")
-        for name, plugin in plugins.items():
-            if owner is plugin:
-                return name
+        if owner is not None and id(owner) in owners:
+            return owners[id(owner)]
     return None
 
 
@@ -57,3 +64,50 @@ def setup_failure(exc: Exception, what: str, plugins: dict) -> BadInput:
     key = mentioned_key(text, getattr(plugins[name], "config", None))
     where = f"plugins.{name}.{key}" if key else f"[plugins.{name}]"
     return BadInput(f"plugin {name!r} failed to {what} ({cause}); check {where}")
+
+
+def built_by(state, manager) -> dict[int, str]:
+    """{id(object): the plugin that built it} for the data, every model submodule and the optimizer."""
+    built = {}
+    for hook_name, objects in [("hookmix_data", [state.data]), ("hookmix_model", list(state.model.modules())),
+                               ("hookmix_optimizer", [state.optimizer])]:
+        providers = manager.providers(hook_name)
+        if providers:
+            built.update({id(o): providers[0] for o in objects})
+    return built
+
+
+def step_failure(exc: Exception, step: int, state, manager) -> str:
+    """The first part of a one-line training failure for ``exc`` raised during step ``step``."""
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    cause = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    plugins = manager.plugins
+    name = failing_plugin(exc, plugins, built_by(state, manager))
+    if name is None:
+        return f"step {step}: training failed ({cause})"
+    key = mentioned_key(text, getattr(plugins[name], "config", None))
+    where = f"plugins.{name}.{key}" if key else f"[plugins.{name}]"
+    return f"step {step}: plugin {name!r} failed ({cause}); check {where}"
+
+
+def way_out(url: str, saved_step: int | None) -> str:
+    """How to continue after a training failure: named in every such message."""
+    if saved_step is None:
+        return f"no checkpoint was written yet: `hookmix train --resume {url} [KEY=VALUE ...]` starts it again from step 0"
+    return (f"the last good checkpoint (step {saved_step}) is intact: "
+            f"`hookmix train --resume {url} [KEY=VALUE ...]` continues from it")
+
+
+def training_failure(exc: Exception, state, manager, saved_step: int | None) -> TrainingFailure | None:
+    """The one-line failure for ``exc`` raised while training, ending with the way out; ``None`` for
+    errors that are already one line of another kind (bad input found mid-run)."""
+    out = way_out(state.run_dir.url(), saved_step)
+    if isinstance(exc, TrainingFailure):
+        return TrainingFailure(f"{str(exc).splitlines()[0]}; {out}")
+    if isinstance(exc, HookmixError):
+        return None
+    if isinstance(exc, OSError) and _writing_outputs(exc):  # disk full, a vanished mount: checkpoints are atomic
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        where = f": {exc.filename}" if exc.filename else ""
+        return TrainingFailure(f"step {state.step}: writing the run directory failed ({reason}{where}); {out}")
+    return TrainingFailure(f"{step_failure(exc, state.step + 1, state, manager)}; {out}")

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from engine import checkpoint, distributed, interrupts
-from engine.blame import setup_failure
+from engine.blame import setup_failure, training_failure
 from engine.claim import Claim, open_location, record_recipe_change
 from engine.errors import BadInput, HookmixError, Interrupted, TrainingFailure
 from engine.lock import write_error
@@ -422,22 +422,11 @@ class Trainer:
                 import json
                 state.run_dir.write_text_atomic("summary.json", json.dumps(summary, indent=2) + "\n")
             return summary
-        except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            where = f": {exc.filename}" if exc.filename else ""
-            raise TrainingFailure(f"step {state.step}: writing the run directory failed ({reason}{where}); "
-                                  f"{self._way_out()}") from None
-        except TrainingFailure as exc:
-            raise TrainingFailure(f"{str(exc).splitlines()[0]}; {self._way_out()}") from None
-
-    def _way_out(self) -> str:
-        """How to continue after a failure: named in every training-failure message."""
-        url = self.state.run_dir.url()
-        if self.saved_step is None:
-            return (f"no checkpoint was written yet: `hookmix train --resume {url} [KEY=VALUE ...]` "
-                    f"starts it again from step 0")
-        return (f"the last good checkpoint (step {self.saved_step}) is intact: "
-                f"`hookmix train --resume {url} [KEY=VALUE ...]` continues from it")
+        except Exception as exc:
+            failure = training_failure(exc, state, self.manager, self.saved_step)
+            if failure is None:
+                raise
+            raise failure from (None if isinstance(exc, (HookmixError, OSError)) else exc)
 
     def _close(self, failed: bool) -> None:
         """Close the progress display and metrics; release the run directory (after a failed

@@ -199,8 +199,8 @@ def read_recipe(source: str, registry: Registry) -> tuple[str, dict]:
                 text = f.read()
         except FileNotFoundError:
             raise BadInput(f"recipe file {source} not found; check the path or run `hookmix recipes`") from None
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise BadInput(f"cannot read recipe {source}: {exc}; pass a readable UTF-8 TOML file") from None
+        except (OSError, UnicodeDecodeError, ValueError, ImportError) as exc:  # ImportError: fsspec backend missing
+            raise BadInput(f"cannot read recipe {source}: {_first_error(exc)}; pass a readable UTF-8 TOML file") from None
         name = source.rstrip("/").rsplit("/", 1)[-1].removesuffix(".toml")
         return name, parse_toml(text, source)
     raise BadInput(unknown_name_message("recipe", source, sorted(shipped),

@@ -72,6 +72,7 @@ class USKD(Plugin):
     """
 
     name = "uskd"
+    provides = ("loss:self_distillation",)  # reads distillation-kind logits: logit_std has a consumer
     Config = USKDConfig
     recipes = RECIPES
 

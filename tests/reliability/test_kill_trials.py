@@ -1,5 +1,6 @@
-"""SIGKILL at random moments of a run that writes a checkpoint and a metrics record every step:
-after each kill ``--resume`` must start, and the finished run must equal an uninterrupted one.
+"""SIGKILL during a run that writes a checkpoint and a metrics record every step, at random
+moments (even trials) and as soon as a checkpoint's temporary file appears (odd trials): after
+each kill ``--resume`` must start, and the finished run must equal an uninterrupted one.
 
 ``HOOKMIX_KILL_TRIALS`` sets the number of kills (default 3, about 15 s); the figure in
 docs/reliability.md comes from ``HOOKMIX_KILL_TRIALS=30 python -m pytest tests/reliability/test_kill_trials.py -s``.
@@ -15,10 +16,17 @@ import torch
 from reliability_helpers import TINY_GPT, cli, hookmix_process
 
 TRIALS = int(os.environ.get("HOOKMIX_KILL_TRIALS", "3"))
-STEPS = 40 + 20 * TRIALS  # each resumed process trains about 0.1 s (a dozen steps) before its kill
+STEPS = 40 + 50 * TRIALS  # a process trains at most 0.25 s (under 50 steps here) before its kill
 # every step writes a checkpoint and a metrics record, so most kills land in or near a write
 ARGS = [*TINY_GPT, f"run.steps={STEPS}", "run.log_interval=1", "run.checkpoint_interval=1",
         "run.eval_interval=25", "run.keep_checkpoints=2"]
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def _leftovers(out: str) -> tuple[bool, bool]:
@@ -38,12 +46,18 @@ def test_kills_at_random_moments_lose_nothing(tmp_path, capsys):
     rng = random.Random(int(os.environ.get("HOOKMIX_KILL_SEED", "0")))
     kills, mid_checkpoint, mid_metrics = 0, 0, 0
     proc = hookmix_process("train", "shakespeare-gpt", *ARGS, "--quiet", "--out", out)
-    for _ in range(TRIALS):
+    for trial in range(TRIALS):
         started = time.time_ns()
         while proc.poll() is None and not (os.path.exists(f"{out}/metrics.jsonl")
                                            and os.stat(f"{out}/metrics.jsonl").st_mtime_ns > started):
             time.sleep(0.01)  # wait until this process trains (it rewrites metrics.jsonl when it starts)
-        time.sleep(rng.uniform(0.0, 0.25))
+        if trial % 2:  # odd trials: aim at a checkpoint write (kill as soon as its temporary file exists)
+            deadline = time.monotonic() + 5
+            while proc.poll() is None and time.monotonic() < deadline and not any(
+                    n.startswith(".tmp-") for n in _listdir(f"{out}/checkpoints")):
+                time.sleep(0.0005)
+        else:  # even trials: a random moment of training
+            time.sleep(rng.uniform(0.0, 0.25))
         if proc.poll() is not None:
             break  # finished before the kill
         proc.kill()
