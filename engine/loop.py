@@ -37,7 +37,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import IO
@@ -47,11 +46,14 @@ import torch
 
 from engine import checkpoint
 from engine.errors import BadInput, PluginConflict, TrainingFailure
+from engine.compilation import compile_model
+from engine.finite import FiniteWatch
 from engine.manager import Manager
 from engine.outputs import MetricsLog, Progress, RunDir
 from engine.recipe import Recipe
 from engine.registry import Registry
 from engine.state import State
+from engine.throughput import Throughput
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,6 +66,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"run.device is {name!r} but CUDA is not available; set run.device=cpu")
     return device
+
+
+def _to_device(value, device: torch.device):
+    """Host tensors go through pinned memory so the copy is asynchronous (overlaps with compute)."""
+    if not torch.is_tensor(value) or value.device == device:
+        return value
+    if value.device.type == "cpu" and device.type == "cuda":
+        return value.pin_memory().to(device, non_blocking=True)
+    return value.to(device, non_blocking=True)
 
 
 def make_state(recipe: Recipe, registry: Registry, device: torch.device) -> State:
@@ -96,6 +107,7 @@ class Trainer:
         self.state: State | None = None
         self.metrics_log: MetricsLog | None = None
         self.last: dict[str, float] = {}
+        self.finite = FiniteWatch()
         self.wall_before = 0.0
 
     # --- setup --------------------------------------------------------------------------------
@@ -120,6 +132,8 @@ class Trainer:
         state.data = manager.data(state)
         state.model = manager.model(state).to(device)
         manager.setup_model(state.model, state)
+        compile_plan = compile_model(state.model, manager) if run.compile else []
+        self.throughput = Throughput(state)
         groups = self._merge_param_groups()
         state.optimizer = manager.optimizer(groups, state)
         state.scheduler = manager.lr_scheduler(state.optimizer, state)
@@ -133,7 +147,7 @@ class Trainer:
             raise BadInput(f"run directory {out} already holds a run; pass --out NEW_DIR, or --resume {out}")
         self.versions = {n: self.registry.info(n).version for n in manager.order}
         self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
-        self.progress.print(manager.plan(self.versions))
+        self.progress.print("\n".join([manager.plan(self.versions), *compile_plan, self.throughput.plan]))
         if state.is_main:  # everything above validated: only now is anything written
             run_dir.makedirs()
             run_dir.write_text_atomic("recipe.toml", self.recipe.to_toml())
@@ -225,8 +239,9 @@ class Trainer:
         for micro in range(run.grad_accum):
             state.micro = micro
             batch = state.data.train_batch(state.generator)
-            if state.device.type != "cpu":
-                batch = {k: v.to(state.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            self.throughput.count(batch)
+            if state.device.type != "cpu":  # pinned host memory: the copy overlaps with compute
+                batch = {k: _to_device(v, state.device) for k, v in batch.items()}
             if manager.has("hookmix_generate_rollouts"):
                 batch = self._rollouts(batch)
             with state.autocast():
@@ -237,11 +252,9 @@ class Trainer:
                 raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
                                       f"check the loss plugins' conditions")
             loss = sum(terms.values()) if len(terms) > 1 else next(iter(terms.values()))
-            if not math.isfinite(loss.item()):  # one host sync per micro-batch; cheaper than isfinite()
-                bad = [n for n, t in terms.items() if not torch.isfinite(t)] or list(terms)
-                raise TrainingFailure(f"step {step}: loss term {bad[0]!r} is not finite ({terms[bad[0]].item()}); "
-                                      f"lower the learning rate or check the inputs")
-            for name, term in terms.items():
+            logged = {name: term.detach() for name, term in terms.items()}
+            self.finite.record(step, logged)  # checked when metrics are read: no host sync per step
+            for name, term in logged.items():
                 state.log(f"train/loss/{name}", term)
             state.log("train/loss", loss)
             if run.grad_accum > 1:
@@ -318,6 +331,7 @@ class Trainer:
     def log_train(self) -> None:
         state = self.state
         record = {"step": state.step, **state.pop_logged()}
+        record.update(self.throughput.metrics())  # after pop_logged, which waited for the device
         groups = state.optimizer.param_groups
         if groups and "lr" in groups[0]:
             record["train/lr"] = float(groups[0]["lr"])
@@ -335,14 +349,22 @@ class Trainer:
         self.train_step()
         run, step = self.recipe.run, self.state.step
         last = step == run.steps
-        if step % run.log_interval == 0 or last:
+        log = step % run.log_interval == 0 or last
+        evaluate = (run.eval_interval and step % run.eval_interval == 0) or last
+        save = (run.checkpoint_interval and step % run.checkpoint_interval == 0) or last or step == stop_at
+        if log or evaluate or save:
+            self.finite.check()  # before any metric or checkpoint: never save non-finite weights
+        if log:
             self.log_train()
         else:
             self.progress.update(step)
-        if (run.eval_interval and step % run.eval_interval == 0) or last:
-            self.evaluate()
-        if (run.checkpoint_interval and step % run.checkpoint_interval == 0) or last or step == stop_at:
-            self.save_checkpoint()
+        if evaluate or save:
+            self.throughput.pause()  # evaluation and checkpoint time is not training time
+            if evaluate:
+                self.evaluate()
+            if save:
+                self.save_checkpoint()
+            self.throughput.resume()
 
     def run(self, stop_at: int | None = None) -> dict:
         """Train to ``run.steps`` (or stop after ``stop_at`` with a checkpoint, as if interrupted)."""

@@ -80,6 +80,8 @@ class RunConfig:
     keep_checkpoints: int = field(2, "how many recent checkpoints to keep", validator=_at_least_one)
     out: str = field("", "run directory URL (default: runs/<recipe>-<time>)")
     threads: int = field(0, "torch CPU threads (0: torch's default)", validator=non_negative)
+    compile: bool = field(False, "compile the model with torch.compile (see docs/performance.md)")
+    peak_flops: float = field(0.0, "device peak FLOP/s for perf/mfu (0: known GPUs only)", validator=non_negative)
 
 
 @attrs.define
