@@ -22,14 +22,15 @@
                 outputs = forward(model, batch)                       # default: model(batch["input"])
                 outputs |= aux_outputs(model, batch, outputs)         # teacher logits, features
                 terms = loss_terms(batch, outputs)                    # state.logits() -> transform_logits
-            loss = sum(terms) / grad_accum                            # non-finite: stop, name the term
+            loss = sum(terms) / grad_accum                            # terms recorded for the non-finite check
             before_backward(loss); loss.backward(); after_backward(model)
         clip gradients (run.grad_clip)
         optimizer_step(optimizer)                                     # wrappers around optimizer.step()
         step += 1
         with no_grad: after_optimizer_step(model, optimizer)          # constraints, EMA
         scheduler.step(); optimizer.zero_grad()
-        every log_interval:        on_log(train metrics)
+        log / eval / checkpoint due: non-finite check (one sync; names the first bad step and term)
+        every log_interval:        on_log(train metrics + perf/ throughput)
         every eval_interval / end: evaluate(model) -> eval_metrics; on_log
         every checkpoint_interval / end: checkpoint (plugin_state by name)
     on_train_end(state, summary)
