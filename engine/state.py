@@ -60,7 +60,7 @@ class State:
 
     def pop_logged(self) -> dict[str, float]:
         """Means of everything logged since the last call (used by the loop at log time)."""
-        out = {k: torch.stack([v.float().reshape(()) for v in vs]).mean().item() for k, vs in self._pending.items()}
+        out = {k: _mean(vs) for k, vs in self._pending.items()}
         self._pending.clear()
         return out
 
@@ -93,6 +93,13 @@ class State:
         if self.autocast_dtype is None:
             return _NULL
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def _mean(values: list[torch.Tensor]) -> float:
+    try:  # same-shape scalars (nearly always): one stack instead of two ops per value
+        return torch.stack(values).float().mean().item()
+    except RuntimeError:
+        return torch.stack([v.float().reshape(()) for v in values]).mean().item()
 
 
 class _Null:
