@@ -122,3 +122,14 @@ def tiny_gpt_overrides() -> list[str]:
     return ["plugins.gpt.n_layer=1", "plugins.gpt.n_head=2", "plugins.gpt.n_embd=32",
             "plugins.tinyshakespeare.block_size=16", "plugins.tinyshakespeare.batch_size=4",
             "plugins.tinyshakespeare.eval_batches=1", "run.threads=1"]
+
+
+def test_bench_against_lightning_without_lightning_says_how_to_install(monkeypatch, capsys):
+    import sys
+
+    from engine.cli import main
+
+    monkeypatch.setitem(sys.modules, "lightning", None)  # import lightning -> ImportError
+    assert main(["bench", "overhead", "--against", "lightning", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install -e ".[bench]"' in err[0]
