@@ -1,10 +1,17 @@
-"""``hookmix bench overhead``: the engine against a plain PyTorch loop, side by side.
+"""``hookmix bench overhead``: the engine against a plain PyTorch loop (and Lightning), side by side.
 
-Both loops train the same model (a copy of the engine's freshly built one) on the same batches
-(same data object, same generator seed) with the same AdamW, interleaved step by step in one
-process so that machine noise hits both alike. Reports the median step-time ratio
-engine / plain and checks that the losses agree to 1e-6 at every step. The second comparison
-adds N no-op plugins that implement every per-step hook.
+Every contestant trains its own copy of the same freshly built model (the engine's, copied before
+the first step) on the same batches (the same data object, each with a generator seeded like the
+engine's) with the same AdamW (the settings the engine's adamw plugin uses, fused kernel
+included), interleaved step by step in one process so that machine noise hits all alike. Each
+round runs one step of every contestant; reported: each one's median step time, and the median
+over rounds of its time / the plain loop's time in the same round. The losses of every contestant
+must equal the plain loop's at every step (≤ 1e-6; they are bit-identical).
+
+Contestants: ``plain`` (written out below), ``hookmix`` (``Trainer.advance()``: hook dispatch,
+per-term logging, the deferred non-finite check, a metrics record every 10 steps), ``hookmix+N``
+(the same with N no-op plugins implementing every per-step hook), and with ``--against
+lightning`` Lightning Fabric and the Lightning Trainer (engine/bench_lightning.py).
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ class LossProbe(Plugin):
 
     @hookimpl
     def hookmix_before_backward(self, loss):
-        self.loss = loss.detach()
+        self.loss = loss  # a reference, no tensor op: read with .item() outside the timed step
 
 
 WORKLOADS = {
@@ -76,7 +83,7 @@ WORKLOADS = {
 ADAMW = {"lr": 1e-3, "schedule": "constant", "weight_decay": 0.0}
 
 
-def compare(workload: str, steps: int, noop: int, warmup: int = 5) -> dict:
+def _engine(workload: str, noop: int) -> Trainer:
     base, configs = WORKLOADS[workload]
     noops = {cls.name: cls for cls in (_noop_plugin(i) for i in range(noop))}
     registry = Registry({**noops, "loss_probe": LossProbe})
@@ -84,52 +91,112 @@ def compare(workload: str, steps: int, noop: int, warmup: int = 5) -> dict:
                    "log_interval": 10, "out": f"memory://hookmix-bench-{uuid.uuid4().hex}"},
            "plugins": {**configs, "adamw": ADAMW}}
     trainer = Trainer(resolve("bench", raw, registry), registry, quiet=True)
-    state = trainer.setup()
-    model = copy.deepcopy(state.model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=ADAMW["lr"], betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(state.run.seed + 1)  # the engine seeds its data RNG so
-    data = state.data
+    trainer.setup()
+    return trainer
 
-    def plain_step() -> float:
+
+def _plain_step(model: torch.nn.Module, adamw: dict, data, generator: torch.Generator):
+    optimizer = torch.optim.AdamW(model.parameters(), **adamw)
+
+    def step() -> torch.Tensor:
         batch = data.train_batch(generator)
         logits = model(batch["input"])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["target"].reshape(-1))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.detach()
 
-    plain_t, engine_t, max_diff = [], [], 0.0
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        plain_loss = plain_step()
-        t1 = time.perf_counter()
+    return step
+
+
+def _engine_step(trainer: Trainer):
+    def step() -> torch.Tensor:
         trainer.advance()
-        t2 = time.perf_counter()
-        engine_loss = trainer.manager.plugins["loss_probe"].loss.item()
-        max_diff = max(max_diff, abs(plain_loss - engine_loss))
-        if i >= warmup:
-            plain_t.append(t1 - t0)
-            engine_t.append(t2 - t1)
-    ratios = [e / p for e, p in zip(engine_t, plain_t)]
-    return {"workload": workload, "noop_plugins": noop, "plain_ms": 1e3 * statistics.median(plain_t),
-            "engine_ms": 1e3 * statistics.median(engine_t), "ratio": statistics.median(ratios),
-            "max_loss_diff": max_diff}
+        return trainer.manager.plugins["loss_probe"].loss
+
+    return step
 
 
-def overhead(steps: int = 30, noop: int = 8, workload: str = "both") -> int:
-    rows = []
-    for name in (["gpt", "mlp"] if workload == "both" else [workload]):
-        for n in (0, noop):
-            rows.append(compare(name, steps, n))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {steps} timed steps per loop")
-    print("| workload | extra no-op plugins | plain step (ms) | engine step (ms) | median ratio | max loss diff |")
-    print("|---|---|---|---|---|---|")
+def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int = 5, clock=time.perf_counter) -> dict:
+    """One round per step: every contestant's step, timed; returns medians, ratios and loss agreement."""
+    engine = _engine(workload, 0)
+    state = engine.state
+    opt = state.optimizer.defaults  # the adamw plugin's settings, fused kernel included
+    adamw = {k: opt[k] for k in ("lr", "betas", "eps", "weight_decay", "fused")}
+
+    def generator() -> torch.Generator:  # the engine seeds its data order like this
+        return torch.Generator().manual_seed(state.run.seed + 1)
+
+    contestants = {"plain": _plain_step(copy.deepcopy(state.model), adamw, state.data, generator()),
+                   "hookmix": _engine_step(engine)}
+    if noop:
+        contestants[f"hookmix+{noop}"] = _engine_step(_engine(workload, noop))
+    if lightning:
+        from engine.bench_lightning import fabric_step
+
+        contestants["fabric"] = fabric_step(copy.deepcopy(state.model), adamw, state.data, generator())
+    times: dict[str, list[float]] = {name: [] for name in contestants}
+    max_diff = {name: 0.0 for name in contestants}
+
+    def one_round(i: int, trainer_loss: torch.Tensor | None = None) -> None:
+        losses = {}
+        order = list(contestants.items())
+        order = order[i % len(order):] + order[:i % len(order)]  # rotate: no contestant always runs first
+        for name, step in order:
+            t0 = clock()
+            loss = step()
+            t1 = clock()
+            losses[name] = loss.item()
+            if i >= warmup:
+                times[name].append(t1 - t0)
+        if trainer_loss is not None:
+            losses["trainer"] = trainer_loss.item()
+        for name, value in losses.items():
+            max_diff[name] = max(max_diff.get(name, 0.0), abs(value - losses["plain"]))
+
+    if lightning:
+        from engine.bench_lightning import run_trainer
+
+        trainer_times = run_trainer(copy.deepcopy(state.model), adamw, state.data, generator(), warmup + steps,
+                                    lambda i, loss: one_round(i, loss), clock)
+        times["trainer"] = trainer_times[warmup - 1:]  # time of step i is measured at the end of step i
+    else:
+        for i in range(warmup + steps):
+            one_round(i)
+    plain = times["plain"]
+    return {"workload": workload,
+            "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
+            "ratio": {n: statistics.median(a / b for a, b in zip(t, plain)) for n, t in times.items()},
+            "max_loss_diff": max(max_diff.values())}
+
+
+def overhead(steps: int = 30, noop: int = 8, workload: str = "both", against: str | None = None,
+             clock: str = "wall") -> int:
+    """Print the table; ``clock="cpu"`` times this thread's CPU time, which ignores time the process
+    waits for a core on a loaded machine (valid when torch runs on this one thread)."""
+    lightning = against == "lightning"
+    if clock == "cpu" and torch.get_num_threads() != 1:
+        from engine.errors import BadInput
+
+        raise BadInput(f"--clock cpu times this thread only but torch uses {torch.get_num_threads()} threads; "
+                       f"set OMP_NUM_THREADS=1 or use --clock wall")
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
+    if lightning:
+        from engine.bench_lightning import require_lightning
+
+        require_lightning()
+    rows = [compare(name, steps, noop, lightning, clock=timer) for name in (["gpt", "mlp"] if workload == "both" else [workload])]
+    names = list(rows[0]["ms"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock, {steps} timed rounds after 5 warm-up; "
+          f"each cell: median step ms (median ratio to plain in the same round)")
+    print("| workload | " + " | ".join(names) + " | max loss diff |")
+    print("|---|" + "---|" * (len(names) + 1))
     ok = True
     for r in rows:
-        print(f"| {r['workload']} | {r['noop_plugins']} | {r['plain_ms']:.2f} | {r['engine_ms']:.2f} | "
-              f"{r['ratio']:.3f} | {r['max_loss_diff']:.1e} |")
+        cells = [f"{r['ms'][n]:.2f} ({r['ratio'][n]:.3f}×)" for n in names]
+        print(f"| {r['workload']} | " + " | ".join(cells) + f" | {r['max_loss_diff']:.1e} |")
         ok &= r["max_loss_diff"] <= 1e-6
     if not ok:
-        print("FAIL: the engine's losses differ from the plain loop's by more than 1e-6")
+        print("FAIL: some contestant's losses differ from the plain loop's by more than 1e-6")
     return 0 if ok else 1

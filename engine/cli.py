@@ -50,6 +50,8 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="timed steps per loop")
     p.add_argument("--noop", type=int, default=8, help="extra no-op plugins in the second comparison")
     p.add_argument("--workload", choices=["gpt", "mlp", "both"], default="both")
+    p.add_argument("--against", choices=["lightning"], help="add Lightning Fabric and Trainer columns")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: this thread's CPU time (1 thread)")
     for verb, command in commands.items():
         p = sub.add_parser(verb, help=f"{command.help} (plugin command)")
         command.add_arguments(p)
@@ -283,7 +285,8 @@ def cmd_bench(args) -> int:
 
         return ddp_bench(steps=args.steps, repeats=args.repeats, workload=args.workload)
 
-    return overhead(steps=args.steps, noop=args.noop, workload=args.workload)
+    return overhead(steps=args.steps, noop=args.noop, workload=args.workload, against=args.against,
+                    clock=args.clock)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,15 @@
                 outputs = forward(model, batch)                       # default: model(batch["input"])
                 outputs |= aux_outputs(model, batch, outputs)         # teacher logits, features
                 terms = loss_terms(batch, outputs)                    # state.logits() -> transform_logits
-            loss = sum(terms) / grad_accum                            # non-finite: stop, name the term
+            loss = sum(terms) / grad_accum                            # terms recorded for the non-finite check
             before_backward(loss); loss.backward(); after_backward(model)
         clip gradients (run.grad_clip)
         optimizer_step(optimizer)                                     # wrappers around optimizer.step()
         step += 1
         with no_grad: after_optimizer_step(model, optimizer)          # constraints, EMA
         scheduler.step(); optimizer.zero_grad()
-        every log_interval:        on_log(train metrics)
+        log / eval / checkpoint due: non-finite check (one sync; names the first bad step and term)
+        every log_interval:        on_log(train metrics + perf/ throughput)
         every eval_interval / end: evaluate(model) -> eval_metrics; on_log
         every checkpoint_interval / end: checkpoint (plugin_state by name)
     on_train_end(state, summary)
@@ -39,7 +40,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from typing import IO
@@ -50,7 +50,9 @@ import torch
 from engine import checkpoint, distributed, interrupts
 from engine.blame import setup_failure, training_failure
 from engine.claim import Claim, open_location, record_recipe_change
+from engine.compilation import compile_model
 from engine.errors import BadInput, HookmixError, Interrupted, TrainingFailure
+from engine.finite import FiniteWatch
 from engine.lock import write_error
 from engine.outputs import MetricsLog, Progress, RunDir, metrics_to_keep
 from engine.recipe import Recipe
@@ -59,6 +61,7 @@ from engine.evaluation import evaluate_model
 from engine.param_groups import merge_param_groups
 from engine.run import build_state
 from engine.state import State
+from engine.throughput import Throughput
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,6 +74,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"run.device is {name!r} but CUDA is not available; set run.device=cpu")
     return device
+
+
+def _to_device(value, device: torch.device):
+    """Host tensors go through pinned memory so the copy is asynchronous (overlaps with compute)."""
+    if not torch.is_tensor(value) or value.device == device:
+        return value
+    if value.device.type == "cpu" and device.type == "cuda":
+        return value.pin_memory().to(device, non_blocking=True)
+    return value.to(device, non_blocking=True)
 
 
 class Trainer:
@@ -89,6 +101,7 @@ class Trainer:
         self.state: State | None = None
         self.metrics_log: MetricsLog | None = None
         self.last: dict[str, float] = {}
+        self.finite = FiniteWatch()
         self.wall_before = 0.0
         self.claim: Claim | None = None
         self.saved_step: int | None = None  # step of the newest checkpoint on disk
@@ -163,6 +176,8 @@ class Trainer:
         state.data = hook("build the data", manager.data, state)
         state.model = hook("build the model", lambda s: manager.model(s).to(device), state)
         hook("set up the model", manager.setup_model, state.model, state)
+        self.compile_plan = compile_model(state.model, manager) if run.compile else []
+        self.throughput = Throughput(state)
         groups = hook("build the param groups", self._merge_param_groups)
         state.optimizer = hook("build the optimizer", manager.optimizer, groups, state)
         state.scheduler = hook("build the LR scheduler", manager.lr_scheduler, state.optimizer, state)
@@ -185,7 +200,8 @@ class Trainer:
         self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
         for line in self.resume_changes:
             self.progress.print(f"resume: {line}")
-        self.progress.print(manager.plan(self.versions, manager.constraint_overlaps(state.model)))
+        self.progress.print("\n".join([manager.plan(self.versions, manager.constraint_overlaps(state.model)),
+                                        *self.compile_plan, self.throughput.plan]))
         hook("start training", manager.on_train_start, state)
         return state
 
@@ -251,6 +267,7 @@ class Trainer:
                            f"raise it to continue, e.g. run.steps={state.start_step * 2}")
 
     def save_checkpoint(self) -> None:
+        self.finite.check()  # a checkpoint never holds weights trained on a non-finite loss
         state = self.state
         ranks = self.group.gather(distributed.rank_payload(state, self.manager)) if self.group.world_size > 1 else None
         if state.is_main:
@@ -275,8 +292,9 @@ class Trainer:
             batch = state.data.train_batch(state.generator)
             if state.world_size > 1:  # the global draw is the same on every rank; keep this rank's rows
                 batch = distributed.shard(batch, state.rank, state.world_size)
-            if state.device.type != "cpu":
-                batch = {k: v.to(state.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            self.throughput.count(batch)
+            if state.device.type != "cpu":  # pinned host memory: the copy overlaps with compute
+                batch = {k: _to_device(v, state.device) for k, v in batch.items()}
             if manager.has("hookmix_generate_rollouts"):
                 batch = self._rollouts(batch)
             with state.autocast():
@@ -285,11 +303,9 @@ class Trainer:
                 raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
                                       f"check the loss plugins' conditions")
             loss = sum(terms.values()) if len(terms) > 1 else next(iter(terms.values()))
-            if not math.isfinite(loss.item()):  # one host sync per micro-batch; cheaper than isfinite()
-                bad = [n for n, t in terms.items() if not torch.isfinite(t)] or list(terms)
-                raise TrainingFailure(f"step {step}: loss term {bad[0]!r} is not finite ({terms[bad[0]].item()}); "
-                                      f"lower the learning rate or check the inputs")
-            for name, term in terms.items():
+            logged = {name: term.detach() for name, term in terms.items()}
+            self.finite.record(step, logged)  # checked when metrics are read: no host sync per step
+            for name, term in logged.items():
                 state.log(f"train/loss/{name}", term)
             state.log("train/loss", loss)
             if run.grad_accum > 1:
@@ -354,6 +370,7 @@ class Trainer:
         if self.group.world_size > 1:  # one collective per log interval: the mean over ranks of each metric
             logged = distributed.mean_over_ranks(self.group.gather(logged))
         record = {"step": state.step, **logged}
+        record.update(self.throughput.metrics())  # after pop_logged, which waited for the device
         groups = state.optimizer.param_groups
         if groups and "lr" in groups[0]:
             record["train/lr"] = float(groups[0]["lr"])
@@ -371,14 +388,22 @@ class Trainer:
         self.train_step()
         run, step = self.recipe.run, self.state.step
         last = step == run.steps
-        if step % run.log_interval == 0 or last:
+        log = step % run.log_interval == 0 or last
+        evaluate = (run.eval_interval and step % run.eval_interval == 0) or last
+        save = (run.checkpoint_interval and step % run.checkpoint_interval == 0) or last or step == stop_at
+        if log or evaluate or save:
+            self.finite.check()  # before any metric or checkpoint: never save non-finite weights
+        if log:
             self.log_train()
         else:
             self.progress.update(step)
-        if (run.eval_interval and step % run.eval_interval == 0) or last:
-            self.evaluate()
-        if (run.checkpoint_interval and step % run.checkpoint_interval == 0) or last or step == stop_at:
-            self.save_checkpoint()
+        if evaluate or save:
+            self.throughput.pause()  # evaluation and checkpoint time is not training time
+            if evaluate:
+                self.evaluate()
+            if save:
+                self.save_checkpoint()
+            self.throughput.resume()
 
     def run(self, stop_at: int | None = None) -> dict:
         """Train to ``run.steps`` (or stop after ``stop_at`` with a checkpoint, as if interrupted)."""

@@ -81,6 +81,9 @@ class RunConfig:
                                       "gloo or nccl", validator=one_of("auto", "gloo", "nccl"))
     dist_timeout: float = field(120.0, "seconds a collective waits for a peer before the run fails",
                                 validator=in_range(1.0, 86400.0))
+    compile: bool = field(False, "compile the model with torch.compile (see docs/performance.md)")
+    peak_flops: float = field(0.0, "device peak FLOP/s for perf/mfu (0: known GPUs only)",
+                              validator=in_range(0.0, 1e21))
 
 
 @attrs.define

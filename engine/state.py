@@ -71,7 +71,7 @@ class State:
 
     def pop_logged(self) -> dict[str, float]:
         """Means of everything logged since the last call (used by the loop at log time)."""
-        out = {k: torch.stack([v.float().reshape(()) for v in vs]).mean().item() for k, vs in self._pending.items()}
+        out = {k: _mean(vs) for k, vs in self._pending.items()}
         self._pending.clear()
         return out
 
@@ -169,6 +169,13 @@ def cache_dir_from_env() -> str:
     if "://" not in path and os.path.exists(path) and not os.path.isdir(path):
         raise BadInput(f"HOOKMIX_CACHE={value} is a file; point it at a directory (created if missing)")
     return path
+
+
+def _mean(values: list[torch.Tensor]) -> float:
+    try:  # same-shape scalars (nearly always): one stack instead of two ops per value
+        return torch.stack(values).float().mean().item()
+    except RuntimeError:
+        return torch.stack([v.float().reshape(()) for v in values]).mean().item()
 
 
 class _Null:

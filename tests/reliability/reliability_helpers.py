@@ -85,3 +85,13 @@ def snapshot(path: str) -> dict:
             with open(full, "rb") as f:
                 files[os.path.relpath(full, path)] = f.read()
     return files
+
+
+def records(text: str) -> list[dict]:
+    """metrics.jsonl text as records without the perf/ throughput keys (wall-clock rates differ between
+    runs; every other value must reproduce bit for bit)."""
+    import json
+
+    from engine.testing import without_timings
+
+    return without_timings([json.loads(line) for line in text.splitlines() if line.strip()])

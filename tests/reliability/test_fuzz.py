@@ -36,6 +36,9 @@ CATEGORIES = {
         "non-finite": ["nan", "inf", "-inf", "1e400"],
         "negative": ["-1.0", "-1e-300", "-1"],
     },
+    bool: lambda name: {
+        "wrong type": ['"yes"', "1", "0", "1.5", "[true]", '"true"'],
+    },
     str: lambda name: {
         "wrong type": ["1", "1.5", "true", '["cpu"]', "nan"],
         "not allowed": BAD_STRINGS.get(name, []),

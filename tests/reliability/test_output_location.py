@@ -8,7 +8,7 @@ import importlib.util
 import os
 
 import pytest
-from reliability_helpers import GPT6, TINY_GPT, FaultyFS, cli, one_line
+from reliability_helpers import GPT6, TINY_GPT, FaultyFS, cli, one_line, records
 
 from engine.outputs import RunDir
 
@@ -93,7 +93,7 @@ def test_disk_full_during_training_keeps_the_last_checkpoint_and_resumes(faulty,
     code, stdout, err = cli("train", "--resume", out, "--quiet", capsys=capsys)
     assert code == 0 and "done: 6 steps" in stdout
     with open(f"{straight_run}/metrics.jsonl") as f:
-        assert RunDir(out).read_text("metrics.jsonl") == f.read()  # nothing lost, nothing repeated
+        assert records(RunDir(out).read_text("metrics.jsonl")) == records(f.read())  # nothing lost, nothing repeated
 
 
 def test_memory_out_warns_that_outputs_vanish(capsys):

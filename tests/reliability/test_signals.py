@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from reliability_helpers import TINY_GPT, cli, hookmix_process
+from reliability_helpers import TINY_GPT, cli, hookmix_process, records
 
 LONG = [*TINY_GPT, "run.steps=300", "run.log_interval=1", "run.checkpoint_interval=0"]  # checkpoint only at the end
 
@@ -53,7 +53,7 @@ def test_signal_during_training_checkpoints_first_and_the_run_resumes_exactly(si
     assert code == 0
     straight = str(tmp_path / "straight")
     assert cli("train", "shakespeare-gpt", *LONG, "--quiet", "--out", straight, capsys=capsys)[0] == 0
-    assert open(f"{out}/metrics.jsonl").read() == open(f"{straight}/metrics.jsonl").read()
+    assert records(open(f"{out}/metrics.jsonl").read()) == records(open(f"{straight}/metrics.jsonl").read())
     a = torch.load(f"{out}/checkpoints/step-00000300.pt", weights_only=True)["model"]
     b = torch.load(f"{straight}/checkpoints/step-00000300.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
