@@ -89,8 +89,10 @@ class Trainer:
     """Runs one recipe. ``setup()``, then ``train_step()`` per step, or ``run()`` for everything."""
 
     def __init__(self, recipe: Recipe, registry: Registry, *, resume: bool = False,
-                 stream: IO[str] | None = None, quiet: bool = False, restart: bool = False) -> None:
+                 stream: IO[str] | None = None, quiet: bool = False, restart: bool = False,
+                 profile: bool = False) -> None:
         self.recipe = recipe
+        self.profile_hooks = profile  # per-hook timing (also HOOKMIX_PROFILE=1): see Trainer.profile
         self.restart = restart  # an elastic restart before the first checkpoint: the run directory is reused
         self.group: distributed.Group | None = None
         self.ddp = None  # DistributedDataParallel over the model and plugin modules (distributed runs only)
@@ -158,7 +160,8 @@ class Trainer:
         return state
 
     def _build(self, run, device: torch.device) -> State:
-        state, manager = build_state(self.recipe, self.registry, device, evaluate=self._evaluate)
+        state, manager = build_state(self.recipe, self.registry, device, evaluate=self._evaluate,
+                                     profile=self.profile_hooks)
         self.state, self.manager = state, manager
         state.use_group(self.group)
         if not manager.has("hookmix_loss_terms"):
@@ -204,6 +207,12 @@ class Trainer:
                                         *self.compile_plan, self.throughput.plan]))
         hook("start training", manager.on_train_start, state)
         return state
+
+    @property
+    def profile(self):
+        """The per-hook timing (``engine.manager.Profile``: ``seconds(hook, plugin)``, ``reset()``,
+        ``table()``) when the trainer was made with ``profile=True`` or HOOKMIX_PROFILE=1, else None."""
+        return self.manager.profile
 
     def _setup_hook(self, what: str, call, *args):
         """``call(*args)``; an error that is not already one line becomes bad input naming the plugin."""

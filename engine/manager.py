@@ -97,7 +97,7 @@ class Manager:
     """Owns the pluggy manager of one run; one typed method per hook."""
 
     def __init__(self, plugins: dict[str, Plugin], registry: Registry | None = None, *,
-                 evaluate: Callable[[torch.nn.Module, Any], dict] | None = None):
+                 evaluate: Callable[[torch.nn.Module, Any], dict] | None = None, profile: bool = False):
         self.plugins = plugins
         self.order = order_plugins(plugins)
         self._check_declarations(registry)
@@ -132,7 +132,8 @@ class Manager:
                                      f"which takes one provider; remove one of them from run.plugins")
         self._wrapped = {h: any(i.wrapper or i.hookwrapper for i in getattr(self.pm.hook, h).get_hookimpls())
                          for h in WRAPPER_HOOKS}
-        self.profile = Profile(self) if os.environ.get("HOOKMIX_PROFILE") == "1" else None
+        profile = profile or os.environ.get("HOOKMIX_PROFILE") == "1"
+        self.profile = Profile(self) if profile else None
         self.trace = os.environ.get("HOOKMIX_TRACE") == "1"
         if self.trace:
             self.pm.trace.root.setwriter(sys.stderr.write)
@@ -387,6 +388,13 @@ class Profile:
             finally:
                 self.add(hook_name, plugin, time.perf_counter() - t0)
         return timed
+
+    def seconds(self, hook_name: str, plugin: str | None = None) -> float:
+        """Total time spent in ``hook_name`` (by ``plugin``, or by all of them) so far."""
+        return sum(t for (h, p), (_, t) in self.totals.items() if h == hook_name and plugin in (None, p))
+
+    def reset(self) -> None:
+        self.totals.clear()
 
     def add(self, hook_name: str, plugin: str, seconds: float) -> None:
         entry = self.totals.setdefault((hook_name, plugin), [0, 0.0])

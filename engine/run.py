@@ -25,14 +25,14 @@ from engine.state import State
 
 
 def build_state(recipe: Recipe, registry: Registry, device: torch.device, *,
-                evaluate=None) -> tuple[State, Manager]:
+                evaluate=None, profile: bool = False) -> tuple[State, Manager]:
     """The plugins a recipe enables, configured, validated and ordered, behind a fresh ``State``."""
     plugins = {}
     for name in recipe.run.plugins:
         plugin = registry.load(name)()
         plugin.config = recipe.plugin_configs.get(name)
         plugins[name] = plugin
-    manager = Manager(plugins, registry, evaluate=evaluate)
+    manager = Manager(plugins, registry, evaluate=evaluate, profile=profile)
     return State(recipe, manager, device, registry), manager
 
 
