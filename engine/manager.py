@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import operator
 import os
 import sys
 import time
@@ -138,6 +139,11 @@ class Manager:
         if self.trace:
             self.pm.trace.root.setwriter(sys.stderr.write)
             self.pm.enable_tracing()
+        # What the per-step dispatch runs: one prepared call per implementation (argument lookup in C,
+        # tracing/profiling wrapped in only when asked for), so a run pays nothing for what it does not use.
+        self._calls = {hook_name: [(name, _prepared_call(hook_name, name, fn, argnames, self.trace))
+                                   for name, fn, argnames in impls]
+                       for hook_name, impls in self._impls.items()}
 
     # --- validation and the plan -------------------------------------------------------------
 
@@ -209,10 +215,8 @@ class Manager:
     def _each(self, hook_name: str, **kwargs) -> list[tuple[str, Any]]:
         """Call every implementation in order; return (plugin name, result) for non-None results."""
         out = []
-        for name, fn, argnames in self._impls[hook_name]:
-            if self.trace:
-                print(f"[hookmix trace] {hook_name} -> {name}", file=sys.stderr)
-            result = fn(*[kwargs[a] for a in argnames])
+        for name, call in self._calls[hook_name]:
+            result = call(kwargs)
             if result is not None:
                 out.append((name, result))
         return out
@@ -300,9 +304,8 @@ class Manager:
         return self.merge_named(results, "output", into=outputs)
 
     def transform_logits(self, logits, role: str, consumer: str, kind: str, state):
-        for _, fn, argnames in self._impls["hookmix_transform_logits"]:
-            kwargs = {"logits": logits, "role": role, "consumer": consumer, "kind": kind, "state": state}
-            result = fn(*[kwargs[a] for a in argnames])
+        for _, call in self._calls["hookmix_transform_logits"]:
+            result = call({"logits": logits, "role": role, "consumer": consumer, "kind": kind, "state": state})
             if result is not None:
                 logits = result
         return logits
@@ -365,6 +368,27 @@ class Manager:
             if name in saved:
                 kwargs = {"plugin_state": saved[name], "state": state}
                 fn(*[kwargs[a] for a in argnames])
+
+
+def _prepared_call(hook_name: str, plugin: str, fn: Callable, argnames: tuple[str, ...], trace: bool):
+    """``call(kwargs)`` -> ``fn`` with the arguments it accepts, looked up by name."""
+    if len(argnames) == 1:
+        (only,) = argnames
+        call = lambda kwargs: fn(kwargs[only])  # noqa: E731
+    elif argnames:
+        pick = operator.itemgetter(*argnames)
+        call = lambda kwargs: fn(*pick(kwargs))  # noqa: E731
+    else:
+        call = lambda kwargs: fn()  # noqa: E731
+    if not trace:
+        return call
+
+    def traced(kwargs):
+        print(f"[hookmix trace] {hook_name} -> {plugin}", file=sys.stderr)
+        return call(kwargs)
+    return traced
+
+
 
 
 class Profile:
