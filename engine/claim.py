@@ -134,7 +134,7 @@ class Claim:
         run_dir.makedirs(dest)
         for name in RUN_FILES:
             if run_dir.exists(name):
-                run_dir.fs.mv(run_dir._p(name), run_dir._p(f"{dest}/{name}"), recursive=True)
+                run_dir.move(name, f"{dest}/{name}")
         how = "its recipe" if resume else "this recipe"
         note(f"{run_dir.url()} holds a run that stopped before its first checkpoint; starting again from step 0 "
              f"with {how} (the failed attempt's files are kept in {run_dir.url(dest)})")

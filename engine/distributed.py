@@ -114,9 +114,15 @@ class Group:
             self.owned = True
         self.active = env.launched and dist.is_initialized()
 
-    def close(self) -> None:
-        """Destroy the group this run created (at the end and on errors)."""
+    def close(self, sync: bool = False) -> None:
+        """Destroy the group this run created (at the end and on errors).
+
+        ``sync`` (the normal end of a run): wait for every rank first, so no rank tears down its
+        side of the group (rank 0: the rendezvous store) while a peer still talks to it.
+        """
         if self.owned and dist.is_initialized():
+            if sync and self.active and self.world_size > 1:
+                dist.barrier()
             dist.destroy_process_group()
         self.owned = self.active = False
 

@@ -428,7 +428,7 @@ class Trainer:
         self.manager.on_train_end(self.state, summary)
         if self.manager.profile is not None:
             print(self.manager.profile.table(), file=sys.stderr)
-        self.group.close()
+        self.group.close(sync=True)
         return summary
 
     def _train(self, stop_at: int | None) -> dict:

@@ -79,6 +79,10 @@ class RunDir:
     def write_text_atomic(self, name: str, text: str) -> None:
         self.write_bytes_atomic(name, text.encode("utf-8"))
 
+    def move(self, name: str, dest: str) -> None:
+        """Move ``name`` (a file or a folder) to ``dest``, both relative to the run directory."""
+        self.fs.mv(self._p(name), self._p(dest), recursive=True)
+
     def remove(self, name: str) -> None:
         if self.fs.exists(self._p(name)):
             self.fs.rm(self._p(name))
