@@ -18,6 +18,7 @@ is saved in the run directory and is all that is needed to reproduce the run.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 import typing
 from typing import Any, Literal
@@ -143,8 +144,9 @@ def structure_table(table: Any, cls: type, where: str) -> Any:
     kwargs = {}
     for key, value in table.items():
         if key not in fields:
-            raise BadInput(unknown_name_message(f"key {where}.{key}", key, list(fields),
-                                                f"valid keys of {where}: {', '.join(fields) or 'none'}"))
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise BadInput(f"unknown key {where}.{key}{hint} (valid keys of {where}: {', '.join(fields) or 'none'})")
         ftype = fields[key].type
         if attrs.has(ftype):
             kwargs[key] = structure_table(value, ftype, f"{where}.{key}")
@@ -152,7 +154,10 @@ def structure_table(table: Any, cls: type, where: str) -> Any:
         try:
             kwargs[key] = converter.structure(value, ftype)
         except Exception as exc:
-            raise BadInput(f"{where}.{key}: {_first_error(exc)} (expected {_type_name(ftype)}); fix the value") from None
+            detail, wanted = _first_error(exc), _type_name(ftype)
+            if not detail.startswith(f"expected {wanted},"):  # say the type once
+                detail += f" (expected {wanted})"
+            raise BadInput(f"{where}.{key}: {detail}; fix the value") from None
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
