@@ -224,7 +224,7 @@ def _set_out(raw: dict, out: str) -> None:
 def _train(args) -> int:
     from engine.claim import open_location, warn_if_ephemeral
     from engine.loop import Trainer
-    from engine.recipe import apply_overrides, parse_toml, read_recipe, resolve
+    from engine.recipe import apply_overrides, read_recipe, resolve
     from engine.registry import Registry
 
     from engine import distributed
@@ -238,12 +238,11 @@ def _train(args) -> int:
             raise BadInput("--resume continues in RUN_DIR itself; drop --out (copy the directory to branch a run)")
         if args.recipe is not None:  # `train --resume DIR run.steps=20`: the first override lands in `recipe`
             overrides.insert(0, args.recipe)
-        run_dir = open_location(args.resume)
-        if not run_dir.exists("recipe.toml"):
-            raise BadInput(f"{args.resume} holds no recipe.toml; pass the directory of a hookmix run")
-        raw = parse_toml(run_dir.read_text("recipe.toml"), run_dir.url("recipe.toml"))
-        name = str(raw.get("name", "run"))
-        raw = apply_overrides(raw, overrides)
+        open_location(args.resume)  # a location that cannot be read or written: one line, before anything
+        from engine.run import open_run
+
+        run = open_run(args.resume)  # one way to open a run: its recipe (and, in the trainer, its checkpoint)
+        name, raw = run.name, apply_overrides(run.recipe_raw, overrides)
         _set_out(raw, args.resume)
     else:
         if args.recipe is None:
