@@ -96,18 +96,18 @@ def _main(argv: list[str]) -> int:
     except Interrupted as exc:  # SIGTERM, or a signal during training (after its checkpoint)
         print(f"hookmix: {str(exc).splitlines()[0]}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:
-        from engine.distributed import report_crash
-
-        if "RANK" not in os.environ:
-            raise
-        return report_crash(exc)  # under torchrun: name the rank that failed
     except KeyboardInterrupt:
         print("hookmix: interrupted by SIGINT before training started; nothing was trained", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `hookmix plugins | head`
         sys.stdout = None
         return 0
+    except Exception as exc:
+        from engine.distributed import report_crash
+
+        if "RANK" not in os.environ:
+            raise
+        return report_crash(exc)  # under torchrun: name the rank that failed
 
 
 def cmd_plugins(args) -> int:

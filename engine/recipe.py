@@ -29,28 +29,21 @@ import fsspec
 import tomli_w
 
 from engine.errors import BadInput
-from engine.validators import device_name, finite_non_negative, in_range, int_range, no_nul
+from engine.validators import Rule, device_name, finite_non_negative, in_range, int_range, no_nul
 from engine.registry import Registry, unknown_name_message
 
 
-def one_of(*allowed: str):
-    """attrs validator: the value must be one of ``allowed`` (for plugin configs too)."""
-    def check(inst, attribute, value):
-        if value not in allowed:
-            raise ValueError(f"{attribute.name} must be one of {', '.join(map(str, allowed))}")
-    return check
+def one_of(*allowed: str) -> Rule:
+    """attrs validator: the value must be one of ``allowed`` (shown by ``hookmix describe``)."""
+    return Rule(f"one of {', '.join(map(str, allowed))}", lambda v: v in allowed)
 
 
-def positive(inst, attribute, value):
-    """attrs validator: the value must be > 0."""
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0")
+#: attrs validator: a number > 0 (kept for plugins written against 0.1; ``validators.finite_positive`` also
+#: refuses nan and inf).
+positive = Rule("> 0", lambda v: v > 0)
 
-
-def non_negative(inst, attribute, value):
-    """attrs validator: the value must be >= 0."""
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0")
+#: attrs validator: a number >= 0 (see ``positive``).
+non_negative = Rule(">= 0", lambda v: v >= 0)
 
 
 def field(default, help: str, **kw):

@@ -105,7 +105,7 @@ def test_wrong_type_is_bad_input_naming_the_key(registry, override, expected):
 @pytest.mark.parametrize("table, expected", [
     ({"steps": 0}, r"run: steps=0 must be an integer in 1..2\*\*62; fix the value"),
     ({"grad_clip": -1.0}, r"run: grad_clip=-1.0 must be a number in \[0, 1e\+06\]; fix the value"),
-    ({"precision": "fp16"}, "run: precision must be one of fp32, bf16"),
+    ({"precision": "fp16"}, "run: precision='fp16' must be one of fp32, bf16"),
 ])
 def test_invalid_values_name_the_key(table, expected):
     with pytest.raises(BadInput, match=expected):
