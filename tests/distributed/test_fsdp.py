@@ -193,3 +193,63 @@ def test_muon_update_under_fsdp_equals_unsharded():
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("shape")]
     assert len(lines) == 4, proc.stdout
+
+
+def test_a_plugin_needing_full_weights_where_fsdp_has_shards_is_refused_before_training():
+    """needs_full_weights + a hook on sharded weights (after_backward): exit 2 on every rank, one line naming
+    the plugin, before anything is written."""
+    from dist_plugins import NeedsFullInBackward
+
+    from engine.testing import launch_cases, write_cases
+
+    work = write_cases([dict(MLP, plugins=[*MLP["plugins"], NeedsFullInBackward], steps=2, **RUN, **FSDP)])
+    proc = launch_cases(work, ["--standalone", "--nproc-per-node", "2"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    lines = [line for line in err.splitlines() if line.startswith("hookmix: error: rank")]
+    assert len(lines) == 2 and all("plugin 'needs_full_in_backward' needs full weight matrices" in line
+                                   and "hookmix_after_backward" in line for line in lines), err[-2000:]
+    assert not os.path.exists(os.path.join(work, "case0", "checkpoints"))
+
+
+def test_needs_full_weights_must_be_a_bool():
+    from engine.plugin import Plugin, check_plugin_class
+
+    class Bad(Plugin):
+        name = "bad"
+        needs_full_weights = "yes"
+
+    with pytest.raises(TypeError, match="needs_full_weights must be True or False"):
+        check_plugin_class(Bad, "bad")
+
+
+def test_dcp_metadata_needing_arbitrary_unpickling_is_refused(tmp_path):
+    """DCP's own reader unpickles .metadata with pickle.load; hookmix's reader admits DCP's classes only."""
+    import pickle
+
+    from engine.errors import BadInput
+    from engine.sharded_checkpoint import SafeReader
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(BadInput, match="is not allowed in a checkpoint's DCP metadata"):
+        SafeReader(str(tmp_path / "ck")).read_metadata()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_dcp_directory_with_non_tensor_entries_is_refused(tmp_path):
+    """A bytes entry would be loaded by DCP with torch.load(weights_only=False): refused before loading."""
+    import torch.distributed.checkpoint as dcp
+
+    from engine.errors import BadInput
+    from engine.sharded_checkpoint import SafeReader
+
+    dcp.save({"w": torch.ones(2), "note": {"any": "object"}}, checkpoint_id=str(tmp_path / "ck"), no_dist=True)
+    with pytest.raises(BadInput, match="non-tensor entry"):
+        SafeReader(str(tmp_path / "ck")).read_metadata()
+    dcp.save({"w": torch.ones(2)}, checkpoint_id=str(tmp_path / "ok"), no_dist=True)
+    assert list(SafeReader(str(tmp_path / "ok")).read_metadata().state_dict_metadata) == ["w"]
