@@ -82,7 +82,8 @@ class RunConfig:
     dist_timeout: float = field(120.0, "seconds a collective waits for a peer before the run fails",
                                 validator=in_range(1.0, 86400.0))
     strategy: str = field("ddp", "multi-process strategy: ddp (replicated weights) or fsdp (FSDP2: weights, "
-                                 "gradients and optimizer state sharded; DCP checkpoints)", validator=one_of("ddp", "fsdp"))
+                                 "gradients and optimizer state sharded; DCP checkpoints)",
+                          validator=one_of("ddp", "fsdp"))
 
 
 @attrs.define

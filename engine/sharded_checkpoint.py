@@ -147,7 +147,7 @@ def save(run_dir: RunDir, step: int, payload: dict | None, keep: int, model, mod
                                     "sharded": dir_name(step)}, keep)
     kept = {dir_name(s) for s in checkpoint.list_steps(run_dir)}
     for name in run_dir.list("checkpoints"):
-        if name.endswith(".dcp") and name not in kept:
+        if (name.endswith(".dcp") and name not in kept) or name.endswith(".dcp.tmp"):  # .tmp: interrupted saves
             shutil.rmtree(os.path.join(run_dir.path, "checkpoints", name), ignore_errors=True)
 
 

@@ -380,7 +380,8 @@ def _worker(work: str) -> None:
             if group.rank == 0:
                 run_dir = RunDir(recipe.run.out)
                 metrics = [json.loads(line) for line in run_dir.read_text("metrics.jsonl").splitlines() if line]
-                torch.save({**weights, "metrics": metrics, "checks": RankAgreement.checks}, os.path.join(work, f"result{i}.pt"))
+                torch.save({**weights, "metrics": metrics, "checks": RankAgreement.checks},
+                           os.path.join(work, f"result{i}.pt"))
     finally:
         group.close()
 

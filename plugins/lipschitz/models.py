@@ -182,11 +182,11 @@ class LipschitzGPT(nn.Module):
 
     # ---------------------------------------------------------------- init / forward
 
-    @torch.no_grad()
     def fsdp_units(self) -> list[nn.Module]:
         """The blocks FSDP shards as separate units (run.strategy='fsdp'; see docs/distributed.md)."""
         return list(self.blocks)
 
+    @torch.no_grad()
     def reset_parameters(self, seed: Optional[int] = None) -> None:
         g = None
         if seed is not None:
