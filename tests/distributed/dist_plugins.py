@@ -90,3 +90,19 @@ class NeedsFullInBackward(Plugin):
     @hookimpl
     def hookmix_after_backward(self, model, state):
         pass
+
+
+class ShardCheck(Plugin):
+    """Test check that FSDP shards: logs the fraction of the model's elements this rank holds (0.5 on 2 ranks
+    for dims that split evenly), and that every parameter is a DTensor outside the gathered view."""
+
+    name = "shard_check"
+
+    @hookimpl
+    def hookmix_after_optimizer_step(self, model, state):
+        from torch.distributed.tensor import DTensor
+
+        params = list(model.parameters())
+        if not all(isinstance(p, DTensor) for p in params):
+            raise TrainingFailure(f"step {state.step}: a parameter is not sharded")
+        state.log("check/local_fraction", sum(p.to_local().numel() for p in params) / sum(p.numel() for p in params))

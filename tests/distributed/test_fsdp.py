@@ -90,6 +90,7 @@ def runs(tmp_path_factory, teacher):
         "grpo": dict(grpo(), **FSDP),
         "grpo_ddp": grpo(),
         "bf16": dict(MLP, steps=STEPS, precision="bf16", **RUN, **FSDP),
+        "shards": dict(MLP, plugins=[*MLP["plugins"], "dist_plugins:ShardCheck"], steps=2, **RUN, **FSDP),
         # stopped at step 3 (mid log interval: per-rank pending metrics are in the checkpoint)
         "stop": dict(MLP, steps=STEPS, out=stopped, stop_at=3, **RUN, **FSDP),
         "resume": dict(MLP, steps=STEPS, out=stopped, resume=True, **RUN, **FSDP),
@@ -148,6 +149,11 @@ def test_fsdp_bf16_mixed_precision_trains_close_to_fp32(runs):
     assert all(p.dtype == torch.float32 for p in runs["bf16"]["model"].values())
     assert loss == pytest.approx(ref, abs=2e-2)  # bf16 has 8 mantissa bits: ~4e-3 relative per op
     assert max_difference(runs["bf16"], runs["mlp"])[0] > 0  # not silently fp32
+
+
+def test_fsdp_holds_half_of_every_parameter_per_rank(runs):
+    fractions = [m["check/local_fraction"] for m in runs["shards"]["metrics"] if "check/local_fraction" in m]
+    assert fractions == [0.5]  # the MLP's dims (32, 40, 10) split evenly over 2 ranks
 
 
 def test_dcp_resume_fsdp_to_fsdp_is_exact(runs):
