@@ -52,6 +52,7 @@ class RankReward(Plugin):
 @attrs.define
 class FullCapConfig:
     w_max: float = field(2.0, "the cap every constrained matrix must respect")
+    tol: float = field(1e-6, "relative slack: the hard cap's polynomial overshoots by <= 1.09%")
 
 
 class FullCapCheck(Plugin):
@@ -76,7 +77,7 @@ class FullCapCheck(Plugin):
                 raise TrainingFailure(f"step {state.step}: {name} is a shard, not the full matrix")
             if p.ndim == 2:
                 worst = max(worst, torch.linalg.matrix_norm(p.double(), 2).item())
-        if worst > self.config.w_max * (1 + 1e-6):
+        if worst > self.config.w_max * (1 + self.config.tol):
             raise TrainingFailure(f"step {state.step}: sigma_max {worst} > w_max {self.config.w_max}")
         state.log("check/sigma_max", worst)
 
