@@ -44,8 +44,8 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     from engine.distributed import add_launch_arguments
 
     add_launch_arguments(p)
-    p = sub.add_parser("bench", help="benchmarks: overhead, ddp (weak scaling of 2 ranks)")
-    p.add_argument("what", choices=["overhead", "ddp"])
+    p = sub.add_parser("bench", help="benchmarks: overhead, ddp (weak scaling of 2 ranks), fsdp (bytes per rank)")
+    p.add_argument("what", choices=["overhead", "ddp", "fsdp"])
     p.add_argument("--repeats", type=int, default=5, help="ddp: interleaved repeats of 1-rank and 2-rank steps")
     p.add_argument("--steps", type=int, default=30, help="timed steps per loop")
     p.add_argument("--noop", type=int, default=8, help="extra no-op plugins in the second comparison")
@@ -283,6 +283,10 @@ def cmd_bench(args) -> int:
         from engine.bench_ddp import ddp_bench
 
         return ddp_bench(steps=args.steps, repeats=args.repeats, workload=args.workload)
+    if args.what == "fsdp":
+        from engine.bench_fsdp import fsdp_bench
+
+        return fsdp_bench()
 
     return overhead(steps=args.steps, noop=args.noop, workload=args.workload, against=args.against,
                     clock=args.clock)

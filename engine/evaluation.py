@@ -43,6 +43,7 @@ def evaluate_model(model: torch.nn.Module, state: State, manager: Manager) -> di
         if sums[2] > 0:
             metrics["val/loss"] = (sums[0] / sums[2]).item()
             metrics["val/accuracy"] = (sums[1] / sums[2]).item()
-        metrics.update(manager.eval_metrics(model, state))
+        with state.full_weights(write_back=False):  # under FSDP: full matrices for the plugins' metrics
+            metrics.update(manager.eval_metrics(model, state))
     model.train(was_training)
     return metrics

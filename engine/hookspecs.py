@@ -290,6 +290,9 @@ def hookmix_after_optimizer_step(
     before the scheduler step, ``zero_grad``, evaluation and checkpointing. ``state.step`` is
     already the number of completed steps. Weight constraints and EMA updates live here; order
     among them follows the plugins' ``before``/``after`` declarations.
+    Under ``run.strategy = "fsdp"`` parameters are row shards (DTensors); while an enabled plugin
+    declares ``needs_full_weights = True`` this hook runs on gathered full tensors, written back to
+    the shards afterwards (docs/distributed.md, "The full-matrix contract").
     """
 
 
@@ -313,7 +316,8 @@ def hookmix_eval_metrics(model: torch.nn.Module, state: State) -> dict[str, floa
     """Return extra evaluation metrics, namespaced by plugin (collect-all).
 
     Fires inside ``hookmix_evaluate`` in eval mode under ``torch.no_grad()``, e.g.
-    ``{"lipschitz/bound": 1.93}``. Duplicate names are an error.
+    ``{"lipschitz/bound": 1.93}``. Duplicate names are an error. Under ``run.strategy = "fsdp"``
+    it runs inside ``state.full_weights()``: the model holds gathered full tensors (read-only).
     """
 
 

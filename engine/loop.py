@@ -47,7 +47,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from engine import checkpoint, distributed, interrupts
+from engine import checkpoint, distributed, fsdp, interrupts, sharded_checkpoint
 from engine.blame import setup_failure, training_failure
 from engine.claim import Claim, open_location, record_recipe_change
 from engine.compilation import compile_model
@@ -96,6 +96,8 @@ class Trainer:
         self.restart = restart  # an elastic restart before the first checkpoint: the run directory is reused
         self.group: distributed.Group | None = None
         self.ddp = None  # DistributedDataParallel over the model and plugin modules (distributed runs only)
+        self.sharded: fsdp.Sharded | None = None  # run.strategy='fsdp': the FSDP2 modules (engine/fsdp.py)
+        self.gather = False  # a plugin needs full weights: post-step hooks run in state.full_weights()
         self.registry = registry
         self.resume = resume
         self.stream = stream or sys.stdout
@@ -144,9 +146,10 @@ class Trainer:
         if group.rank > 0 and not state.resumed:  # rank 0 continues the 1-process torch stream (dropout, noise)
             torch.manual_seed(distributed.rank_seed(run.seed, group.rank))
         if group.active:
-            self.ddp = distributed.wrap(state.model, state.modules, device, run.grad_accum)
+            self.ddp = self.sharded or distributed.wrap(state.model, state.modules, device, run.grad_accum)
             devices = ", ".join(f"rank {r} {d}" for r, d in enumerate(group.gather(str(device))))
-            self.progress.print(f"distributed: world size {group.world_size}, backend {group.backend}; {devices}")
+            self.progress.print(f"distributed: world size {group.world_size}, backend {group.backend}, "
+                                f"strategy {run.strategy}; {devices}")
         if state.is_main:  # everything above validated: only now is anything written
             try:
                 if self.resuming:
@@ -173,12 +176,16 @@ class Trainer:
                            "every rank and every elastic restart uses it")
         out = run.out or f"runs/{self.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         state.run_dir = run_dir = open_location(out) if state.is_main else RunDir(out)
+        if run.strategy == "fsdp" and self.group.active:
+            sharded_checkpoint.check_location(run_dir)
 
         hook = self._setup_hook
         hook("check the plugin set", manager.configure, state)
         state.data = hook("build the data", manager.data, state)
         state.model = hook("build the model", lambda s: manager.model(s).to(device), state)
         hook("set up the model", manager.setup_model, state.model, state)
+        if run.strategy == "fsdp" and self.group.active:  # before the optimizer: it must hold the shards
+            self.sharded, self.gather = fsdp.setup(state, manager, run.precision)
         self.compile_plan = compile_model(state.model, manager) if run.compile else []
         self.throughput = Throughput(state)
         groups = hook("build the param groups", self._merge_param_groups)
@@ -245,6 +252,11 @@ class Trainer:
 
     def _restore(self, payload: dict) -> None:
         state = self.state
+        if "sharded" in payload:  # an FSDP checkpoint: its tensors are in a DCP directory
+            sharded_checkpoint.load(state.run_dir, payload, state.model, state.modules, self.sharded)
+        elif self.sharded is not None:
+            raise BadInput("this checkpoint was written without run.strategy='fsdp' (one file, full tensors); "
+                           "resume it with run.strategy=ddp (an FSDP run resumes FSDP checkpoints)")
         missing = [n for n in payload.get("plugin_versions", {}) if n not in self.manager.plugins]
         if missing:
             raise BadInput(f"checkpoint was written with plugin {missing[0]!r}, which this run does not enable; "
@@ -279,7 +291,11 @@ class Trainer:
         self.finite.check()  # a checkpoint never holds weights trained on a non-finite loss
         state = self.state
         ranks = self.group.gather(distributed.rank_payload(state, self.manager)) if self.group.world_size > 1 else None
-        if state.is_main:
+        if self.sharded is not None:  # every rank writes its shards (DCP); rank 0 then commits the .pt
+            payload = {**self._payload(), "ranks": ranks} if state.is_main else None
+            sharded_checkpoint.save(state.run_dir, state.step, payload, self.recipe.run.keep_checkpoints,
+                                    state.model, state.modules, state.optimizer)
+        elif state.is_main:
             payload = self._payload()
             if ranks is not None:
                 payload["ranks"] = ranks
@@ -324,10 +340,11 @@ class Trainer:
             sync.close()
             manager.after_backward(model, state)
         if run.grad_clip > 0:
-            state.log("train/grad_norm", torch.nn.utils.clip_grad_norm_(self.params, run.grad_clip))
+            state.log("train/grad_norm", fsdp.plain(torch.nn.utils.clip_grad_norm_(self.params, run.grad_clip)))
         manager.optimizer_step(state.optimizer, state)
         state.step = step
-        manager.after_optimizer_step(model, state.optimizer, state)
+        with state.full_weights() if self.gather else contextlib.nullcontext():
+            manager.after_optimizer_step(model, state.optimizer, state)
         if state.scheduler is not None:
             state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)

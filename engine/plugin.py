@@ -97,6 +97,13 @@ class Plugin:
         ``{verb: engine.Command}``: extra ``hookmix`` sub-commands (inherited like any attribute).
     ``api``
         The plugin API versions supported, a PEP 440 specifier (default ``">=1.0,<2"``).
+    ``needs_full_weights``
+        ``True`` when the plugin's maths needs whole weight matrices (spectral norms, a certified
+        bound, orthogonalisation). Under ``run.strategy = "fsdp"`` the engine then runs the
+        ``after_optimizer_step`` and ``eval_metrics`` hooks inside ``state.full_weights()`` (gathered
+        full tensors, written back to the shards), and refuses the plugin (exit 2) when it implements
+        a hook that sees sharded weights (``before_backward``, ``after_backward``, ``optimizer_step``).
+        See docs/distributed.md, "The full-matrix contract".
     """
 
     name: ClassVar[str] = ""
@@ -109,6 +116,7 @@ class Plugin:
     recipes: ClassVar[str | None] = None
     commands: ClassVar[dict[str, Command]] = {}
     api: ClassVar[str] = ">=1.0,<2"
+    needs_full_weights: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.config = self.Config() if self.Config is not None else None
@@ -164,6 +172,8 @@ def check_plugin_class(cls: Any, registered_as: str) -> None:
         if missing:
             raise TypeError(f"provides {proto.__name__} but lacks {', '.join(missing)}; implement it or "
                             f"remove it from provides")
+    if not isinstance(cls.needs_full_weights, bool):
+        raise TypeError(f"needs_full_weights must be True or False, got {cls.needs_full_weights!r}")
     _check_hooks(cls)
     _check_recipes(cls)
     commands = cls.commands

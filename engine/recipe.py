@@ -78,6 +78,9 @@ class RunConfig:
     compile: bool = field(False, "compile the model with torch.compile (see docs/performance.md)")
     peak_flops: float = field(0.0, "device peak FLOP/s for perf/mfu (0: known GPUs only)",
                               validator=in_range(0.0, 1e21))
+    strategy: str = field("ddp", "multi-process strategy: ddp (replicated weights) or fsdp (FSDP2: weights, "
+                                 "gradients and optimizer state sharded; DCP checkpoints)",
+                          validator=one_of("ddp", "fsdp"))
 
 
 @attrs.define

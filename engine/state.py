@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -56,6 +58,7 @@ class State:
         self.run_dir: RunDir | None = None
         self.cache_dir = cache_dir_from_env()
         self._pending: dict[str, list[torch.Tensor]] = {}
+        self.full_view: Any = None  # run.strategy='fsdp': engine.fsdp.full_weights over the sharded modules
 
     def log(self, name: str, value: float | torch.Tensor) -> None:
         """Record a training metric; the engine logs its mean over each log interval.
@@ -148,6 +151,14 @@ class State:
         if name in self.modules:
             raise ValueError(f"a plugin module named {name!r} already exists")
         self.modules[name] = module.to(self.device)
+
+    def full_weights(self, write_back: bool = True):
+        """Context manager: under ``run.strategy='fsdp'`` every sharded parameter is gathered and put in
+        the model as a plain full tensor (in-place changes are written back to the shards on exit); yields
+        ``{name: full tensor}``. A collective: every rank must enter it. Elsewhere a no-op yielding ``{}``."""
+        if self.full_view is None:
+            return contextlib.nullcontext({})
+        return self.full_view(write_back)
 
     def autocast(self):
         """The autocast context of the run (a no-op in fp32)."""

@@ -239,9 +239,10 @@ class RankAgreement(Plugin):
     def hookmix_after_optimizer_step(self, model, state):
         from engine.distributed import digest
 
-        tree = [model.state_dict(), state.modules.state_dict()]
-        if self.with_plugin_states:
-            tree.append(state.plugin_states())
+        with state.full_weights(write_back=False):  # run.strategy='fsdp': compare the full weights
+            tree = [model.state_dict(), state.modules.state_dict()]
+            if self.with_plugin_states:
+                tree.append(state.plugin_states())
         hashes = state.group.gather(digest(tree)) if state.group is not None else [digest(tree)]
         if len(set(hashes)) != 1:
             from engine.errors import TrainingFailure
@@ -379,12 +380,15 @@ def _worker(work: str) -> None:
                 trainer.run(stop_at=stop_at)
             except HookmixError as exc:  # name the case
                 raise type(exc)(f"case {i} ({', '.join(after)}): {exc}") from None
+            with trainer.state.full_weights(write_back=False):  # FSDP: full tensors, gathered on every rank
+                weights = {part: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                           for part, m in (("model", trainer.state.model), ("modules", trainer.state.modules))}
             if group.rank == 0:
                 run_dir = RunDir(recipe.run.out)
                 metrics = without_timings([json.loads(line) for line in run_dir.read_text("metrics.jsonl").splitlines()
                                            if line])
-                torch.save({"model": trainer.state.model.state_dict(), "modules": trainer.state.modules.state_dict(),
-                            "metrics": metrics, "checks": RankAgreement.checks}, os.path.join(work, f"result{i}.pt"))
+                torch.save({**weights, "metrics": metrics, "checks": RankAgreement.checks},
+                           os.path.join(work, f"result{i}.pt"))
     finally:
         group.close()
 

@@ -144,6 +144,10 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         # LayerNorm keeps its default: weight 1, bias 0.
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The blocks FSDP shards as separate units (run.strategy='fsdp'; see docs/distributed.md)."""
+        return list(self.blocks)
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape
         if T > self.block_size:

@@ -91,10 +91,12 @@ class _Constraint(Plugin):
     """Shared machinery: targets from weight_groups(), init + per-step application, embedding rows."""
 
     recipes = RECIPES
+    needs_full_weights = True  # spectral norms of whole matrices: under FSDP the engine gathers them
 
     def __init__(self) -> None:
         super().__init__()
         self.targets: list[tuple[str, str, torch.nn.Parameter]] = []
+        self.param_of: dict[str, torch.nn.Parameter] = {}  # name -> the optimizer's parameter object
         self.pi: dict[str, dict] = {}
 
     def constrained_parameters(self, model: torch.nn.Module) -> list[str]:
@@ -117,11 +119,15 @@ class _Constraint(Plugin):
 
     @hookimpl
     def hookmix_on_train_start(self, state):
+        # FSDP replaced the parameters after setup_model (sharded DTensors): follow them by name
+        live = dict(state.model.named_parameters())
+        self.targets = [(g, n, live.get(n, p)) for g, n, p in self.targets]
+        self.param_of = {n: p for _, n, p in self.targets}
         self.check_optimizer(state.optimizer)
 
     @hookimpl
     def hookmix_after_optimizer_step(self, model, optimizer, state):
-        self._apply(optimizer, init=False)
+        self._apply(optimizer, init=False, model=model)
 
     @hookimpl
     def hookmix_plugin_state(self, state):
@@ -137,9 +143,12 @@ class _Constraint(Plugin):
 
     # helpers
 
-    def _apply(self, optimizer, init: bool) -> None:
+    def _apply(self, optimizer, init: bool, model=None) -> None:
+        # the model's current tensor of each target: under FSDP the engine's gathered full matrix
+        live = dict(model.named_parameters()) if model is not None else {}
         emb = getattr(self.config, "emb_max_rms", 0.0)
         for group, name, p in self.targets:
+            p = live.get(name, p)
             if group == "embedding":
                 if emb > 0 and p.ndim == 2:
                     p.copy_(cm.project_embedding_rows(p, emb))
@@ -263,9 +272,10 @@ class SpectralSoftCap(_Constraint):
         return cm.svd_clip(p, self.cap(group))  # no update to couple to: clip exactly once
 
     def step_map(self, p, group, name, optimizer):
-        eta = float(optimizer.max_update_norm(p))
+        owned = self.param_of.get(name, p)  # the optimizer knows its own parameter object, not a gathered copy
+        eta = float(optimizer.max_update_norm(owned))
         decay = getattr(optimizer, "decay_fraction", None)
-        wd = float(decay(p)) if decay is not None else 0.0  # 0 is conservative: k = w_max + eta
+        wd = float(decay(owned)) if decay is not None else 0.0  # 0 is conservative: k = w_max + eta
         key = (self.cap(group), wd, eta)
         alpha = self._alpha_cache.get(key)
         if alpha is None:

@@ -49,6 +49,8 @@ class LipschitzGPTConfig:
 class _CertifiedModel(Plugin):
     """A Lipschitz model plugin: logs its certified bound at every evaluation (config ``certify``)."""
 
+    needs_full_weights = True  # the bound multiplies whole-matrix spectral norms: gathered under FSDP
+
     @hookimpl
     def hookmix_eval_metrics(self, model, state):
         if self.config.certify:

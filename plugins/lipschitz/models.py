@@ -182,6 +182,10 @@ class LipschitzGPT(nn.Module):
 
     # ---------------------------------------------------------------- init / forward
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The blocks FSDP shards as separate units (run.strategy='fsdp'; see docs/distributed.md)."""
+        return list(self.blocks)
+
     @torch.no_grad()
     def reset_parameters(self, seed: Optional[int] = None) -> None:
         g = None

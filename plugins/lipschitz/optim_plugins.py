@@ -53,6 +53,9 @@ class Muon(Plugin):
     Config = MuonConfig
     provides = (UpdateNormBound,)
     recipes = RECIPES
+    # Newton-Schulz orthogonalises whole matrices: under FSDP torch.optim.Muon gets DTensor parameters, and
+    # DTensor's matmuls gather what they need, so the update is the unsharded one (tests/distributed/test_fsdp.py)
+    needs_full_weights = True
 
     def group_lr(self, group: str) -> float:
         c = self.config

@@ -138,6 +138,13 @@ class TinyPolicy(nn.Module):
     place and ``T`` may be 1 (incremental decoding) or more (prefill).
     """
 
+    # run.strategy='fsdp' (docs/distributed.md): the blocks are sharded as separate units, and rollouts call
+    # embed / forward_embeds instead of forward, so those gather the root's weights too
+    fsdp_forward_methods = ("embed", "forward_embeds")
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def __init__(self, cfg: TinyPolicyConfig) -> None:
         super().__init__()
         if cfg.d_model % cfg.n_heads:

@@ -7,7 +7,7 @@ import time
 import attrs
 import torch
 
-from engine import Plugin, field, hookimpl
+from engine import Plugin, TrainingFailure, WeightConstraint, field, hookimpl
 
 
 @attrs.define
@@ -47,3 +47,63 @@ class RankReward(Plugin):
     def hookmix_rewards(self, rollouts, state):
         think = rollouts["rollout"].think_lengths.float()
         return {"rank": torch.full_like(think, float(state.rank)), "think_length": 0.1 * think}
+
+
+@attrs.define
+class FullCapConfig:
+    w_max: float = field(2.0, "the cap every constrained matrix must respect")
+    tol: float = field(1e-6, "relative slack: the hard cap's polynomial overshoots by <= 1.09%")
+
+
+class FullCapCheck(Plugin):
+    """Test check of the full-matrix contract: after every step (after every weight constraint) every
+    constrained matrix is a plain full tensor whose exact largest singular value is at most w_max."""
+
+    name = "full_cap_check"
+    Config = FullCapConfig
+    needs_full_weights = True
+    after = (WeightConstraint,)
+
+    @hookimpl
+    def hookmix_after_optimizer_step(self, model, state):
+        from torch.distributed.tensor import DTensor
+
+        names = set(state.provider(WeightConstraint).constrained_parameters(model))
+        params = dict(model.named_parameters())
+        worst = 0.0
+        for name in names:
+            p = params[name]
+            if isinstance(p, DTensor):
+                raise TrainingFailure(f"step {state.step}: {name} is a shard, not the full matrix")
+            if p.ndim == 2:
+                worst = max(worst, torch.linalg.matrix_norm(p.double(), 2).item())
+        if worst > self.config.w_max * (1 + self.config.tol):
+            raise TrainingFailure(f"step {state.step}: sigma_max {worst} > w_max {self.config.w_max}")
+        state.log("check/sigma_max", worst)
+
+
+class NeedsFullInBackward(Plugin):
+    """Test plugin: needs full weights in a hook where FSDP holds only shards (must be refused)."""
+
+    name = "needs_full_in_backward"
+    needs_full_weights = True
+
+    @hookimpl
+    def hookmix_after_backward(self, model, state):
+        pass
+
+
+class ShardCheck(Plugin):
+    """Test check that FSDP shards: logs the fraction of the model's elements this rank holds (0.5 on 2 ranks
+    for dims that split evenly), and that every parameter is a DTensor outside the gathered view."""
+
+    name = "shard_check"
+
+    @hookimpl
+    def hookmix_after_optimizer_step(self, model, state):
+        from torch.distributed.tensor import DTensor
+
+        params = list(model.parameters())
+        if not all(isinstance(p, DTensor) for p in params):
+            raise TrainingFailure(f"step {state.step}: a parameter is not sharded")
+        state.log("check/local_fraction", sum(p.to_local().numel() for p in params) / sum(p.numel() for p in params))

@@ -1,6 +1,7 @@
 """Print the 2-rank vs 1-rank differences behind the tolerances of test_ddp.py, and the control.
 
     HOOKMIX_CACHE=/tmp/hookmix-cache python tests/distributed/measure_tolerances.py
+    HOOKMIX_CACHE=/tmp/hookmix-cache python tests/distributed/measure_tolerances.py --fsdp   # test_fsdp.py
 
 Runs the MNIST-1D cases of test_ddp.py on 2 ranks (one launch) and in this process, and prints
 engine.testing.max_difference for each; the control compares the 1-rank run with the 1-rank run on
@@ -38,5 +39,22 @@ def main() -> None:
         print(f"{name:16} 2 ranks vs 1: {diff:.2e} ({what}); tolerance {T.TOL[name]:g}; half-batch control {control:.2e}")
 
 
+def main_fsdp() -> None:
+    """The run.strategy='fsdp' cases of test_fsdp.py: 2 ranks vs 1 process (GRPO: vs DDP on 2 ranks)."""
+    import test_fsdp as F
+
+    teacher = os.path.join(tempfile.mkdtemp(), "teacher")
+    train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=20, out=teacher, threads=1,
+          config={"mnist1d": F.DATA, "cnn1d": {"channels": 8}, "adamw": {"lr": 1e-2}})
+    cases = {"mlp": (F.MLP, F.ADAMW), "lipschitz": (F.lip(), F.MUON), "mix": (F.mix(teacher), F.MUON)}
+    results = run_distributed([dict(c, steps=F.STEPS, **F.RUN, **F.FSDP) for c, _ in cases.values()]
+                              + [dict(F.grpo(), **F.FSDP), F.grpo()])
+    for (name, (case, tol)), result in zip(cases.items(), results):
+        diff, what = max_difference(result, F.single(dict(case, steps=F.STEPS, **F.RUN)))
+        print(f"fsdp {name:10} 2 ranks vs 1: {diff:.2e} ({what}); tolerance {tol:g}")
+    diff, what = max_difference(results[-2], results[-1])
+    print(f"fsdp grpo       vs ddp 2 ranks: {diff:.2e} ({what}); tolerance {F.ADAMW:g}")
+
+
 if __name__ == "__main__":
-    main()
+    main_fsdp() if "--fsdp" in sys.argv else main()

@@ -177,11 +177,16 @@ def test_two_nodes_on_one_machine_equal_one_node_with_two_processes(runs):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # The rendezvous store lives in this process, as on a cluster where it outlives every node: when node 0's
+    # launcher hosted it, node 1's worker could lose it while shutting down (seen as an abort under load).
+    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
     work = write_cases([dict(MLP, steps=STEPS, **RUN)])
     nodes = [launch_cases(work, ["--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
-                                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t"])
+                                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t",
+                                 "--rdzv-conf", "is_host=false"])
              for rank in (0, 1)]
     errs = [node.communicate(timeout=300)[1] for node in nodes]
+    del store
     assert [node.returncode for node in nodes] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     (two_nodes,) = read_results(work, 1)
     assert two_nodes["metrics"] == runs["mlp"]["metrics"]

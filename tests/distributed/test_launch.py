@@ -95,7 +95,7 @@ def test_torchrun_on_engine_cli_trains_and_only_rank_0_writes(tmp_path, cache):
                           env=env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("done: 4 steps") == 1  # rank 0 reports; rank 1 is silent
-    assert "distributed: world size 2, backend gloo; rank 0 cpu, rank 1 cpu" in proc.stdout
+    assert "distributed: world size 2, backend gloo, strategy ddp; rank 0 cpu, rank 1 cpu" in proc.stdout
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 4]  # one writer: no duplicated records
     assert json.loads((out / "summary.json").read_text())["steps"] == 4

@@ -21,7 +21,8 @@ MIN_INT = {"steps": 1, "grad_accum": 1, "log_interval": 1, "keep_checkpoints": 1
 BAD_STRINGS = {"device": ["meta", "mps", "xla", '""', '"cuda:x"', '"cpu:0"', "CUDA"],
                "precision": ["fp16", '""', "FP32", "bf16x"],
                "out": ['"run\\u0000dir"'],
-               "dist_backend": ["mpi", '""', "GLOO", "ucc"]}
+               "dist_backend": ["mpi", '""', "GLOO", "ucc"],
+               "strategy": ["fsdp2", '""', "DDP", "zero3"]}
 
 CATEGORIES = {
     int: lambda name: {

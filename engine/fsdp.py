@@ -1,0 +1,193 @@
+"""Sharded training with FSDP2 (``torch.distributed.fsdp.fully_shard``), ``run.strategy = "fsdp"``.
+
+PyTorch does the sharding: ``fully_shard`` turns every parameter into a DTensor sharded by rows
+(dim 0, ``torch.chunk`` layout) across the ranks, all-gathers a unit's parameters for its forward
+and backward and reduce-scatters (averages) the gradients. Optimizers step on the local shards,
+so parameters, gradients and optimizer state take about 1/W of the memory per rank. What this
+module adds:
+
+- :func:`shard`: wraps the units the model names (``model.fsdp_units()``, else the whole model as
+  one unit), then the model, then each plugin-owned module (``state.modules``), with a
+  ``MixedPrecisionPolicy`` under ``run.precision = "bf16"``. Methods other than ``forward`` that run
+  the model (``model.fsdp_forward_methods``, e.g. a policy's ``embed``) gather its weights too.
+- :class:`Sharded`: what the training step uses in place of DDP (``no_sync()`` for gradient
+  accumulation, a call that runs the engine's forward closure).
+- :func:`full_weights`: the gathered view of the full-matrix contract. Every sharded parameter is
+  all-gathered and temporarily put in the model as a plain full tensor; on exit, in-place changes
+  are written back to this rank's rows. Every rank computes the same full result from the same
+  full input, so the shards stay consistent.
+- :func:`check_full_weight_plugins`: refuses (bad input) a plugin that needs full weights in a hook
+  where the engine cannot give them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor
+
+from engine.errors import BadInput
+
+# Hooks that run while the weights are sharded and that the engine does not wrap in a gathered view:
+# a plugin that needs full weights and implements one of them is refused under FSDP.
+UNGATHERED_HOOKS = ("hookmix_before_backward", "hookmix_after_backward", "hookmix_optimizer_step")
+
+
+def units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The sub-modules a model asks to be sharded as separate units (``model.fsdp_units()``).
+
+    Each unit's parameters are gathered only while that unit runs, so peak memory holds one unit's
+    full weights at a time; without the method the whole model is one unit (its parameters are
+    still sharded between steps, which is what saves the optimizer-state memory).
+    """
+    fn = getattr(model, "fsdp_units", None)
+    if not callable(fn):
+        return []
+    found = list(fn())
+    inside = {id(m) for m in model.modules()}
+    for unit in found:
+        if not isinstance(unit, torch.nn.Module) or id(unit) not in inside or unit is model:
+            raise BadInput(f"model.fsdp_units() returned {type(unit).__name__}, not a sub-module of the model; "
+                           f"return the blocks to shard (e.g. the transformer blocks)")
+    return found
+
+
+class Sharded:
+    """The FSDP2-wrapped model and plugin modules, used by the training step in place of DDP."""
+
+    def __init__(self, roots: list[torch.nn.Module]) -> None:
+        self.roots = roots  # the top-level FSDP modules: the model, then each plugin module
+        self.view: dict[str, torch.Tensor] | None = None  # the open gathered view (views nest: the outer one counts)
+
+    def __call__(self, fn: Callable[[], Any]) -> Any:
+        return fn()  # FSDP2's hooks are on the modules themselves: nothing to wrap
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Gradient accumulation: keep unsharded gradients, reduce-scatter on the last micro-batch."""
+        for root in self.roots:
+            root.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            for root in self.roots:
+                root.set_requires_gradient_sync(True)
+
+    def reshard(self) -> None:
+        """Back to sharded parameters: a forward under ``no_grad`` (evaluation) leaves the root's
+        parameters gathered (FSDP2 keeps the root unsharded after its forward)."""
+        for root in self.roots:
+            for module in root.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
+
+
+def shard(model: torch.nn.Module, modules: torch.nn.ModuleDict, precision: str) -> Sharded:
+    """``fully_shard`` the model's units, the model, and every plugin module (in place)."""
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if precision == "bf16" else MixedPrecisionPolicy()
+    for unit in units(model):
+        fully_shard(unit, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    for method in getattr(model, "fsdp_forward_methods", ()):  # entry points other than forward()
+        register_fsdp_forward_method(model, method)
+    roots = [model]
+    for module in modules.values():  # called by their plugins outside the model's forward: roots of their own
+        if any(p.requires_grad for p in module.parameters()):
+            fully_shard(module, mp_policy=policy)
+            roots.append(module)
+    return Sharded(roots)
+
+
+def local_rows(full: torch.Tensor, placement_dim: int, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's rows of ``full`` in DTensor's ``Shard(d)`` layout (``torch.chunk``; trailing ranks
+    may hold fewer rows, or none)."""
+    chunks = torch.chunk(full, world_size, dim=placement_dim)
+    if rank < len(chunks):
+        return chunks[rank]
+    shape = list(full.shape)
+    shape[placement_dim] = 0
+    return full.new_empty(shape)
+
+
+@contextlib.contextmanager
+def full_weights(sharded: Sharded | None, write_back: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """Every sharded parameter as a plain full tensor in the model while the block runs.
+
+    Yields ``{name: full tensor}`` (names as in ``named_parameters()`` of each root). A collective:
+    every rank enters it at the same point. Changes made in place to the full tensors are copied
+    back to this rank's shard on exit (``write_back``). Outside FSDP it yields ``{}`` and changes nothing.
+    """
+    if sharded is None:
+        yield {}
+        return
+    if sharded.view is not None:  # already inside a view: the model holds the full tensors
+        yield sharded.view
+        return
+    sharded.reshard()
+    swapped: list[tuple[torch.nn.Module, str, DTensor, torch.nn.Parameter, bool]] = []
+    view: dict[str, torch.Tensor] = {}
+    gathered: dict[int, torch.nn.Parameter] = {}
+    try:
+        with torch.no_grad():
+            for root in sharded.roots:
+                for mod_name, module in root.named_modules():
+                    for name, p in list(module._parameters.items()):
+                        if not isinstance(p, DTensor):
+                            continue
+                        fresh = id(p) not in gathered  # a tied weight is gathered (and written back) once
+                        if fresh:
+                            gathered[id(p)] = torch.nn.Parameter(p.full_tensor().clone(), requires_grad=p.requires_grad)
+                        full = gathered[id(p)]
+                        module._parameters[name] = full
+                        swapped.append((module, name, p, full, fresh))
+                        view[f"{mod_name}.{name}" if mod_name else name] = full
+        sharded.view = view
+        yield view
+    except BaseException:
+        write_back = False  # the hook failed: the run stops, the shards keep the last good weights
+        raise
+    finally:
+        sharded.view = None
+        with torch.no_grad():
+            for module, name, p, full, fresh in reversed(swapped):
+                module._parameters[name] = p
+                if write_back and fresh:
+                    (dim,) = [pl.dim for pl in p.placements if pl.is_shard()] or [0]
+                    local = p.to_local()
+                    local.copy_(local_rows(full.data, dim, p.device_mesh.get_local_rank(), p.device_mesh.size()))
+
+
+def needs_full(plugin: Any) -> bool:
+    return bool(getattr(type(plugin), "needs_full_weights", False))
+
+
+def check_full_weight_plugins(manager) -> list[str]:
+    """The enabled plugins that need full weights; bad input when one implements a hook that runs on
+    sharded weights outside the engine's gathered view (see docs/distributed.md, the full-matrix contract)."""
+    names = [n for n, p in manager.plugins.items() if needs_full(p)]
+    for hook in UNGATHERED_HOOKS:
+        for name, _, _ in manager._impls.get(hook, []):
+            if name in names:
+                raise BadInput(f"plugin {name!r} needs full weight matrices (needs_full_weights = True) in {hook}, "
+                               f"where run.strategy='fsdp' holds only row shards; use run.strategy=ddp "
+                               f"or remove {name} from run.plugins")
+    return names
+
+
+def plain(value: Any) -> Any:
+    """A DTensor result (e.g. the gradient norm of sharded gradients) as a plain tensor."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def setup(state, manager, precision: str) -> tuple[Sharded, bool]:
+    """Check the full-matrix contract, shard, and give ``state.full_weights()`` its gathered view.
+    Returns the sharded modules and whether the engine must gather around the post-step and
+    evaluation-metric hooks (some enabled plugin needs full weights)."""
+    names = check_full_weight_plugins(manager)
+    sharded = shard(state.model, state.modules, precision)
+    state.full_view = lambda write_back=True: full_weights(sharded, write_back)
+    return sharded, bool(names)

@@ -1,0 +1,286 @@
+"""run.strategy = "fsdp" (FSDP2 fully_shard, DCP checkpoints) on 2 real processes (gloo) against 1 process.
+
+Every FSDP case runs in ONE torch.distributed.run launch (engine.testing.run_distributed), with the rank
+agreement check after every step on the *full* weights (the shards differ by design). Tolerances (max
+|weight difference|, metric difference relative to max(1, |value|)), measured by
+``HOOKMIX_CACHE=/tmp/c python tests/distributed/measure_tolerances.py --fsdp``:
+
+- ``ADAMW = 1e-4`` (mlp, the same as DDP): FSDP reduce-scatters the mean of two half-batch gradients, which
+  differs from one batch mean in the last float32 bits; AdamW's 1/sqrt(v) amplifies that early on.
+- ``MUON = 2e-2`` (lipschitz, the mix): torch.optim.Muon runs Newton-Schulz in bfloat16 on DTensors whose
+  matmuls reduce partial products across the ranks, i.e. in another summation order than one process:
+  the update differs by bf16 rounding (<= 8.5% of the largest entry of one update, see
+  test_muon_update_under_fsdp_equals_unsharded). Over 6 steps at lr 0.1 that moves weights by up to ~1e-2.
+  The half-batch control (a missing gradient reduction) differs by 0.06-0.14; orthogonalising each row
+  shard separately differs by 0.1-0.46 per update.
+- RL (grpo): rollout noise is per rank by design, so the run is compared with the DDP 2-rank run (same
+  per-rank streams): equal up to reduction order (ADAMW).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.testing import RankAgreement, assert_close_results, max_difference, run_distributed, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ADAMW, MUON = 1e-4, 2e-2
+DATA = {"num_train": 400, "num_test": 100, "batch_size": 50}
+STEPS = 6
+RUN = {"threads": 1, "log_interval": 2, "eval_interval": 3}
+FSDP = {"strategy": "fsdp"}
+MLP = dict(plugins=["mnist1d", "mlp", "adamw", "cross_entropy"],
+           config={"mnist1d": DATA, "mlp": {"hidden": [32]}, "adamw": {"lr": 1e-2}})
+
+
+def lip() -> dict:
+    from dist_plugins import FullCapCheck
+
+    return dict(plugins=["mnist1d", "lipschitz_mlp", "muon", "spectral_soft_cap", "cross_entropy", FullCapCheck],
+                config={"mnist1d": DATA, "lipschitz_mlp": {"hidden": 32, "n_hidden_layers": 2}, "muon": {"lr": 0.1},
+                        "spectral_soft_cap": {"w_max": 2.0}, "full_cap_check": {"w_max": 2.0}})
+
+
+def capped(method: str, extra: dict, tol: float) -> dict:
+    """lipschitz_mlp + muon + another spectral cap, checked on full matrices by FullCapCheck (slack ``tol``,
+    as in tests/lipschitz/test_plugins.py: the hard cap's odd polynomial overshoots by up to 1.09%)."""
+    base = lip()
+    plugins = [method if p == "spectral_soft_cap" else p for p in base["plugins"]]
+    config = {k: v for k, v in base["config"].items() if k != "spectral_soft_cap"}
+    return dict(plugins=plugins, config={**config, method: {"w_max": 2.0, **extra},
+                                         "full_cap_check": {"w_max": 2.0, "tol": tol}})
+
+
+def grpo() -> dict:
+    from dist_plugins import RankReward
+
+    return dict(plugins=["countdown", "tiny_policy", "countdown_reward", "format_reward", RankReward, "grpo", "adamw"],
+                config={"countdown": {"mode": "rl", "batch_size": 4, "val_problems": 0},
+                        "tiny_policy": {"d_model": 32, "n_layers": 2, "n_heads": 2},
+                        "grpo": {"group_size": 4, "think_cap": 8, "answer_cap": 8}, "adamw": {"lr": 1e-3}},
+                steps=3, threads=1, log_interval=1, eval_interval=3, agree_plugin_states=False)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOOKMIX_CACHE", str(tmp_path_factory.mktemp("hookmix_cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, cache):
+    out = str(tmp_path_factory.mktemp("teacher") / "run")
+    train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=20, out=out, threads=1,
+          config={"mnist1d": DATA, "cnn1d": {"channels": 8}, "adamw": {"lr": 1e-2}})
+    return out
+
+
+def mix(teacher: str) -> dict:
+    base = lip()
+    return dict(plugins=[*base["plugins"], "teacher", "kd", "logit_std"],
+                config={**base["config"], "teacher": {"run": teacher}, "cross_entropy": {"weight": 0.1},
+                        "kd": {"temperature": 2.0, "weight": 9.0}})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, teacher):
+    root = tmp_path_factory.mktemp("fsdp")
+    stopped, to_one = str(root / "stopped"), str(root / "to_one")
+    cases = {
+        "mlp": dict(MLP, steps=STEPS, **RUN, **FSDP),
+        "lipschitz": dict(lip(), steps=STEPS, **RUN, **FSDP),
+        "mix": dict(mix(teacher), steps=STEPS, **RUN, **FSDP),
+        "hard_cap": dict(capped("spectral_hard_cap", {}, 0.011), steps=4, **RUN, **FSDP),
+        "normalize": dict(capped("spectral_normalize", {"estimator": "exact"}, 1e-5), steps=4, **RUN, **FSDP),
+        "grpo": dict(grpo(), **FSDP),
+        "grpo_ddp": grpo(),
+        "bf16": dict(MLP, steps=STEPS, precision="bf16", **RUN, **FSDP),
+        "accum": dict(MLP, steps=4, grad_accum=2, **RUN, **FSDP),
+        "shards": dict(MLP, plugins=[*MLP["plugins"], "dist_plugins:ShardCheck"], steps=2, **RUN, **FSDP),
+        # stopped at step 3 (mid log interval: per-rank pending metrics are in the checkpoint)
+        "stop": dict(MLP, steps=STEPS, out=stopped, stop_at=3, **RUN, **FSDP),
+        "resume": dict(MLP, steps=STEPS, out=stopped, resume=True, **RUN, **FSDP),
+        "to_one": dict(MLP, steps=STEPS, out=to_one, stop_at=4, checkpoint_interval=2, **RUN, **FSDP),
+    }
+    out = dict(zip(cases, run_distributed(list(cases.values()), nproc=2)))
+    out["to_one_dir"] = to_one
+    return out
+
+
+def single(case: dict, **extra) -> dict:
+    case = {**case, **extra}
+    case.pop("agree_plugin_states", None)
+    case.pop("strategy", None)
+    res = train(case.pop("plugins"), case.pop("config"), case.pop("steps"), **case)
+    return {"model": res.model.state_dict(), "modules": res.state.modules.state_dict(), "metrics": res.metrics}
+
+
+def test_fsdp_mlp_matches_one_process(runs):
+    assert runs["mlp"]["checks"] == STEPS  # full weights bit-identical on both ranks after every step
+    assert_close_results(runs["mlp"], single(dict(MLP, steps=STEPS, **RUN)), ADAMW)
+
+
+def test_fsdp_lipschitz_matches_one_process_and_caps_full_matrices(runs):
+    """Muon + soft cap: FullCapCheck saw full (plain) matrices with sigma_max <= w_max after every step;
+    the certified bound is the 1-process bound within the Muon tolerance."""
+    res = runs["lipschitz"]
+    assert res["checks"] == STEPS
+    one = single(dict(lip(), steps=STEPS, **RUN))
+    assert_close_results(res, one, MUON)
+    sigmas = [m["check/sigma_max"] for m in res["metrics"] if "check/sigma_max" in m]
+    assert len(sigmas) == STEPS // RUN["log_interval"] and max(sigmas) <= 2.0 * (1 + 1e-6)
+    bound = [m["lipschitz/bound"] for m in res["metrics"] if "lipschitz/bound" in m]
+    assert bound and bound == pytest.approx([m["lipschitz/bound"] for m in one["metrics"] if "lipschitz/bound" in m],
+                                            rel=MUON)
+
+
+@pytest.mark.parametrize("case", ["hard_cap", "normalize"])
+def test_fsdp_hard_cap_and_normalize_hold_on_full_matrices_every_step(runs, case):
+    assert runs[case]["checks"] == 4  # FullCapCheck raised (stopping the launch) if a full matrix broke the cap
+    assert max(m["check/sigma_max"] for m in runs[case]["metrics"] if "check/sigma_max" in m) > 0
+
+
+def test_fsdp_mix_matches_one_process(runs, teacher):
+    """Frozen teacher (not sharded: it has no optimizer state and runs under no_grad) + KD + logit_std
+    + Lipschitz student with Muon and the soft cap."""
+    assert runs["mix"]["checks"] == STEPS
+    assert_close_results(runs["mix"], single(dict(mix(teacher), steps=STEPS, **RUN)), MUON)
+
+
+def test_fsdp_grpo_matches_ddp(runs):
+    assert runs["grpo"]["checks"] == 3
+    assert_close_results(runs["grpo"], runs["grpo_ddp"], ADAMW)
+    assert [m["train/reward/rank"] for m in runs["grpo"]["metrics"] if "train/reward/rank" in m] == [0.5] * 3
+
+
+def test_fsdp_bf16_mixed_precision_trains_close_to_fp32(runs):
+    """MixedPrecisionPolicy(param_dtype=bf16): compute in bf16, fp32 shards and gradient reduction."""
+    fp32 = single(dict(MLP, steps=STEPS, **RUN))
+    loss = [m["train/loss"] for m in runs["bf16"]["metrics"] if "train/loss" in m]
+    ref = [m["train/loss"] for m in fp32["metrics"] if "train/loss" in m]
+    assert all(p.dtype == torch.float32 for p in runs["bf16"]["model"].values())
+    assert loss == pytest.approx(ref, abs=2e-2)  # bf16 has 8 mantissa bits: ~4e-3 relative per op
+    assert max_difference(runs["bf16"], runs["mlp"])[0] > 0  # not silently fp32
+
+
+def test_fsdp_gradient_accumulation_matches_one_process(runs):
+    """set_requires_gradient_sync(False) on the first micro-batch, reduce-scatter on the last."""
+    assert_close_results(runs["accum"], single(dict(MLP, steps=4, grad_accum=2, **RUN)), ADAMW)
+
+
+def test_fsdp_holds_half_of_every_parameter_per_rank(runs):
+    fractions = [m["check/local_fraction"] for m in runs["shards"]["metrics"] if "check/local_fraction" in m]
+    assert fractions == [0.5]  # the MLP's dims (32, 40, 10) split evenly over 2 ranks
+
+
+def test_dcp_resume_fsdp_to_fsdp_is_exact(runs):
+    straight, resumed = runs["mlp"], runs["resume"]
+    for key in straight["model"]:
+        assert torch.equal(straight["model"][key], resumed["model"][key]), key
+    assert straight["metrics"] == resumed["metrics"]
+
+
+def test_fsdp_checkpoint_is_a_dcp_directory_resumed_by_one_process(runs, tmp_path):
+    out = str(tmp_path / "one")
+    shutil.copytree(runs["to_one_dir"], out)
+    names = sorted(os.listdir(os.path.join(out, "checkpoints")))
+    assert names == ["step-00000002.dcp", "step-00000002.pt", "step-00000004.dcp", "step-00000004.pt"]
+    assert sorted(os.listdir(os.path.join(out, "checkpoints", "step-00000004.dcp"))) == \
+        [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one file of rows per rank
+    res = train([*MLP["plugins"], RankAgreement], MLP["config"], STEPS, out=out, resume=True, **RUN)
+    resumed = {"model": res.model.state_dict(), "modules": res.state.modules.state_dict(), "metrics": res.metrics}
+    assert_close_results(resumed, single(dict(MLP, steps=STEPS, **RUN)), ADAMW)
+
+
+def test_interrupted_dcp_save_leaves_the_previous_checkpoint_loadable(runs, tmp_path):
+    """A save killed while the ranks wrote (a .tmp directory) or after the rename but before the .pt that
+    commits it: the checkpoint does not exist, and the run resumes from the previous one."""
+    out = str(tmp_path / "interrupted")
+    shutil.copytree(runs["to_one_dir"], out)
+    ck = os.path.join(out, "checkpoints")
+    os.rename(os.path.join(ck, "step-00000004.pt"), os.path.join(tmp_path, "step-00000004.pt"))  # never committed
+    os.makedirs(os.path.join(ck, ".step-00000006.dcp.tmp"))
+    with open(os.path.join(ck, ".step-00000006.dcp.tmp", "__0_0.distcp"), "wb") as f:
+        f.write(b"half")
+    res = train([*MLP["plugins"], RankAgreement], MLP["config"], STEPS, out=out, resume=True, **RUN)
+    assert res.state.start_step == 2
+    assert_close_results({"model": res.model.state_dict(), "modules": res.state.modules.state_dict(),
+                          "metrics": res.metrics}, single(dict(MLP, steps=STEPS, **RUN)), ADAMW)
+
+
+def test_muon_update_under_fsdp_equals_unsharded():
+    """torch.optim.Muon on a DTensor row-sharded over 2 ranks vs the 1-process update (see fsdp_muon.py)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           os.path.join(HERE, "fsdp_muon.py")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("shape")]
+    assert len(lines) == 4, proc.stdout
+
+
+def test_a_plugin_needing_full_weights_where_fsdp_has_shards_is_refused_before_training():
+    """needs_full_weights + a hook on sharded weights (after_backward): bad input (exit 2) on every rank, one
+    line naming the plugin and the hook, before anything is written."""
+    from dist_plugins import NeedsFullInBackward
+
+    from engine.testing import launch_cases, write_cases
+
+    work = write_cases([dict(MLP, plugins=[*MLP["plugins"], NeedsFullInBackward], steps=2, **RUN, **FSDP)])
+    proc = launch_cases(work, ["--standalone", "--nproc-per-node", "2"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "exitcode  : 2" in err  # torchrun's report of the first failing rank
+    lines = [line for line in err.splitlines() if line.startswith("hookmix: error: rank")]
+    # every rank refuses; torchrun stops the others once the first exits, so one or both lines are printed
+    assert 1 <= len(lines) <= 2 and all("plugin 'needs_full_in_backward' needs full weight matrices" in line
+                                   and "hookmix_after_backward" in line for line in lines), err[-2000:]
+    assert not os.path.exists(os.path.join(work, "case0", "checkpoints"))
+
+
+def test_needs_full_weights_must_be_a_bool():
+    from engine.plugin import Plugin, check_plugin_class
+
+    class Bad(Plugin):
+        name = "bad"
+        needs_full_weights = "yes"
+
+    with pytest.raises(TypeError, match="needs_full_weights must be True or False"):
+        check_plugin_class(Bad, "bad")
+
+
+def test_dcp_metadata_needing_arbitrary_unpickling_is_refused(tmp_path):
+    """DCP's own reader unpickles .metadata with pickle.load; hookmix's reader admits DCP's classes only."""
+    import pickle
+
+    from engine.errors import BadInput
+    from engine.sharded_checkpoint import SafeReader
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(BadInput, match="is not allowed in a checkpoint's DCP metadata"):
+        SafeReader(str(tmp_path / "ck")).read_metadata()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_dcp_directory_with_non_tensor_entries_is_refused(tmp_path):
+    """A bytes entry would be loaded by DCP with torch.load(weights_only=False): refused before loading."""
+    import torch.distributed.checkpoint as dcp
+
+    from engine.errors import BadInput
+    from engine.sharded_checkpoint import SafeReader
+
+    dcp.save({"w": torch.ones(2), "note": {"any": "object"}}, checkpoint_id=str(tmp_path / "ck"), no_dist=True)
+    with pytest.raises(BadInput, match="non-tensor entry"):
+        SafeReader(str(tmp_path / "ck")).read_metadata()
+    dcp.save({"w": torch.ones(2)}, checkpoint_id=str(tmp_path / "ok"), no_dist=True)
+    assert list(SafeReader(str(tmp_path / "ok")).read_metadata().state_dict_metadata) == ["w"]
