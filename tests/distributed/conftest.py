@@ -7,6 +7,7 @@ so their directories go on ``sys.path`` (passed on to the workers as PYTHONPATH)
 import os
 import sys
 
+import pytest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -16,3 +17,12 @@ for path in (ROOT, HERE, os.path.join(ROOT, "contrib", "hookmix-ema")):
         sys.path.insert(0, path)
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private HOOKMIX_CACHE for a test module (the MNIST-1D cache is built once per module)."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("hookmix_cache")
+        mp.setenv("HOOKMIX_CACHE", str(path))
+        yield path

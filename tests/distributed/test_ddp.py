@@ -57,14 +57,6 @@ def rl(arm: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("hookmix_cache")
-        mp.setenv("HOOKMIX_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def teacher(tmp_path_factory, cache):
     out = str(tmp_path_factory.mktemp("teacher") / "run")
     train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=20, out=out, threads=1,

@@ -25,14 +25,6 @@ SMALL = ["plugins.mnist1d.num_train=400", "plugins.mnist1d.num_test=100", "plugi
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("hookmix_cache")
-        mp.setenv("HOOKMIX_CACHE", str(path))
-        yield path
-
-
 def env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
