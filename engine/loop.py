@@ -169,7 +169,8 @@ class Trainer:
         state.model = hook("build the model", lambda s: manager.model(s).to(device), state)
         hook("set up the model", manager.setup_model, state.model, state)
         if run.strategy == "fsdp" and self.group.active:  # before the optimizer: it must hold the shards
-            self.sharded, self.gather = fsdp.setup(state, manager, run.precision)
+            self.sharded, self.gather = hook("shard the model (run.strategy=fsdp)", fsdp.setup, state, manager,
+                                             run.precision)
         groups = hook("build the param groups", self._merge_param_groups)
         state.optimizer = hook("build the optimizer", manager.optimizer, groups, state)
         state.scheduler = hook("build the LR scheduler", manager.lr_scheduler, state.optimizer, state)

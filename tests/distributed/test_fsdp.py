@@ -102,7 +102,7 @@ def runs(tmp_path_factory, teacher):
         "grpo": dict(grpo(), **FSDP),
         "grpo_ddp": grpo(),
         "bf16": dict(MLP, steps=STEPS, precision="bf16", **RUN, **FSDP),
-        "accum": dict(MLP, steps=4, grad_accum=2, **RUN, **FSDP),
+        "accum": dict(MLP, steps=4, grad_accum=2, grad_clip=0.5, **RUN, **FSDP),
         "shards": dict(MLP, plugins=[*MLP["plugins"], "dist_plugins:ShardCheck"], steps=2, **RUN, **FSDP),
         # stopped at step 3 (mid log interval: per-rank pending metrics are in the checkpoint)
         "stop": dict(MLP, steps=STEPS, out=stopped, stop_at=3, **RUN, **FSDP),
@@ -170,9 +170,11 @@ def test_fsdp_bf16_mixed_precision_trains_close_to_fp32(runs):
     assert max_difference(runs["bf16"], runs["mlp"])[0] > 0  # not silently fp32
 
 
-def test_fsdp_gradient_accumulation_matches_one_process(runs):
-    """set_requires_gradient_sync(False) on the first micro-batch, reduce-scatter on the last."""
-    assert_close_results(runs["accum"], single(dict(MLP, steps=4, grad_accum=2, **RUN)), ADAMW)
+def test_fsdp_gradient_accumulation_and_clipping_match_one_process(runs):
+    """set_requires_gradient_sync(False) on the first micro-batch, reduce-scatter on the last; the gradient
+    norm of the sharded gradients (a DTensor reduction) is the 1-process norm (logged train/grad_norm)."""
+    assert_close_results(runs["accum"], single(dict(MLP, steps=4, grad_accum=2, grad_clip=0.5, **RUN)), ADAMW)
+    assert any("train/grad_norm" in m for m in runs["accum"]["metrics"])
 
 
 def test_fsdp_holds_half_of_every_parameter_per_rank(runs):
