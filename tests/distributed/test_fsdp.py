@@ -19,6 +19,7 @@ agreement check after every step on the *full* weights (the shards differ by des
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -67,6 +68,17 @@ def grpo() -> dict:
                 steps=3, threads=1, log_interval=1, eval_interval=3, agree_plugin_states=False)
 
 
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+
+
+def hf_grpo() -> dict:
+    """grpo with a random tiny llama through hf_policy (decoder layers as units; embed/forward_embeds gather)."""
+    case = grpo()
+    config = {k: v for k, v in case["config"].items() if k != "tiny_policy"}
+    return dict(case, plugins=["hf_policy" if p == "tiny_policy" else p for p in case["plugins"]],
+                config={**config, "hf_policy": {"arch": "llama", "hidden_size": 32, "layers": 2, "heads": 2}})
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
@@ -109,6 +121,8 @@ def runs(tmp_path_factory, teacher):
         "resume": dict(MLP, steps=STEPS, out=stopped, resume=True, **RUN, **FSDP),
         "to_one": dict(MLP, steps=STEPS, out=to_one, stop_at=4, checkpoint_interval=2, **RUN, **FSDP),
     }
+    if HAS_TRANSFORMERS:  # the optional `hf` extra
+        cases.update({"hf_grpo": dict(hf_grpo(), **FSDP), "hf_grpo_ddp": hf_grpo()})
     out = dict(zip(cases, run_distributed(list(cases.values()), nproc=2)))
     out["to_one_dir"] = to_one
     return out
@@ -158,6 +172,12 @@ def test_fsdp_grpo_matches_ddp(runs):
     assert runs["grpo"]["checks"] == 3
     assert_close_results(runs["grpo"], runs["grpo_ddp"], ADAMW)
     assert [m["train/reward/rank"] for m in runs["grpo"]["metrics"] if "train/reward/rank" in m] == [0.5] * 3
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="hf_policy needs transformers (the hf extra)")
+def test_fsdp_hf_policy_grpo_matches_ddp(runs):
+    assert runs["hf_grpo"]["checks"] == 3
+    assert_close_results(runs["hf_grpo"], runs["hf_grpo_ddp"], ADAMW)
 
 
 def test_fsdp_bf16_mixed_precision_trains_close_to_fp32(runs):
