@@ -9,10 +9,10 @@ agreement check after every step on the *full* weights (the shards differ by des
   differs from one batch mean in the last float32 bits; AdamW's 1/sqrt(v) amplifies that early on.
 - ``MUON = 2e-2`` (lipschitz, the mix): torch.optim.Muon runs Newton-Schulz in bfloat16 on DTensors whose
   matmuls reduce partial products across the ranks, i.e. in another summation order than one process:
-  the update differs by bf16 rounding (<= 8.5% of the largest entry of one update, see
-  test_muon_update_under_fsdp_equals_unsharded). Over 6 steps at lr 0.1 that moves weights by up to ~1e-2.
-  The half-batch control (a missing gradient reduction) differs by 0.06-0.14; orthogonalising each row
-  shard separately differs by 0.1-0.46 per update.
+  the update differs by bf16 rounding (0.5-5.4% of the largest entry of one update, printed by
+  fsdp_muon.py, the worker of test_muon_update_under_fsdp_equals_unsharded); over 6 steps at lr 0.1 the
+  weights differ by 1.2e-2 (measured). The half-batch control of test_ddp.py (a missing gradient
+  reduction) differs by 0.06-0.14; orthogonalising each row shard separately differs by 23-74% of an update.
 - RL (grpo): rollout noise is per rank by design, so the run is compared with the DDP 2-rank run (same
   per-rank streams): equal up to reduction order (ADAMW).
 """
