@@ -185,7 +185,8 @@ class Trainer:
         state.model = hook("build the model", lambda s: manager.model(s).to(device), state)
         hook("set up the model", manager.setup_model, state.model, state)
         if run.strategy == "fsdp" and self.group.active:  # before the optimizer: it must hold the shards
-            self.sharded, self.gather = fsdp.setup(state, manager, run.precision)
+            self.sharded, self.gather = hook("shard the model (run.strategy=fsdp)", fsdp.setup, state, manager,
+                                             run.precision)
         self.compile_plan = compile_model(state.model, manager) if run.compile else []
         self.throughput = Throughput(state)
         groups = hook("build the param groups", self._merge_param_groups)

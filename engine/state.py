@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import os
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 

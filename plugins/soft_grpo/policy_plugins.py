@@ -78,12 +78,20 @@ class TinyPolicyModel(Plugin):
 class HFPolicy(torch.nn.Module):
     """A ``transformers`` causal LM as an engine model: ``forward(ids) -> logits`` plus the soft-policy protocol."""
 
+    # run.strategy='fsdp' (docs/distributed.md): rollouts call embed / forward_embeds, which must gather too
+    fsdp_forward_methods = ("embed", "forward_embeds")
+
     def __init__(self, hf_model: torch.nn.Module) -> None:
         super().__init__()
         from .hf_adapter import HFCausalLMAdapter
 
         self.hf = hf_model
         self._adapter = HFCausalLMAdapter(hf_model)
+
+    def fsdp_units(self) -> list[torch.nn.Module]:
+        """The decoder blocks (llama: model.layers, gpt2: transformer.h), sharded as separate FSDP units."""
+        inner = getattr(self.hf, "model", None) or getattr(self.hf, "transformer", None)
+        return list(getattr(inner, "layers", None) or getattr(inner, "h", None) or [])
 
     @property
     def embedding_matrix(self) -> torch.Tensor:

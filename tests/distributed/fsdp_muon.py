@@ -3,8 +3,8 @@
 For each shape: one torch.optim.Muon step on a weight row-sharded by fully_shard (a DTensor) and on the
 same weight in one process, with the same gradient. The sharded update must equal the unsharded one up
 to bfloat16 rounding (Muon's Newton-Schulz runs in bf16; DTensor reduces the partial matmul products
-across ranks in another order): at most 10% of the update's largest entry (measured: 0.5-5.4%; a bf16 vs
-float64 Newton-Schulz differs by 3.4-8.5%). Orthogonalising each rank's rows on their own, what a
+across ranks in another order): at most 10% of the update's largest entry (measured, printed by this
+worker: 0.5-5.4%). Orthogonalising each rank's rows on their own, what a
 shard-local Muon would do, must differ by at least 20% (measured 23-74%), so the check can fail.
 """
 
