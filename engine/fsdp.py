@@ -33,7 +33,8 @@ from engine.errors import BadInput
 
 # Hooks that run while the weights are sharded and that the engine does not wrap in a gathered view:
 # a plugin that needs full weights and implements one of them is refused under FSDP.
-UNGATHERED_HOOKS = ("hookmix_before_backward", "hookmix_after_backward", "hookmix_optimizer_step")
+UNGATHERED_HOOKS = ("hookmix_before_backward", "hookmix_after_backward", "hookmix_optimizer_step",
+                    "hookmix_evaluate")
 
 
 def units(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -170,7 +171,7 @@ def check_full_weight_plugins(manager) -> list[str]:
     sharded weights outside the engine's gathered view (see docs/distributed.md, the full-matrix contract)."""
     names = [n for n, p in manager.plugins.items() if needs_full(p)]
     for hook in UNGATHERED_HOOKS:
-        for name, _, _ in manager._impls.get(hook, []):
+        for name in manager.providers(hook):
             if name in names:
                 raise BadInput(f"plugin {name!r} needs full weight matrices (needs_full_weights = True) in {hook}, "
                                f"where run.strategy='fsdp' holds only row shards; use run.strategy=ddp "

@@ -102,7 +102,8 @@ class Plugin:
         bound, orthogonalisation). Under ``run.strategy = "fsdp"`` the engine then runs the
         ``after_optimizer_step`` and ``eval_metrics`` hooks inside ``state.full_weights()`` (gathered
         full tensors, written back to the shards), and refuses the plugin (exit 2) when it implements
-        a hook that sees sharded weights (``before_backward``, ``after_backward``, ``optimizer_step``).
+        a hook that sees sharded weights (``before_backward``, ``after_backward``, ``optimizer_step``,
+        the ``evaluate`` wrapper).
         See docs/distributed.md, "The full-matrix contract".
     """
 

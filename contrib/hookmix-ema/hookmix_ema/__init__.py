@@ -24,6 +24,9 @@ class EMA(Plugin):
     # average the weights after every constraint has rewritten them, whoever provides it
     after = (WeightConstraint, "spectral_weight_decay")
     recipes = "hookmix_ema.recipes"  # a package of *.toml recipes: `hookmix recipes` lists them
+    # averages and swaps whole weights: under run.strategy=fsdp the engine refuses it before training
+    # (its evaluation wrapper would load full tensors into row shards)
+    needs_full_weights = True
 
     @hookimpl
     def hookmix_setup_model(self, model, state):
