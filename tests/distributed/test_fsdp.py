@@ -306,3 +306,15 @@ def test_dcp_directory_with_non_tensor_entries_is_refused(tmp_path):
         SafeReader(str(tmp_path / "ck")).read_metadata()
     dcp.save({"w": torch.ones(2)}, checkpoint_id=str(tmp_path / "ok"), no_dist=True)
     assert list(SafeReader(str(tmp_path / "ok")).read_metadata().state_dict_metadata) == ["w"]
+
+
+def test_ema_is_refused_under_fsdp_before_training():
+    """contrib's EMA swaps whole weights in its evaluation wrapper: under run.strategy=fsdp (row shards) the
+    engine refuses it with one line (it declares needs_full_weights), not a RuntimeError at the first evaluation."""
+    from engine.errors import BadInput
+    from engine.fsdp import check_full_weight_plugins
+    from engine.manager import Manager
+    from hookmix_ema import EMA
+
+    with pytest.raises(BadInput, match=r"plugin 'ema' needs full weight matrices .* in hookmix_evaluate"):
+        check_full_weight_plugins(Manager({"ema": EMA()}))

@@ -31,12 +31,3 @@ def test_ema_under_two_ranks_matches_one_process():
     # differs from the 1-process batch mean only in the last float32 bits)
     assert_distributed_matches([*TOY, EMA], config={"ema": {"decay": 0.5}}, steps=4, atol=1e-5, eval_interval=2)
 
-
-def test_ema_is_refused_under_fsdp_before_training():
-    """EMA swaps whole weights in its evaluation wrapper: under run.strategy=fsdp (row shards) the engine
-    refuses it with one line, instead of a RuntimeError at the first evaluation."""
-    from engine.fsdp import check_full_weight_plugins
-    from engine.manager import Manager
-
-    with pytest.raises(BadInput, match=r"plugin 'ema' needs full weight matrices .* in hookmix_evaluate"):
-        check_full_weight_plugins(Manager({"ema": EMA()}))
