@@ -109,19 +109,27 @@ def _worker(out_path: str, workloads: list[str], steps: int, repeats: int, warmu
         group.close()
 
 
-def ddp_bench(steps: int = 20, repeats: int = 5, workload: str = "both", warmup: int = 5) -> int:
-    """Launch the 2-rank benchmark and print its table (markdown)."""
-    workloads = ["gpt", "mlp"] if workload == "both" else [workload]
-    out = os.path.join(tempfile.mkdtemp(prefix="hookmix-bench-ddp-"), "rows.json")
+def run_two_ranks(module: str, *args: str):
+    """Run ``python -m module OUT *args`` on 2 ranks (torch.distributed.run, one thread each); return the JSON
+    its rank 0 wrote to OUT, or None (with the workers' error output printed) when the launch failed."""
+    out = os.path.join(tempfile.mkdtemp(prefix="hookmix-bench-"), "rows.json")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "engine.bench_ddp", out, ",".join(workloads), str(steps), str(repeats), str(warmup)]
+           "-m", module, out, *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
-        return 1
+        return None
     with open(out) as f:
-        rows = json.load(f)
+        return json.load(f)
+
+
+def ddp_bench(steps: int = 20, repeats: int = 5, workload: str = "both", warmup: int = 5) -> int:
+    """Launch the 2-rank benchmark and print its table (markdown)."""
+    workloads = ["gpt", "mlp"] if workload == "both" else [workload]
+    rows = run_two_ranks("engine.bench_ddp", ",".join(workloads), str(steps), str(repeats), str(warmup))
+    if rows is None:
+        return 1
     print(f"torch {torch.__version__}, gloo, 1 thread per rank, {repeats} interleaved repeats x {steps} steps; "
           f"weak scaling: same per-rank batch")
     print("| workload | per-rank batch | params | 1 rank step (ms) | 2 ranks DDP step (ms) | "

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import uuid
 
 import torch
@@ -108,16 +106,11 @@ def _worker(out_path: str) -> None:
 
 def fsdp_bench() -> int:
     """Launch the 2-rank measurement and print its table (markdown)."""
-    out = os.path.join(tempfile.mkdtemp(prefix="hookmix-bench-fsdp-"), "rows.json")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "engine.bench_fsdp", out]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
+    from engine.bench_ddp import run_two_ranks
+
+    rows = run_two_ranks("engine.bench_fsdp")
+    if rows is None:
         return 1
-    with open(out) as f:
-        rows = json.load(f)
     ddp = max(sum(r[k] for k in ("params", "grads", "optimizer")) for r in rows["2 ranks ddp"])
     print(f"torch {torch.__version__}, recipe {RECIPE} ({rows['1 process'][0]['numel']} parameters), AdamW; "
           f"bytes held per rank after a step (largest rank)")
