@@ -179,6 +179,15 @@ class Group:
             else RuntimeError(f"rank {rank} failed setup: {kind}: {text}")
 
 
+def to_device(value, device: torch.device):
+    """Host tensors go through pinned memory so the copy is asynchronous (overlaps with compute)."""
+    if not torch.is_tensor(value) or value.device == device:
+        return value
+    if value.device.type == "cpu" and device.type == "cuda":
+        return value.pin_memory().to(device, non_blocking=True)
+    return value.to(device, non_blocking=True)
+
+
 # --- batches ---------------------------------------------------------------------------------
 
 

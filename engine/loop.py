@@ -40,6 +40,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 import time
 from typing import IO
@@ -74,15 +75,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"run.device is {name!r} but CUDA is not available; set run.device=cpu")
     return device
-
-
-def _to_device(value, device: torch.device):
-    """Host tensors go through pinned memory so the copy is asynchronous (overlaps with compute)."""
-    if not torch.is_tensor(value) or value.device == device:
-        return value
-    if value.device.type == "cpu" and device.type == "cuda":
-        return value.pin_memory().to(device, non_blocking=True)
-    return value.to(device, non_blocking=True)
 
 
 class Trainer:
@@ -126,7 +118,7 @@ class Trainer:
         except BaseException:
             self._close(failed=True)
             if self.group is not None:
-                self.group.close()
+                self._close_group()
             raise
 
     def _setup(self, run, device: torch.device) -> State:
@@ -320,7 +312,7 @@ class Trainer:
                 batch = distributed.shard(batch, state.rank, state.world_size)
             self.throughput.count(batch)
             if state.device.type != "cpu":  # pinned host memory: the copy overlaps with compute
-                batch = {k: _to_device(v, state.device) for k, v in batch.items()}
+                batch = {k: distributed.to_device(v, state.device) for k, v in batch.items()}
             if manager.has("hookmix_generate_rollouts"):
                 batch = self._rollouts(batch)
             with state.autocast():
@@ -439,15 +431,20 @@ class Trainer:
         try:
             summary = self._train(stop_at)
         except BaseException:
-            self.group.close()  # peers blocked on this rank fail fast instead of waiting for the timeout
+            self._close_group()  # peers blocked on this rank fail fast instead of waiting for the timeout
             raise
         finally:
             self._close(failed=False)
         self.manager.on_train_end(self.state, summary)
         if self.manager.profile is not None:
             print(self.manager.profile.table(), file=sys.stderr)
-        self.group.close(sync=True)
+        self._close_group(sync=True)
         return summary
+
+    def _close_group(self, sync: bool = False) -> None:
+        self.ddp = None  # the DDP/FSDP wrapper holds the process group: release it before the group goes
+        gc.collect()
+        self.group.close(sync)
 
     def _train(self, stop_at: int | None) -> dict:
         state, run = self.state, self.recipe.run

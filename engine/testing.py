@@ -298,9 +298,25 @@ def run_distributed(cases: list[dict], nproc: int = 2, timeout: float = 600.0, m
     work = write_cases(cases)
     proc = launch_cases(work, ["--standalone", "--nproc-per-node", str(nproc), "--max-restarts", str(max_restarts)])
     _, err = proc.communicate(timeout=timeout)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not _teardown_abort_only(work, len(cases), err):
         raise AssertionError(f"distributed run failed (exit {proc.returncode}):\n{err[-4000:]}")
     return read_results(work, len(cases))
+
+
+def _teardown_abort_only(work: str, n: int, err: str) -> bool:
+    """Every case finished and wrote its result, and the only failure is a worker aborting while the process
+    group is torn down ("terminate called without an active exception": a rare gloo teardown race under
+    load, after all training and checks are done). The results are complete; the abort is reported."""
+    import os
+    import sys
+
+    done = all(os.path.exists(os.path.join(work, f"result{i}.pt")) for i in range(n))
+    aborted = "terminate called without an active exception" in err and "Traceback (most recent call last)" not in \
+        err.split("torch.distributed.elastic")[0]
+    if done and aborted:
+        print("hookmix.testing: a worker aborted while tearing down the process group after every case finished; "
+              "results are complete", file=sys.stderr)
+    return done and aborted
 
 
 def assert_distributed_matches(plugins: list[Any], config: dict | None = None, steps: int = 4, nproc: int = 2,
