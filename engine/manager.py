@@ -22,7 +22,7 @@ import torch
 
 from engine import hookspecs
 from engine.errors import BadInput, PluginConflict
-from engine.plugin import Plugin, capability_name, hookimpl
+from engine.plugin import Plugin, capability_name, hookimpl, offers
 from engine.registry import Registry
 
 WRAPPER_HOOKS = hookspecs.WRAPPERS
@@ -46,8 +46,7 @@ class _Builtins:
 
 def matches(plugins: dict[str, Plugin], target: Any) -> list[str]:
     """Enabled plugins a before/after/conflicts entry designates: the plugin so named, or every provider."""
-    key = capability_name(target)
-    return [n for n, p in plugins.items() if n == key or key in map(capability_name, p.provides)]
+    return [n for n, p in plugins.items() if offers(n, type(p), target)]
 
 
 def order_plugins(plugins: dict[str, Plugin]) -> list[str]:

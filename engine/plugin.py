@@ -134,6 +134,12 @@ def capability_name(cap: Any) -> str:
     return cap if isinstance(cap, str) else getattr(cap, "__name__", repr(cap))
 
 
+def offers(name: str, cls: type, capability: Any) -> bool:
+    """Whether the plugin ``name`` (class ``cls``) is, or provides, ``capability`` (a name or a Protocol)."""
+    key = capability_name(capability)
+    return name == key or key in map(capability_name, cls.provides)
+
+
 def is_protocol(cap: Any) -> bool:
     return isinstance(cap, type) and getattr(cap, "_is_protocol", False)
 

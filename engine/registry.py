@@ -98,10 +98,9 @@ class Registry:
 
     def providers_of(self, capability: str) -> list[str]:
         """Installed plugins that provide ``capability`` (by name or declaration), for hints."""
-        from engine.plugin import capability_name
+        from engine.plugin import offers
 
-        return [i.name for i in self.ok()
-                if i.name == capability or capability in map(capability_name, i.cls.provides)]
+        return [i.name for i in self.ok() if offers(i.name, i.cls, capability)]
 
 
 def unknown_name_message(what: str, name: str, valid: list[str], hint: str = "") -> str:

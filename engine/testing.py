@@ -356,6 +356,13 @@ def max_difference(a: dict, b: dict) -> tuple[float, str]:
     return worst, what
 
 
+def assert_identical_results(a: dict, b: dict) -> None:
+    """Model weights and metrics of two runs (results of :func:`run_distributed`) are bit-identical."""
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["metrics"] == b["metrics"]
+
+
 def assert_close_results(a: dict, b: dict, atol: float) -> None:
     """Weights (``model``, ``modules``) and ``metrics`` of two runs agree within ``atol``."""
     worst, what = max_difference(a, b)

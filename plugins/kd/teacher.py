@@ -12,6 +12,7 @@ import attrs
 import torch
 
 from engine import BadInput, Command, Plugin, field, hookimpl, open_run
+from engine.run import implements
 
 from .distill_inputs import sample_batch, student_logits_of
 
@@ -71,7 +72,7 @@ class Teacher(Plugin):
                 cls = registry.load(name)
             except BadInput:
                 continue  # not installed here: only the data and model plugins are rebuilt
-            if callable(getattr(cls, "hookmix_forward", None)):
+            if implements(cls, "hookmix_forward"):
                 raise BadInput(f"the teacher's recipe uses a custom forward (plugin {name!r}); only teachers whose "
                                f"forward is model(batch['input']) are supported")
 

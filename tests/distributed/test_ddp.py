@@ -27,7 +27,7 @@ import shutil
 import pytest
 import torch
 
-from engine.testing import RankAgreement, assert_close_results, run_distributed, train
+from engine.testing import RankAgreement, assert_close_results, assert_identical_results, run_distributed, train
 
 ADAMW, MUON = 1e-4, 1e-3
 TOL = {"mlp": ADAMW, "uskd": ADAMW, "lipschitz": MUON, "ema_constraints": MUON, "mix": MUON}
@@ -143,10 +143,7 @@ def test_rl_trains_on_two_ranks_and_reduces_rewards(runs, arm):
 
 
 def test_resume_on_two_ranks_is_exact(runs):
-    straight, resumed = runs["mlp"], runs["resume"]
-    for key in straight["model"]:
-        assert torch.equal(straight["model"][key], resumed["model"][key]), key
-    assert straight["metrics"] == resumed["metrics"]
+    assert_identical_results(runs["mlp"], runs["resume"])
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank(runs, tmp_path):

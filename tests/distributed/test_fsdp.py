@@ -28,7 +28,7 @@ import sys
 import pytest
 import torch
 
-from engine.testing import RankAgreement, assert_close_results, max_difference, run_distributed, train
+from engine.testing import RankAgreement, assert_close_results, assert_identical_results, max_difference, run_distributed, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ADAMW, MUON = 1e-4, 2e-2
@@ -203,10 +203,7 @@ def test_fsdp_holds_half_of_every_parameter_per_rank(runs):
 
 
 def test_dcp_resume_fsdp_to_fsdp_is_exact(runs):
-    straight, resumed = runs["mlp"], runs["resume"]
-    for key in straight["model"]:
-        assert torch.equal(straight["model"][key], resumed["model"][key]), key
-    assert straight["metrics"] == resumed["metrics"]
+    assert_identical_results(runs["mlp"], runs["resume"])
 
 
 def test_fsdp_checkpoint_is_a_dcp_directory_resumed_by_one_process(runs, tmp_path):
