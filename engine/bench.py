@@ -19,7 +19,8 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-import uuid
+import os
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,7 @@ def _engine(workload: str, noop: int) -> Trainer:
     noops = {cls.name: cls for cls in (_noop_plugin(i) for i in range(noop))}
     registry = Registry({**noops, "loss_probe": LossProbe})
     raw = {"run": {"plugins": [*base, "adamw", "cross_entropy", "loss_probe", *noops], "steps": 10**6,
-                   "log_interval": 10, "out": f"memory://hookmix-bench-{uuid.uuid4().hex}"},
+                   "log_interval": 10, "out": os.path.join(tempfile.mkdtemp(prefix="hookmix-bench-"), "run")},
            "plugins": {**configs, "adamw": ADAMW}}
     trainer = Trainer(resolve("bench", raw, registry), registry, quiet=True)
     trainer.setup()
@@ -171,10 +172,26 @@ def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int =
             "max_loss_diff": max(max_diff.values())}
 
 
+def repeated(workload: str, steps: int, noop: int, lightning: bool, repeats: int, clock=time.perf_counter) -> dict:
+    """``compare`` with fresh contestants ``repeats`` times; the medians over repeats.
+
+    Why: a contestant's step time depends a little (1-3 % on a 2 ms step) on where its model,
+    optimizer state and Python objects happen to lie in memory, a bias that more rounds do not
+    average out (it is the same in every round) but new instances do."""
+    runs = [compare(workload, steps, noop, lightning, clock=clock) for _ in range(repeats)]
+    names = list(runs[0]["ms"])
+    return {"workload": workload,
+            "ms": {n: statistics.median(r["ms"][n] for r in runs) for n in names},
+            "ratio": {n: statistics.median(r["ratio"][n] for r in runs) for n in names},
+            "ratios": {n: [r["ratio"][n] for r in runs] for n in names},
+            "max_loss_diff": max(r["max_loss_diff"] for r in runs)}
+
+
 def overhead(steps: int = 30, noop: int = 8, workload: str = "both", against: str | None = None,
-             clock: str = "wall") -> int:
+             clock: str = "wall", repeats: int = 1) -> int:
     """Print the table; ``clock="cpu"`` times this thread's CPU time, which ignores time the process
-    waits for a core on a loaded machine (valid when torch runs on this one thread)."""
+    waits for a core on a loaded machine (valid when torch runs on this one thread). ``repeats``:
+    fresh contestants each time (see :func:`repeated`)."""
     lightning = against == "lightning"
     if clock == "cpu" and torch.get_num_threads() != 1:
         from engine.errors import BadInput
@@ -186,16 +203,22 @@ def overhead(steps: int = 30, noop: int = 8, workload: str = "both", against: st
         from engine.bench_lightning import require_lightning
 
         require_lightning()
-    rows = [compare(name, steps, noop, lightning, clock=timer) for name in (["gpt", "mlp"] if workload == "both" else [workload])]
+    rows = [repeated(name, steps, noop, lightning, repeats, clock=timer)
+            for name in (["gpt", "mlp"] if workload == "both" else [workload])]
     names = list(rows[0]["ms"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock, {steps} timed rounds after 5 warm-up; "
-          f"each cell: median step ms (median ratio to plain in the same round)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock, {repeats} repeat(s) of "
+          f"{steps} timed rounds after 5 warm-up; each cell: median step ms (median ratio to plain in the same "
+          f"round; with repeats, the median over repeats)")
     print("| workload | " + " | ".join(names) + " | max loss diff |")
     print("|---|" + "---|" * (len(names) + 1))
     ok = True
     for r in rows:
         cells = [f"{r['ms'][n]:.2f} ({r['ratio'][n]:.3f}×)" for n in names]
         print(f"| {r['workload']} | " + " | ".join(cells) + f" | {r['max_loss_diff']:.1e} |")
+    if repeats > 1:
+        for r in rows:
+            print(f"{r['workload']} ratios per repeat: " + "; ".join(
+                f"{n} " + " ".join(f"{x:.3f}" for x in r["ratios"][n]) for n in names if n != "plain"))
         ok &= r["max_loss_diff"] <= 1e-6
     if not ok:
         print("FAIL: some contestant's losses differ from the plain loop's by more than 1e-6")

@@ -19,6 +19,17 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(f"{message}; see `{self.prog} --help`")
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def _build_parser(commands: dict) -> argparse.ArgumentParser:
     from engine import __version__
     from engine.plugin import API_VERSION
@@ -46,8 +57,10 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     add_launch_arguments(p)
     p = sub.add_parser("bench", help="benchmarks: overhead, ddp (weak scaling of 2 ranks), fsdp (bytes per rank)")
     p.add_argument("what", choices=["overhead", "ddp", "fsdp"])
-    p.add_argument("--repeats", type=int, default=5, help="ddp: interleaved repeats of 1-rank and 2-rank steps")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per loop")
+    p.add_argument("--repeats", type=_count, default=None,
+                   help="ddp: interleaved repeats of 1-rank and 2-rank steps (default 5); overhead: fresh "
+                        "contestants this many times, medians over repeats (default 1)")
+    p.add_argument("--steps", type=_count, default=30, help="timed steps per loop")
     p.add_argument("--noop", type=int, default=8, help="extra no-op plugins in the second comparison")
     p.add_argument("--workload", choices=["gpt", "mlp", "both"], default="both")
     p.add_argument("--against", choices=["lightning"], help="add Lightning Fabric and Trainer columns")
@@ -282,14 +295,14 @@ def cmd_bench(args) -> int:
     if args.what == "ddp":
         from engine.bench_ddp import ddp_bench
 
-        return ddp_bench(steps=args.steps, repeats=args.repeats, workload=args.workload)
+        return ddp_bench(steps=args.steps, repeats=args.repeats or 5, workload=args.workload)
     if args.what == "fsdp":
         from engine.bench_fsdp import fsdp_bench
 
         return fsdp_bench()
 
     return overhead(steps=args.steps, noop=args.noop, workload=args.workload, against=args.against,
-                    clock=args.clock)
+                    clock=args.clock, repeats=args.repeats or 1)
 
 
 if __name__ == "__main__":

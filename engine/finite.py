@@ -9,12 +9,18 @@ interval's terms, times 0, summed, decides (0 when every term is finite, NaN oth
 where ``isfinite`` alone costs more on a CPU); only when it fails are the records scanned on the host
 for the first bad step and term, so the error names the same step and term as a per-step check.
 
+At a log interval the check costs nothing more: the means the log record reads anyway include
+``train/loss`` (each micro-batch's sum of terms) and a sum with a non-finite term is non-finite,
+so finite means clear the records (:meth:`FiniteWatch.settle`) and only a non-finite mean scans.
+
 The guarantee that remains: training may run up to ``log_interval`` steps past a non-finite loss
 before stopping, but no checkpoint is ever written after it: the last checkpoint on disk is from
 before the bad step, and ``--resume`` continues from there.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -49,3 +55,13 @@ class FiniteWatch:
                     raise TrainingFailure(f"step {step}: loss term {name!r} is not finite ({value}); "
                                           f"lower the learning rate or check the inputs (the last checkpoint "
                                           f"is from before step {step})")
+
+    def settle(self, read: dict[str, float]) -> None:
+        """At a log record: ``read`` holds the interval's means of ``train/loss`` and each term. All
+        finite: every recorded term was finite (a sum or mean with a non-finite value is not), so
+        the records go without another device read; otherwise :meth:`check` names the bad one (a
+        finite overflow to inf in a mean passes it and is logged as it is)."""
+        if all(math.isfinite(v) for k, v in read.items() if k.startswith("train/loss")):
+            self.records = []
+        else:
+            self.check()

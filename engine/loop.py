@@ -30,7 +30,7 @@
         step += 1
         with no_grad: after_optimizer_step(model, optimizer)          # constraints, EMA
         scheduler.step(); optimizer.zero_grad()
-        log / eval / checkpoint due: non-finite check (one sync; names the first bad step and term)
+        log / eval / checkpoint due: non-finite check (one sync, shared with the log's; names the first bad step and term)
         every log_interval:        on_log(train metrics + perf/ throughput)
         every eval_interval / end: evaluate(model) -> eval_metrics; on_log
         every checkpoint_interval / end: checkpoint (plugin_state by name)
@@ -63,6 +63,8 @@ from engine.param_groups import merge_param_groups
 from engine.run import build_state
 from engine.state import State
 from engine.throughput import Throughput
+
+_NULL = contextlib.nullcontext()  # reusable: entering it costs nothing and keeps no state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,6 +187,7 @@ class Trainer:
         state.optimizer = hook("build the optimizer", manager.optimizer, groups, state)
         state.scheduler = hook("build the LR scheduler", manager.lr_scheduler, state.optimizer, state)
         self.params = [p for g in groups for p in g["params"]]
+        self.rl = manager.has("hookmix_generate_rollouts")
 
         if state.world_size > 1:  # the global batch must split evenly; probe with a copy of the data generator
             probe = torch.Generator().set_state(state.generator.get_state())
@@ -304,53 +307,55 @@ class Trainer:
         step = state.step + 1
         for micro in range(run.grad_accum):
             state.micro = micro
-            sync = contextlib.ExitStack()  # DDP: all-reduce gradients on the last micro-batch only
-            if self.ddp is not None and micro < run.grad_accum - 1:
-                sync.enter_context(self.ddp.no_sync())
             batch = state.data.train_batch(state.generator)
             if state.world_size > 1:  # the global draw is the same on every rank; keep this rank's rows
                 batch = distributed.shard(batch, state.rank, state.world_size)
             self.throughput.count(batch)
             if state.device.type != "cpu":  # pinned host memory: the copy overlaps with compute
                 batch = {k: distributed.to_device(v, state.device) for k, v in batch.items()}
-            if manager.has("hookmix_generate_rollouts"):
+            if self.rl:
                 batch = self._rollouts(batch)
-            with state.autocast():
-                outputs, terms = self._forward(model, batch)
-            if not terms:
-                raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
-                                      f"check the loss plugins' conditions")
-            loss = sum(terms.values()) if len(terms) > 1 else next(iter(terms.values()))
-            logged = {name: term.detach() for name, term in terms.items()}
-            self.finite.record(step, logged)  # checked when metrics are read: no host sync per step
-            for name, term in logged.items():
-                state.log(f"train/loss/{name}", term)
-            state.log("train/loss", loss)
-            if run.grad_accum > 1:
-                loss = loss / run.grad_accum
-            manager.before_backward(loss, state)
-            loss.backward()
-            sync.close()
+            # DDP/FSDP: gradients are reduced on the last micro-batch only
+            with self.ddp.no_sync() if self.ddp is not None and micro < run.grad_accum - 1 else _NULL:
+                with state.autocast():
+                    outputs, terms = self._forward(model, batch) if self.ddp is None else self.ddp(
+                        lambda: self._forward(model, batch))  # DDP: inside its forward, so the backward reduces
+                if not terms:
+                    raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
+                                          f"check the loss plugins' conditions")
+                loss = sum(terms.values()) if len(terms) > 1 else next(iter(terms.values()))
+                self._log_terms(step, terms, loss)
+                if run.grad_accum > 1:
+                    loss = loss / run.grad_accum
+                manager.before_backward(loss, state)
+                loss.backward()
             manager.after_backward(model, state)
         if run.grad_clip > 0:
             state.log("train/grad_norm", fsdp.plain(torch.nn.utils.clip_grad_norm_(self.params, run.grad_clip)))
         manager.optimizer_step(state.optimizer, state)
         state.step = step
-        with state.full_weights() if self.gather else contextlib.nullcontext():
+        if self.gather:  # a plugin needs whole matrices: post-step hooks see gathered weights (FSDP)
+            with state.full_weights():
+                manager.after_optimizer_step(model, state.optimizer, state)
+        else:
             manager.after_optimizer_step(model, state.optimizer, state)
         if state.scheduler is not None:
             state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
 
     def _forward(self, model: torch.nn.Module, batch: dict) -> tuple[dict, dict]:
-        """Model outputs and loss terms; under DDP inside its forward, so the backward all-reduces."""
         state, manager = self.state, self.manager
+        outputs = manager.aux_outputs(model, batch, manager.forward(model, batch, state), state)
+        return outputs, manager.loss_terms(batch, outputs, state)
 
-        def forward():
-            outputs = manager.forward(model, batch, state)
-            outputs = manager.aux_outputs(model, batch, outputs, state)
-            return outputs, manager.loss_terms(batch, outputs, state)
-        return forward() if self.ddp is None else self.ddp(forward)
+    def _log_terms(self, step: int, terms: dict, loss: torch.Tensor) -> None:
+        """For the deferred non-finite check and the train metrics: list appends, no host sync."""
+        logged = {name: term.detach() for name, term in terms.items()}
+        self.finite.record(step, logged)
+        pending = self.state._pending  # State.log without its per-call checks: these are tensors
+        for name, term in logged.items():
+            pending.setdefault(f"train/loss/{name}", []).append(term)
+        pending.setdefault("train/loss", []).append(loss.detach() if len(logged) > 1 else term)
 
     def _rollouts(self, batch: dict) -> dict:
         state, manager, model = self.state, self.manager, self.state.model
@@ -386,6 +391,7 @@ class Trainer:
     def log_train(self) -> None:
         state = self.state
         logged = state.pop_logged()
+        self.finite.settle(logged)  # this rank's means: the non-finite check without another read
         if self.group.world_size > 1:  # one collective per log interval: the mean over ranks of each metric
             logged = distributed.mean_over_ranks(self.group.gather(logged))
         record = {"step": state.step, **logged}
@@ -410,7 +416,7 @@ class Trainer:
         log = step % run.log_interval == 0 or last
         evaluate = (run.eval_interval and step % run.eval_interval == 0) or last
         save = (run.checkpoint_interval and step % run.checkpoint_interval == 0) or last or step == stop_at
-        if log or evaluate or save:
+        if evaluate or save:
             self.finite.check()  # before any metric or checkpoint: never save non-finite weights
         if log:
             self.log_train()

@@ -123,7 +123,13 @@ def metrics_to_keep(run_dir: RunDir, resume_step: int) -> list[str]:
 
 
 class MetricsLog:
-    """Appends records to ``metrics.jsonl`` and mirrors every scalar to TensorBoard."""
+    """Appends records to ``metrics.jsonl`` and mirrors every scalar to TensorBoard.
+
+    A record costs one line written to an open file (flushed, so a killed run keeps every
+    record it logged) and one TensorBoard event holding all its scalars: per-record cost is what
+    a small model's step pays for logging, so neither re-opens the file nor builds one event per
+    scalar. A remote (fsspec) run directory has no append: there each record rewrites the file.
+    """
 
     def __init__(self, run_dir: RunDir, resume_step: int | None = None, kept: list[str] | None = None) -> None:
         self.run_dir = run_dir
@@ -131,6 +137,7 @@ class MetricsLog:
             kept = metrics_to_keep(run_dir, resume_step)
         self.lines: list[str] = list(kept or [])
         run_dir.write_text_atomic("metrics.jsonl", "".join(l + "\n" for l in self.lines))
+        self.file = run_dir.fs.open(run_dir._p("metrics.jsonl"), "a") if run_dir.is_local else None
         self._stage = None if run_dir.is_local else tempfile.mkdtemp(prefix="hookmix-tb-")
         tb_dir = os.path.join(run_dir.path, "tensorboard") if run_dir.is_local else self._stage
         from torch.utils.tensorboard import SummaryWriter  # heavy import: only when a run starts
@@ -140,14 +147,24 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         record = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
         line = json.dumps(record)
-        self.lines.append(line)
-        with self.run_dir.fs.open(self.run_dir._p("metrics.jsonl"), "a" if self.run_dir.is_local else "w") as f:
-            f.write(line + "\n" if self.run_dir.is_local else "".join(l + "\n" for l in self.lines))
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.tb.add_scalar(key, value, record["step"])
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()
+        else:
+            self.lines.append(line)
+            with self.run_dir.fs.open(self.run_dir._p("metrics.jsonl"), "w") as f:
+                f.write("".join(l + "\n" for l in self.lines))
+        from tensorboard.compat.proto.summary_pb2 import Summary  # imported with SummaryWriter: cached
+
+        scalars = [Summary.Value(tag=k, simple_value=v) for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if scalars:  # the event add_scalar would write per scalar, once per record
+            self.tb.file_writer.add_summary(Summary(value=scalars), record["step"])
 
     def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
         self.tb.flush()
         self.tb.close()
         if self._stage is not None:  # copy staged event files to the remote run directory

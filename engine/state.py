@@ -73,7 +73,14 @@ class State:
 
     def pop_logged(self) -> dict[str, float]:
         """Means of everything logged since the last call (used by the loop at log time)."""
-        out = {k: _mean(vs) for k, vs in self._pending.items()}
+        if not self._pending:
+            return {}
+        means = [_mean(vs) for vs in self._pending.values()]  # on the device: no host read yet
+        try:  # one host read for every metric (one sync on a GPU, not one per metric)
+            values = torch.stack(means).tolist()
+        except RuntimeError:  # metrics on different devices (a float logged next to a GPU loss)
+            values = [m.item() for m in means]
+        out = dict(zip(self._pending, values))
         self._pending.clear()
         return out
 
@@ -181,11 +188,11 @@ def cache_dir_from_env() -> str:
     return path
 
 
-def _mean(values: list[torch.Tensor]) -> float:
+def _mean(values: list[torch.Tensor]) -> torch.Tensor:
     try:  # same-shape scalars (nearly always): one stack instead of two ops per value
-        return torch.stack(values).float().mean().item()
+        return torch.stack(values).float().mean()
     except RuntimeError:
-        return torch.stack([v.float().reshape(()) for v in values]).mean().item()
+        return torch.stack([v.float().reshape(()) for v in values]).mean()
 
 
 class _Null:
