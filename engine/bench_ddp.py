@@ -5,10 +5,14 @@ One ``torch.distributed.run`` launch with 2 processes. Each repeat, in turn:
 - ``ddp``: both ranks train the workload under DDP with per-rank batch B (global batch 2B) for
   ``steps`` timed steps;
 - ``single``: rank 0 trains the same workload alone (no process group, no DDP) with batch B for the
-  same number of steps, while rank 1 waits at a barrier.
+  same number of steps, while rank 1 waits at a barrier;
+- ``pair``: both ranks train that 1-rank workload at the same time, independently (no communication):
+  the step time two busy cores give without any DDP at all.
 
 The two alternate within the launch (interleaved repeats), so load on the machine hits both alike.
 Weak-scaling efficiency = single step time / ddp step time (1.0: a second rank costs nothing).
+The ceiling = single / pair: what the machine allows when two cores work at once (shared caches,
+memory bandwidth, a hypervisor's vCPUs); efficiency / ceiling is the part DDP itself costs.
 The all-reduce column times ``all_reduce`` of one flat float32 tensor with as many elements as the
 trained parameters (the bytes DDP reduces per step), on both ranks, alone.
 """
@@ -79,12 +83,11 @@ def _worker(out_path: str, workloads: list[str], steps: int, repeats: int, warmu
         for name in workloads:
             batch = WORKLOADS[name][3]
             ddp = _trainer(name, batch * group.world_size, True)
-            single = _trainer(name, batch, False) if rank == 0 else None
+            single = _trainer(name, batch, False)
             n_params = sum(p.numel() for p in ddp.params)
             _timed_steps(ddp, warmup)
-            if single is not None:
-                _timed_steps(single, warmup)
-            ddp_t, single_t, reduce_t = [], [], []
+            _timed_steps(single, warmup)
+            ddp_t, single_t, reduce_t, pair_t = [], [], [], []
             flat = torch.zeros(n_params)
             for _ in range(repeats):
                 dist.barrier()
@@ -95,13 +98,15 @@ def _worker(out_path: str, workloads: list[str], steps: int, repeats: int, warmu
                     dist.all_reduce(flat)
                     reduce_t.append(time.perf_counter() - t0)
                 dist.barrier()
-                if single is not None:
+                if rank == 0:
                     single_t += _timed_steps(single, steps)
                 dist.barrier()
+                pair_t += _timed_steps(single, steps)  # both ranks at once, no communication
+                dist.barrier()
             if rank == 0:
-                d, s, r = (statistics.median(x) * 1e3 for x in (ddp_t, single_t, reduce_t))
+                d, s, r, p = (statistics.median(x) * 1e3 for x in (ddp_t, single_t, reduce_t, pair_t))
                 rows.append({"workload": name, "per_rank_batch": batch, "params": n_params, "single_ms": s,
-                             "ddp_ms": d, "allreduce_ms": r, "efficiency": s / d})
+                             "ddp_ms": d, "allreduce_ms": r, "pair_ms": p, "efficiency": s / d, "ceiling": s / p})
         if rank == 0:
             with open(out_path, "w") as f:
                 json.dump(rows, f)
@@ -133,11 +138,13 @@ def ddp_bench(steps: int = 20, repeats: int = 5, workload: str = "both", warmup:
     print(f"torch {torch.__version__}, gloo, 1 thread per rank, {repeats} interleaved repeats x {steps} steps; "
           f"weak scaling: same per-rank batch")
     print("| workload | per-rank batch | params | 1 rank step (ms) | 2 ranks DDP step (ms) | "
-          "all-reduce of the gradients alone (ms) | weak-scaling efficiency |")
-    print("|---|---|---|---|---|---|---|")
+          "all-reduce of the gradients alone (ms) | 2 independent ranks at once (ms) | weak-scaling efficiency | "
+          "ceiling (no communication) | efficiency / ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['workload']} | {r['per_rank_batch']} | {r['params']} | {r['single_ms']:.2f} | {r['ddp_ms']:.2f} | "
-              f"{r['allreduce_ms']:.2f} | {r['efficiency']:.3f} |")
+              f"{r['allreduce_ms']:.2f} | {r['pair_ms']:.2f} | {r['efficiency']:.3f} | {r['ceiling']:.3f} | "
+              f"{r['efficiency'] / r['ceiling']:.3f} |")
     return 0
 
 

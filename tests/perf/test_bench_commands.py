@@ -1,0 +1,42 @@
+"""The benchmark commands run end to end (tiny settings; the figures in docs/performance.md come from
+the same commands with the settings given there). Timings are not asserted: only that every
+contestant trained, that the losses agree, and that the table holds what the docs say it holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.cli import main
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in row] for row in rows]
+
+
+def test_bench_overhead_repeats_fresh_contestants(capsys):
+    assert main(["bench", "overhead", "--workload", "mlp", "--steps", "3", "--repeats", "2", "--noop", "2"]) == 0
+    out = capsys.readouterr().out
+    header, row = _table_rows(out)
+    assert header == ["workload", "plain", "hookmix", "hookmix+2", "max loss diff"]
+    assert row[0] == "mlp" and row[-1] == "0.0e+00"  # every contestant's loss equals the plain loop's
+    per_repeat = [line for line in out.splitlines() if line.startswith("mlp ratios per repeat:")]
+    assert len(per_repeat) == 1 and per_repeat[0].count(" ") >= 6  # two ratios for each of 2 contestants
+
+
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--repeats", "-1"], ["--repeats", "two"]])
+def test_bench_counts_must_be_whole_numbers_from_one(argv, capsys):
+    assert main(["bench", "overhead", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a whole number >= 1" in err[0]
+
+
+def test_bench_ddp_reports_efficiency_and_the_no_communication_ceiling(capsys):
+    assert main(["bench", "ddp", "--workload", "mlp", "--steps", "2", "--repeats", "1"]) == 0
+    header, row = _table_rows(capsys.readouterr().out)
+    values = dict(zip(header, row))
+    single, ddp, pair = (float(values[k]) for k in ("1 rank step (ms)", "2 ranks DDP step (ms)",
+                                                      "2 independent ranks at once (ms)"))
+    assert single > 0 and ddp > 0 and pair > 0
+    assert float(values["weak-scaling efficiency"]) == pytest.approx(single / ddp, rel=0.01)
+    assert float(values["ceiling (no communication)"]) == pytest.approx(single / pair, rel=0.01)
