@@ -88,8 +88,10 @@ class Sharded:
         """Free the gathered weights of the frozen roots (local, no communication). Under ``no_grad`` FSDP2
         leaves a root gathered after its forward; gathered, further calls of it (e.g. a second ``embed`` on
         one rank only) need no collective, so call counts of the root's own methods may differ by rank."""
-        for module in self.frozen:
-            module.reshard()
+        for root in self.frozen:
+            for module in root.modules():  # its units reshard after their own forwards; the root does not
+                if isinstance(module, FSDPModule):
+                    module.reshard()
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:

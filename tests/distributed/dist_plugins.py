@@ -113,6 +113,8 @@ class ShardCheck(Plugin):
 class FrozenCheckConfig:
     max_fraction: float = field(1.0, "the most of a frozen model's parameter bytes one rank may hold")
     log: bool = field(True, "log check/frozen_fraction (a metric a 1-process run would give as 1.0)")
+    late: bool = field(False, "also add a frozen Linear in hookmix_on_train_start (after the engine sharded the "
+                              "run) and call it in every forward")
 
 
 class FrozenCheck(Plugin):
@@ -122,6 +124,17 @@ class FrozenCheck(Plugin):
 
     name = "frozen_check"
     Config = FrozenCheckConfig
+
+    @hookimpl
+    def hookmix_on_train_start(self, state):
+        if self.config.late:
+            self.late = state.add_frozen_module("frozen_check_late", torch.nn.Linear(8, 6))
+
+    @hookimpl
+    def hookmix_aux_outputs(self, batch, state):
+        if self.config.late:
+            with torch.no_grad():
+                self.late(torch.ones(2, 8, device=state.device))
 
     @hookimpl
     def hookmix_after_optimizer_step(self, model, state):

@@ -77,20 +77,22 @@ LIP_GPT = dict(plugins=["tinyshakespeare", "lipschitz_gpt", "muon", "spectral_so
 
 
 def frozen_check(case: dict, log: bool = False) -> dict:
-    """``case`` with FrozenCheck: the frozen models are sharded (a rank holds at most 0.55 of their bytes)."""
+    """``case`` with FrozenCheck: the frozen models are sharded (every rank holds at most 0.55 of their bytes, so
+    at least 0.45 on 2 ranks); ``log``: logs the fraction and adds a frozen Linear in hookmix_on_train_start."""
     from dist_plugins import FrozenCheck
 
     return dict(case, plugins=[*case["plugins"], FrozenCheck],
-                config={**case["config"], "frozen_check": {"max_fraction": 0.55, "log": log}})
+                config={**case["config"], "frozen_check": {"max_fraction": 0.55, "log": log, "late": log}})
 
 
-def grpo() -> dict:
+def grpo(arm: str = "grpo") -> dict:
+    """grpo (or soft_grpo) with the default kl_coef > 0: a frozen reference policy (sharded under FSDP)."""
     from dist_plugins import RankReward
 
-    return dict(plugins=["countdown", "tiny_policy", "countdown_reward", "format_reward", RankReward, "grpo", "adamw"],
+    return dict(plugins=["countdown", "tiny_policy", "countdown_reward", "format_reward", RankReward, arm, "adamw"],
                 config={"countdown": {"mode": "rl", "batch_size": 4, "val_problems": 0},
                         "tiny_policy": {"d_model": 32, "n_layers": 2, "n_heads": 2},
-                        "grpo": {"group_size": 4, "think_cap": 8, "answer_cap": 8}, "adamw": {"lr": 1e-3}},
+                        arm: {"group_size": 4, "think_cap": 8, "answer_cap": 8}, "adamw": {"lr": 1e-3}},
                 steps=3, threads=1, log_interval=1, eval_interval=3, agree_plugin_states=False)
 
 
@@ -120,6 +122,18 @@ def teacher(tmp_path_factory, cache):
     return out
 
 
+@pytest.fixture(scope="module")
+def gpt_teacher(tmp_path_factory, cache):
+    """A gpt teacher (blocks as FSDP units) for a gpt student on the same data."""
+    out = str(tmp_path_factory.mktemp("gpt_teacher") / "run")
+    train(GPT["plugins"], GPT["config"], steps=3, out=out, threads=1)
+    return out
+
+
+def gpt_kd(teacher: str) -> dict:
+    return dict(GPT, plugins=[*GPT["plugins"], "teacher", "kd"], config={**GPT["config"], "teacher": {"run": teacher}})
+
+
 def mix(teacher: str) -> dict:
     base = lip()
     return dict(plugins=[*base["plugins"], "teacher", "kd", "logit_std"],
@@ -128,7 +142,7 @@ def mix(teacher: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, teacher):
+def runs(tmp_path_factory, teacher, gpt_teacher):
     root = tmp_path_factory.mktemp("fsdp")
     stopped, to_one = str(root / "stopped"), str(root / "to_one")
     ddp_dir, fsdp_dir = str(root / "ddp_to_fsdp"), str(root / "fsdp_to_ddp")
@@ -138,11 +152,14 @@ def runs(tmp_path_factory, teacher):
         "mix": dict(frozen_check(mix(teacher)), steps=STEPS, **RUN, **FSDP),
         "frozen": dict(frozen_check(dict(MLP, plugins=[*MLP["plugins"], "teacher", "kd"],
                                          config={**MLP["config"], "teacher": {"run": teacher}}), log=True),
-                       steps=2, **RUN, **FSDP),
+                       steps=2, precision="bf16", **RUN, **FSDP),  # bf16: the student's MixedPrecisionPolicy
+        "gpt_kd": dict(frozen_check(gpt_kd(gpt_teacher)), steps=GPT_STEPS, **RUN, **FSDP),
         "hard_cap": dict(capped("spectral_hard_cap", {}, 0.011), steps=4, **RUN, **FSDP),
         "normalize": dict(capped("spectral_normalize", {"estimator": "exact"}, 1e-5), steps=4, **RUN, **FSDP),
         "grpo": dict(frozen_check(grpo()), **FSDP),
         "grpo_ddp": grpo(),
+        "soft_grpo": dict(frozen_check(grpo("soft_grpo")), **FSDP),
+        "soft_grpo_ddp": grpo("soft_grpo"),
         "bf16": dict(MLP, steps=STEPS, precision="bf16", **RUN, **FSDP),
         "accum": dict(MLP, steps=4, grad_accum=2, grad_clip=0.5, **RUN, **FSDP),
         "shards": dict(MLP, plugins=[*MLP["plugins"], "dist_plugins:ShardCheck"], steps=2, **RUN, **FSDP),
@@ -208,11 +225,20 @@ def test_fsdp_mix_matches_one_process(runs, teacher):
 
 
 def test_fsdp_shards_the_frozen_teacher_to_half_its_bytes_per_rank(runs):
-    """state.add_frozen_module under FSDP: fully_shard splits the teacher (cnn1d) by rows, so a rank holds about
-    half its parameter bytes between forwards (the dims split evenly but for odd ones)."""
+    """state.add_frozen_module under FSDP: fully_shard splits the teacher (cnn1d) by rows, and a frozen Linear
+    added in hookmix_on_train_start (after the engine sharded the run), so a rank holds half their parameter
+    bytes between forwards (every dim splits evenly here; run in bf16: the frozen models get the student's
+    MixedPrecisionPolicy, fp32 shards)."""
     fractions = [m["check/frozen_fraction"] for m in runs["frozen"]["metrics"] if "check/frozen_fraction" in m]
-    assert len(fractions) == 1 and 0.45 <= fractions[0] <= 0.55, fractions
+    assert fractions == [0.5]
     assert any("teacher/val_accuracy" in m for m in runs["frozen"]["metrics"])
+
+
+def test_fsdp_gpt_student_with_a_sharded_gpt_teacher_matches_one_process(runs, gpt_teacher):
+    """A teacher with fsdp_units() (gpt blocks) is sharded unit by unit (FrozenCheck: <= 0.55 of its bytes per
+    rank after every step); KD from it under FSDP = 1 process within ADAMW."""
+    assert runs["gpt_kd"]["checks"] == GPT_STEPS
+    assert_close_results(runs["gpt_kd"], single(dict(gpt_kd(gpt_teacher), steps=GPT_STEPS, **RUN)), ADAMW)
 
 
 def test_fsdp_gpt_matches_one_process(runs):
@@ -282,10 +308,15 @@ def test_a_one_file_optimizer_state_without_a_row_layout_is_refused_under_fsdp()
         dist.destroy_process_group()
 
 
-def test_fsdp_grpo_matches_ddp(runs):
-    assert runs["grpo"]["checks"] == 3
-    assert_close_results(runs["grpo"], runs["grpo_ddp"], ADAMW)
-    assert [m["train/reward/rank"] for m in runs["grpo"]["metrics"] if "train/reward/rank" in m] == [0.5] * 3
+@pytest.mark.parametrize("arm", ["grpo", "soft_grpo"])
+def test_fsdp_grpo_matches_ddp(runs, arm):
+    """The policy and its frozen reference (kl_coef > 0) both sharded (FrozenCheck: <= 0.55 of the reference's
+    bytes per rank after every step). soft_grpo's reference may call embed a rank-dependent number of times (only
+    rollouts with soft tokens rebuild a mixture): its root stays gathered until the engine reshards it after the
+    micro-batch's forward, so those calls need no collective."""
+    assert runs[arm]["checks"] == 3
+    assert_close_results(runs[arm], runs[f"{arm}_ddp"], ADAMW)
+    assert [m["train/reward/rank"] for m in runs[arm]["metrics"] if "train/reward/rank" in m] == [0.5] * 3
 
 
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason="hf_policy needs transformers (the hf extra)")
