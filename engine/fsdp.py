@@ -10,6 +10,11 @@ module adds:
   one unit), then the model, then each plugin-owned module (``state.modules``), with a
   ``MixedPrecisionPolicy`` under ``run.precision = "bf16"``. Methods other than ``forward`` that run
   the model (``model.fsdp_forward_methods``, e.g. a policy's ``embed``) gather its weights too.
+- Frozen models (``state.add_frozen_module``: a teacher, a reference policy) are sharded the same way,
+  as roots of their own with the student's ``MixedPrecisionPolicy``; they have no gradients, no optimizer
+  state and are not checkpointed. Their forwards run under ``no_grad``, where FSDP2 keeps a root's
+  parameters gathered after its forward (sub-units reshard): :class:`Sharded` reshards them after every
+  forward closure, a point every rank reaches together.
 - :class:`Sharded`: what the training step uses in place of DDP (``no_sync()`` for gradient
   accumulation, a call that runs the engine's forward closure).
 - :func:`full_weights`: the gathered view of the full-matrix contract. Every sharded parameter is
@@ -59,12 +64,34 @@ def units(model: torch.nn.Module) -> list[torch.nn.Module]:
 class Sharded:
     """The FSDP2-wrapped model and plugin modules, used by the training step in place of DDP."""
 
-    def __init__(self, roots: list[torch.nn.Module]) -> None:
+    def __init__(self, roots: list[torch.nn.Module], policy: MixedPrecisionPolicy) -> None:
         self.roots = roots  # the top-level FSDP modules: the model, then each plugin module
+        self.policy = policy
+        self.frozen: list[torch.nn.Module] = []  # sharded frozen models (state.add_frozen_module): not trained
         self.view: dict[str, torch.Tensor] | None = None  # the open gathered view (views nest: the outer one counts)
 
     def __call__(self, fn: Callable[[], Any]) -> Any:
-        return fn()  # FSDP2's hooks are on the modules themselves: nothing to wrap
+        try:
+            return fn()  # FSDP2's hooks are on the modules themselves: nothing to wrap
+        finally:  # once per micro-batch on every rank: the frozen roots gathered by rollouts or aux outputs
+            self.reshard_frozen()
+
+    def add_frozen(self, module: torch.nn.Module) -> None:
+        """Shard a frozen model (``state.add_frozen_module``) as a root of its own."""
+        if any(isinstance(m, FSDPModule) for m in module.modules()):
+            raise BadInput(f"frozen module {type(module).__name__} is already sharded; register the plain module "
+                           f"with state.add_frozen_module and let the engine shard it")
+        shard_tree(module, self.policy)
+        self.frozen.append(module)
+
+    def reshard_frozen(self) -> None:
+        """Free the gathered weights of the frozen roots (local, no communication). Under ``no_grad`` FSDP2
+        leaves a root gathered after its forward; gathered, further calls of it (e.g. a second ``embed`` on
+        one rank only) need no collective, so call counts of the root's own methods may differ by rank."""
+        for root in self.frozen:
+            for module in root.modules():  # its units reshard after their own forwards; the root does not
+                if isinstance(module, FSDPModule):
+                    module.reshard()
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -80,27 +107,36 @@ class Sharded:
     def reshard(self) -> None:
         """Back to sharded parameters: a forward under ``no_grad`` (evaluation) leaves the root's
         parameters gathered (FSDP2 keeps the root unsharded after its forward)."""
-        for root in self.roots:
+        for root in (*self.roots, *self.frozen):
             for module in root.modules():
                 if isinstance(module, FSDPModule):
                     module.reshard()
 
 
-def shard(model: torch.nn.Module, modules: torch.nn.ModuleDict, precision: str) -> Sharded:
-    """``fully_shard`` the model's units, the model, and every plugin module (in place)."""
+def shard_tree(module: torch.nn.Module, policy: MixedPrecisionPolicy) -> None:
+    """``fully_shard`` a model's units (``fsdp_units()``), then the model; its ``fsdp_forward_methods`` gather too."""
+    for unit in units(module):
+        fully_shard(unit, mp_policy=policy)
+    fully_shard(module, mp_policy=policy)
+    for method in getattr(module, "fsdp_forward_methods", ()):  # entry points other than forward()
+        register_fsdp_forward_method(module, method)
+
+
+def shard(model: torch.nn.Module, modules: torch.nn.ModuleDict, precision: str,
+          frozen: dict[str, torch.nn.Module] | None = None) -> Sharded:
+    """``fully_shard`` the model's units, the model, every plugin module and every frozen model (in place)."""
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if precision == "bf16" else MixedPrecisionPolicy()
-    for unit in units(model):
-        fully_shard(unit, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
-    for method in getattr(model, "fsdp_forward_methods", ()):  # entry points other than forward()
-        register_fsdp_forward_method(model, method)
+    shard_tree(model, policy)
     roots = [model]
     for module in modules.values():  # called by their plugins outside the model's forward: roots of their own
         if any(p.requires_grad for p in module.parameters()):
             fully_shard(module, mp_policy=policy)
             roots.append(module)
-    return Sharded(roots)
+    sharded = Sharded(roots, policy)
+    for module in (frozen or {}).values():
+        sharded.add_frozen(module)
+    return sharded
 
 
 def local_rows(full: torch.Tensor, placement_dim: int, rank: int, world_size: int) -> torch.Tensor:
@@ -189,6 +225,7 @@ def setup(state, manager, precision: str) -> tuple[Sharded, bool]:
     Returns the sharded modules and whether the engine must gather around the post-step and
     evaluation-metric hooks (some enabled plugin needs full weights)."""
     names = check_full_weight_plugins(manager)
-    sharded = shard(state.model, state.modules, precision)
+    sharded = shard(state.model, state.modules, precision, state.frozen_modules)
     state.full_view = lambda write_back=True: full_weights(sharded, write_back)
+    state.shard_frozen = sharded.add_frozen  # a frozen module added later (hookmix_on_train_start) is sharded at once
     return sharded, bool(names)

@@ -123,7 +123,9 @@ def hookmix_setup_model(model: torch.nn.Module, state: State) -> None:
 
     Fires before the optimizer is built and before a checkpoint is restored. Use it to add
     plugin-owned trainable modules (``state.add_module(name, module)``: trained, checkpointed,
-    put in the default param group), register forward hooks that capture features, or project
+    put in the default param group), register frozen models (``state.add_frozen_module(name,
+    module)``: a teacher, a reference policy; never trained or checkpointed, sharded under
+    ``run.strategy='fsdp'``), register forward hooks that capture features, or project
     weights once at initialization (a resume then overwrites them with the saved ones).
     """
 

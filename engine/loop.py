@@ -250,9 +250,8 @@ class Trainer:
         state = self.state
         if "sharded" in payload:  # an FSDP checkpoint: its tensors are in a DCP directory
             sharded_checkpoint.load(state.run_dir, payload, state.model, state.modules, self.sharded)
-        elif self.sharded is not None:
-            raise BadInput("this checkpoint was written without run.strategy='fsdp' (one file, full tensors); "
-                           "resume it with run.strategy=ddp (an FSDP run resumes FSDP checkpoints)")
+        elif self.sharded is not None:  # a one-file checkpoint (1 process, DDP): this rank's rows of each tensor
+            sharded_checkpoint.shard_full(payload, state.model, state.modules, state.optimizer)
         missing = [n for n in payload.get("plugin_versions", {}) if n not in self.manager.plugins]
         if missing:
             raise BadInput(f"checkpoint was written with plugin {missing[0]!r}, which this run does not enable; "

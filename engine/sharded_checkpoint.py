@@ -11,6 +11,11 @@ A checkpoint of an FSDP run is two things in ``checkpoints/``:
   the directory is written under a temporary name and renamed, and an interrupted save leaves
   either no ``.pt`` (the previous checkpoint is loaded) or a complete pair.
 
+An FSDP run also resumes a one-file checkpoint (``step-XXXXXXXX.pt`` of a 1-process or DDP run, full
+tensors, loaded ``weights_only``): :func:`shard_full` turns each full tensor into this rank's rows of the
+matching sharded parameter (``distribute_tensor`` without communication: every rank holds the full tensor),
+and each optimizer state tensor shaped like its parameter likewise.
+
 Loading is ``weights_only``-safe: DCP's own reader unpickles ``.metadata`` with ``pickle.load`` and
 non-tensor entries with ``torch.load(weights_only=False)``. :class:`SafeReader` reads the metadata with
 an unpickler that admits only DCP's metadata classes, torch sizes and dtypes, and refuses a directory
@@ -181,3 +186,40 @@ def load(run_dir: RunDir, payload: dict, model, modules, sharded) -> None:
                        f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe") from None
     payload["model"], payload["modules"] = state["model"], state["modules"]
     payload["optimizer"] = _fill(payload["optimizer"], targets)
+
+
+def _rows_like(full: Any, param: torch.Tensor, what: str) -> Any:
+    """``full`` as a DTensor laid out like the sharded ``param`` (this rank's rows; no communication)."""
+    if not isinstance(param, DTensor) or not torch.is_tensor(full) or isinstance(full, DTensor):
+        return full
+    if tuple(full.shape) != tuple(param.shape):
+        raise BadInput(f"checkpoint does not match the model/optimizer of this recipe ({what} has shape "
+                       f"{tuple(full.shape)}, this run's {tuple(param.shape)}); resume with the run's own recipe")
+    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
+def shard_full(payload: dict, model, modules, optimizer) -> None:
+    """A one-file checkpoint (full tensors) for this FSDP run, in place: the ``model``/``modules`` entries of
+    sharded parameters, and the optimizer state tensors shaped like their sharded parameter, become this
+    rank's rows, so the usual ``load_state_dict`` calls fill the shards. Every rank reads the whole file.
+    An optimizer state of another shape (e.g. a factored second moment) has no row layout to follow: refused."""
+    for key, part in (("model", model), ("modules", modules)):
+        current = part.state_dict()
+        payload[key] = {name: _rows_like(value, current[name], f"{key} {name}") if name in current else value
+                        for name, value in payload[key].items()}
+    saved = payload["optimizer"]
+    groups = optimizer.param_groups
+    if len(saved.get("param_groups", [])) != len(groups):
+        return  # a different optimizer: load_state_dict names the mismatch
+    params = {i: p for g, sg in zip(groups, saved["param_groups"]) for i, p in zip(sg["params"], g["params"])}
+    for index, entry in saved.get("state", {}).items():
+        param = params.get(index)
+        if not isinstance(param, DTensor):
+            continue
+        for name, value in entry.items():
+            if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != tuple(param.shape):
+                raise BadInput(f"the checkpoint's optimizer state {name!r} of shape {tuple(value.shape)} has no row "
+                               f"layout on the shards of a {tuple(param.shape)} parameter under run.strategy='fsdp'; "
+                               f"resume this checkpoint with run.strategy=ddp")
+            if torch.is_tensor(value) and value.dim() > 0:
+                entry[name] = _rows_like(value, param, f"optimizer state {name!r}")

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from engine.registry import Registry
 
 T = TypeVar("T")
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 class State:
@@ -58,6 +59,8 @@ class State:
         self.cache_dir = cache_dir_from_env()
         self._pending: dict[str, list[torch.Tensor]] = {}
         self.full_view: Any = None  # run.strategy='fsdp': engine.fsdp.full_weights over the sharded modules
+        self.frozen_modules: dict[str, torch.nn.Module] = {}  # state.add_frozen_module (read-only for plugins)
+        self.shard_frozen: Any = None  # run.strategy='fsdp', after sharding: engine.fsdp shards a late frozen module
 
     def log(self, name: str, value: float | torch.Tensor) -> None:
         """Record a training metric; the engine logs its mean over each log interval.
@@ -157,6 +160,25 @@ class State:
         if name in self.modules:
             raise ValueError(f"a plugin module named {name!r} already exists")
         self.modules[name] = module.to(self.device)
+
+    def add_frozen_module(self, name: str, module: M) -> M:
+        """Register a frozen model (a teacher, a reference policy) and return it: moved to the device, in
+        eval mode, ``requires_grad`` off; never optimized or checkpointed (rebuild it from its source on resume).
+        Under ``run.strategy='fsdp'`` the engine shards it with ``fully_shard`` (its ``fsdp_units()`` and
+        ``fsdp_forward_methods`` too) once ``hookmix_setup_model`` has run; keep the returned object and call it
+        the same number of times on every rank (its forward gathers the weights: a collective). Elsewhere it
+        is left as is. See docs/distributed.md, "Frozen models"."""
+        if name in self.frozen_modules:
+            raise ValueError(f"a frozen module named {name!r} already exists")
+        trained = {id(p) for m in (self.model, self.modules) if m is not None for p in m.parameters()}
+        if any(id(p) in trained for p in module.parameters()):
+            raise ValueError(f"frozen module {name!r} shares parameters with the trained model or a plugin module; "
+                             f"register a copy (copy.deepcopy)")
+        module = module.to(self.device).eval().requires_grad_(False)
+        self.frozen_modules[name] = module
+        if self.shard_frozen is not None:  # added after the engine sharded the run (e.g. in hookmix_on_train_start)
+            self.shard_frozen(module)
+        return module
 
     def full_weights(self, write_back: bool = True):
         """Context manager: under ``run.strategy='fsdp'`` every sharded parameter is gathered and put in

@@ -158,7 +158,8 @@ class Teacher(Plugin):
 
     @hookimpl
     def hookmix_setup_model(self, model, state):
-        self.model = self.build(state)
+        # frozen: under run.strategy='fsdp' the engine shards it (docs/distributed.md, "Frozen models")
+        self.model = state.add_frozen_module("teacher", self.build(state))
         self._check_shapes(state)
 
     @hookimpl
@@ -171,16 +172,20 @@ class Teacher(Plugin):
         if not self.config.eval_metric:
             return None
         if self._accuracy is None:  # the teacher is frozen: computed once per process
-            correct = total = 0
+            # each rank scores its contiguous share of every validation batch (the teacher is called once per
+            # batch on every rank, as a sharded teacher's collectives need); the counts are summed over ranks
+            counts = torch.zeros(2, dtype=torch.float64)
             with torch.no_grad():
                 for batch in state.data.val_batches():
-                    x = batch["input"].to(state.device)
-                    target = batch["target"].to(state.device).reshape(-1)
+                    n = batch["input"].shape[0]
+                    rows = slice(state.rank * n // state.world_size, (state.rank + 1) * n // state.world_size)
+                    x = batch["input"][rows].to(state.device)
+                    target = batch["target"][rows].to(state.device).reshape(-1)
                     with state.autocast():
                         logits = self.model(x)
                     pred = logits.float().reshape(-1, logits.shape[-1]).argmax(-1)
-                    correct += int((pred == target).sum())
-                    total += target.numel()
+                    counts += torch.tensor([float((pred == target).sum()), float(target.numel())], dtype=torch.float64)
+            correct, total = state.all_reduce_sum(counts).tolist()
             self._accuracy = correct / total if total else float("nan")
         return {"teacher/val_accuracy": self._accuracy}
 

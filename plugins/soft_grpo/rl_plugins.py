@@ -156,10 +156,11 @@ class GRPO(Plugin):
 
     @hookimpl
     def hookmix_setup_model(self, model, state):
-        # the frozen reference: a copy of the starting policy (after init_from), never optimized
+        # the frozen reference: a copy of the starting policy (after init_from), never optimized; under
+        # run.strategy='fsdp' the engine shards it like the policy (its units and embed/forward_embeds)
         self.ref = None
         if self.config.kl_coef > 0:
-            self.ref = copy.deepcopy(model).eval().requires_grad_(False)
+            self.ref = state.add_frozen_module(f"{self.name}_ref", copy.deepcopy(model))
         # one noise stream per rank (rank 0's is the 1-process stream); docs/distributed.md
         seed = state.run.seed + self.config.seed_offset + 1_000_003 * state.rank
         self.generator = torch.Generator(device=state.device).manual_seed(seed)

@@ -107,3 +107,45 @@ class ShardCheck(Plugin):
         if not all(isinstance(p, DTensor) for p in params):
             raise TrainingFailure(f"step {state.step}: a parameter is not sharded")
         state.log("check/local_fraction", sum(p.to_local().numel() for p in params) / sum(p.numel() for p in params))
+
+
+@attrs.define
+class FrozenCheckConfig:
+    max_fraction: float = field(1.0, "the most of a frozen model's parameter bytes one rank may hold")
+    log: bool = field(True, "log check/frozen_fraction (a metric a 1-process run would give as 1.0)")
+    late: bool = field(False, "also add a frozen Linear in hookmix_on_train_start (after the engine sharded the "
+                              "run) and call it in every forward")
+
+
+class FrozenCheck(Plugin):
+    """Test check of frozen-model sharding (state.add_frozen_module): after every step, the fraction of the
+    frozen models' parameter bytes this rank holds (outside their forwards: the engine resharded them), at
+    most ``max_fraction``; their parameters never require gradients."""
+
+    name = "frozen_check"
+    Config = FrozenCheckConfig
+
+    @hookimpl
+    def hookmix_on_train_start(self, state):
+        if self.config.late:
+            self.late = state.add_frozen_module("frozen_check_late", torch.nn.Linear(8, 6))
+
+    @hookimpl
+    def hookmix_aux_outputs(self, batch, state):
+        if self.config.late:
+            with torch.no_grad():
+                self.late(torch.ones(2, 8, device=state.device))
+
+    @hookimpl
+    def hookmix_after_optimizer_step(self, model, state):
+        from torch.distributed.tensor import DTensor
+
+        params = [p for m in state.frozen_modules.values() for p in m.parameters()]
+        if not params or any(p.requires_grad for p in params):
+            raise TrainingFailure(f"step {state.step}: no frozen module, or one that requires gradients")
+        local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() * p.element_size() for p in params)
+        fraction = local / sum(p.numel() * p.element_size() for p in params)
+        if fraction > self.config.max_fraction:
+            raise TrainingFailure(f"step {state.step}: this rank holds {fraction:.3f} of the frozen models' bytes")
+        if self.config.log:
+            state.log("check/frozen_fraction", fraction)

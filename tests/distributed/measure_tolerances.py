@@ -46,14 +46,31 @@ def main_fsdp() -> None:
     teacher = os.path.join(tempfile.mkdtemp(), "teacher")
     train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=20, out=teacher, threads=1,
           config={"mnist1d": F.DATA, "cnn1d": {"channels": 8}, "adamw": {"lr": 1e-2}})
-    cases = {"mlp": (F.MLP, F.ADAMW), "lipschitz": (F.lip(), F.MUON), "mix": (F.mix(teacher), F.MUON)}
-    results = run_distributed([dict(c, steps=F.STEPS, **F.RUN, **F.FSDP) for c, _ in cases.values()]
-                              + [dict(F.grpo(), **F.FSDP), F.grpo()])
-    for (name, (case, tol)), result in zip(cases.items(), results):
-        diff, what = max_difference(result, F.single(dict(case, steps=F.STEPS, **F.RUN)))
-        print(f"fsdp {name:10} 2 ranks vs 1: {diff:.2e} ({what}); tolerance {tol:g}")
-    diff, what = max_difference(results[-2], results[-1])
-    print(f"fsdp grpo       vs ddp 2 ranks: {diff:.2e} ({what}); tolerance {F.ADAMW:g}")
+    cases = {"mlp": (F.MLP, F.STEPS, F.ADAMW), "lipschitz": (F.lip(), F.STEPS, F.MUON),
+             "mix": (F.mix(teacher), F.STEPS, F.MUON), "gpt": (F.GPT, F.GPT_STEPS, F.ADAMW),
+             "lipschitz_gpt": (F.LIP_GPT, F.GPT_STEPS, F.MUON)}
+    work = tempfile.mkdtemp()
+    d2f, f2d = os.path.join(work, "ddp_to_fsdp"), os.path.join(work, "fsdp_to_ddp")
+    resumes = [dict(F.MLP, steps=F.STEPS, **F.RUN), dict(F.MLP, steps=F.STEPS, out=d2f, stop_at=3, **F.RUN),
+               dict(F.MLP, steps=F.STEPS, out=d2f, resume=True, **F.RUN, **F.FSDP),
+               dict(F.MLP, steps=F.STEPS, out=f2d, stop_at=3, **F.RUN, **F.FSDP),
+               dict(F.MLP, steps=F.STEPS, out=f2d, resume=True, **F.RUN)]
+    results = run_distributed([dict(c, steps=steps, **F.RUN, **F.FSDP) for c, steps, _ in cases.values()]
+                              + [dict(F.grpo(), **F.FSDP), F.grpo()] + resumes)
+    for (name, (case, steps, tol)), result in zip(cases.items(), results):
+        one = F.single(dict(case, steps=steps, **F.RUN))
+        diff, what = max_difference(result, one)
+        data = "tinyshakespeare" if "tinyshakespeare" in case["config"] else "mnist1d"
+        table = case["config"][data]
+        half = dict(case, config={**case["config"], data: {**table, "batch_size": table["batch_size"] // 2}})
+        control, _ = max_difference(one, F.single(dict(half, steps=steps, **F.RUN)))
+        print(f"fsdp {name:14} 2 ranks vs 1: {diff:.2e} ({what}); tolerance {tol:g}; half-batch control {control:.2e}")
+    n = len(cases)
+    diff, what = max_difference(results[n], results[n + 1])
+    print(f"fsdp grpo           vs ddp 2 ranks: {diff:.2e} ({what}); tolerance {F.ADAMW:g}")
+    for label, index in (("ddp -> fsdp resume", n + 4), ("fsdp -> ddp resume", n + 6)):
+        diff, what = max_difference(results[index], results[n + 2])
+        print(f"{label} vs uninterrupted ddp: {diff:.2e} ({what}); tolerance {F.ADAMW:g}")
 
 
 if __name__ == "__main__":

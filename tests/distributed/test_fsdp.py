@@ -15,6 +15,14 @@ agreement check after every step on the *full* weights (the shards differ by des
   reduction) differs by 0.06-0.14; orthogonalising each row shard separately differs by 23-74% of an update.
 - RL (grpo): rollout noise is per rank by design, so the run is compared with the DDP 2-rank run (same
   per-rank streams): equal up to reduction order (ADAMW).
+- gpt (AdamW, ADAMW) and lipschitz_gpt (Muon + soft cap, MUON): the tiny transformers follow the same rules.
+- Changing strategy at a resume (a DDP one-file checkpoint resumed under FSDP, an FSDP DCP checkpoint resumed
+  under DDP): the weights and optimizer state at the checkpoint are exact (rows of the full tensors, or full
+  tensors assembled from the rows), so the resumed run differs from the uninterrupted DDP run only by the
+  gradient reduction's float order (all-reduce vs reduce-scatter of the mean) after the resume: ADAMW.
+
+Frozen models (the teacher, GRPO's reference) are sharded too (``state.add_frozen_module``): FrozenCheck
+checks after every step that a rank holds about half of their bytes (at most 0.55 on 2 ranks).
 """
 
 from __future__ import annotations
@@ -58,13 +66,33 @@ def capped(method: str, extra: dict, tol: float) -> dict:
                                          "full_cap_check": {"w_max": 2.0, "tol": tol}})
 
 
-def grpo() -> dict:
+SHAKESPEARE = {"block_size": 16, "batch_size": 4, "eval_batches": 2}
+GPT_STEPS = 4
+GPT = dict(plugins=["tinyshakespeare", "gpt", "adamw", "cross_entropy"],
+           config={"tinyshakespeare": SHAKESPEARE, "gpt": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+                   "adamw": {"lr": 1e-3}})
+LIP_GPT = dict(plugins=["tinyshakespeare", "lipschitz_gpt", "muon", "spectral_soft_cap", "cross_entropy"],
+               config={"tinyshakespeare": SHAKESPEARE, "lipschitz_gpt": {"d_model": 32, "n_layers": 2, "n_heads": 2},
+                       "muon": {"lr": 0.05}, "spectral_soft_cap": {"w_max": 2.0}})
+
+
+def frozen_check(case: dict, log: bool = False) -> dict:
+    """``case`` with FrozenCheck: the frozen models are sharded (every rank holds at most 0.55 of their bytes, so
+    at least 0.45 on 2 ranks); ``log``: logs the fraction and adds a frozen Linear in hookmix_on_train_start."""
+    from dist_plugins import FrozenCheck
+
+    return dict(case, plugins=[*case["plugins"], FrozenCheck],
+                config={**case["config"], "frozen_check": {"max_fraction": 0.55, "log": log, "late": log}})
+
+
+def grpo(arm: str = "grpo") -> dict:
+    """grpo (or soft_grpo) with the default kl_coef > 0: a frozen reference policy (sharded under FSDP)."""
     from dist_plugins import RankReward
 
-    return dict(plugins=["countdown", "tiny_policy", "countdown_reward", "format_reward", RankReward, "grpo", "adamw"],
+    return dict(plugins=["countdown", "tiny_policy", "countdown_reward", "format_reward", RankReward, arm, "adamw"],
                 config={"countdown": {"mode": "rl", "batch_size": 4, "val_problems": 0},
                         "tiny_policy": {"d_model": 32, "n_layers": 2, "n_heads": 2},
-                        "grpo": {"group_size": 4, "think_cap": 8, "answer_cap": 8}, "adamw": {"lr": 1e-3}},
+                        arm: {"group_size": 4, "think_cap": 8, "answer_cap": 8}, "adamw": {"lr": 1e-3}},
                 steps=3, threads=1, log_interval=1, eval_interval=3, agree_plugin_states=False)
 
 
@@ -94,6 +122,18 @@ def teacher(tmp_path_factory, cache):
     return out
 
 
+@pytest.fixture(scope="module")
+def gpt_teacher(tmp_path_factory, cache):
+    """A gpt teacher (blocks as FSDP units) for a gpt student on the same data."""
+    out = str(tmp_path_factory.mktemp("gpt_teacher") / "run")
+    train(GPT["plugins"], GPT["config"], steps=3, out=out, threads=1)
+    return out
+
+
+def gpt_kd(teacher: str) -> dict:
+    return dict(GPT, plugins=[*GPT["plugins"], "teacher", "kd"], config={**GPT["config"], "teacher": {"run": teacher}})
+
+
 def mix(teacher: str) -> dict:
     base = lip()
     return dict(plugins=[*base["plugins"], "teacher", "kd", "logit_std"],
@@ -102,17 +142,24 @@ def mix(teacher: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, teacher):
+def runs(tmp_path_factory, teacher, gpt_teacher):
     root = tmp_path_factory.mktemp("fsdp")
     stopped, to_one = str(root / "stopped"), str(root / "to_one")
+    ddp_dir, fsdp_dir = str(root / "ddp_to_fsdp"), str(root / "fsdp_to_ddp")
     cases = {
         "mlp": dict(MLP, steps=STEPS, **RUN, **FSDP),
         "lipschitz": dict(lip(), steps=STEPS, **RUN, **FSDP),
-        "mix": dict(mix(teacher), steps=STEPS, **RUN, **FSDP),
+        "mix": dict(frozen_check(mix(teacher)), steps=STEPS, **RUN, **FSDP),
+        "frozen": dict(frozen_check(dict(MLP, plugins=[*MLP["plugins"], "teacher", "kd"],
+                                         config={**MLP["config"], "teacher": {"run": teacher}}), log=True),
+                       steps=2, precision="bf16", **RUN, **FSDP),  # bf16: the student's MixedPrecisionPolicy
+        "gpt_kd": dict(frozen_check(gpt_kd(gpt_teacher)), steps=GPT_STEPS, **RUN, **FSDP),
         "hard_cap": dict(capped("spectral_hard_cap", {}, 0.011), steps=4, **RUN, **FSDP),
         "normalize": dict(capped("spectral_normalize", {"estimator": "exact"}, 1e-5), steps=4, **RUN, **FSDP),
-        "grpo": dict(grpo(), **FSDP),
+        "grpo": dict(frozen_check(grpo()), **FSDP),
         "grpo_ddp": grpo(),
+        "soft_grpo": dict(frozen_check(grpo("soft_grpo")), **FSDP),
+        "soft_grpo_ddp": grpo("soft_grpo"),
         "bf16": dict(MLP, steps=STEPS, precision="bf16", **RUN, **FSDP),
         "accum": dict(MLP, steps=4, grad_accum=2, grad_clip=0.5, **RUN, **FSDP),
         "shards": dict(MLP, plugins=[*MLP["plugins"], "dist_plugins:ShardCheck"], steps=2, **RUN, **FSDP),
@@ -120,11 +167,19 @@ def runs(tmp_path_factory, teacher):
         "stop": dict(MLP, steps=STEPS, out=stopped, stop_at=3, **RUN, **FSDP),
         "resume": dict(MLP, steps=STEPS, out=stopped, resume=True, **RUN, **FSDP),
         "to_one": dict(MLP, steps=STEPS, out=to_one, stop_at=4, checkpoint_interval=2, **RUN, **FSDP),
+        "gpt": dict(GPT, steps=GPT_STEPS, **RUN, **FSDP),
+        "lipschitz_gpt": dict(LIP_GPT, steps=GPT_STEPS, **RUN, **FSDP),
+        # a strategy change at a resume, both ways, against the uninterrupted DDP run
+        "ddp_mlp": dict(MLP, steps=STEPS, **RUN),
+        "ddp_stop": dict(MLP, steps=STEPS, out=ddp_dir, stop_at=3, **RUN),
+        "ddp_to_fsdp": dict(MLP, steps=STEPS, out=ddp_dir, resume=True, **RUN, **FSDP),
+        "fsdp_stop": dict(MLP, steps=STEPS, out=fsdp_dir, stop_at=3, **RUN, **FSDP),
+        "fsdp_to_ddp": dict(MLP, steps=STEPS, out=fsdp_dir, resume=True, **RUN),
     }
     if HAS_TRANSFORMERS:  # the optional `hf` extra
         cases.update({"hf_grpo": dict(hf_grpo(), **FSDP), "hf_grpo_ddp": hf_grpo()})
     out = dict(zip(cases, run_distributed(list(cases.values()), nproc=2)))
-    out["to_one_dir"] = to_one
+    out["to_one_dir"], out["ddp_dir"], out["fsdp_dir"] = to_one, ddp_dir, fsdp_dir
     return out
 
 
@@ -162,16 +217,106 @@ def test_fsdp_hard_cap_and_normalize_hold_on_full_matrices_every_step(runs, case
 
 
 def test_fsdp_mix_matches_one_process(runs, teacher):
-    """Frozen teacher (not sharded: it has no optimizer state and runs under no_grad) + KD + logit_std
-    + Lipschitz student with Muon and the soft cap."""
+    """Frozen teacher (sharded by the engine: FrozenCheck held it to <= 0.55 of its bytes per rank after every
+    step) + KD + logit_std + Lipschitz student with Muon and the soft cap; teacher/val_accuracy (each rank scores
+    its share of the validation set, counts summed) equals the 1-process number."""
     assert runs["mix"]["checks"] == STEPS
     assert_close_results(runs["mix"], single(dict(mix(teacher), steps=STEPS, **RUN)), MUON)
 
 
-def test_fsdp_grpo_matches_ddp(runs):
-    assert runs["grpo"]["checks"] == 3
-    assert_close_results(runs["grpo"], runs["grpo_ddp"], ADAMW)
-    assert [m["train/reward/rank"] for m in runs["grpo"]["metrics"] if "train/reward/rank" in m] == [0.5] * 3
+def test_fsdp_shards_the_frozen_teacher_to_half_its_bytes_per_rank(runs):
+    """state.add_frozen_module under FSDP: fully_shard splits the teacher (cnn1d) by rows, and a frozen Linear
+    added in hookmix_on_train_start (after the engine sharded the run), so a rank holds half their parameter
+    bytes between forwards (every dim splits evenly here; run in bf16: the frozen models get the student's
+    MixedPrecisionPolicy, fp32 shards)."""
+    fractions = [m["check/frozen_fraction"] for m in runs["frozen"]["metrics"] if "check/frozen_fraction" in m]
+    assert fractions == [0.5]
+    assert any("teacher/val_accuracy" in m for m in runs["frozen"]["metrics"])
+
+
+def test_fsdp_gpt_student_with_a_sharded_gpt_teacher_matches_one_process(runs, gpt_teacher):
+    """A teacher with fsdp_units() (gpt blocks) is sharded unit by unit (FrozenCheck: <= 0.55 of its bytes per
+    rank after every step); KD from it under FSDP = 1 process within ADAMW."""
+    assert runs["gpt_kd"]["checks"] == GPT_STEPS
+    assert_close_results(runs["gpt_kd"], single(dict(gpt_kd(gpt_teacher), steps=GPT_STEPS, **RUN)), ADAMW)
+
+
+def test_fsdp_gpt_matches_one_process(runs):
+    """gpt (blocks as units, tied embedding/head in the root unit) + AdamW: 2 ranks = 1 process within ADAMW."""
+    assert runs["gpt"]["checks"] == GPT_STEPS
+    assert_close_results(runs["gpt"], single(dict(GPT, steps=GPT_STEPS, **RUN)), ADAMW)
+
+
+def test_fsdp_lipschitz_gpt_matches_one_process(runs):
+    """lipschitz_gpt (blocks as units) + Muon + soft cap, the certified bound on gathered matrices: within MUON."""
+    res = runs["lipschitz_gpt"]
+    assert res["checks"] == GPT_STEPS
+    one = single(dict(LIP_GPT, steps=GPT_STEPS, **RUN))
+    assert_close_results(res, one, MUON)
+    bound = [m["lipschitz/bound"] for m in res["metrics"] if "lipschitz/bound" in m]
+    assert bound and bound == pytest.approx([m["lipschitz/bound"] for m in one["metrics"] if "lipschitz/bound" in m],
+                                            rel=MUON)
+
+
+def test_one_file_ddp_checkpoint_resumes_under_fsdp(runs):
+    """A 2-rank DDP run stopped at step 3 (checkpoints/step-00000003.pt, full tensors) resumed with
+    run.strategy=fsdp: each rank loads its rows; the end is the uninterrupted DDP run's within ADAMW (the module
+    docstring says why)."""
+    assert sorted(os.listdir(os.path.join(runs["ddp_dir"], "checkpoints")))[0] == "step-00000003.pt"
+    assert runs["ddp_to_fsdp"]["checks"] == STEPS - 3
+    assert_close_results(runs["ddp_to_fsdp"], runs["ddp_mlp"], ADAMW)
+
+
+def test_fsdp_checkpoint_resumes_under_ddp_on_two_ranks(runs):
+    """FSDP on 2 ranks stopped at step 3 (a DCP directory) resumed under DDP on 2 ranks: within ADAMW."""
+    assert "step-00000003.dcp" in os.listdir(os.path.join(runs["fsdp_dir"], "checkpoints"))
+    assert runs["fsdp_to_ddp"]["checks"] == STEPS - 3
+    assert_close_results(runs["fsdp_to_ddp"], runs["ddp_mlp"], ADAMW)
+
+
+def test_a_one_file_optimizer_state_without_a_row_layout_is_refused_under_fsdp():
+    """shard_full: an optimizer state tensor shaped unlike its sharded parameter (e.g. a factored moment) cannot be
+    split into the parameter's rows: one line naming it and run.strategy=ddp (a 1-rank mesh in this process)."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    from engine.errors import BadInput
+    from engine.sharded_checkpoint import shard_full
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        model = torch.nn.Linear(4, 3, bias=False)
+        mesh = init_device_mesh("cpu", (1,))
+        model.weight = torch.nn.Parameter(distribute_tensor(model.weight.detach(), mesh, [Shard(0)]))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        full = {"weight": torch.ones(3, 4)}
+        ok = {"model": dict(full), "modules": {}, "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3, 4)}},
+                                                                "param_groups": [{"params": [0]}]}}
+        shard_full(ok, model, torch.nn.ModuleDict(), optimizer)
+        assert isinstance(ok["model"]["weight"], DTensor) and isinstance(ok["optimizer"]["state"][0]["momentum_buffer"],
+                                                                         DTensor)
+        bad = {"model": dict(full), "modules": {}, "optimizer": {"state": {0: {"row_moment": torch.ones(3)}},
+                                                                 "param_groups": [{"params": [0]}]}}
+        with pytest.raises(BadInput, match="optimizer state 'row_moment' of shape \\(3,\\) has no row layout"):
+            shard_full(bad, model, torch.nn.ModuleDict(), optimizer)
+        with pytest.raises(BadInput, match="model weight has shape \\(4, 4\\), this run's \\(3, 4\\)"):
+            shard_full({"model": {"weight": torch.ones(4, 4)}, "modules": {}, "optimizer": {}}, model,
+                       torch.nn.ModuleDict(), optimizer)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("arm", ["grpo", "soft_grpo"])
+def test_fsdp_grpo_matches_ddp(runs, arm):
+    """The policy and its frozen reference (kl_coef > 0) both sharded (FrozenCheck: <= 0.55 of the reference's
+    bytes per rank after every step). soft_grpo's reference may call embed a rank-dependent number of times (only
+    rollouts with soft tokens rebuild a mixture): its root stays gathered until the engine reshards it after the
+    micro-batch's forward, so those calls need no collective."""
+    assert runs[arm]["checks"] == 3
+    assert_close_results(runs[arm], runs[f"{arm}_ddp"], ADAMW)
+    assert [m["train/reward/rank"] for m in runs[arm]["metrics"] if "train/reward/rank" in m] == [0.5] * 3
 
 
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason="hf_policy needs transformers (the hf extra)")

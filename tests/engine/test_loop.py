@@ -274,3 +274,38 @@ def test_transform_logits_is_an_ordered_fold():
     result = train([*TOY, Distiller, ZeroDistillLogits, AddOne], steps=1)  # zero, then +1
     seen, _ = result.trainer.manager.plugins["distiller"].seen[0]
     assert seen == result.trainer.state.data.batch_size * 3  # a 16x3 matrix of ones
+
+
+# --- frozen modules (state.add_frozen_module) -------------------------------------------------
+
+
+class FrozenCopy(Plugin):
+    """Registers a frozen copy of the starting model and calls it every step."""
+
+    name = "frozen_copy"
+
+    @hookimpl
+    def hookmix_setup_model(self, model, state):
+        import copy
+
+        self.copy = state.add_frozen_module("copy", copy.deepcopy(model))
+        with pytest.raises(ValueError, match="a frozen module named 'copy' already exists"):
+            state.add_frozen_module("copy", torch.nn.Linear(2, 2))
+        with pytest.raises(ValueError, match="shares parameters with the trained model"):
+            state.add_frozen_module("student", model)
+
+    @hookimpl
+    def hookmix_aux_outputs(self, batch, state):
+        with torch.no_grad():
+            return {"frozen_logits": self.copy(batch["input"])}
+
+
+def test_a_frozen_module_is_returned_in_eval_mode_without_gradients_optimizer_state_or_checkpoint():
+    result = train([*TOY, FrozenCopy], steps=2)
+    frozen = result.state.frozen_modules["copy"]
+    assert frozen is result.plugins["frozen_copy"].copy and not frozen.training
+    assert not any(p.requires_grad for p in frozen.parameters())
+    in_optimizer = {id(p) for g in result.state.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in in_optimizer for p in frozen.parameters())
+    assert not result.state.modules and len(result.state.frozen_modules) == 1  # never a trained plugin module
+    assert not torch.equal(frozen[1].weight, result.model[1].weight)  # the student trained, the copy did not
