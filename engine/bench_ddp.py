@@ -10,7 +10,9 @@ One ``torch.distributed.run`` launch with 2 processes. Each repeat, in turn:
   the step time two busy cores give without any DDP at all.
 
 The two alternate within the launch (interleaved repeats), so load on the machine hits both alike.
-Weak-scaling efficiency = single step time / ddp step time (1.0: a second rank costs nothing).
+Weak-scaling efficiency = single step time / ddp step time (1.0: a second rank costs nothing), the
+median over repeats of the ratio of the medians within each repeat (short repeats: a drift of the
+machine's speed over seconds, common on shared virtual machines, cancels).
 The ceiling = single / pair: what the machine allows when two cores work at once (shared caches,
 memory bandwidth, a hypervisor's vCPUs); efficiency / ceiling is the part DDP itself costs.
 The all-reduce column times ``all_reduce`` of one flat float32 tensor with as many elements as the
@@ -87,26 +89,31 @@ def _worker(out_path: str, workloads: list[str], steps: int, repeats: int, warmu
             n_params = sum(p.numel() for p in ddp.params)
             _timed_steps(ddp, warmup)
             _timed_steps(single, warmup)
-            ddp_t, single_t, reduce_t, pair_t = [], [], [], []
+            ddp_t, single_t, reduce_t, pair_t, ratios = [], [], [], [], []
             flat = torch.zeros(n_params)
             for _ in range(repeats):
                 dist.barrier()
-                ddp_t += _timed_steps(ddp, steps)
+                ddp_r = _timed_steps(ddp, steps)
                 dist.barrier()
                 for _ in range(steps):
                     t0 = time.perf_counter()
                     dist.all_reduce(flat)
                     reduce_t.append(time.perf_counter() - t0)
                 dist.barrier()
-                if rank == 0:
-                    single_t += _timed_steps(single, steps)
+                single_r = _timed_steps(single, steps) if rank == 0 else []
                 dist.barrier()
-                pair_t += _timed_steps(single, steps)  # both ranks at once, no communication
+                pair_r = _timed_steps(single, steps)  # both ranks at once, no communication
                 dist.barrier()
+                if rank == 0:  # ratios within a repeat: a slow drift of the machine's speed cancels
+                    s_r = statistics.median(single_r)
+                    ratios.append((s_r / statistics.median(ddp_r), s_r / statistics.median(pair_r)))
+                ddp_t, single_t, pair_t = ddp_t + ddp_r, single_t + single_r, pair_t + pair_r
             if rank == 0:
                 d, s, r, p = (statistics.median(x) * 1e3 for x in (ddp_t, single_t, reduce_t, pair_t))
                 rows.append({"workload": name, "per_rank_batch": batch, "params": n_params, "single_ms": s,
-                             "ddp_ms": d, "allreduce_ms": r, "pair_ms": p, "efficiency": s / d, "ceiling": s / p})
+                             "ddp_ms": d, "allreduce_ms": r, "pair_ms": p,
+                             "efficiency": statistics.median(e for e, _ in ratios),
+                             "ceiling": statistics.median(c for _, c in ratios)})
         if rank == 0:
             with open(out_path, "w") as f:
                 json.dump(rows, f)

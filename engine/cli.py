@@ -62,7 +62,8 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
                         "contestants this many times, medians over repeats (default 1)")
     p.add_argument("--steps", type=_count, default=30, help="timed steps per loop")
     p.add_argument("--noop", type=int, default=8, help="extra no-op plugins in the second comparison")
-    p.add_argument("--workload", choices=["gpt", "mlp", "both"], default="both")
+    p.add_argument("--workload", choices=["gpt", "mlp", "tiny", "both"], default="both",
+                   help="both: gpt and mlp; tiny: a 40-8-10 MLP on 4 samples (the per-step cost in µs)")
     p.add_argument("--against", choices=["lightning"], help="add Lightning Fabric and Trainer columns")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: this thread's CPU time (1 thread)")
     for verb, command in commands.items():
@@ -295,6 +296,8 @@ def cmd_bench(args) -> int:
     if args.what == "ddp":
         from engine.bench_ddp import ddp_bench
 
+        if args.workload == "tiny":
+            raise BadInput("bench ddp has the workloads gpt and mlp; use --workload gpt, mlp or both")
         return ddp_bench(steps=args.steps, repeats=args.repeats or 5, workload=args.workload)
     if args.what == "fsdp":
         from engine.bench_fsdp import fsdp_bench

@@ -38,5 +38,6 @@ def test_bench_ddp_reports_efficiency_and_the_no_communication_ceiling(capsys):
     single, ddp, pair = (float(values[k]) for k in ("1 rank step (ms)", "2 ranks DDP step (ms)",
                                                       "2 independent ranks at once (ms)"))
     assert single > 0 and ddp > 0 and pair > 0
+    # one repeat: the median of the per-repeat ratios is the ratio of the medians
     assert float(values["weak-scaling efficiency"]) == pytest.approx(single / ddp, rel=0.01)
     assert float(values["ceiling (no communication)"]) == pytest.approx(single / pair, rel=0.01)
