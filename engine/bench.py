@@ -9,7 +9,8 @@ over rounds of its time / the plain loop's time in the same round. The losses of
 must equal the plain loop's at every step (≤ 1e-6; they are bit-identical).
 
 Contestants: ``plain`` (written out below), ``hookmix`` (``Trainer.advance()``: hook dispatch,
-per-term logging, the deferred non-finite check, a metrics record every 10 steps), ``hookmix+N``
+per-term logging, the deferred non-finite check, a metrics record every 10 steps to metrics.jsonl and
+TensorBoard in a temporary local run directory, as a real run writes them), ``hookmix+N``
 (the same with N no-op plugins implementing every per-step hook), and with ``--against
 lightning`` Lightning Fabric and the Lightning Trainer (engine/bench_lightning.py).
 """
@@ -20,6 +21,7 @@ import copy
 import statistics
 import time
 import os
+import shutil
 import tempfile
 
 import torch
@@ -88,6 +90,8 @@ ADAMW = {"lr": 1e-3, "schedule": "constant", "weight_decay": 0.0}
 
 
 def _engine(workload: str, noop: int) -> Trainer:
+    """A set-up trainer writing its metrics (jsonl + TensorBoard) to a temporary local run directory,
+    as a real run does; :func:`_discard` removes it."""
     base, configs = WORKLOADS[workload]
     noops = {cls.name: cls for cls in (_noop_plugin(i) for i in range(noop))}
     registry = Registry({**noops, "loss_probe": LossProbe})
@@ -97,6 +101,11 @@ def _engine(workload: str, noop: int) -> Trainer:
     trainer = Trainer(resolve("bench", raw, registry), registry, quiet=True)
     trainer.setup()
     return trainer
+
+
+def _discard(trainer: Trainer) -> None:
+    trainer._close(failed=False)  # metrics closed, run directory released
+    shutil.rmtree(os.path.dirname(trainer.recipe.run.out), ignore_errors=True)
 
 
 def _plain_step(model: torch.nn.Module, adamw: dict, data, generator: torch.Generator):
@@ -132,10 +141,11 @@ def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int =
     def generator() -> torch.Generator:  # the engine seeds its data order like this
         return torch.Generator().manual_seed(state.run.seed + 1)
 
+    engines = [engine] + ([_engine(workload, noop)] if noop else [])
     contestants = {"plain": _plain_step(copy.deepcopy(state.model), adamw, state.data, generator()),
                    "hookmix": _engine_step(engine)}
     if noop:
-        contestants[f"hookmix+{noop}"] = _engine_step(_engine(workload, noop))
+        contestants[f"hookmix+{noop}"] = _engine_step(engines[1])
     if lightning:
         from engine.bench_lightning import fabric_step
 
@@ -168,6 +178,8 @@ def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int =
     else:
         for i in range(warmup + steps):
             one_round(i)
+    for trainer in engines:
+        _discard(trainer)
     plain = times["plain"]
     return {"workload": workload,
             "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},

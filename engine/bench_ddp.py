@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -124,16 +125,20 @@ def _worker(out_path: str, workloads: list[str], steps: int, repeats: int, warmu
 def run_two_ranks(module: str, *args: str):
     """Run ``python -m module OUT *args`` on 2 ranks (torch.distributed.run, one thread each); return the JSON
     its rank 0 wrote to OUT, or None (with the workers' error output printed) when the launch failed."""
-    out = os.path.join(tempfile.mkdtemp(prefix="hookmix-bench-"), "rows.json")
+    work = tempfile.mkdtemp(prefix="hookmix-bench-")
+    out = os.path.join(work, "rows.json")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", module, out, *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        return None
-    with open(out) as f:
-        return json.load(f)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return None
+        with open(out) as f:
+            return json.load(f)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def ddp_bench(steps: int = 20, repeats: int = 5, workload: str = "both", warmup: int = 5) -> int:

@@ -4,6 +4,10 @@ contestant trained, that the losses agree, and that the table holds what the doc
 
 from __future__ import annotations
 
+import glob
+import os
+import tempfile
+
 import pytest
 
 from engine.cli import main
@@ -14,7 +18,12 @@ def _table_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in row] for row in rows]
 
 
+def _bench_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "hookmix-bench-*")))
+
+
 def test_bench_overhead_repeats_fresh_contestants(capsys):
+    before = _bench_dirs()
     assert main(["bench", "overhead", "--workload", "mlp", "--steps", "3", "--repeats", "2", "--noop", "2"]) == 0
     out = capsys.readouterr().out
     header, row = _table_rows(out)
@@ -22,6 +31,7 @@ def test_bench_overhead_repeats_fresh_contestants(capsys):
     assert row[0] == "mlp" and row[-1] == "0.0e+00"  # every contestant's loss equals the plain loop's
     per_repeat = [line for line in out.splitlines() if line.startswith("mlp ratios per repeat:")]
     assert len(per_repeat) == 1 and per_repeat[0].count(" ") >= 6  # two ratios for each of 2 contestants
+    assert _bench_dirs() <= before  # the engines' temporary run directories are removed
 
 
 @pytest.mark.parametrize("argv", [["--steps", "0"], ["--repeats", "-1"], ["--repeats", "two"]])
@@ -32,6 +42,7 @@ def test_bench_counts_must_be_whole_numbers_from_one(argv, capsys):
 
 
 def test_bench_ddp_reports_efficiency_and_the_no_communication_ceiling(capsys):
+    before = _bench_dirs()
     assert main(["bench", "ddp", "--workload", "mlp", "--steps", "2", "--repeats", "1"]) == 0
     header, row = _table_rows(capsys.readouterr().out)
     values = dict(zip(header, row))
@@ -41,3 +52,4 @@ def test_bench_ddp_reports_efficiency_and_the_no_communication_ceiling(capsys):
     # one repeat: the median of the per-repeat ratios is the ratio of the medians
     assert float(values["weak-scaling efficiency"]) == pytest.approx(single / ddp, rel=0.01)
     assert float(values["ceiling (no communication)"]) == pytest.approx(single / pair, rel=0.01)
+    assert _bench_dirs() <= before
