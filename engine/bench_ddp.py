@@ -21,6 +21,7 @@ trained parameters (the bytes DDP reduces per step), on both ranks, alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,34 +34,38 @@ import uuid
 
 import torch
 
-WORKLOADS = {
-    # the benchmark workloads of engine/bench.py, with the per-rank batch given here
-    "gpt": (["tinyshakespeare", "gpt"], {"tinyshakespeare": {"block_size": 64}, "gpt": {"n_layer": 3, "n_head": 4,
-                                                                                       "n_embd": 96}},
-            "tinyshakespeare", 16),
-    "mlp": (["mnist1d", "mlp"], {"mlp": {"hidden": [256, 256]}}, "mnist1d", 100),
-}
+PER_RANK_BATCH = {"gpt": 16, "mlp": 100}  # the workloads of engine/bench.py, with this per-rank batch
 ADAMW = {"lr": 1e-3, "schedule": "constant", "weight_decay": 0.0}
+
+
+@contextlib.contextmanager
+def single_process(hide: bool = True):
+    """Inside torchrun, set up a run as if launched alone (no process group): the torchrun variables
+    the engine reads are hidden while the block runs."""
+    hidden = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE") if hide and k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
 
 
 def _trainer(workload: str, batch: int, distributed_run: bool):
     """A set-up trainer for ``workload``; ``distributed_run=False`` hides the torchrun environment."""
+    from engine.bench import WORKLOADS
     from engine.loop import Trainer
     from engine.recipe import resolve
     from engine.registry import Registry
 
-    base, configs, data, per_rank = WORKLOADS[workload]
+    base, configs = WORKLOADS[workload]
+    data = base[0]
     configs = {**configs, data: {**configs.get(data, {}), "batch_size": batch}}
     raw = {"run": {"plugins": [*base, "adamw", "cross_entropy"], "steps": 10**6, "log_interval": 10**6,
                    "threads": 1, "out": f"memory://hookmix-bench-{uuid.uuid4().hex}"},
            "plugins": {**configs, "adamw": ADAMW}}
     registry = Registry()
-    hidden = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE") if not distributed_run and k in os.environ}
-    try:
+    with single_process(hide=not distributed_run):
         trainer = Trainer(resolve("bench", raw, registry), registry, quiet=True)
         trainer.setup()
-    finally:
-        os.environ.update(hidden)
     return trainer
 
 
@@ -84,7 +89,7 @@ def _worker(out_path: str, workloads: list[str], steps: int, repeats: int, warmu
     rows = []
     try:
         for name in workloads:
-            batch = WORKLOADS[name][3]
+            batch = PER_RANK_BATCH[name]
             ddp = _trainer(name, batch * group.world_size, True)
             single = _trainer(name, batch, False)
             n_params = sum(p.numel() for p in ddp.params)

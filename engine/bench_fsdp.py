@@ -16,28 +16,26 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 
 import torch
 
 RECIPE = "shakespeare-gpt"
 
 
-def _trainer(strategy: str, distributed_run: bool):
+def _trainer(strategy: str, distributed_run: bool, out: str):
     from engine.loop import Trainer
     from engine.recipe import apply_overrides, read_recipe, resolve
     from engine.registry import Registry
 
+    from engine.bench_ddp import single_process
+
     registry = Registry()
     name, raw = read_recipe(RECIPE, registry)
     raw = apply_overrides(raw, ["run.threads=1", "run.log_interval=1000000", f"run.strategy={strategy}",
-                                f"run.out=/tmp/hookmix-bench-fsdp-{uuid.uuid4().hex}"])
-    hidden = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE") if not distributed_run and k in os.environ}
-    try:
+                                f"run.out={out}"])
+    with single_process(hide=not distributed_run):
         trainer = Trainer(resolve(name, raw, registry), registry, quiet=True)
         trainer.setup()
-    finally:
-        os.environ.update(hidden)
     return trainer
 
 
@@ -89,13 +87,14 @@ def _worker(out_path: str) -> None:
 
     torch.set_num_threads(1)
     group = distributed.Group(distributed.read_env(), "gloo", 300.0)
+    work = os.path.dirname(out_path)  # run directories (FSDP writes local ones) go with the rows file
     rows = {}
     try:
         if group.rank == 0:
-            rows["1 process"] = [measure(_trainer("ddp", False))]
+            rows["1 process"] = [measure(_trainer("ddp", False, os.path.join(work, "single")))]
         dist.barrier()
         for strategy in ("ddp", "fsdp"):
-            rows[f"2 ranks {strategy}"] = group.gather(measure(_trainer(strategy, True)))
+            rows[f"2 ranks {strategy}"] = group.gather(measure(_trainer(strategy, True, os.path.join(work, strategy))))
             dist.barrier()
         if group.rank == 0:
             with open(out_path, "w") as f:

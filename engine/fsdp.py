@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from engine.errors import BadInput
 
@@ -88,10 +88,7 @@ class Sharded:
         """Free the gathered weights of the frozen roots (local, no communication). Under ``no_grad`` FSDP2
         leaves a root gathered after its forward; gathered, further calls of it (e.g. a second ``embed`` on
         one rank only) need no collective, so call counts of the root's own methods may differ by rank."""
-        for root in self.frozen:
-            for module in root.modules():  # its units reshard after their own forwards; the root does not
-                if isinstance(module, FSDPModule):
-                    module.reshard()
+        reshard(self.frozen)
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -107,10 +104,15 @@ class Sharded:
     def reshard(self) -> None:
         """Back to sharded parameters: a forward under ``no_grad`` (evaluation) leaves the root's
         parameters gathered (FSDP2 keeps the root unsharded after its forward)."""
-        for root in (*self.roots, *self.frozen):
-            for module in root.modules():
-                if isinstance(module, FSDPModule):
-                    module.reshard()
+        reshard([*self.roots, *self.frozen])
+
+
+def reshard(roots: list[torch.nn.Module]) -> None:
+    """Every FSDP module in ``roots`` back to its local shards (local: no communication)."""
+    for root in roots:
+        for module in root.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
 
 def shard_tree(module: torch.nn.Module, policy: MixedPrecisionPolicy) -> None:
@@ -139,28 +141,14 @@ def shard(model: torch.nn.Module, modules: torch.nn.ModuleDict, precision: str,
     return sharded
 
 
-def local_rows(full: torch.Tensor, placement_dim: int, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's rows of ``full`` in DTensor's ``Shard(d)`` layout (``torch.chunk``; trailing ranks
-    may hold fewer rows, or none)."""
-    chunks = torch.chunk(full, world_size, dim=placement_dim)
-    if rank < len(chunks):
-        return chunks[rank]
-    shape = list(full.shape)
-    shape[placement_dim] = 0
-    return full.new_empty(shape)
-
-
 @contextlib.contextmanager
-def full_weights(sharded: Sharded | None, write_back: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+def full_weights(sharded: Sharded, write_back: bool = True) -> Iterator[dict[str, torch.Tensor]]:
     """Every sharded parameter as a plain full tensor in the model while the block runs.
 
     Yields ``{name: full tensor}`` (names as in ``named_parameters()`` of each root). A collective:
     every rank enters it at the same point. Changes made in place to the full tensors are copied
-    back to this rank's shard on exit (``write_back``). Outside FSDP it yields ``{}`` and changes nothing.
+    back to this rank's shard on exit (``write_back``). (Outside FSDP, ``state.full_weights()`` yields ``{}``.)
     """
-    if sharded is None:
-        yield {}
-        return
     if sharded.view is not None:  # already inside a view: the model holds the full tensors
         yield sharded.view
         return
@@ -192,10 +180,9 @@ def full_weights(sharded: Sharded | None, write_back: bool = True) -> Iterator[d
         with torch.no_grad():
             for module, name, p, full, fresh in reversed(swapped):
                 module._parameters[name] = p
-                if write_back and fresh:
-                    (dim,) = [pl.dim for pl in p.placements if pl.is_shard()] or [0]
-                    local = p.to_local()
-                    local.copy_(local_rows(full.data, dim, p.device_mesh.get_local_rank(), p.device_mesh.size()))
+                if write_back and fresh:  # this rank's rows of the full tensor (every rank holds it: no communication)
+                    rows = distribute_tensor(full.data, p.device_mesh, p.placements, src_data_rank=None)
+                    p.to_local().copy_(rows.to_local())
 
 
 def needs_full(plugin: Any) -> bool:

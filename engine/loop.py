@@ -289,7 +289,7 @@ class Trainer:
         if self.sharded is not None:  # every rank writes its shards (DCP); rank 0 then commits the .pt
             payload = {**self._payload(), "ranks": ranks} if state.is_main else None
             sharded_checkpoint.save(state.run_dir, state.step, payload, self.recipe.run.keep_checkpoints,
-                                    state.model, state.modules, state.optimizer)
+                                    state.model, state.modules, state.optimizer, self.sharded)
         elif state.is_main:
             payload = self._payload()
             if ranks is not None:
@@ -351,10 +351,8 @@ class Trainer:
         """For the deferred non-finite check and the train metrics: list appends, no host sync."""
         logged = {name: term.detach() for name, term in terms.items()}
         self.finite.record(step, logged)
-        pending = self.state._pending  # State.log without its per-call checks: these are tensors
-        for name, term in logged.items():
-            pending.setdefault(f"train/loss/{name}", []).append(term)
-        pending.setdefault("train/loss", []).append(loss.detach() if len(logged) > 1 else term)
+        self.state.log_detached({**{f"train/loss/{name}": t for name, t in logged.items()},
+                                 "train/loss": loss.detach() if len(logged) > 1 else next(iter(logged.values()))})
 
     def _rollouts(self, batch: dict) -> dict:
         state, manager, model = self.state, self.manager, self.state.model
@@ -401,6 +399,7 @@ class Trainer:
         self._record(record)
 
     def evaluate(self) -> dict:
+        self.finite.check()  # no evaluation record for weights trained on a non-finite loss
         metrics = self.manager.evaluate(self.state.model, self.state)
         self._record({"step": self.state.step, **metrics})
         return metrics
@@ -415,8 +414,6 @@ class Trainer:
         log = step % run.log_interval == 0 or last
         evaluate = (run.eval_interval and step % run.eval_interval == 0) or last
         save = (run.checkpoint_interval and step % run.checkpoint_interval == 0) or last or step == stop_at
-        if evaluate or save:
-            self.finite.check()  # before any metric or checkpoint: never save non-finite weights
         if log:
             self.log_train()
         else:

@@ -388,8 +388,6 @@ def _prepared_call(hook_name: str, plugin: str, fn: Callable, argnames: tuple[st
     return traced
 
 
-
-
 class Profile:
     """Per-hook, per-plugin wall time (``HOOKMIX_PROFILE=1``), printed as a table at the end of a run.
 

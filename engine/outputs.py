@@ -140,7 +140,10 @@ class MetricsLog:
         self.file = run_dir.fs.open(run_dir._p("metrics.jsonl"), "a") if run_dir.is_local else None
         self._stage = None if run_dir.is_local else tempfile.mkdtemp(prefix="hookmix-tb-")
         tb_dir = os.path.join(run_dir.path, "tensorboard") if run_dir.is_local else self._stage
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter  # heavy import: only when a run starts
+
+        self._summary = Summary  # one event per record holds all its scalars (see write)
 
         self.tb = SummaryWriter(log_dir=tb_dir, purge_step=resume_step + 1 if resume_step else None)
 
@@ -154,8 +157,7 @@ class MetricsLog:
             self.lines.append(line)
             with self.run_dir.fs.open(self.run_dir._p("metrics.jsonl"), "w") as f:
                 f.write("".join(l + "\n" for l in self.lines))
-        from tensorboard.compat.proto.summary_pb2 import Summary  # imported with SummaryWriter: cached
-
+        Summary = self._summary
         scalars = [Summary.Value(tag=k, simple_value=v) for k, v in record.items()
                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
         if scalars:  # the event add_scalar would write per scalar, once per record

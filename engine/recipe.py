@@ -18,7 +18,6 @@ is saved in the run directory and is all that is needed to reproduce the run.
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 import typing
 from typing import Any, Literal
@@ -30,7 +29,7 @@ import tomli_w
 
 from engine.errors import BadInput
 from engine.validators import Rule, device_name, finite_non_negative, in_range, int_range, no_nul
-from engine.registry import Registry, unknown_name_message
+from engine.registry import Registry, did_you_mean, unknown_name_message
 
 
 def one_of(*allowed: str) -> Rule:
@@ -140,9 +139,8 @@ def structure_table(table: Any, cls: type, where: str) -> Any:
     kwargs = {}
     for key, value in table.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise BadInput(f"unknown key {where}.{key}{hint} (valid keys of {where}: {', '.join(fields) or 'none'})")
+            raise BadInput(f"unknown key {where}.{key}{did_you_mean(key, list(fields))} "
+                           f"(valid keys of {where}: {', '.join(fields) or 'none'})")
         ftype = fields[key].type
         if attrs.has(ftype):
             kwargs[key] = structure_table(value, ftype, f"{where}.{key}")

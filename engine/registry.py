@@ -103,12 +103,16 @@ class Registry:
         return [i.name for i in self.ok() if offers(i.name, i.cls, capability)]
 
 
+def did_you_mean(name: str, valid: list[str]) -> str:
+    """``"; did you mean 'x'?"`` naming the closest valid name, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def unknown_name_message(what: str, name: str, valid: list[str], hint: str = "") -> str:
     """One line: the unknown name, the closest valid one, and where to look."""
-    close = difflib.get_close_matches(name, valid, n=1)
-    msg = f"unknown {what} {name!r}"
-    if close:
-        msg += f"; did you mean {close[0]!r}?"
-    elif valid:
+    close = did_you_mean(name, valid)
+    msg = f"unknown {what} {name!r}{close}"
+    if not close and valid:
         msg += f"; valid: {', '.join(valid)}"
     return msg + (f" ({hint})" if hint else "")

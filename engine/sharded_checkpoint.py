@@ -35,7 +35,6 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from engine import checkpoint
@@ -127,7 +126,7 @@ def check_location(run_dir: RunDir) -> None:
                        f"{run_dir.url()} is not one: pass a path for --out")
 
 
-def save(run_dir: RunDir, step: int, payload: dict | None, keep: int, model, modules, optimizer) -> None:
+def save(run_dir: RunDir, step: int, payload: dict | None, keep: int, model, modules, optimizer, sharded) -> None:
     """Every rank: write its rows into the DCP directory; rank 0 (``payload`` not None) then renames it and
     writes the ``.pt`` that commits the checkpoint. A collective."""
     final = os.path.join(run_dir.path, "checkpoints", dir_name(step))
@@ -136,9 +135,7 @@ def save(run_dir: RunDir, step: int, payload: dict | None, keep: int, model, mod
         shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted save
         os.makedirs(tmp)
     dist.barrier()
-    for module in (*model.modules(), *modules.modules()):  # evaluation leaves the root gathered
-        if isinstance(module, FSDPModule):
-            module.reshard()
+    sharded.reshard()  # evaluation leaves the root gathered
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(optimizer.state_dict(), "optimizer", tensors)
     dcp.save({"model": model.state_dict(), "modules": modules.state_dict(), "optimizer": tensors},

@@ -74,6 +74,11 @@ class State:
         else:
             self._pending[name] = [value]
 
+    def log_detached(self, values: dict[str, torch.Tensor]) -> None:
+        """:meth:`log` for the engine's per-step loss terms: already detached tensors, no checks."""
+        for name, value in values.items():
+            self._pending.setdefault(name, []).append(value)
+
     def pop_logged(self) -> dict[str, float]:
         """Means of everything logged since the last call (used by the loop at log time)."""
         if not self._pending:
@@ -217,12 +222,4 @@ def _mean(values: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([v.float().reshape(()) for v in values]).mean()
 
 
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NULL = _Null()
+_NULL = contextlib.nullcontext()  # the autocast of an fp32 run

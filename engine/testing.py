@@ -122,6 +122,20 @@ class ToyCE(Plugin):
         return {"toy_ce": torch.nn.functional.cross_entropy(logits, batch["target"])}
 
 
+def nan_term_at(step: int) -> type[Plugin]:
+    """A plugin class (``nan_at_<step>``) adding a loss term ``blowup``: NaN during step ``step`` only,
+    0 otherwise. For tests of what a run does with a non-finite loss."""
+    class NanTerm(Plugin):
+        name = f"nan_at_{step}"
+
+        @hookimpl
+        def hookmix_loss_terms(self, batch, outputs, state):
+            bad = state.step + 1 == step  # state.step counts completed steps
+            return {"blowup": outputs["logits"].sum() * (float("nan") if bad else 0.0)}
+
+    return NanTerm
+
+
 TOY_PLUGINS = {cls.name: cls for cls in (ToyData, ToyModel, ToySGD, ToyCE)}
 TOY = ["toy_data", "toy_model", "toy_sgd", "toy_ce"]
 

@@ -26,3 +26,16 @@ def cache(tmp_path_factory):
         path = tmp_path_factory.mktemp("hookmix_cache")
         mp.setenv("HOOKMIX_CACHE", str(path))
         yield path
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, cache):
+    """A trained MNIST-1D CNN teacher run (20 steps) for the distillation cases of a test module."""
+    from dist_plugins import MNIST1D_DATA
+
+    from engine.testing import train
+
+    out = str(tmp_path_factory.mktemp("teacher") / "run")
+    train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=20, out=out, threads=1,
+          config={"mnist1d": MNIST1D_DATA, "cnn1d": {"channels": 8}, "adamw": {"lr": 1e-2}})
+    return out

@@ -10,6 +10,10 @@ import torch
 from engine import Plugin, TrainingFailure, WeightConstraint, field, hookimpl
 
 
+#: The MNIST-1D settings of the distributed tests (and of the shared teacher in conftest.py).
+MNIST1D_DATA = {"num_train": 400, "num_test": 100, "batch_size": 50}
+
+
 @attrs.define
 class FaultConfig:
     step: int = field(3, "the step at which the fault happens")

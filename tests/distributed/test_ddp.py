@@ -27,11 +27,11 @@ import shutil
 import pytest
 import torch
 
+from dist_plugins import MNIST1D_DATA as DATA  # this directory is on sys.path (conftest.py)
 from engine.testing import RankAgreement, assert_close_results, assert_identical_results, run_distributed, train
 
 ADAMW, MUON = 1e-4, 1e-3
 TOL = {"mlp": ADAMW, "uskd": ADAMW, "lipschitz": MUON, "ema_constraints": MUON, "mix": MUON}
-DATA = {"num_train": 400, "num_test": 100, "batch_size": 50}
 STEPS = 6
 RUN = {"threads": 1, "log_interval": 2, "eval_interval": 3}
 MLP = dict(plugins=["mnist1d", "mlp", "adamw", "cross_entropy"],
@@ -54,14 +54,6 @@ def rl(arm: str) -> dict:
                          "passk"],
                 config={"countdown": RL_DATA, "tiny_policy": TINY, arm: CAPS, "adamw": {"lr": 1e-3}, "passk": PASSK},
                 steps=2, threads=1, log_interval=1, eval_interval=2, agree_plugin_states=False)
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory, cache):
-    out = str(tmp_path_factory.mktemp("teacher") / "run")
-    train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=20, out=out, threads=1,
-          config={"mnist1d": DATA, "cnn1d": {"channels": 8}, "adamw": {"lr": 1e-2}})
-    return out
 
 
 def mix(teacher: str) -> dict:

@@ -36,11 +36,11 @@ import sys
 import pytest
 import torch
 
+from dist_plugins import MNIST1D_DATA as DATA  # this directory is on sys.path (conftest.py)
 from engine.testing import RankAgreement, assert_close_results, assert_identical_results, max_difference, run_distributed, train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ADAMW, MUON = 1e-4, 2e-2
-DATA = {"num_train": 400, "num_test": 100, "batch_size": 50}
 STEPS = 6
 RUN = {"threads": 1, "log_interval": 2, "eval_interval": 3}
 FSDP = {"strategy": "fsdp"}
@@ -105,21 +105,6 @@ def hf_grpo() -> dict:
     config = {k: v for k, v in case["config"].items() if k != "tiny_policy"}
     return dict(case, plugins=["hf_policy" if p == "tiny_policy" else p for p in case["plugins"]],
                 config={**config, "hf_policy": {"arch": "llama", "hidden_size": 32, "layers": 2, "heads": 2}})
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOOKMIX_CACHE", str(tmp_path_factory.mktemp("hookmix_cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory, cache):
-    out = str(tmp_path_factory.mktemp("teacher") / "run")
-    train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=20, out=out, threads=1,
-          config={"mnist1d": DATA, "cnn1d": {"channels": 8}, "adamw": {"lr": 1e-2}})
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,12 @@ import torch
 
 from engine import Plugin, TrainingFailure, field, hookimpl
 from engine.cli import main
-from engine.testing import TOY, train
+from engine.testing import TOY, nan_term_at, train
 
 # --- non-finite loss --------------------------------------------------------------------------
 
 
-class NanAtStep2(Plugin):
-    """Returns a NaN loss term during step 2."""
-
-    name = "nan_at_2"
-
-    @hookimpl
-    def hookmix_loss_terms(self, batch, outputs, state):
-        bad = state.step + 1 == 2  # state.step counts completed steps
-        return {"blowup": outputs["logits"].sum() * (float("nan") if bad else 0.0)}
+NanAtStep2 = nan_term_at(2)  # a loss term 'blowup' that is NaN during step 2
 
 
 def test_nan_loss_term_stops_the_run_naming_step_and_term():

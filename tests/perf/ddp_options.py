@@ -30,7 +30,7 @@ def worker(workload: str, repeats: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from engine import distributed
-    from engine.bench_ddp import WORKLOADS, _timed_steps, _trainer
+    from engine.bench_ddp import PER_RANK_BATCH, _timed_steps, _trainer
 
     torch.set_num_threads(1)
     build = DistributedDataParallel.__init__
@@ -46,7 +46,7 @@ def worker(workload: str, repeats: int) -> None:
         for name, options in SETTINGS.items():
             chosen.clear()
             chosen.update(options)
-            trainers[name] = _trainer(workload, WORKLOADS[workload][3] * group.world_size, True)
+            trainers[name] = _trainer(workload, PER_RANK_BATCH[workload] * group.world_size, True)
             _timed_steps(trainers[name], 3)
         ratios: dict[str, list[float]] = {name: [] for name in trainers}
         for r in range(repeats):

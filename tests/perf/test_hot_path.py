@@ -16,22 +16,14 @@ from engine.loop import Trainer
 from engine.outputs import RunDir
 from engine.recipe import read_recipe, resolve
 from engine.registry import Registry
-from engine.testing import TOY, make_recipe
+from engine.testing import TOY, make_recipe, nan_term_at
 
 torch.set_num_threads(1)
 
 # --- the non-finite check, deferred to metric reads -------------------------------------------
 
 
-class NanAtStep3(Plugin):
-    """Adds a loss term that is NaN during step 3 only (and finite before and after)."""
-
-    name = "nan_at_3"
-
-    @hookimpl
-    def hookmix_loss_terms(self, batch, outputs, state):
-        bad = state.step + 1 == 3  # state.step counts completed steps
-        return {"blowup": outputs["logits"].sum() * (float("nan") if bad else 0.0)}
+NanAtStep3 = nan_term_at(3)  # a loss term 'blowup' that is NaN during step 3 only (finite before and after)
 
 
 def _trainer(plugins, **run) -> Trainer:
