@@ -60,6 +60,7 @@ from engine.recipe import Recipe
 from engine.registry import Registry
 from engine.evaluation import evaluate_model
 from engine.param_groups import merge_param_groups
+from engine.rollouts import roll_out
 from engine.run import build_state
 from engine.state import State
 from engine.throughput import Throughput
@@ -188,6 +189,9 @@ class Trainer:
         state.scheduler = hook("build the LR scheduler", manager.lr_scheduler, state.optimizer, state)
         self.params = [p for g in groups for p in g["params"]]
         self.rl = manager.has("hookmix_generate_rollouts")
+        # In one CPU process a batch is trained on as drawn; otherwise _prepare shards, moves and
+        # rolls it out. Decided once: per-step checks cost more than they look (docs/performance.md).
+        self.prepare = state.world_size > 1 or state.device.type != "cpu" or self.rl
 
         if state.world_size > 1:  # the global batch must split evenly; probe with a copy of the data generator
             probe = torch.Generator().set_state(state.generator.get_state())
@@ -284,6 +288,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self.finite.check()  # a checkpoint never holds weights trained on a non-finite loss
+        if self.metrics_log is not None:  # the records up to this step survive a kill (later ones are replayed)
+            self.metrics_log.flush()
         state = self.state
         ranks = self.group.gather(distributed.rank_payload(state, self.manager)) if self.group.world_size > 1 else None
         if self.sharded is not None:  # every rank writes its shards (DCP); rank 0 then commits the .pt
@@ -307,13 +313,10 @@ class Trainer:
         for micro in range(run.grad_accum):
             state.micro = micro
             batch = state.data.train_batch(state.generator)
-            if state.world_size > 1:  # the global draw is the same on every rank; keep this rank's rows
-                batch = distributed.shard(batch, state.rank, state.world_size)
-            self.throughput.count(batch)
-            if state.device.type != "cpu":  # pinned host memory: the copy overlaps with compute
-                batch = {k: distributed.to_device(v, state.device) for k, v in batch.items()}
-            if self.rl:
-                batch = self._rollouts(batch)
+            if self.prepare:
+                batch = self._prepare(batch)
+            else:
+                self.throughput.count(batch)
             # DDP/FSDP: gradients are reduced on the last micro-batch only
             with self.ddp.no_sync() if self.ddp is not None and micro < run.grad_accum - 1 else _NULL:
                 with state.autocast():
@@ -342,6 +345,16 @@ class Trainer:
             state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
 
+    def _prepare(self, batch: dict) -> dict:
+        """A drawn batch as this rank trains on it: its rows, counted, on the device, rolled out."""
+        state = self.state
+        if state.world_size > 1:  # the global draw is the same on every rank; keep this rank's rows
+            batch = distributed.shard(batch, state.rank, state.world_size)
+        self.throughput.count(batch)
+        if state.device.type != "cpu":  # pinned host memory: the copy overlaps with compute
+            batch = {k: distributed.to_device(v, state.device) for k, v in batch.items()}
+        return roll_out(state.model, batch, state, self.manager) if self.rl else batch
+
     def _forward(self, model: torch.nn.Module, batch: dict) -> tuple[dict, dict]:
         state, manager = self.state, self.manager
         outputs = manager.aux_outputs(model, batch, manager.forward(model, batch, state), state)
@@ -353,24 +366,6 @@ class Trainer:
         self.finite.record(step, logged)
         self.state.log_detached({**{f"train/loss/{name}": t for name, t in logged.items()},
                                  "train/loss": loss.detach() if len(logged) > 1 else next(iter(logged.values()))})
-
-    def _rollouts(self, batch: dict) -> dict:
-        state, manager, model = self.state, self.manager, self.state.model
-        model.eval()
-        with torch.no_grad(), state.autocast():
-            rollouts = manager.generate_rollouts(model, batch, state)
-        model.train()
-        terms = manager.rewards(rollouts, state)
-        if not terms:
-            raise BadInput("a rollout plugin is enabled but no plugin returns rewards; add a reward plugin")
-        reward = sum(terms.values())
-        for name, term in terms.items():
-            state.log(f"train/reward/{name}", term.float().mean())
-        state.log("train/reward", reward.float().mean())
-        rollouts["reward"] = reward
-        advantages = manager.advantages(rollouts, reward, state)
-        rollouts["advantages"] = reward if advantages is None else advantages
-        return rollouts
 
     # --- evaluation and logging ---------------------------------------------------------------
 

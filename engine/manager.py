@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import operator
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ import pluggy
 import torch
 
 from engine import hookspecs
+from engine.dispatch import make_caller
 from engine.errors import BadInput, PluginConflict
 from engine.plugin import Plugin, capability_name, hookimpl, offers
 from engine.registry import Registry
@@ -138,10 +138,13 @@ class Manager:
         if self.trace:
             self.pm.trace.root.setwriter(sys.stderr.write)
             self.pm.enable_tracing()
-        # What the per-step dispatch runs: one prepared call per implementation (argument lookup in C,
-        # tracing/profiling wrapped in only when asked for), so a run pays nothing for what it does not use.
-        self._calls = {hook_name: [(name, _prepared_call(hook_name, name, fn, argnames, self.trace))
-                                   for name, fn, argnames in impls]
+        # What every hook call runs: a caller written for this plan (engine.dispatch), one direct call
+        # per implementation; tracing/profiling are wrapped in only when asked for, so a run pays
+        # nothing for what it does not use.
+        self._calls = {hook_name: make_caller(hook_name, tuple(getattr(self.pm.hook, hook_name).spec.argnames),
+                                              [(name, _traced(hook_name, name, fn) if self.trace else fn, argnames)
+                                               for name, fn, argnames in impls],
+                                              fold="logits" if hook_name == "hookmix_transform_logits" else None)
                        for hook_name, impls in self._impls.items()}
 
     # --- validation and the plan -------------------------------------------------------------
@@ -213,12 +216,7 @@ class Manager:
 
     def _each(self, hook_name: str, **kwargs) -> list[tuple[str, Any]]:
         """Call every implementation in order; return (plugin name, result) for non-None results."""
-        out = []
-        for name, call in self._calls[hook_name]:
-            result = call(kwargs)
-            if result is not None:
-                out.append((name, result))
-        return out
+        return self._calls[hook_name](**kwargs)
 
     def _exclusive(self, hook_name: str, **kwargs) -> Any:
         results = self._each(hook_name, **kwargs)
@@ -239,6 +237,8 @@ class Manager:
     @staticmethod
     def merge_named(results: list[tuple[str, dict]], what: str, into: dict | None = None) -> dict:
         """Merge dicts returned by several plugins; a name given twice is an error naming both."""
+        if into is None and len(results) == 1:  # one contributor (the usual loss terms): no names to clash
+            return dict(results[0][1].items())
         merged: dict = {} if into is None else into
         owner: dict[str, str] = {}
         for plugin, named in results:
@@ -293,33 +293,29 @@ class Manager:
 
     def forward(self, model, batch, state) -> dict:
         if self._impls["hookmix_forward"]:
-            return self._exclusive("hookmix_forward", model=model, batch=batch, state=state)
+            results = self._calls["hookmix_forward"](model, batch, state)
+            return results[0][1] if results else None
         return {"logits": model(batch["input"])}
 
     def aux_outputs(self, model, batch, outputs, state) -> dict:
         if not self._impls["hookmix_aux_outputs"]:
             return outputs
-        results = self._each("hookmix_aux_outputs", model=model, batch=batch, outputs=outputs, state=state)
+        results = self._calls["hookmix_aux_outputs"](model, batch, outputs, state)
         return self.merge_named(results, "output", into=outputs)
 
     def transform_logits(self, logits, role: str, consumer: str, kind: str, state):
-        for _, call in self._calls["hookmix_transform_logits"]:
-            result = call({"logits": logits, "role": role, "consumer": consumer, "kind": kind, "state": state})
-            if result is not None:
-                logits = result
-        return logits
+        return self._calls["hookmix_transform_logits"](logits, role, consumer, kind, state)
 
     def loss_terms(self, batch, outputs, state) -> dict[str, torch.Tensor]:
-        return self.merge_named(self._each("hookmix_loss_terms", batch=batch, outputs=outputs, state=state),
-                                "loss term")
+        return self.merge_named(self._calls["hookmix_loss_terms"](batch, outputs, state), "loss term")
 
     def before_backward(self, loss, state) -> None:
         if self._impls["hookmix_before_backward"]:
-            self._each("hookmix_before_backward", loss=loss, state=state)
+            self._calls["hookmix_before_backward"](loss, state)
 
     def after_backward(self, model, state) -> None:
         if self._impls["hookmix_after_backward"]:
-            self._each("hookmix_after_backward", model=model, state=state)
+            self._calls["hookmix_after_backward"](model, state)
 
     def optimizer_step(self, optimizer, state) -> None:
         if self._wrapped["hookmix_optimizer_step"]:
@@ -330,7 +326,7 @@ class Manager:
     def after_optimizer_step(self, model, optimizer, state) -> None:
         if self._impls["hookmix_after_optimizer_step"]:
             with torch.no_grad():
-                self._each("hookmix_after_optimizer_step", model=model, optimizer=optimizer, state=state)
+                self._calls["hookmix_after_optimizer_step"](model, optimizer, state)
 
     # evaluation and logging
 
@@ -369,22 +365,10 @@ class Manager:
                 fn(*[kwargs[a] for a in argnames])
 
 
-def _prepared_call(hook_name: str, plugin: str, fn: Callable, argnames: tuple[str, ...], trace: bool):
-    """``call(kwargs)`` -> ``fn`` with the arguments it accepts, looked up by name."""
-    if len(argnames) == 1:
-        (only,) = argnames
-        call = lambda kwargs: fn(kwargs[only])  # noqa: E731
-    elif argnames:
-        pick = operator.itemgetter(*argnames)
-        call = lambda kwargs: fn(*pick(kwargs))  # noqa: E731
-    else:
-        call = lambda kwargs: fn()  # noqa: E731
-    if not trace:
-        return call
-
-    def traced(kwargs):
+def _traced(hook_name: str, plugin: str, fn: Callable) -> Callable:
+    def traced(*args):
         print(f"[hookmix trace] {hook_name} -> {plugin}", file=sys.stderr)
-        return call(kwargs)
+        return fn(*args)
     return traced
 
 

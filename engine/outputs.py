@@ -125,13 +125,20 @@ def metrics_to_keep(run_dir: RunDir, resume_step: int) -> list[str]:
 class MetricsLog:
     """Appends records to ``metrics.jsonl`` and mirrors every scalar to TensorBoard.
 
-    A record costs one line written to an open file (flushed, so a killed run keeps every
-    record it logged) and one TensorBoard event holding all its scalars: per-record cost is what
-    a small model's step pays for logging, so neither re-opens the file nor builds one event per
-    scalar. A remote (fsspec) run directory has no append: there each record rewrites the file.
+    Per-record cost is what a small model's step pays for logging, so a record is one line
+    appended to an open, buffered file and one TensorBoard event holding all its scalars
+    (engine/event_file.py, written in this thread). Both files are flushed at most once every
+    ``FLUSH_SECONDS`` and always before a checkpoint is written (:meth:`flush`) and at the end:
+    a killed run keeps every record up to its last checkpoint (a resume replays the steps after
+    it) and all but the last second's. A remote (fsspec) run directory has no append: there a
+    flush rewrites the file, and TensorBoard's files are staged locally and copied at the end.
     """
 
+    FLUSH_SECONDS = 1.0
+
     def __init__(self, run_dir: RunDir, resume_step: int | None = None, kept: list[str] | None = None) -> None:
+        from engine.event_file import EventFile  # TensorBoard's protos: a heavy import, only when a run starts
+
         self.run_dir = run_dir
         if kept is None and resume_step is not None:
             kept = metrics_to_keep(run_dir, resume_step)
@@ -140,34 +147,38 @@ class MetricsLog:
         self.file = run_dir.fs.open(run_dir._p("metrics.jsonl"), "a") if run_dir.is_local else None
         self._stage = None if run_dir.is_local else tempfile.mkdtemp(prefix="hookmix-tb-")
         tb_dir = os.path.join(run_dir.path, "tensorboard") if run_dir.is_local else self._stage
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard import SummaryWriter  # heavy import: only when a run starts
-
-        self._summary = Summary  # one event per record holds all its scalars (see write)
-
-        self.tb = SummaryWriter(log_dir=tb_dir, purge_step=resume_step + 1 if resume_step else None)
+        self.tb = EventFile(tb_dir, purge_step=resume_step + 1 if resume_step else None)
+        self.flushed = time.monotonic()
 
     def write(self, record: dict) -> None:
         record = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
         line = json.dumps(record)
         if self.file is not None:
             self.file.write(line + "\n")
-            self.file.flush()
         else:
             self.lines.append(line)
+        scalars = {k: v for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if scalars:
+            self.tb.scalars(record["step"], scalars)
+        if time.monotonic() - self.flushed >= self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Everything written so far onto the disk (the OS's buffers) or the remote filesystem."""
+        if self.file is not None:
+            self.file.flush()
+        else:
             with self.run_dir.fs.open(self.run_dir._p("metrics.jsonl"), "w") as f:
                 f.write("".join(l + "\n" for l in self.lines))
-        Summary = self._summary
-        scalars = [Summary.Value(tag=k, simple_value=v) for k, v in record.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if scalars:  # the event add_scalar would write per scalar, once per record
-            self.tb.file_writer.add_summary(Summary(value=scalars), record["step"])
+        self.tb.flush()
+        self.flushed = time.monotonic()
 
     def close(self) -> None:
+        self.flush()
         if self.file is not None:
             self.file.close()
             self.file = None
-        self.tb.flush()
         self.tb.close()
         if self._stage is not None:  # copy staged event files to the remote run directory
             for name in os.listdir(self._stage):

@@ -83,11 +83,15 @@ class State:
         """Means of everything logged since the last call (used by the loop at log time)."""
         if not self._pending:
             return {}
-        means = [_mean(vs) for vs in self._pending.values()]  # on the device: no host read yet
+        lists = list(self._pending.values())
+        n = len(lists[0])
         try:  # one host read for every metric (one sync on a GPU, not one per metric)
-            values = torch.stack(means).tolist()
-        except RuntimeError:  # metrics on different devices (a float logged next to a GPU loss)
-            values = [m.item() for m in means]
+            if all(len(vs) == n for vs in lists):  # each logged at every step (the usual): one stack for all
+                values = torch.stack([v for vs in lists for v in vs]).float().view(len(lists), n).mean(1).tolist()
+            else:
+                values = torch.stack([_mean(vs) for vs in lists]).tolist()
+        except RuntimeError:  # shapes or devices differ (a float logged next to a GPU loss)
+            values = [_mean(vs).item() for vs in lists]
         out = dict(zip(self._pending, values))
         self._pending.clear()
         return out

@@ -1,0 +1,78 @@
+"""The hook callers the manager writes per run (engine/dispatch.py): order, arguments, results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import Plugin, hookimpl
+from engine.dispatch import make_caller
+from engine.manager import Manager
+from engine.testing import TOY, train
+
+
+def test_a_caller_calls_in_order_with_the_arguments_each_takes_and_skips_none():
+    seen = []
+
+    def first(batch, outputs, state):
+        seen.append(("first", batch, outputs, state))
+        return {"a": 1}
+
+    def quiet(outputs):
+        seen.append(("quiet", outputs))
+
+    def last(state):
+        seen.append(("last", state))
+        return {"b": 2}
+
+    caller = make_caller("hookmix_loss_terms", ("batch", "outputs", "state"),
+                         [("p1", first, ("batch", "outputs", "state")), ("p2", quiet, ("outputs",)),
+                          ("p3", last, ("state",))])
+    assert caller("B", "O", "S") == [("p1", {"a": 1}), ("p3", {"b": 2})]
+    assert seen == [("first", "B", "O", "S"), ("quiet", "O"), ("last", "S")]
+    assert caller(state="S", outputs="O", batch="B") == [("p1", {"a": 1}), ("p3", {"b": 2})]  # keywords too
+    assert make_caller("hookmix_on_log", ("metrics", "state"), [])({}, None) == []
+
+
+def test_a_fold_passes_each_result_on_and_keeps_the_value_on_none():
+    caller = make_caller("hookmix_transform_logits", ("logits", "role", "state"),
+                         [("double", lambda logits: logits * 2, ("logits",)),
+                          ("skip", lambda role: None, ("role",)),
+                          ("add", lambda logits, role: logits + len(role), ("logits", "role"))], fold="logits")
+    assert caller(3, "student", None) == 3 * 2 + len("student")
+    assert "logits = r" in caller.source and "results" not in caller.source
+
+
+def test_a_caller_refuses_an_argument_the_spec_does_not_have():
+    with pytest.raises(ValueError, match=r"p\.hookmix_on_log takes \['loss'\], not in the spec"):
+        make_caller("hookmix_on_log", ("metrics", "state"), [("p", lambda loss: None, ("loss",))])
+
+
+def test_the_source_holds_argument_names_only():
+    caller = make_caller("hookmix_before_backward", ("loss", "state"),
+                         [("a plugin name'); import os; ('", lambda loss: None, ("loss",))])
+    assert "import" not in caller.source and "a plugin name" not in caller.source
+    caller(torch.tensor(1.0), None)
+
+
+class Tracer(Plugin):
+    """Observes the loss before backward."""
+
+    name = "tracer"
+
+    @hookimpl
+    def hookmix_before_backward(self, loss):
+        return None
+
+
+def test_hookmix_trace_prints_every_call_with_its_plugin(monkeypatch, capsys):
+    monkeypatch.setenv("HOOKMIX_TRACE", "1")
+    train([*TOY, Tracer], steps=2)
+    err = capsys.readouterr().err
+    assert err.count("[hookmix trace] hookmix_before_backward -> tracer") == 2
+    assert "[hookmix trace] hookmix_loss_terms -> " in err
+
+
+def test_the_manager_dispatches_through_written_callers():
+    manager = Manager({"tracer": Tracer()})
+    assert "_f0(loss)" in manager._calls["hookmix_before_backward"].source
