@@ -104,6 +104,7 @@ class Trainer:
         self.wall_before = 0.0
         self.claim: Claim | None = None
         self.saved_step: int | None = None  # step of the newest checkpoint on disk
+        self.next_due = 0  # the next step at which a log, evaluation or checkpoint may be due (advance)
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -364,8 +365,7 @@ class Trainer:
         """For the deferred non-finite check and the train metrics: list appends, no host sync."""
         logged = {name: term.detach() for name, term in terms.items()}
         self.finite.record(step, logged)
-        self.state.log_detached({**{f"train/loss/{name}": t for name, t in logged.items()},
-                                 "train/loss": loss.detach() if len(logged) > 1 else next(iter(logged.values()))})
+        self.state.log_loss_terms(logged, loss.detach() if len(logged) > 1 else None)
 
     # --- evaluation and logging ---------------------------------------------------------------
 
@@ -404,7 +404,13 @@ class Trainer:
     def advance(self, stop_at: int | None = None) -> None:
         """One step of the run: train, then log / evaluate / checkpoint when they are due."""
         self.train_step()
-        run, step = self.recipe.run, self.state.step
+        step = self.state.step
+        if step < self.next_due and step != stop_at:  # nothing due (most steps): one comparison
+            self.progress.update(step)
+            return
+        run = self.recipe.run
+        self.next_due = min(step // k * k + k for k in (run.log_interval, run.eval_interval, run.checkpoint_interval,
+                                                       run.steps) if k)
         last = step == run.steps
         log = step % run.log_interval == 0 or last
         evaluate = (run.eval_interval and step % run.eval_interval == 0) or last

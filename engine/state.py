@@ -58,6 +58,7 @@ class State:
         self.run_dir: RunDir | None = None
         self.cache_dir = cache_dir_from_env()
         self._pending: dict[str, list[torch.Tensor]] = {}
+        self._terms: list[tuple[dict[str, torch.Tensor], torch.Tensor | None]] = []  # see log_loss_terms
         self.full_view: Any = None  # run.strategy='fsdp': engine.fsdp.full_weights over the sharded modules
         self.frozen_modules: dict[str, torch.nn.Module] = {}  # state.add_frozen_module (read-only for plugins)
         self.shard_frozen: Any = None  # run.strategy='fsdp', after sharding: engine.fsdp shards a late frozen module
@@ -74,13 +75,34 @@ class State:
         else:
             self._pending[name] = [value]
 
-    def log_detached(self, values: dict[str, torch.Tensor]) -> None:
-        """:meth:`log` for the engine's per-step loss terms: already detached tensors, no checks."""
-        for name, value in values.items():
-            self._pending.setdefault(name, []).append(value)
+    def log_loss_terms(self, terms: dict[str, torch.Tensor], total: torch.Tensor | None) -> None:
+        """The engine's per-micro-batch loss terms (detached), logged as ``train/loss/<name>`` and
+        ``train/loss`` (``total``; None: the one term is the total). One list append per micro-batch:
+        the metric lists are built when they are read (:meth:`_settle_terms`)."""
+        self._terms.append((terms, total))
+
+    def _settle_terms(self) -> None:
+        if not self._terms:
+            return
+        names = self._terms[0][0].keys()
+        if all(terms.keys() == names for terms, _ in self._terms):  # the same terms every step: by columns
+            rows = [(*terms.values(), next(iter(terms.values())) if total is None else total)
+                    for terms, total in self._terms]
+            lists = dict(zip([*(f"train/loss/{n}" for n in names), "train/loss"], map(list, zip(*rows))))
+        else:
+            lists = {}
+            for terms, total in self._terms:
+                for name, value in terms.items():
+                    lists.setdefault(f"train/loss/{name}", []).append(value)
+                lists.setdefault("train/loss", []).append(next(iter(terms.values())) if total is None else total)
+        self._terms.clear()
+        # the loss metrics first in the record, as they were logged first in every step
+        self._pending = {**{k: self._pending.get(k, []) + v for k, v in lists.items()},
+                         **{k: v for k, v in self._pending.items() if k not in lists}}
 
     def pop_logged(self) -> dict[str, float]:
         """Means of everything logged since the last call (used by the loop at log time)."""
+        self._settle_terms()
         if not self._pending:
             return {}
         lists = list(self._pending.values())
@@ -98,10 +120,12 @@ class State:
 
     def pending_logged(self) -> dict[str, torch.Tensor]:
         """What was logged since the last log record, one 1-D tensor per name (saved in checkpoints)."""
+        self._settle_terms()
         return {k: torch.stack([v.float().reshape(()) for v in vs]).cpu() for k, vs in self._pending.items()}
 
     def restore_logged(self, pending: dict[str, torch.Tensor]) -> None:
         self._pending = {k: list(v.unbind()) for k, v in pending.items()}
+        self._terms = []
 
     @overload
     def provider(self, capability: type[T]) -> T | None: ...
