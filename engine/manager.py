@@ -307,6 +307,8 @@ class Manager:
         return self.merge_named(results, "output", into=outputs)
 
     def transform_logits(self, logits, role: str, consumer: str, kind: str, state):
+        if not self._impls["hookmix_transform_logits"]:  # no transform plugin: a loss asks once per step
+            return logits
         return self._calls["hookmix_transform_logits"](logits, role, consumer, kind, state)
 
     def loss_terms(self, batch, outputs, state) -> dict[str, torch.Tensor]:
