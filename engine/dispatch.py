@@ -34,21 +34,27 @@ from typing import Any, Callable
 Impl = tuple[str, Callable, tuple[str, ...]]  # (plugin name, function, the argument names it takes)
 
 
-def make_caller(hook_name: str, params: tuple[str, ...], impls: list[Impl], fold: str | None = None) -> Callable:
+def make_caller(hook_name: str, params: tuple[str, ...], impls: list[Impl], fold: str | None = None,
+                collect: bool = True) -> Callable:
     """The caller of ``hook_name``: collect-all (a list of (plugin, result) for results that are not
-    None), or, with ``fold``, an ordered fold that passes each result on as argument ``fold``."""
+    None); with ``fold``, an ordered fold that passes each result on as argument ``fold``; with
+    ``collect=False``, calls only (hooks whose results the engine does not use: it returns None)."""
     namespace: dict[str, Any] = {}
     lines = [f"def {hook_name}({', '.join(params)}):"]
-    if fold is None:
+    if fold is None and collect:
         lines.append("    results = []")
     for i, (plugin, fn, argnames) in enumerate(impls):
         unknown = set(argnames) - set(params)
         if unknown:  # pluggy refuses these at registration; never write a name the spec does not have
             raise ValueError(f"{plugin}.{hook_name} takes {sorted(unknown)}, not in the spec {params}")
         namespace[f"_f{i}"], namespace[f"_n{i}"] = fn, plugin
-        lines += [f"    r = _f{i}({', '.join(argnames)})", "    if r is not None:",
-                  f"        {fold} = r" if fold else f"        results.append((_n{i}, r))"]
-    lines.append(f"    return {fold or 'results'}")
+        call = f"_f{i}({', '.join(argnames)})"
+        if fold is None and not collect:
+            lines.append(f"    {call}")
+        else:
+            lines += [f"    r = {call}", "    if r is not None:",
+                      f"        {fold} = r" if fold else f"        results.append((_n{i}, r))"]
+    lines.append(f"    return {fold or ('results' if collect else 'None')}")
     source = "\n".join(lines) + "\n"
     exec(compile(source, f"<hookmix caller {hook_name}>", "exec"), namespace)  # noqa: S102 - text built above
     caller = namespace[hook_name]

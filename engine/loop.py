@@ -90,7 +90,7 @@ class Trainer:
         self.profile_hooks = profile  # per-hook timing (also HOOKMIX_PROFILE=1): see Trainer.profile
         self.restart = restart  # an elastic restart before the first checkpoint: the run directory is reused
         self.group: distributed.Group | None = None
-        self.ddp = None  # DistributedDataParallel over the model and plugin modules (distributed runs only)
+        self.wrapper = None  # DDP or FSDP (engine.fsdp.Sharded) over the model and plugin modules (distributed runs)
         self.sharded: fsdp.Sharded | None = None  # run.strategy='fsdp': the FSDP2 modules (engine/fsdp.py)
         self.gather = False  # a plugin needs full weights: post-step hooks run in state.full_weights()
         self.registry = registry
@@ -142,7 +142,7 @@ class Trainer:
         if group.rank > 0 and not state.resumed:  # rank 0 continues the 1-process torch stream (dropout, noise)
             torch.manual_seed(distributed.rank_seed(run.seed, group.rank))
         if group.active:
-            self.ddp = self.sharded or distributed.wrap(state.model, state.modules, device, run.grad_accum)
+            self.wrapper = self.sharded or distributed.wrap(state.model, state.modules, device, run.grad_accum)
             devices = ", ".join(f"rank {r} {d}" for r, d in enumerate(group.gather(str(device))))
             self.progress.print(f"distributed: world size {group.world_size}, backend {group.backend}, "
                                 f"strategy {run.strategy}; {devices}")
@@ -319,9 +319,9 @@ class Trainer:
             else:
                 self.throughput.count(batch)
             # DDP/FSDP: gradients are reduced on the last micro-batch only
-            with self.ddp.no_sync() if self.ddp is not None and micro < run.grad_accum - 1 else _NULL:
+            with self.wrapper.no_sync() if self.wrapper is not None and micro < run.grad_accum - 1 else _NULL:
                 with state.autocast():
-                    outputs, terms = self._forward(model, batch) if self.ddp is None else self.ddp(
+                    outputs, terms = self._forward(model, batch) if self.wrapper is None else self.wrapper(
                         lambda: self._forward(model, batch))  # DDP: inside its forward, so the backward reduces
                 if not terms:
                     raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
@@ -445,7 +445,7 @@ class Trainer:
         return summary
 
     def _close_group(self, sync: bool = False) -> None:
-        self.ddp = None  # the DDP/FSDP wrapper holds the process group: release it before the group goes
+        self.wrapper = None  # the DDP/FSDP wrapper holds the process group: release it before the group goes
         gc.collect()
         self.group.close(sync)
 

@@ -26,6 +26,9 @@ from engine.plugin import Plugin, capability_name, hookimpl, offers
 from engine.registry import Registry
 
 WRAPPER_HOOKS = hookspecs.WRAPPERS
+# Collect-all hooks whose results the engine does not use: their callers only call.
+NOTIFY = frozenset({"hookmix_configure", "hookmix_setup_model", "hookmix_on_train_start", "hookmix_before_backward",
+                    "hookmix_after_backward", "hookmix_after_optimizer_step", "hookmix_on_log", "hookmix_on_train_end"})
 # One instance, entered once per optimizer step: building a torch.no_grad() costs ~2 µs of Python
 # per use on a small CPU. Not re-entered: the post-step hooks run inside it, never around it.
 _NO_GRAD = torch.no_grad()
@@ -147,7 +150,8 @@ class Manager:
         self._calls = {hook_name: make_caller(hook_name, tuple(getattr(self.pm.hook, hook_name).spec.argnames),
                                               [(name, _traced(hook_name, name, fn) if self.trace else fn, argnames)
                                                for name, fn, argnames in impls],
-                                              fold="logits" if hook_name == "hookmix_transform_logits" else None)
+                                              fold="logits" if hook_name == "hookmix_transform_logits" else None,
+                                              collect=hook_name not in NOTIFY)
                        for hook_name, impls in self._impls.items()}
 
     # --- validation and the plan -------------------------------------------------------------
@@ -218,7 +222,8 @@ class Manager:
     # --- dispatch ----------------------------------------------------------------------------
 
     def _each(self, hook_name: str, **kwargs) -> list[tuple[str, Any]]:
-        """Call every implementation in order; return (plugin name, result) for non-None results."""
+        """Call every implementation in order; return (plugin name, result) for non-None results
+        (None for the NOTIFY hooks, whose results the engine does not use)."""
         return self._calls[hook_name](**kwargs)
 
     def _exclusive(self, hook_name: str, **kwargs) -> Any:

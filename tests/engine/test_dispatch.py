@@ -43,6 +43,17 @@ def test_a_fold_passes_each_result_on_and_keeps_the_value_on_none():
     assert "logits = r" in caller.source and "results" not in caller.source
 
 
+def test_a_notify_caller_only_calls():
+    seen = []
+    caller = make_caller("hookmix_after_backward", ("model", "state"),
+                         [("a", lambda model: seen.append(("a", model)) or "ignored", ("model",)),
+                          ("b", lambda state, model: seen.append(("b", state, model)), ("state", "model"))],
+                         collect=False)
+    assert caller("M", "S") is None
+    assert seen == [("a", "M"), ("b", "S", "M")]
+    assert "results" not in caller.source and "    _f0(model)" in caller.source
+
+
 def test_a_caller_refuses_an_argument_the_spec_does_not_have():
     with pytest.raises(ValueError, match=r"p\.hookmix_on_log takes \['loss'\], not in the spec"):
         make_caller("hookmix_on_log", ("metrics", "state"), [("p", lambda loss: None, ("loss",))])
