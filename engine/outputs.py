@@ -127,10 +127,10 @@ class MetricsLog:
 
     Per-record cost is what a small model's step pays for logging, so a record is one line
     appended to an open, buffered file and one TensorBoard event holding all its scalars
-    (engine/event_file.py, written in this thread). Both files are flushed at most once every
-    ``FLUSH_SECONDS`` and always before a checkpoint is written (:meth:`flush`) and at the end:
-    a killed run keeps every record up to its last checkpoint (a resume replays the steps after
-    it) and all but the last second's. A remote (fsspec) run directory has no append: there a
+    (engine/event_file.py, written in this thread). Both files are flushed with a record that
+    comes ``FLUSH_SECONDS`` or more after the last flush, before every checkpoint (:meth:`flush`)
+    and at the end: a killed run keeps every record up to its last checkpoint (a resume replays
+    the steps after it), and a run that logs less than once a second flushes every record. A remote (fsspec) run directory has no append: there a
     flush rewrites the file, and TensorBoard's files are staged locally and copied at the end.
     """
 
