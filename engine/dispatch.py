@@ -2,10 +2,9 @@
 
 A generic dispatch loop (pluggy's, or one over prepared calls) builds a keyword dict per call,
 loops over the implementations, picks each one's arguments out of the dict and collects the
-results: about a microsecond per implementation on a small CPU, paid several times per training
-step, and its objects and branches crowd the caches the step's own kernels use. The plan is fixed
-when a run starts, so the manager writes, for every hook, a small function that does only the
-calls (the implementations it calls and the plugin names are bound in its namespace; the text
+results, several times per training step (``python tests/perf/dispatch_cost.py`` times it). The
+plan is fixed when a run starts, so the manager writes, for every hook, a small function that does
+only the calls (the implementations it calls and the plugin names are bound in its namespace; the text
 holds nothing but argument names, which pluggy has checked against the hook spec):
 
     def hookmix_loss_terms(batch, outputs, state):       # collect-all

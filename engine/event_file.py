@@ -3,8 +3,8 @@
 An event file is a sequence of records: the length of a serialized ``Event`` proto (8 bytes,
 little-endian), a masked CRC-32C of those 8 bytes, the proto, a masked CRC-32C of the proto.
 TensorBoard's own ``SummaryWriter`` queues every event for a background thread that computes the
-CRCs in pure Python (about 40 µs for a 200-byte event on a small CPU) and writes it: under the
-GIL that thread's work lands between the training step's kernels, once per log record. Here the
+CRCs in pure Python and writes it: under the GIL that thread's work lands between the training
+step's kernels, once per log record. Here the
 CRC is google-crc32c's C implementation and the record goes into a buffered file in the calling
 thread, flushed when the metrics file is (:class:`engine.outputs.MetricsLog`). The protos are
 TensorBoard's; files read back with its ``EventAccumulator`` (tests/engine/test_outputs.py).

@@ -29,8 +29,8 @@ WRAPPER_HOOKS = hookspecs.WRAPPERS
 # Collect-all hooks whose results the engine does not use: their callers only call.
 NOTIFY = frozenset({"hookmix_configure", "hookmix_setup_model", "hookmix_on_train_start", "hookmix_before_backward",
                     "hookmix_after_backward", "hookmix_after_optimizer_step", "hookmix_on_log", "hookmix_on_train_end"})
-# One instance, entered once per optimizer step: building a torch.no_grad() costs ~2 µs of Python
-# per use on a small CPU. Not re-entered: the post-step hooks run inside it, never around it.
+# One instance, entered once per optimizer step, instead of building a torch.no_grad() each time.
+# Not re-entered: the post-step hooks run inside it, never around it.
 _NO_GRAD = torch.no_grad()
 ENGINE = "engine"
 
@@ -301,8 +301,7 @@ class Manager:
 
     def forward(self, model, batch, state) -> dict:
         if self._impls["hookmix_forward"]:
-            results = self._calls["hookmix_forward"](model, batch, state)
-            return results[0][1] if results else None
+            return self._exclusive("hookmix_forward", model=model, batch=batch, state=state)
         return {"logits": model(batch["input"])}
 
     def aux_outputs(self, model, batch, outputs, state) -> dict:

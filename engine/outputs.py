@@ -130,8 +130,9 @@ class MetricsLog:
     (engine/event_file.py, written in this thread). Both files are flushed with a record that
     comes ``FLUSH_SECONDS`` or more after the last flush, before every checkpoint (:meth:`flush`)
     and at the end: a killed run keeps every record up to its last checkpoint (a resume replays
-    the steps after it), and a run that logs less than once a second flushes every record. A remote (fsspec) run directory has no append: there a
-    flush rewrites the file, and TensorBoard's files are staged locally and copied at the end.
+    the steps after it), and a run that logs less than once a second flushes every record. A
+    remote (fsspec) run directory has no append: there a flush rewrites the file, and
+    TensorBoard's files are staged locally and copied at the end.
     """
 
     FLUSH_SECONDS = 1.0

@@ -214,9 +214,10 @@ def shard_full(payload: dict, model, modules, optimizer) -> None:
         if not isinstance(param, DTensor):
             continue
         for name, value in entry.items():
-            if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != tuple(param.shape):
+            if not torch.is_tensor(value) or value.dim() == 0:  # a step counter: the same on every rank
+                continue
+            if tuple(value.shape) != tuple(param.shape):
                 raise BadInput(f"the checkpoint's optimizer state {name!r} of shape {tuple(value.shape)} has no row "
                                f"layout on the shards of a {tuple(param.shape)} parameter under run.strategy='fsdp'; "
                                f"resume this checkpoint with run.strategy=ddp")
-            if torch.is_tensor(value) and value.dim() > 0:
-                entry[name] = _rows_like(value, param, f"optimizer state {name!r}")
+            entry[name] = _rows_like(value, param, f"optimizer state {name!r}")

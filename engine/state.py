@@ -84,17 +84,11 @@ class State:
     def _settle_terms(self) -> None:
         if not self._terms:
             return
-        names = self._terms[0][0].keys()
-        if all(terms.keys() == names for terms, _ in self._terms):  # the same terms every step: by columns
-            rows = [(*terms.values(), next(iter(terms.values())) if total is None else total)
-                    for terms, total in self._terms]
-            lists = dict(zip([*(f"train/loss/{n}" for n in names), "train/loss"], map(list, zip(*rows))))
-        else:
-            lists = {}
-            for terms, total in self._terms:
-                for name, value in terms.items():
-                    lists.setdefault(f"train/loss/{name}", []).append(value)
-                lists.setdefault("train/loss", []).append(next(iter(terms.values())) if total is None else total)
+        lists: dict[str, list[torch.Tensor]] = {}
+        for terms, total in self._terms:
+            for name, value in terms.items():
+                lists.setdefault(f"train/loss/{name}", []).append(value)
+            lists.setdefault("train/loss", []).append(next(iter(terms.values())) if total is None else total)
         self._terms.clear()
         # the loss metrics first in the record, as they were logged first in every step
         self._pending = {**{k: self._pending.get(k, []) + v for k, v in lists.items()},
@@ -105,15 +99,11 @@ class State:
         self._settle_terms()
         if not self._pending:
             return {}
-        lists = list(self._pending.values())
-        n = len(lists[0])
+        means = [_mean(vs) for vs in self._pending.values()]  # on the device: no host read yet
         try:  # one host read for every metric (one sync on a GPU, not one per metric)
-            if all(len(vs) == n for vs in lists):  # each logged at every step (the usual): one stack for all
-                values = torch.stack([v for vs in lists for v in vs]).float().view(len(lists), n).mean(1).tolist()
-            else:
-                values = torch.stack([_mean(vs) for vs in lists]).tolist()
-        except RuntimeError:  # shapes or devices differ (a float logged next to a GPU loss)
-            values = [_mean(vs).item() for vs in lists]
+            values = torch.stack(means).tolist()
+        except RuntimeError:  # metrics on different devices (a float logged next to a GPU loss)
+            values = [m.item() for m in means]
         out = dict(zip(self._pending, values))
         self._pending.clear()
         return out

@@ -132,8 +132,7 @@ def train_with_probe(raw: dict, label: dict, jsonl: str = "") -> None:
             if jsonl:
                 with open(jsonl, "a") as f:
                     f.write(line + "\n")
-    trainer.progress.close()
-    trainer.metrics_log.close()
+    trainer._close(failed=False)  # metrics closed, run directory released (as engine.bench does)
 
 
 def main(argv: list[str]) -> int:
