@@ -83,6 +83,19 @@ def pick_backend(requested: str, device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def resolve_device(name: str) -> torch.device:
+    """``run.device`` as a torch device (``auto``: CUDA when available); bad input when unusable."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadInput(f"run.device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"run.device is {name!r} but CUDA is not available; set run.device=cpu")
+    return device
+
+
 def pin_device(device: torch.device, env: Env) -> torch.device:
     """Each rank on its own GPU: ``cuda`` becomes ``cuda:LOCAL_RANK`` (CPU stays CPU)."""
     if device.type != "cuda" or not env.launched:

@@ -46,10 +46,11 @@ class EventFile:
             self._write(Event(wall_time=time.time(), step=purge_step, file_version="brain.Event:2"))
             self._write(Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        """One event holding every scalar of a record (not one event per scalar)."""
+    def scalars(self, step: int, values: dict[str, float], wall_time: float | None = None) -> None:
+        """One event holding every scalar of a record (not one event per scalar); ``wall_time``: when the
+        values were recorded (default: now)."""
         summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
-        self._write(Event(wall_time=time.time(), step=step, summary=summary))
+        self._write(Event(wall_time=time.time() if wall_time is None else wall_time, step=step, summary=summary))
 
     def _write(self, event: Event) -> None:
         data = event.SerializeToString()

@@ -39,11 +39,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
+import json
 import sys
 import time
-from typing import IO
+from typing import IO, Callable
 
 import numpy as np
 import torch
@@ -52,8 +52,7 @@ from engine import checkpoint, distributed, fsdp, interrupts, sharded_checkpoint
 from engine.blame import setup_failure, training_failure
 from engine.claim import Claim, open_location, record_recipe_change
 from engine.compilation import compile_model
-from engine.errors import BadInput, HookmixError, Interrupted, TrainingFailure
-from engine.finite import FiniteWatch
+from engine.errors import BadInput, HookmixError, Interrupted
 from engine.lock import write_error
 from engine.outputs import MetricsLog, Progress, RunDir, metrics_to_keep
 from engine.recipe import Recipe
@@ -63,22 +62,8 @@ from engine.param_groups import merge_param_groups
 from engine.rollouts import roll_out
 from engine.run import build_state
 from engine.state import State
+from engine.step import bind_step
 from engine.throughput import Throughput
-
-_NULL = contextlib.nullcontext()  # reusable: entering it costs nothing and keeps no state
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BadInput(f"run.device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"run.device is {name!r} but CUDA is not available; set run.device=cpu")
-    return device
-
 
 class Trainer:
     """Runs one recipe. ``setup()``, then ``train_step()`` per step, or ``run()`` for everything."""
@@ -100,11 +85,11 @@ class Trainer:
         self.state: State | None = None
         self.metrics_log: MetricsLog | None = None
         self.last: dict[str, float] = {}
-        self.finite = FiniteWatch()
         self.wall_before = 0.0
         self.claim: Claim | None = None
         self.saved_step: int | None = None  # step of the newest checkpoint on disk
         self.next_due = 0  # the next step at which a log, evaluation or checkpoint may be due (advance)
+        self.train_step: Callable[[], None]  # one optimizer step (engine/step.py), bound at the end of setup()
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -115,7 +100,7 @@ class Trainer:
             if run.threads:
                 torch.set_num_threads(run.threads)
             env = distributed.read_env()
-            device = distributed.pin_device(resolve_device(run.device), env)
+            device = distributed.pin_device(distributed.resolve_device(run.device), env)
             backend = distributed.pick_backend(run.dist_backend, device) if env.launched else ""
             self.group = distributed.Group(env, backend, run.dist_timeout)
             return self._setup(run, device)
@@ -155,6 +140,7 @@ class Trainer:
             except OSError as exc:
                 raise write_error(run_dir.url(), exc) from None
         self.progress.print(f"run directory: {run_dir.url()}")
+        self.train_step = bind_step(self)  # everything it uses is built now, the DDP/FSDP wrapper included
         self.t0 = time.perf_counter()
         return state
 
@@ -288,7 +274,7 @@ class Trainer:
                            f"raise it to continue, e.g. run.steps={state.start_step * 2}")
 
     def save_checkpoint(self) -> None:
-        self.finite.check()  # a checkpoint never holds weights trained on a non-finite loss
+        self.state.train_log.read()  # the non-finite check: a checkpoint never holds weights trained on one
         if self.metrics_log is not None:  # the records up to this step survive a kill (later ones are replayed)
             self.metrics_log.flush()
         state = self.state
@@ -306,46 +292,6 @@ class Trainer:
 
     # --- one step -----------------------------------------------------------------------------
 
-    def train_step(self) -> None:
-        state, manager, model, run = self.state, self.manager, self.state.model, self.recipe.run
-        if not model.training:  # train() walks every submodule: ~0.1 ms, too much per step on small models
-            model.train()
-        step = state.step + 1
-        for micro in range(run.grad_accum):
-            state.micro = micro
-            batch = state.data.train_batch(state.generator)
-            if self.prepare:
-                batch = self._prepare(batch)
-            else:
-                self.throughput.count(batch)
-            # DDP/FSDP: gradients are reduced on the last micro-batch only
-            with self.wrapper.no_sync() if self.wrapper is not None and micro < run.grad_accum - 1 else _NULL:
-                with state.autocast():
-                    outputs, terms = self._forward(model, batch) if self.wrapper is None else self.wrapper(
-                        lambda: self._forward(model, batch))  # DDP: inside its forward, so the backward reduces
-                if not terms:
-                    raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
-                                          f"check the loss plugins' conditions")
-                loss = sum(terms.values()) if len(terms) > 1 else next(iter(terms.values()))
-                self._log_terms(step, terms, loss)
-                if run.grad_accum > 1:
-                    loss = loss / run.grad_accum
-                manager.before_backward(loss, state)
-                loss.backward()
-            manager.after_backward(model, state)
-        if run.grad_clip > 0:
-            state.log("train/grad_norm", fsdp.plain(torch.nn.utils.clip_grad_norm_(self.params, run.grad_clip)))
-        manager.optimizer_step(state.optimizer, state)
-        state.step = step
-        if self.gather:  # a plugin needs whole matrices: post-step hooks see gathered weights (FSDP)
-            with state.full_weights():
-                manager.after_optimizer_step(model, state.optimizer, state)
-        else:
-            manager.after_optimizer_step(model, state.optimizer, state)
-        if state.scheduler is not None:
-            state.scheduler.step()
-        state.optimizer.zero_grad(set_to_none=True)
-
     def _prepare(self, batch: dict) -> dict:
         """A drawn batch as this rank trains on it: its rows, counted, on the device, rolled out."""
         state = self.state
@@ -355,17 +301,6 @@ class Trainer:
         if state.device.type != "cpu":  # pinned host memory: the copy overlaps with compute
             batch = {k: distributed.to_device(v, state.device) for k, v in batch.items()}
         return roll_out(state.model, batch, state, self.manager) if self.rl else batch
-
-    def _forward(self, model: torch.nn.Module, batch: dict) -> tuple[dict, dict]:
-        state, manager = self.state, self.manager
-        outputs = manager.aux_outputs(model, batch, manager.forward(model, batch, state), state)
-        return outputs, manager.loss_terms(batch, outputs, state)
-
-    def _log_terms(self, step: int, terms: dict, loss: torch.Tensor) -> None:
-        """For the deferred non-finite check and the train metrics: list appends, no host sync."""
-        logged = {name: term.detach() for name, term in terms.items()}
-        self.finite.record(step, logged)
-        self.state.log_loss_terms(logged, loss.detach() if len(logged) > 1 else None)
 
     # --- evaluation and logging ---------------------------------------------------------------
 
@@ -382,8 +317,7 @@ class Trainer:
 
     def log_train(self) -> None:
         state = self.state
-        logged = state.pop_logged()
-        self.finite.settle(logged)  # this rank's means: the non-finite check without another read
+        logged = state.pop_logged()  # the one host read of the interval; raises on a non-finite loss term
         if self.group.world_size > 1:  # one collective per log interval: the mean over ranks of each metric
             logged = distributed.mean_over_ranks(self.group.gather(logged))
         record = {"step": state.step, **logged}
@@ -394,7 +328,7 @@ class Trainer:
         self._record(record)
 
     def evaluate(self) -> dict:
-        self.finite.check()  # no evaluation record for weights trained on a non-finite loss
+        self.state.train_log.read()  # the non-finite check: no evaluation record for weights trained on one
         metrics = self.manager.evaluate(self.state.model, self.state)
         self._record({"step": self.state.step, **metrics})
         return metrics
@@ -406,7 +340,8 @@ class Trainer:
         self.train_step()
         step = self.state.step
         if step < self.next_due and step != stop_at:  # nothing due (most steps): one comparison
-            self.progress.update(step)
+            if self.progress.tty:  # a terminal's bar moves every step (drawn at most 10 times a second)
+                self.progress.update(step)
             return
         run = self.recipe.run
         self.next_due = min(step // k * k + k for k in (run.log_interval, run.eval_interval, run.checkpoint_interval,
@@ -431,17 +366,21 @@ class Trainer:
         """Train to ``run.steps`` (or stop after ``stop_at`` with a checkpoint, as if interrupted)."""
         if self.state is None:
             self.setup()
-        try:
-            summary = self._train(stop_at)
-        except BaseException:
-            self._close_group()  # peers blocked on this rank fail fast instead of waiting for the timeout
-            raise
-        finally:
-            self._close(failed=False)
-        self.manager.on_train_end(self.state, summary)
+        with interrupts.deferred() as pending:  # SIGINT/SIGTERM: finish the step, checkpoint, stop
+            try:
+                summary = self._train(stop_at, pending)
+            except BaseException:
+                self._close_group()  # peers blocked on this rank fail fast instead of waiting for the timeout
+                raise
+            finally:
+                self._close(failed=False)
+            self.manager.on_train_end(self.state, summary)
         if self.manager.profile is not None:
             print(self.manager.profile.table(), file=sys.stderr)
         self._close_group(sync=True)
+        if pending.signum is not None:  # it came after the last step: the run finished first
+            raise Interrupted(f"interrupted by {pending.name} after the last step; the run is complete "
+                              f"({self.state.run_dir.url()})", pending.signum)
         return summary
 
     def _close_group(self, sync: bool = False) -> None:
@@ -449,36 +388,38 @@ class Trainer:
         gc.collect()
         self.group.close(sync)
 
-    def _train(self, stop_at: int | None) -> dict:
+    def _train(self, stop_at: int | None, pending: interrupts.Pending) -> dict:
         state, run = self.state, self.recipe.run
         try:
-            with interrupts.deferred() as pending:  # SIGINT/SIGTERM: finish the step, checkpoint, stop
-                while state.step < min(run.steps, stop_at or run.steps):
-                    self.advance(stop_at)
-                    if pending.signum is not None:
-                        if self.saved_step != state.step:
-                            self.save_checkpoint()
-                        raise Interrupted(f"interrupted by {pending.name} at step {state.step}; checkpoint saved: "
-                                          f"continue with `hookmix train --resume {state.run_dir.url()}`",
-                                          pending.signum)
-            if self.metrics_log is not None:
-                self.metrics_log.close()
-                self.metrics_log = None
-            summary = {
-                "steps": state.step,
-                "wall_seconds": round(self.wall_before + time.perf_counter() - self.t0, 3),
-                "plugins": {n: {"distribution": d, "version": v} for n, (d, v) in self.versions.items()},
-                "metrics": dict(self.last),
-            }
-            if state.is_main:
-                import json
-                state.run_dir.write_text_atomic("summary.json", json.dumps(summary, indent=2) + "\n")
-            return summary
+            while state.step < min(run.steps, stop_at or run.steps):
+                self.advance(stop_at)
+                if pending.signum is not None and state.step < run.steps:  # at the end: finish, then say so
+                    if self.saved_step != state.step:
+                        self.save_checkpoint()
+                    raise Interrupted(f"interrupted by {pending.name} at step {state.step}; checkpoint saved: "
+                                      f"continue with `hookmix train --resume {state.run_dir.url()}`", pending.signum)
+            return self._finish()
         except Exception as exc:
             failure = training_failure(exc, state, self.manager, self.saved_step)
             if failure is None:
                 raise
             raise failure from (None if isinstance(exc, (HookmixError, OSError)) else exc)
+
+    def _finish(self) -> dict:
+        """After the last step: the metrics closed, summary.json written."""
+        state = self.state
+        if self.metrics_log is not None:
+            self.metrics_log.close()
+            self.metrics_log = None
+        summary = {
+            "steps": state.step,
+            "wall_seconds": round(self.wall_before + time.perf_counter() - self.t0, 3),
+            "plugins": {n: {"distribution": d, "version": v} for n, (d, v) in self.versions.items()},
+            "metrics": dict(self.last),
+        }
+        if state.is_main:
+            state.run_dir.write_text_atomic("summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
 
     def _close(self, failed: bool) -> None:
         """Close the progress display and metrics; release the run directory (after a failed

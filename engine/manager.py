@@ -3,8 +3,7 @@
 The loop never touches ``pm.hook``: it calls one method per hook (tox's style), and each method
 states how results are combined. Order is the engine's business: plugins declare ``before`` /
 ``after``; the manager sorts them topologically (recipe order breaks ties), fails on cycles,
-and dispatches every hook in that order. Per-step hooks without implementations cost one
-attribute lookup.
+and dispatches every hook in that order through callers written for the plan (engine/dispatch.py).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import pluggy
 import torch
 
 from engine import hookspecs
-from engine.dispatch import make_caller
+from engine.dispatch import make_caller, merge_into
 from engine.errors import BadInput, PluginConflict
 from engine.plugin import Plugin, capability_name, hookimpl, offers
 from engine.registry import Registry
@@ -29,9 +28,10 @@ WRAPPER_HOOKS = hookspecs.WRAPPERS
 # Collect-all hooks whose results the engine does not use: their callers only call.
 NOTIFY = frozenset({"hookmix_configure", "hookmix_setup_model", "hookmix_on_train_start", "hookmix_before_backward",
                     "hookmix_after_backward", "hookmix_after_optimizer_step", "hookmix_on_log", "hookmix_on_train_end"})
-# One instance, entered once per optimizer step, instead of building a torch.no_grad() each time.
-# Not re-entered: the post-step hooks run inside it, never around it.
-_NO_GRAD = torch.no_grad()
+# How the callers of the per-step hooks combine results (engine.dispatch.make_caller); the rest collect.
+STEP = {"hookmix_forward": ("exclusive",), "hookmix_aux_outputs": ("merge", "outputs", "output"),
+        "hookmix_transform_logits": ("fold", "logits"), "hookmix_loss_terms": ("merge", None, "loss term"),
+        **{hook_name: ("call",) for hook_name in NOTIFY}}
 ENGINE = "engine"
 
 
@@ -149,10 +149,9 @@ class Manager:
         # nothing for what it does not use.
         self._calls = {hook_name: make_caller(hook_name, tuple(getattr(self.pm.hook, hook_name).spec.argnames),
                                               [(name, _traced(hook_name, name, fn) if self.trace else fn, argnames)
-                                               for name, fn, argnames in impls],
-                                              fold="logits" if hook_name == "hookmix_transform_logits" else None,
-                                              collect=hook_name not in NOTIFY)
+                                               for name, fn, argnames in impls], *STEP.get(hook_name, ("collect",)))
                        for hook_name, impls in self._impls.items()}
+        self._bind_step_hooks()
 
     # --- validation and the plan -------------------------------------------------------------
 
@@ -245,18 +244,10 @@ class Manager:
     @staticmethod
     def merge_named(results: list[tuple[str, dict]], what: str, into: dict | None = None) -> dict:
         """Merge dicts returned by several plugins; a name given twice is an error naming both."""
-        if into is None and len(results) == 1:  # one contributor (the usual loss terms): no names to clash
-            return dict(results[0][1].items())
         merged: dict = {} if into is None else into
-        owner: dict[str, str] = {}
+        owners: dict[str, str] = {}
         for plugin, named in results:
-            for key, value in named.items():
-                if key in merged:
-                    first = owner.get(key, "the model outputs")
-                    raise PluginConflict(f"{what} {key!r} returned by both {first} and {plugin}; "
-                                         f"rename one (plugin config) or disable one plugin")
-                merged[key] = value
-                owner[key] = plugin
+            merge_into(merged, owners, named, plugin, what)
         return merged
 
     # setup
@@ -297,45 +288,44 @@ class Manager:
     def advantages(self, rollouts, rewards, state):
         return self._exclusive("hookmix_advantages", rollouts=rollouts, rewards=rewards, state=state)
 
-    # forward and loss
+    # forward, loss, backward, step: called every micro-batch, so bound in __init__ to their callers
+    # (engine/dispatch.py) instead of methods around them, which would add a Python frame per call
+    # (docs/performance.md). Each: (arguments) -> result, and what the engine does with the results.
 
-    def forward(self, model, batch, state) -> dict:
-        if self._impls["hookmix_forward"]:
-            return self._exclusive("hookmix_forward", model=model, batch=batch, state=state)
-        return {"logits": model(batch["input"])}
+    forward: Callable[..., dict]  # (model, batch, state) -> outputs; exclusive; default {"logits": model(input)}
+    aux_outputs: Callable[..., dict]  # (model, batch, outputs, state) -> outputs; merged into outputs
+    transform_logits: Callable[..., torch.Tensor]  # (logits, role, consumer, kind, state) -> logits; ordered fold
+    loss_terms: Callable[..., dict]  # (batch, outputs, state) -> {name: term}; merged
+    before_backward: Callable[..., None]  # (loss, state); collect-all, results unused
+    after_backward: Callable[..., None]  # (model, state); collect-all, results unused
+    optimizer_step: Callable[..., None]  # (optimizer, state); wrappers around optimizer.step()
+    after_optimizer_step: Callable[..., None]  # (model, optimizer, state); collect-all under no_grad
 
-    def aux_outputs(self, model, batch, outputs, state) -> dict:
-        if not self._impls["hookmix_aux_outputs"]:
-            return outputs
-        results = self._calls["hookmix_aux_outputs"](model, batch, outputs, state)
-        return self.merge_named(results, "output", into=outputs)
-
-    def transform_logits(self, logits, role: str, consumer: str, kind: str, state):
-        if not self._impls["hookmix_transform_logits"]:  # no transform plugin: a loss asks once per step
-            return logits
-        return self._calls["hookmix_transform_logits"](logits, role, consumer, kind, state)
-
-    def loss_terms(self, batch, outputs, state) -> dict[str, torch.Tensor]:
-        return self.merge_named(self._calls["hookmix_loss_terms"](batch, outputs, state), "loss term")
-
-    def before_backward(self, loss, state) -> None:
-        if self._impls["hookmix_before_backward"]:
-            self._calls["hookmix_before_backward"](loss, state)
-
-    def after_backward(self, model, state) -> None:
-        if self._impls["hookmix_after_backward"]:
-            self._calls["hookmix_after_backward"](model, state)
-
-    def optimizer_step(self, optimizer, state) -> None:
+    def _bind_step_hooks(self) -> None:
+        calls, impls = self._calls, self._impls
+        self.forward = calls["hookmix_forward"] if impls["hookmix_forward"] else _default_forward
+        self.aux_outputs = calls["hookmix_aux_outputs"]
+        self.transform_logits = calls["hookmix_transform_logits"]
+        self.loss_terms = calls["hookmix_loss_terms"]
+        self.before_backward = calls["hookmix_before_backward"]
+        self.after_backward = calls["hookmix_after_backward"]
         if self._wrapped["hookmix_optimizer_step"]:
-            self._wrapper_call("hookmix_optimizer_step", optimizer=optimizer, state=state)
+            self.optimizer_step = lambda optimizer, state: self._wrapper_call("hookmix_optimizer_step",
+                                                                             optimizer=optimizer, state=state)
         else:
-            optimizer.step()
+            self.optimizer_step = _plain_optimizer_step
+        post_step = calls["hookmix_after_optimizer_step"]
 
-    def after_optimizer_step(self, model, optimizer, state) -> None:
-        if self._impls["hookmix_after_optimizer_step"]:
-            with _NO_GRAD:
-                self._calls["hookmix_after_optimizer_step"](model, optimizer, state)
+        def after_optimizer_step(model, optimizer, state) -> None:
+            # torch.no_grad()'s switch without its two Python frames and two set_grad_enabled objects
+            enabled = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)
+            try:
+                post_step(model, optimizer, state)
+            finally:
+                torch._C._set_grad_enabled(enabled)
+
+        self.after_optimizer_step = after_optimizer_step if impls["hookmix_after_optimizer_step"] else post_step
 
     # evaluation and logging
 
@@ -372,6 +362,14 @@ class Manager:
             if name in saved:
                 kwargs = {"plugin_state": saved[name], "state": state}
                 fn(*[kwargs[a] for a in argnames])
+
+
+def _default_forward(model, batch, state) -> dict:
+    return {"logits": model(batch["input"])}
+
+
+def _plain_optimizer_step(optimizer, state) -> None:
+    optimizer.step()
 
 
 def _traced(hook_name: str, plugin: str, fn: Callable) -> Callable:

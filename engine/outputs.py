@@ -125,11 +125,11 @@ def metrics_to_keep(run_dir: RunDir, resume_step: int) -> list[str]:
 class MetricsLog:
     """Appends records to ``metrics.jsonl`` and mirrors every scalar to TensorBoard.
 
-    Per-record cost is what a small model's step pays for logging, so a record is one line
-    appended to an open, buffered file and one TensorBoard event holding all its scalars
-    (engine/event_file.py, written in this thread). Both files are flushed with a record that
-    comes ``FLUSH_SECONDS`` or more after the last flush, before every checkpoint (:meth:`flush`)
-    and at the end: a killed run keeps every record up to its last checkpoint (a resume replays
+    Per-record cost is what a small model's step pays for logging, so :meth:`write` only queues
+    the record; :meth:`flush` formats the queued records as lines of the open file and as TensorBoard
+    events (one per record, holding all its scalars; engine/event_file.py, written in this thread)
+    and flushes both files. It runs with a record that comes ``FLUSH_SECONDS`` or more after the
+    last flush, before every checkpoint and at the end: a killed run keeps every record up to its last checkpoint (a resume replays
     the steps after it), and a run that logs less than once a second flushes every record. A
     remote (fsspec) run directory has no append: there a flush rewrites the file, and
     TensorBoard's files are staged locally and copied at the end.
@@ -143,8 +143,9 @@ class MetricsLog:
         self.run_dir = run_dir
         if kept is None and resume_step is not None:
             kept = metrics_to_keep(run_dir, resume_step)
-        self.lines: list[str] = list(kept or [])
-        run_dir.write_text_atomic("metrics.jsonl", "".join(l + "\n" for l in self.lines))
+        self.lines: list[str] = [line + "\n" for line in kept or []]  # the file's lines (remote directories)
+        self.queued: list[tuple[float, dict]] = []  # (wall time, record) not yet written
+        run_dir.write_text_atomic("metrics.jsonl", "".join(self.lines))
         self.file = run_dir.fs.open(run_dir._p("metrics.jsonl"), "a") if run_dir.is_local else None
         self._stage = None if run_dir.is_local else tempfile.mkdtemp(prefix="hookmix-tb-")
         tb_dir = os.path.join(run_dir.path, "tensorboard") if run_dir.is_local else self._stage
@@ -152,26 +153,30 @@ class MetricsLog:
         self.flushed = time.monotonic()
 
     def write(self, record: dict) -> None:
-        record = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
-        line = json.dumps(record)
-        if self.file is not None:
-            self.file.write(line + "\n")
-        else:
-            self.lines.append(line)
-        scalars = {k: v for k, v in record.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if scalars:
-            self.tb.scalars(record["step"], scalars)
+        """Queue a copy of ``record``; it is written at the next flush. Formatting a batch of records
+        together costs a small model's step less than one at a time between training steps."""
+        self.queued.append((time.time(), dict(record)))
         if time.monotonic() - self.flushed >= self.FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
         """Everything written so far onto the disk (the OS's buffers) or the remote filesystem."""
+        queued, self.queued = self.queued, []
+        lines = []
+        for wall_time, record in queued:
+            record = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
+            lines.append(json.dumps(record) + "\n")
+            scalars = {k: v for k, v in record.items()
+                       if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if scalars:
+                self.tb.scalars(record["step"], scalars, wall_time)
         if self.file is not None:
+            self.file.write("".join(lines))
             self.file.flush()
         else:
+            self.lines += lines
             with self.run_dir.fs.open(self.run_dir._p("metrics.jsonl"), "w") as f:
-                f.write("".join(l + "\n" for l in self.lines))
+                f.write("".join(self.lines))
         self.tb.flush()
         self.flushed = time.monotonic()
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 
+from engine.train_log import TrainLog
+
 if TYPE_CHECKING:
     from engine.manager import Manager
     from engine.outputs import RunDir
@@ -40,6 +42,8 @@ class State:
         self.recipe = recipe
         self.run: RunConfig = recipe.run
         self._manager = manager
+        if not manager.has("hookmix_transform_logits"):  # nothing transforms logits: a loss asks every micro-batch
+            self.logits = _untransformed
         self.registry = registry
         self.device = device
         self.autocast_dtype = torch.bfloat16 if recipe.run.precision == "bf16" else None
@@ -57,8 +61,7 @@ class State:
         self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)  # data order
         self.run_dir: RunDir | None = None
         self.cache_dir = cache_dir_from_env()
-        self._pending: dict[str, list[torch.Tensor]] = {}
-        self._terms: list[tuple[dict[str, torch.Tensor], torch.Tensor | None]] = []  # see log_loss_terms
+        self.train_log = TrainLog()  # the loop's loss terms and state.log values of the current log interval
         self.full_view: Any = None  # run.strategy='fsdp': engine.fsdp.full_weights over the sharded modules
         self.frozen_modules: dict[str, torch.nn.Module] = {}  # state.add_frozen_module (read-only for plugins)
         self.shard_frozen: Any = None  # run.strategy='fsdp', after sharding: engine.fsdp shards a late frozen module
@@ -66,56 +69,21 @@ class State:
     def log(self, name: str, value: float | torch.Tensor) -> None:
         """Record a training metric; the engine logs its mean over each log interval.
 
-        Values are only collected here (no arithmetic, no device sync); they are reduced at log
-        time, which keeps the per-step cost of logging to a list append.
+        Values are only collected here (a list append: no arithmetic, no device sync, no tensor built
+        for a Python number); they are read and averaged at log time (engine/train_log.py).
         """
-        value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-        if name in self._pending:
-            self._pending[name].append(value)
-        else:
-            self._pending[name] = [value]
-
-    def log_loss_terms(self, terms: dict[str, torch.Tensor], total: torch.Tensor | None) -> None:
-        """The engine's per-micro-batch loss terms (detached), logged as ``train/loss/<name>`` and
-        ``train/loss`` (``total``; None: the one term is the total). One list append per micro-batch:
-        the metric lists are built when they are read (:meth:`_settle_terms`)."""
-        self._terms.append((terms, total))
-
-    def _settle_terms(self) -> None:
-        if not self._terms:
-            return
-        lists: dict[str, list[torch.Tensor]] = {}
-        for terms, total in self._terms:
-            for name, value in terms.items():
-                lists.setdefault(f"train/loss/{name}", []).append(value)
-            lists.setdefault("train/loss", []).append(next(iter(terms.values())) if total is None else total)
-        self._terms.clear()
-        # the loss metrics first in the record, as they were logged first in every step
-        self._pending = {**{k: self._pending.get(k, []) + v for k, v in lists.items()},
-                         **{k: v for k, v in self._pending.items() if k not in lists}}
+        self.train_log.log(name, value)
 
     def pop_logged(self) -> dict[str, float]:
         """Means of everything logged since the last call (used by the loop at log time)."""
-        self._settle_terms()
-        if not self._pending:
-            return {}
-        means = [_mean(vs) for vs in self._pending.values()]  # on the device: no host read yet
-        try:  # one host read for every metric (one sync on a GPU, not one per metric)
-            values = torch.stack(means).tolist()
-        except RuntimeError:  # metrics on different devices (a float logged next to a GPU loss)
-            values = [m.item() for m in means]
-        out = dict(zip(self._pending, values))
-        self._pending.clear()
-        return out
+        return self.train_log.pop_means()
 
     def pending_logged(self) -> dict[str, torch.Tensor]:
         """What was logged since the last log record, one 1-D tensor per name (saved in checkpoints)."""
-        self._settle_terms()
-        return {k: torch.stack([v.float().reshape(()) for v in vs]).cpu() for k, vs in self._pending.items()}
+        return self.train_log.pending()
 
     def restore_logged(self, pending: dict[str, torch.Tensor]) -> None:
-        self._pending = {k: list(v.unbind()) for k, v in pending.items()}
-        self._terms = []
+        self.train_log.restore(pending)
 
     @overload
     def provider(self, capability: type[T]) -> T | None: ...
@@ -233,11 +201,8 @@ def cache_dir_from_env() -> str:
     return path
 
 
-def _mean(values: list[torch.Tensor]) -> torch.Tensor:
-    try:  # same-shape scalars (nearly always): one stack instead of two ops per value
-        return torch.stack(values).float().mean()
-    except RuntimeError:
-        return torch.stack([v.float().reshape(()) for v in values]).mean()
+def _untransformed(logits: torch.Tensor, *, role: str, consumer: str, kind: str) -> torch.Tensor:
+    return logits
 
 
 _NULL = contextlib.nullcontext()  # the autocast of an fp32 run

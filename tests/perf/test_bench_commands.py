@@ -27,10 +27,10 @@ def test_bench_overhead_repeats_fresh_contestants(capsys):
     assert main(["bench", "overhead", "--workload", "mlp", "--steps", "3", "--repeats", "2", "--noop", "2"]) == 0
     out = capsys.readouterr().out
     header, row = _table_rows(out)
-    assert header == ["workload", "plain", "hookmix", "hookmix+2", "max loss diff"]
+    assert header == ["workload", "plain", "plain copy", "hookmix", "hookmix+2", "max loss diff"]
     assert row[0] == "mlp" and row[-1] == "0.0e+00"  # every contestant's loss equals the plain loop's
     per_repeat = [line for line in out.splitlines() if line.startswith("mlp ratios per repeat:")]
-    assert len(per_repeat) == 1 and per_repeat[0].count(" ") >= 6  # two ratios for each of 2 contestants
+    assert len(per_repeat) == 1 and per_repeat[0].count(" ") >= 9  # two ratios for each of 3 contestants
     assert _bench_dirs() <= before  # the engines' temporary run directories are removed
 
 

@@ -4,17 +4,26 @@ traceback or exit 0."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import signal
 import time
 
+import attrs
 import pytest
 import torch
 from reliability_helpers import TINY_GPT, cli, hookmix_process, records
 
-LONG = [*TINY_GPT, "run.steps=300", "run.log_interval=1", "run.checkpoint_interval=0"]  # checkpoint only at the end
+from engine import Plugin, field, hookimpl
+from engine.errors import Interrupted
+from engine.loop import Trainer
+from engine.outputs import RunDir
+from engine.testing import TOY, make_recipe
+
+# checkpoint only at the end; long enough that the first metrics (written a second after the start) come early
+LONG = [*TINY_GPT, "run.steps=1200", "run.log_interval=1", "run.checkpoint_interval=0"]
 
 
 def _wait_for(predicate, proc, timeout: float = 60.0) -> None:
@@ -37,7 +46,7 @@ def _lines(path: str) -> int:
 def test_signal_during_training_checkpoints_first_and_the_run_resumes_exactly(signum, tmp_path, capsys):
     out = str(tmp_path / "run")
     proc = hookmix_process("train", "shakespeare-gpt", *LONG, "--quiet", "--out", out)
-    _wait_for(lambda: _lines(f"{out}/metrics.jsonl") >= 5, proc)  # training is under way
+    _wait_for(lambda: _lines(f"{out}/metrics.jsonl") >= 1, proc)  # training is under way
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum
@@ -54,8 +63,8 @@ def test_signal_during_training_checkpoints_first_and_the_run_resumes_exactly(si
     straight = str(tmp_path / "straight")
     assert cli("train", "shakespeare-gpt", *LONG, "--quiet", "--out", straight, capsys=capsys)[0] == 0
     assert records(open(f"{out}/metrics.jsonl").read()) == records(open(f"{straight}/metrics.jsonl").read())
-    a = torch.load(f"{out}/checkpoints/step-00000300.pt", weights_only=True)["model"]
-    b = torch.load(f"{straight}/checkpoints/step-00000300.pt", weights_only=True)["model"]
+    a = torch.load(f"{out}/checkpoints/step-00001200.pt", weights_only=True)["model"]
+    b = torch.load(f"{straight}/checkpoints/step-00001200.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -76,3 +85,38 @@ def test_signal_during_start_up_is_one_line(signum, tmp_path):
     assert err == (f"hookmix: interrupted by {signal.Signals(signum).name} before training started; "
                    f"nothing was trained\n")
     assert not os.path.exists(out)
+
+
+@attrs.define
+class SignalAtConfig:
+    hook: str = field("on_train_end", "last_step or on_train_end")
+
+
+class SignalAt(Plugin):
+    """Sends this process SIGTERM from a hook: after the last optimizer step, or in on_train_end."""
+
+    name = "signal_at"
+    Config = SignalAtConfig
+
+    @hookimpl
+    def hookmix_after_optimizer_step(self, state):
+        if self.config.hook == "last_step" and state.step == state.run.steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    @hookimpl
+    def hookmix_on_train_end(self, state):
+        if self.config.hook == "on_train_end":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("hook", ["last_step", "on_train_end"])
+def test_a_signal_after_the_last_step_lets_the_run_finish_and_says_so(hook):
+    recipe, registry = make_recipe([*TOY, SignalAt], {"signal_at": {"hook": hook}}, steps=3)
+    with pytest.raises(Interrupted) as exc:
+        Trainer(recipe, registry, stream=io.StringIO()).run()
+    assert exc.value.exit_code == 128 + signal.SIGTERM
+    assert str(exc.value) == (f"interrupted by SIGTERM after the last step; the run is complete "
+                              f"({recipe.run.out})")
+    run_dir = RunDir(recipe.run.out)
+    assert json.loads(run_dir.read_text("summary.json"))["steps"] == 3  # every file of a finished run
+    assert [json.loads(line)["step"] for line in run_dir.read_text("metrics.jsonl").splitlines()][-1] == 3

@@ -1,0 +1,104 @@
+"""The training metrics of one log interval, and the non-finite loss check, without a host sync per step.
+
+Reading a device value on the host (``.item()``, ``bool(t)``, ``float(t)``) waits for every
+queued kernel: on a GPU, one such read per micro-batch serialises the host with the device. So
+during a step values are only *recorded* (detached tensors, a list append): the loop's loss terms
+per micro-batch (appended to ``TrainLog.terms`` by the step, engine/step.py) and what plugins pass to ``state.log`` (a Python
+number is kept as it is, with no tensor built for it). :meth:`TrainLog.read` brings every recorded
+tensor to the host with one stack and one ``.tolist()``: at each log record, and before an
+evaluation or a checkpoint. The same read is the non-finite check: it scans the loss terms' values
+in step order and raises naming the first non-finite step and term, the error a per-step check
+would give.
+
+The guarantee that remains: training may run up to ``log_interval`` steps past a non-finite loss
+before stopping, but no checkpoint is ever written after it: the last checkpoint on disk is from
+before the bad step, and ``--resume`` continues from there.
+
+A metric's logged value is the mean of its values over the interval (``train/loss``: of each
+micro-batch's sum of terms; ``train/loss/<name>``: of each term), in float64 on the host.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from engine.errors import TrainingFailure
+
+
+class TrainLog:
+    """Values recorded since the last log record, by metric name (loss metrics first)."""
+
+    def __init__(self) -> None:
+        # (step, {term name: detached term}, detached sum of the terms or None when there is one term),
+        # one per micro-batch, not yet read; the training step appends to this list directly
+        self.terms: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
+        # metric name -> values: floats once read, tensors (state.log) until then
+        self.values: dict[str, list[float | torch.Tensor]] = {}
+
+    def log(self, name: str, value: float | torch.Tensor) -> None:
+        value = value.detach() if isinstance(value, torch.Tensor) else float(value)
+        values = self.values.get(name)
+        if values is None:
+            self.values[name] = [value]
+        else:
+            values.append(value)
+
+    def read(self) -> None:
+        """Every recorded tensor onto the host (one device read); raise on the first non-finite loss term."""
+        terms = self.terms[:]
+        self.terms.clear()  # in place: the training step holds this list (engine/step.py)
+        unread = [(values, i) for values in self.values.values() for i, v in enumerate(values)
+                  if isinstance(v, torch.Tensor)]
+        tensors = [t for _, named, total in terms for t in (*named.values(), *(() if total is None else (total,)))]
+        tensors += [values[i] for values, i in unread]
+        if not tensors:
+            return
+        floats = iter(_to_host(tensors))
+        losses: dict[str, list[float]] = {}
+        first_bad = None
+        for step, named, total in terms:
+            value = 0.0
+            for name in named:
+                value = next(floats)
+                losses.setdefault(f"train/loss/{name}", []).append(value)
+                if first_bad is None and not math.isfinite(value):
+                    first_bad = (step, name, value)
+            losses.setdefault("train/loss", []).append(value if total is None else next(floats))
+        for values, i in unread:
+            values[i] = next(floats)
+        # the loss metrics first in the record, as they were recorded first in every step
+        self.values = {**{k: self.values.get(k, []) + v for k, v in losses.items()},
+                       **{k: v for k, v in self.values.items() if k not in losses}}
+        if first_bad is not None:
+            step, name, value = first_bad
+            raise TrainingFailure(f"step {step}: loss term {name!r} is not finite ({value}); lower the learning "
+                                  f"rate or check the inputs (the last checkpoint is from before step {step})")
+
+    def pop_means(self) -> dict[str, float]:
+        """Each metric's mean since the last call (after :meth:`read`), then empty."""
+        self.read()
+        means = {k: sum(vs) / len(vs) for k, vs in self.values.items() if vs}
+        self.values = {}
+        return means
+
+    def pending(self) -> dict[str, torch.Tensor]:
+        """The values recorded since the last log record, one float64 tensor per name (saved in checkpoints)."""
+        self.read()
+        return {k: torch.tensor(vs, dtype=torch.float64) for k, vs in self.values.items()}
+
+    def restore(self, pending: dict[str, torch.Tensor]) -> None:
+        self.terms.clear()
+        self.values = {k: [float(x) for x in v.reshape(-1).tolist()] for k, v in pending.items()}
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[float]:
+    try:  # same-shape scalars on one device (nearly always): one stack, one read
+        return torch.stack(tensors).tolist()
+    except RuntimeError:
+        pass
+    try:  # scalars of other shapes, e.g. (1,)
+        return torch.stack([t.reshape(()) for t in tensors]).tolist()
+    except RuntimeError:  # values on different devices (a CPU tensor logged next to a GPU loss)
+        return [t.item() for t in tensors]
