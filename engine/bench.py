@@ -5,7 +5,8 @@ the first step) on the same batches (the same data object, each with a generator
 engine's) with the same AdamW (the settings the engine's adamw plugin uses, fused kernel
 included), interleaved step by step in one process so that machine noise hits all alike. Each
 round runs one step of every contestant; reported: each one's median step time, and the median
-over rounds of its time / the plain loop's time in the same round. The losses of every contestant
+over blocks of 10 consecutive rounds of its time / the plain loop's time in the same rounds
+(:func:`block_ratios`). The losses of every contestant
 must equal the plain loop's at every step (≤ 1e-6; they are bit-identical).
 
 Contestants: ``plain`` (written out below), ``plain copy`` (a second, identical plain loop: its ratio
@@ -133,7 +134,8 @@ def _engine_step(trainer: Trainer):
     return step
 
 
-def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int = 5, clock=time.perf_counter) -> dict:
+def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int = 5, clock=time.perf_counter,
+            rotate: bool = False) -> dict:
     """One round per step: every contestant's step, timed; returns medians, ratios and loss agreement."""
     engine = _engine(workload, 0)
     state = engine.state
@@ -160,11 +162,13 @@ def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int =
 
     def one_round(i: int, trainer_loss: torch.Tensor | None = None) -> None:
         losses = {}
-        # A new order every round (seeded): a step runs measurably faster after a step like itself
-        # (in a rotated order each contestant would always follow the same one: two identical plain
-        # loops then differ by ~1.5 %; shuffled, by < 0.6 %)
+        # A new order every round (seeded): a step runs measurably faster after a step like itself, and
+        # in a rotated order each contestant always follows the same one (docs/performance.md)
         order = list(contestants.items())
-        shuffle.shuffle(order)
+        if rotate:
+            order = order[i % len(order):] + order[:i % len(order)]
+        else:
+            shuffle.shuffle(order)
         for name, step in order:
             t0 = clock()
             loss = step()
@@ -191,17 +195,33 @@ def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int =
     plain = times["plain"]
     return {"workload": workload,
             "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
-            "ratio": {n: statistics.median(a / b for a, b in zip(t, plain)) for n, t in times.items()},
+            "ratio": {n: statistics.median(block_ratios(t, plain)) for n, t in times.items()},
             "max_loss_diff": max(max_diff.values())}
 
 
-def repeated(workload: str, steps: int, noop: int, lightning: bool, repeats: int, clock=time.perf_counter) -> dict:
+BLOCK = 10  # rounds per ratio: the engine contestants' log interval
+
+
+def block_ratios(times: list[float], plain: list[float], block: int = BLOCK) -> list[float]:
+    """Time over ``block`` consecutive rounds / the plain loop's time over the same rounds, per block.
+
+    Why blocks of a log interval and not single rounds: every block holds exactly one of the engine's
+    metrics records, so its cost is charged at its true share. A median over single rounds would
+    drop the record's round as an outlier but still shift the median by an amount set by the
+    machine's noise, not by the record's cost (the record's round is 1 in 10: the median becomes the
+    55th percentile of the other rounds). Full blocks only (all rounds as one block if there are fewer)."""
+    starts = range(0, len(times) - block + 1, block) if len(times) >= block else [0]
+    return [sum(times[i:i + block]) / sum(plain[i:i + block]) for i in starts]
+
+
+def repeated(workload: str, steps: int, noop: int, lightning: bool, repeats: int, clock=time.perf_counter,
+             rotate: bool = False) -> dict:
     """``compare`` with fresh contestants ``repeats`` times; the medians over repeats.
 
     Why: a contestant's step time depends a little (1-3 % on a 2 ms step) on where its model,
     optimizer state and Python objects happen to lie in memory, a bias that more rounds do not
     average out (it is the same in every round) but new instances do."""
-    runs = [compare(workload, steps, noop, lightning, clock=clock) for _ in range(repeats)]
+    runs = [compare(workload, steps, noop, lightning, clock=clock, rotate=rotate) for _ in range(repeats)]
     names = list(runs[0]["ms"])
     return {"workload": workload,
             "ms": {n: statistics.median(r["ms"][n] for r in runs) for n in names},
@@ -211,7 +231,7 @@ def repeated(workload: str, steps: int, noop: int, lightning: bool, repeats: int
 
 
 def overhead(steps: int = 30, noop: int = 8, workload: str = "both", against: str | None = None,
-             clock: str = "wall", repeats: int = 1) -> int:
+             clock: str = "wall", repeats: int = 1, order: str = "shuffle") -> int:
     """Print the table; ``clock="cpu"`` times this thread's CPU time, which ignores time the process
     waits for a core on a loaded machine (valid when torch runs on this one thread). ``repeats``:
     fresh contestants each time (see :func:`repeated`)."""
@@ -226,12 +246,13 @@ def overhead(steps: int = 30, noop: int = 8, workload: str = "both", against: st
         from engine.bench_lightning import require_lightning
 
         require_lightning()
-    rows = [repeated(name, steps, noop, lightning, repeats, clock=timer)
+    rows = [repeated(name, steps, noop, lightning, repeats, clock=timer, rotate=order == "rotate")
             for name in (["gpt", "mlp"] if workload == "both" else [workload])]
     names = list(rows[0]["ms"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock, {repeats} repeat(s) of "
-          f"{steps} timed rounds after 5 warm-up; each cell: median step ms (median ratio to plain in the same "
-          f"round; with repeats, the median over repeats)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock, {order}d order, {repeats} "
+          f"repeat(s) of "
+          f"{steps} timed rounds after 5 warm-up; each cell: median step ms (median over blocks of {BLOCK} rounds of the "
+          f"time ratio to plain in the same rounds; with repeats, the median over repeats)")
     print("| workload | " + " | ".join(names) + " | max loss diff |")
     print("|---|" + "---|" * (len(names) + 1))
     for r in rows:

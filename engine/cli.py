@@ -66,6 +66,8 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
                    help="both: gpt and mlp; tiny: a 40-8-10 MLP on 4 samples (the per-step cost in µs)")
     p.add_argument("--against", choices=["lightning"], help="add Lightning Fabric and Trainer columns")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: this thread's CPU time (1 thread)")
+    p.add_argument("--order", choices=["shuffle", "rotate"], default="shuffle",
+                   help="overhead: the contestants' order in each round (rotate: the earlier method, biased)")
     for verb, command in commands.items():
         p = sub.add_parser(verb, help=f"{command.help} (plugin command)")
         command.add_arguments(p)
@@ -305,7 +307,7 @@ def cmd_bench(args) -> int:
         return fsdp_bench()
 
     return overhead(steps=args.steps, noop=args.noop, workload=args.workload, against=args.against,
-                    clock=args.clock, repeats=args.repeats or 1)
+                    clock=args.clock, repeats=args.repeats or 1, order=args.order)
 
 
 if __name__ == "__main__":

@@ -309,7 +309,8 @@ class Trainer:
         return evaluate_model(model, state, self.manager)
 
     def _record(self, record: dict) -> None:
-        self.last.update({k: v for k, v in record.items() if k != "step"})
+        self.last.update(record)
+        del self.last["step"]
         if self.metrics_log is not None:
             self.metrics_log.write(record)
         self.manager.on_log(record, self.state)

@@ -239,7 +239,12 @@ class Manager:
         return result
 
     def has(self, hook_name: str) -> bool:
+        """Whether an enabled plugin implements ``hook_name`` (a wrapper hook: with its plain implementation)."""
         return bool(self._impls[hook_name])
+
+    def wraps(self, hook_name: str) -> bool:
+        """Whether a plugin wraps the engine's ``hook_name`` (``hookmix_optimizer_step``, ``hookmix_evaluate``)."""
+        return self._wrapped[hook_name]
 
     @staticmethod
     def merge_named(results: list[tuple[str, dict]], what: str, into: dict | None = None) -> dict:

@@ -43,9 +43,14 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
     state, manager, run = trainer.state, trainer.manager, trainer.recipe.run
     model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
     train_batch, generator = state.data.train_batch, state.generator
-    forward, aux_outputs, loss_terms = manager.forward, manager.aux_outputs, manager.loss_terms
-    before_backward, after_backward = manager.before_backward, manager.after_backward
-    optimizer_step, after_optimizer_step = manager.optimizer_step, manager.after_optimizer_step
+    forward, loss_terms = manager.forward, manager.loss_terms
+    # A hook nobody implements is not called at all: every function a step enters costs a small
+    # model's step about a microsecond (docs/performance.md)
+    aux_outputs, before_backward, after_backward, after_optimizer_step = (
+        getattr(manager, hook) if manager.has(f"hookmix_{hook}") else None
+        for hook in ("aux_outputs", "before_backward", "after_backward", "after_optimizer_step"))
+    step_optimizer = optimizer.step if not manager.wraps("hookmix_optimizer_step") else (
+        lambda: manager.optimizer_step(optimizer, state))
     records = state.train_log.terms  # appended to in place; TrainLog.read empties it in place
     accum, clip, params, gather, wrapper = run.grad_accum, run.grad_clip, trainer.params, trainer.gather, trainer.wrapper
     prepare = trainer._prepare if trainer.prepare else None  # shard, move, roll out (else: count only)
@@ -54,27 +59,37 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
     detach = torch.Tensor.detach
 
     def terms_of(batch: dict) -> dict[str, torch.Tensor]:
-        return loss_terms(batch, aux_outputs(model, batch, forward(model, batch, state), state), state)
+        outputs = forward(model, batch, state)
+        if aux_outputs is not None:
+            outputs = aux_outputs(model, batch, outputs, state)
+        return loss_terms(batch, outputs, state)
 
     def micro_batch(batch: dict, step: int) -> None:
-        if direct:
-            terms = terms_of(batch)
+        if direct:  # terms_of(batch), written out: one function call less per micro-batch
+            outputs = forward(model, batch, state)
+            if aux_outputs is not None:
+                outputs = aux_outputs(model, batch, outputs, state)
+            terms = loss_terms(batch, outputs, state)
         else:
             with state.autocast():  # DDP: inside its forward, so that the backward reduces
                 terms = terms_of(batch) if wrapper is None else wrapper(lambda: terms_of(batch))
         if not terms:
             raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
                                   f"check the loss plugins' conditions")
-        loss = sum(terms.values()) if len(terms) > 1 else next(iter(terms.values()))
-        # for the train metrics and the non-finite check, read at log time (engine/train_log.py);
-        # map, not a comprehension: no Python frame per micro-batch
-        records.append((step, dict(zip(terms, map(detach, terms.values()))),
-                        loss.detach() if len(terms) > 1 else None))
+        # recorded for the train metrics and the non-finite check, read at log time (engine/train_log.py)
+        if len(terms) == 1:  # the usual case: the one term is the loss
+            (name, loss), = terms.items()
+            records.append((step, (name,), (loss.detach(),)))
+        else:  # map, not a comprehension: no Python frame per micro-batch
+            loss = sum(terms.values())
+            records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))
         if accum > 1:
             loss = loss / accum
-        before_backward(loss, state)
+        if before_backward is not None:
+            before_backward(loss, state)
         loss.backward()
-        after_backward(model, state)
+        if after_backward is not None:
+            after_backward(model, state)
 
     def train_step() -> None:
         if not model.training:  # train() walks every submodule: ~0.1 ms, too much per step on small models
@@ -94,13 +109,14 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
                     micro_batch(batch, step)
         if clip > 0:
             state.log("train/grad_norm", fsdp.plain(torch.nn.utils.clip_grad_norm_(params, clip)))
-        optimizer_step(optimizer, state)
+        step_optimizer()
         state.step = step
-        if gather:  # a plugin needs whole matrices: post-step hooks see gathered weights (FSDP)
-            with state.full_weights():
+        if after_optimizer_step is not None:
+            if gather:  # a plugin needs whole matrices: post-step hooks see gathered weights (FSDP)
+                with state.full_weights():
+                    after_optimizer_step(model, optimizer, state)
+            else:
                 after_optimizer_step(model, optimizer, state)
-        else:
-            after_optimizer_step(model, optimizer, state)
         if scheduler is not None:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -23,7 +23,9 @@ the device, so queued GPU work is counted in the interval it belongs to.
 
 from __future__ import annotations
 
+import math
 import time
+from operator import itemgetter
 from typing import Any
 
 import torch
@@ -77,16 +79,13 @@ class Throughput:
         self.per_sample, self.per_token, flops_source = model_flops(state.model, self.token_model)
         self.peak, peak_source = peak_flops(state.device, state.run.precision, state.run.peak_flops)
         self.plan = f"throughput: model FLOPs from {flops_source}; MFU peak: {peak_source}"
-        self.samples = self.tokens = 0
+        self.shapes: list = []  # of each micro-batch's input since the last metrics() (read there)
         self.seconds = 0.0
         self.t = time.perf_counter()
 
     def count(self, batch: dict) -> None:
-        x = batch.get("input")
-        if isinstance(x, torch.Tensor) and x.ndim:
-            self.samples += x.shape[0]
-            if self.token_model:
-                self.tokens += x.numel()
+        """Note a micro-batch: the shape of its input (samples × positions), counted at log time."""
+        self.shapes.append(getattr(batch.get("input"), "shape", None))
 
     def pause(self) -> None:
         self.seconds += time.perf_counter() - self.t
@@ -98,7 +97,9 @@ class Throughput:
         """Rates since the last call (then reset); empty if nothing was counted."""
         now = time.perf_counter()
         seconds, self.seconds, self.t = self.seconds + now - self.t, 0.0, now
-        samples, tokens, self.samples, self.tokens = self.samples, self.tokens, 0, 0
+        shapes, self.shapes = self.shapes, []
+        shapes = [*filter(None, shapes)]  # no shape, or () (a scalar input): nothing to count
+        samples, tokens = sum(map(itemgetter(0), shapes)), sum(map(math.prod, shapes))
         if not samples or seconds <= 0:
             return {}
         out = {"perf/samples_per_second": self.world * samples / seconds}

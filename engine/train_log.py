@@ -21,6 +21,8 @@ micro-batch's sum of terms; ``train/loss/<name>``: of each term), in float64 on 
 from __future__ import annotations
 
 import math
+from itertools import chain
+from operator import itemgetter
 
 import torch
 
@@ -31,9 +33,10 @@ class TrainLog:
     """Values recorded since the last log record, by metric name (loss metrics first)."""
 
     def __init__(self) -> None:
-        # (step, {term name: detached term}, detached sum of the terms or None when there is one term),
-        # one per micro-batch, not yet read; the training step appends to this list directly
-        self.terms: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
+        # one record per micro-batch, not yet read: (step, term names, values), the values being the
+        # detached terms in the names' order and, with more than one term, their sum last. The
+        # training step appends to this list directly (engine/step.py).
+        self.terms: list[tuple[int, tuple[str, ...], tuple[torch.Tensor, ...]]] = []
         # metric name -> values: floats once read, tensors (state.log) until then
         self.values: dict[str, list[float | torch.Tensor]] = {}
 
@@ -47,34 +50,27 @@ class TrainLog:
 
     def read(self) -> None:
         """Every recorded tensor onto the host (one device read); raise on the first non-finite loss term."""
-        terms = self.terms[:]
-        self.terms.clear()  # in place: the training step holds this list (engine/step.py)
+        records = self.terms[:]
+        self.terms.clear()  # in place: the training step holds this list
         unread = [(values, i) for values in self.values.values() for i, v in enumerate(values)
                   if isinstance(v, torch.Tensor)]
-        tensors = [t for _, named, total in terms for t in (*named.values(), *(() if total is None else (total,)))]
-        tensors += [values[i] for values, i in unread]
+        tensors = [*chain.from_iterable(map(itemgetter(2), records)), *(values[i] for values, i in unread)]
         if not tensors:
             return
-        floats = iter(_to_host(tensors))
-        losses: dict[str, list[float]] = {}
-        first_bad = None
-        for step, named, total in terms:
-            value = 0.0
-            for name in named:
-                value = next(floats)
-                losses.setdefault(f"train/loss/{name}", []).append(value)
-                if first_bad is None and not math.isfinite(value):
-                    first_bad = (step, name, value)
-            losses.setdefault("train/loss", []).append(value if total is None else next(floats))
-        for values, i in unread:
-            values[i] = next(floats)
-        # the loss metrics first in the record, as they were recorded first in every step
-        self.values = {**{k: self.values.get(k, []) + v for k, v in losses.items()},
-                       **{k: v for k, v in self.values.items() if k not in losses}}
-        if first_bad is not None:
-            step, name, value = first_bad
-            raise TrainingFailure(f"step {step}: loss term {name!r} is not finite ({value}); lower the learning "
-                                  f"rate or check the inputs (the last checkpoint is from before step {step})")
+        floats = _to_host(tensors)
+        n = len(floats) - len(unread)
+        for (values, i), value in zip(unread, floats[n:]):
+            values[i] = value
+        if not records:
+            return
+        losses = _loss_lists(records, floats[:n])
+        # the loss metrics first in the record, as they were recorded first in every step (after any
+        # restored from a checkpoint)
+        merged = {k: self.values.pop(k, []) + v for k, v in losses.items()}
+        merged.update(self.values)
+        self.values = merged
+        if not all(map(math.isfinite, floats[:n])):
+            _raise_first_non_finite(records, floats)
 
     def pop_means(self) -> dict[str, float]:
         """Each metric's mean since the last call (after :meth:`read`), then empty."""
@@ -91,6 +87,37 @@ class TrainLog:
     def restore(self, pending: dict[str, torch.Tensor]) -> None:
         self.terms.clear()
         self.values = {k: [float(x) for x in v.reshape(-1).tolist()] for k, v in pending.items()}
+
+
+def _loss_lists(records: list[tuple[int, tuple[str, ...], tuple]], floats: list[float]) -> dict[str, list[float]]:
+    """``train/loss/<name>`` and ``train/loss`` values from the records' values read as ``floats``."""
+    names = records[0][1]
+    k = len(records[0][2])  # values per record
+    if len(set(map(itemgetter(1), records))) == 1:  # the same terms in every micro-batch: columns
+        lists = {f"train/loss/{name}": floats[j::k] for j, name in enumerate(names)}
+        lists["train/loss"] = floats[k - 1::k]
+        return lists
+    lists = {}
+    position = 0
+    for _, names, values in records:
+        for j, name in enumerate(names):
+            lists.setdefault(f"train/loss/{name}", []).append(floats[position + j])
+        lists.setdefault("train/loss", []).append(floats[position + len(values) - 1])
+        position += len(values)
+    return lists
+
+
+def _raise_first_non_finite(records: list[tuple[int, tuple[str, ...], tuple]], floats: list[float]) -> None:
+    """The first non-finite term in step order, as a TrainingFailure (a non-finite sum of finite terms,
+    an overflow, is logged as it is)."""
+    position = 0
+    for step, names, values in records:
+        for name, value in zip(names, floats[position:]):
+            if not math.isfinite(value):
+                raise TrainingFailure(f"step {step}: loss term {name!r} is not finite ({value}); lower the "
+                                      f"learning rate or check the inputs (the last checkpoint is from before "
+                                      f"step {step})")
+        position += len(values)
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[float]:

@@ -53,3 +53,11 @@ def test_bench_ddp_reports_efficiency_and_the_no_communication_ceiling(capsys):
     assert float(values["weak-scaling efficiency"]) == pytest.approx(single / ddp, rel=0.01)
     assert float(values["ceiling (no communication)"]) == pytest.approx(single / pair, rel=0.01)
     assert _bench_dirs() <= before
+
+
+def test_bench_overhead_can_rotate_the_order_as_the_earlier_method_did(capsys):
+    assert main(["bench", "overhead", "--workload", "tiny", "--steps", "2", "--noop", "0", "--order", "rotate"]) == 0
+    out = capsys.readouterr().out
+    assert "rotated order" in out
+    header, row = _table_rows(out)
+    assert header == ["workload", "plain", "plain copy", "hookmix", "max loss diff"] and row[-1] == "0.0e+00"

@@ -1,0 +1,112 @@
+"""Where the engine's overhead on the MLP goes: the plain loop with one engine feature added at a time
+(a script, not a test).
+
+    OMP_NUM_THREADS=1 python tests/perf/overhead_parts.py [--repeats 8] [--steps 300]
+
+Contestants, interleaved in one process like ``hookmix bench overhead`` (a new order every round,
+ratios over blocks of 10 rounds, fresh contestants every repeat; engine/bench.py):
+
+- ``plain``, ``plain copy``: the benchmark's plain loop, twice (the second shows the noise floor);
+- ``+ce plugin``: the plain loop computing its loss through the ``cross_entropy`` plugin's hook
+  (``state.logits`` included) instead of calling ``F.cross_entropy`` itself;
+- ``+records``: the plain loop recording each step's detached loss as the engine does, and reading
+  the records every 10 steps with one stack and one ``.tolist()``;
+- ``+log records``: the plain loop writing the engine's metrics record every 10 steps
+  (``Trainer.log_train``: the read, throughput, metrics.jsonl and TensorBoard queue, ``on_log``);
+- ``+all three``; ``hookmix``: ``Trainer.advance()``, everything the engine does.
+
+Prints the median over repeats of each contestant's ratio to ``plain``; the difference between
+``hookmix`` and ``+all three`` is the engine's own machinery (hook callers, the bound step, counting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from engine.bench import _discard, _engine, _engine_step, _plain_step, block_ratios
+
+
+def plain_plus(trainer, model, adamw: dict, generator, ce_plugin=False, records=False, log=False):
+    """The plain loop with some of the engine's work added (``trainer``: a set-up engine it borrows from)."""
+    optimizer = torch.optim.AdamW(model.parameters(), **adamw)
+    state, data = trainer.state, trainer.state.data
+    ce = trainer.manager.plugins["cross_entropy"]
+    kept: list[torch.Tensor] = []
+    steps = [0]
+
+    def step() -> torch.Tensor:
+        batch = data.train_batch(generator)
+        logits = model(batch["input"])
+        if ce_plugin:
+            loss = ce.hookmix_loss_terms(batch, {"logits": logits}, state)["ce"]
+        else:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["target"].reshape(-1))
+        if records:
+            kept.append(loss.detach())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps[0] += 1
+        if steps[0] % 10 == 0:
+            if log:  # the engine's record, fed this interval's losses
+                state.train_log.terms.extend((steps[0], ("ce",), (t,)) for t in kept or [loss.detach()])
+                trainer.log_train()
+            elif records:
+                torch.stack(kept).tolist()
+            kept.clear()
+        return loss.detach()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    variants = {"+ce plugin": dict(ce_plugin=True), "+records": dict(records=True), "+log records": dict(log=True),
+                "+all three": dict(ce_plugin=True, records=True, log=True)}
+    ratios: dict[str, list[float]] = {}
+    for repeat in range(args.repeats):
+        engine, donor = _engine("mlp", 0), _engine("mlp", 0)
+        state = engine.state
+        adamw = {k: state.optimizer.defaults[k] for k in ("lr", "betas", "eps", "weight_decay", "fused")}
+
+        def generator() -> torch.Generator:
+            return torch.Generator().manual_seed(state.run.seed + 1)
+
+        contestants = {"plain": _plain_step(copy.deepcopy(state.model), adamw, state.data, generator()),
+                       "plain copy": _plain_step(copy.deepcopy(state.model), adamw, state.data, generator())}
+        for name, features in variants.items():
+            contestants[name] = plain_plus(donor, copy.deepcopy(state.model), adamw, generator(), **features)
+        contestants["hookmix"] = _engine_step(engine)
+        times: dict[str, list[float]] = {name: [] for name in contestants}
+        shuffle = random.Random(repeat)
+        for i in range(args.steps + 5):
+            order = list(contestants.items())
+            shuffle.shuffle(order)
+            for name, step in order:
+                t0 = time.perf_counter()
+                step()
+                if i >= 5:
+                    times[name].append(time.perf_counter() - t0)
+        for name, t in times.items():
+            ratios.setdefault(name, []).append(statistics.median(block_ratios(t, times["plain"])))
+        _discard(engine)
+        _discard(donor)
+    print(f"MLP, {args.repeats} repeats of {args.steps} rounds; median over repeats of the ratio to plain "
+          f"(median over blocks of 10 rounds):")
+    for name, values in ratios.items():
+        print(f"  {name:<14} {statistics.median(values):.4f}   (repeats: {' '.join(f'{v:.3f}' for v in values)})")
+
+
+if __name__ == "__main__":
+    main()
