@@ -2,13 +2,14 @@
 
 Reading a device value on the host (``.item()``, ``bool(t)``, ``float(t)``) waits for every
 queued kernel: on a GPU, one such read per micro-batch serialises the host with the device. So
-during a step values are only *recorded* (detached tensors, a list append): the loop's loss terms
-per micro-batch (appended to ``TrainLog.terms`` by the step, engine/step.py) and what plugins pass to ``state.log`` (a Python
-number is kept as it is, with no tensor built for it). :meth:`TrainLog.read` brings every recorded
-tensor to the host with one stack and one ``.tolist()``: at each log record, and before an
-evaluation or a checkpoint. The same read is the non-finite check: it scans the loss terms' values
-in step order and raises naming the first non-finite step and term, the error a per-step check
-would give.
+during a step values are only *recorded* (detached tensors, a list append): each micro-batch's
+loss terms (appended to ``TrainLog.terms`` by the step, engine/step.py) and what plugins pass to
+``state.log`` (a Python number is kept as it is, with no tensor built for it).
+:meth:`TrainLog.read` brings every recorded tensor to the host at once (on a GPU one stack and one
+``.tolist()``: one sync; on a CPU, where there is nothing to wait for, a read per value): at each
+log record, and before an evaluation or a checkpoint. The same read is the non-finite check: it
+scans the loss terms' values in step order and raises naming the first non-finite step and term,
+the error a per-step check would give.
 
 The guarantee that remains: training may run up to ``log_interval`` steps past a non-finite loss
 before stopping, but no checkpoint is ever written after it: the last checkpoint on disk is from
@@ -121,6 +122,8 @@ def _raise_first_non_finite(records: list[tuple[int, tuple[str, ...], tuple]], f
 
 
 def _to_host(tensors: list[torch.Tensor]) -> list[float]:
+    if all(t.is_cpu for t in tensors):  # no device to wait for: a read per value beats building a stack
+        return [t.item() for t in tensors]
     try:  # same-shape scalars on one device (nearly always): one stack, one read
         return torch.stack(tensors).tolist()
     except RuntimeError:
