@@ -50,7 +50,7 @@ class TrainLog:
             values.append(value)
 
     def read(self) -> None:
-        """Every recorded tensor onto the host (one device read); raise on the first non-finite loss term."""
+        """Every recorded tensor onto the host (one device sync); raise on the first non-finite loss term."""
         records = self.terms[:]
         self.terms.clear()  # in place: the training step holds this list
         unread = [(values, i) for values in self.values.values() for i, v in enumerate(values)
@@ -92,9 +92,9 @@ class TrainLog:
 
 def _loss_lists(records: list[tuple[int, tuple[str, ...], tuple]], floats: list[float]) -> dict[str, list[float]]:
     """``train/loss/<name>`` and ``train/loss`` values from the records' values read as ``floats``."""
-    names = records[0][1]
-    k = len(records[0][2])  # values per record
     if len(set(map(itemgetter(1), records))) == 1:  # the same terms in every micro-batch: columns
+        _, names, values = records[0]
+        k = len(values)
         lists = {f"train/loss/{name}": floats[j::k] for j, name in enumerate(names)}
         lists["train/loss"] = floats[k - 1::k]
         return lists
