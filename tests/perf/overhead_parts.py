@@ -13,7 +13,11 @@ ratios over blocks of 10 rounds, fresh contestants every repeat; engine/bench.py
   the records every 10 steps with one stack and one ``.tolist()``;
 - ``+log records``: the plain loop writing the engine's metrics record every 10 steps
   (``Trainer.log_train``: the read, throughput, metrics.jsonl and TensorBoard queue, ``on_log``);
-- ``+all three``; ``hookmix``: ``Trainer.advance()``, everything the engine does.
+- ``+all three``; ``hookmix``: ``Trainer.advance()``, everything the engine does;
+- ``written out``: the engine's step for exactly this run written as one function (counting, the
+  loss through the hook caller and the plugin, the record, the probe's hook, backward, optimizer
+  step, the engine's metrics record every 10 steps; none of the branches and calls a generic step
+  has): the floor of a step written per run.
 
 Prints the median over repeats of each contestant's ratio to ``plain``; the difference between
 ``hookmix`` and ``+all three`` is the engine's own machinery (hook callers, the bound step, counting).
@@ -66,6 +70,33 @@ def plain_plus(trainer, model, adamw: dict, generator, ce_plugin=False, records=
     return step
 
 
+def written_out(trainer):
+    """The engine's step for this run (MLP, one process, fp32, one loss plugin, no other hooks) as one function."""
+    state, manager = trainer.state, trainer.manager
+    model, optimizer, train_batch, generator = state.model, state.optimizer, state.data.train_batch, state.generator
+    loss_terms, before_backward = manager.loss_terms, manager.before_backward
+    records, shapes = state.train_log.terms, trainer.throughput.shapes
+    probe = manager.plugins["loss_probe"]
+
+    def step() -> torch.Tensor:
+        number = state.step + 1
+        batch = train_batch(generator)
+        shapes.append(getattr(batch.get("input"), "shape", None))
+        terms = loss_terms(batch, {"logits": model(batch["input"])}, state)
+        (name, loss), = terms.items()
+        records.append((number, (name,), (loss.detach(),)))
+        before_backward(loss, state)
+        loss.backward()
+        optimizer.step()
+        state.step = number
+        optimizer.zero_grad(set_to_none=True)
+        if number % 10 == 0:
+            trainer.log_train()
+        return probe.loss
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=8)
@@ -76,7 +107,7 @@ def main() -> None:
                 "+all three": dict(ce_plugin=True, records=True, log=True)}
     ratios: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
-        engine, donor = _engine("mlp", 0), _engine("mlp", 0)
+        engine, donor, written = _engine("mlp", 0), _engine("mlp", 0), _engine("mlp", 0)
         state = engine.state
         adamw = {k: state.optimizer.defaults[k] for k in ("lr", "betas", "eps", "weight_decay", "fused")}
 
@@ -88,20 +119,25 @@ def main() -> None:
         for name, features in variants.items():
             contestants[name] = plain_plus(donor, copy.deepcopy(state.model), adamw, generator(), **features)
         contestants["hookmix"] = _engine_step(engine)
+        contestants["written out"] = written_out(written)
         times: dict[str, list[float]] = {name: [] for name in contestants}
         shuffle = random.Random(repeat)
         for i in range(args.steps + 5):
             order = list(contestants.items())
             shuffle.shuffle(order)
+            losses = {}
             for name, step in order:
                 t0 = time.perf_counter()
-                step()
+                loss = step()
                 if i >= 5:
                     times[name].append(time.perf_counter() - t0)
+                losses[name] = loss.item()
+            worst = max(abs(v - losses["plain"]) for v in losses.values())
+            assert worst <= 1e-6, f"round {i}: a contestant's loss differs from the plain loop's by {worst}"
         for name, t in times.items():
             ratios.setdefault(name, []).append(statistics.median(block_ratios(t, times["plain"])))
-        _discard(engine)
-        _discard(donor)
+        for trainer in (engine, donor, written):
+            _discard(trainer)
     print(f"MLP, {args.repeats} repeats of {args.steps} rounds; median over repeats of the ratio to plain "
           f"(median over blocks of 10 rounds):")
     for name, values in ratios.items():
