@@ -89,7 +89,7 @@ class Trainer:
         self.claim: Claim | None = None
         self.saved_step: int | None = None  # step of the newest checkpoint on disk
         self.next_due = 0  # the next step at which a log, evaluation or checkpoint may be due (advance)
-        self.train_step: Callable[[], None]  # one optimizer step (engine/step.py), bound at the end of setup()
+        self.train_step: Callable[[], None]  # one optimizer step, written for this run by setup() (engine/step.py)
 
     # --- setup --------------------------------------------------------------------------------
 

@@ -1,31 +1,45 @@
-"""One optimizer step of a run, as a function bound once to what the run fixed at setup.
+"""One optimizer step of a run, written out once for what the run fixed at setup.
 
-The step is the loop's hottest code: on a small model every Python instruction in it shows in the
-step time (docs/performance.md). A method would look up ``self.state.model``,
-``self.manager.loss_terms``, ``self.recipe.run.grad_accum``, ... on every call and pass through
-helper methods; :func:`bind_step` looks them up once, when setup is done, and returns a function
-that does one step with local names. What it does is the step of the loop's pseudocode
-(engine/loop.py)::
+The step is the loop's hottest code: on a small model every Python call and branch in it shows in
+the step time (docs/performance.md). Most of its branches are decided once per run (gradient
+accumulation, the DDP/FSDP wrapper, bf16 autocast, clipping, a scheduler, which hooks some plugin
+implements), so :func:`bind_step` writes the step's text with only the lines this run needs, the
+way engine/dispatch.py writes the hook callers, and binds the model, data, optimizer and hook
+callers as its names. The text is kept as ``trainer.train_step.source``. For a one-process fp32
+run with one loss plugin and nothing else per step it reads::
 
-    for micro in range(run.grad_accum):
-        batch = data.train_batch(generator)       # then, outside one CPU process: this rank's rows,
-                                                  # on the device, rolled out (Trainer._prepare)
-        terms = loss_terms(batch, aux_outputs(model, batch, forward(model, batch)))
-        loss = sum(terms) / grad_accum             # the terms recorded for the metrics and the non-finite check
-        before_backward(loss); loss.backward(); after_backward(model)
-    clip gradients; optimizer_step(optimizer); step += 1
-    with no_grad: after_optimizer_step(model, optimizer)
-    scheduler.step(); optimizer.zero_grad()
+    def train_step():
+        if not model.training:
+            model.train()
+        step = state.step + 1
+        state.micro = 0
+        batch = train_batch(generator)
+        count(batch)
+        outputs = forward(model, batch, state)
+        terms = loss_terms(batch, outputs, state)
+        if not terms:
+            no_loss_terms(step)
+        if len(terms) == 1:
+            (name, loss), = terms.items()
+            records.append((step, (name,), (loss.detach(),)))
+        else:
+            loss = sum(terms.values())
+            records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))
+        loss.backward()
+        step_optimizer()
+        state.step = step
+        optimizer.zero_grad(set_to_none=True)
 
-Everything it binds is fixed once setup is done (the model, data, optimizer and scheduler objects,
-the manager's hook callers, the DDP/FSDP wrapper); what changes during a run it reads from
-``state`` (the step counter) or keeps in place (the train log's list of loss terms).
+and every line :func:`step_lines` can add is the step of the loop's pseudocode (engine/loop.py).
+The records are each micro-batch's loss terms for the train metrics and the non-finite check, read
+at log time (engine/train_log.py). Everything bound is fixed once setup is done; what changes
+during a run is read from ``state`` (the step counter) or kept in place (the records list).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -41,84 +55,89 @@ _NULL = contextlib.nullcontext()  # reusable: entering it costs nothing and keep
 def bind_step(trainer: Trainer) -> Callable[[], None]:
     """The function that trains one optimizer step of ``trainer``'s run (set up)."""
     state, manager, run = trainer.state, trainer.manager, trainer.recipe.run
-    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
-    train_batch, generator = state.data.train_batch, state.generator
-    forward, loss_terms = manager.forward, manager.loss_terms
-    # A hook nobody implements is not called at all: every function a step enters costs a small
-    # model's step about a microsecond (docs/performance.md)
-    aux_outputs, before_backward, after_backward, after_optimizer_step = (
-        getattr(manager, hook) if manager.has(f"hookmix_{hook}") else None
-        for hook in ("aux_outputs", "before_backward", "after_backward", "after_optimizer_step"))
-    step_optimizer = optimizer.step if not manager.wraps("hookmix_optimizer_step") else (
-        lambda: manager.optimizer_step(optimizer, state))
-    records = state.train_log.terms  # appended to in place; TrainLog.read empties it in place
-    accum, clip, params, gather, wrapper = run.grad_accum, run.grad_clip, trainer.params, trainer.gather, trainer.wrapper
-    prepare = trainer._prepare if trainer.prepare else None  # shard, move, roll out (else: count only)
-    count = trainer.throughput.count
-    direct = wrapper is None and state.autocast_dtype is None  # fp32 in one process: no context to enter
-    detach = torch.Tensor.detach
+    hooks = {hook: manager.has(f"hookmix_{hook}")
+             for hook in ("aux_outputs", "before_backward", "after_backward", "after_optimizer_step")}
+    names: dict[str, Any] = {
+        "state": state, "model": state.model, "optimizer": state.optimizer, "scheduler": state.scheduler,
+        "train_batch": state.data.train_batch, "generator": state.generator,
+        "forward": manager.forward, "aux_outputs": manager.aux_outputs, "loss_terms": manager.loss_terms,
+        "before_backward": manager.before_backward, "after_backward": manager.after_backward,
+        "after_optimizer_step": manager.after_optimizer_step,
+        "step_optimizer": state.optimizer.step if not manager.wraps("hookmix_optimizer_step") else (
+            lambda: manager.optimizer_step(state.optimizer, state)),
+        "records": state.train_log.terms,  # appended to in place; TrainLog.read empties it in place
+        "count": trainer.throughput.count, "prepare": trainer._prepare, "wrapper": trainer.wrapper,
+        "accum": run.grad_accum, "clip": run.grad_clip, "params": trainer.params, "plain": fsdp.plain,
+        "clip_grad_norm_": torch.nn.utils.clip_grad_norm_, "detach": torch.Tensor.detach, "_NULL": _NULL,
+        "no_loss_terms": _no_loss_terms,
+    }
+    lines = step_lines(accum=run.grad_accum, prepare=trainer.prepare, wrapper=trainer.wrapper is not None,
+                       autocast=state.autocast_dtype is not None, clip=run.grad_clip > 0, gather=trainer.gather,
+                       scheduler=state.scheduler is not None, **hooks)
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, "<hookmix step>", "exec"), names)  # noqa: S102 - text built from the fixed lines below
+    step = names["train_step"]
+    step.source = source
+    return step
 
-    def terms_of(batch: dict) -> dict[str, torch.Tensor]:
-        outputs = forward(model, batch, state)
-        if aux_outputs is not None:
-            outputs = aux_outputs(model, batch, outputs, state)
-        return loss_terms(batch, outputs, state)
 
-    def micro_batch(batch: dict, step: int) -> None:
-        if direct:  # terms_of(batch), written out: one function call less per micro-batch
-            outputs = forward(model, batch, state)
-            if aux_outputs is not None:
-                outputs = aux_outputs(model, batch, outputs, state)
-            terms = loss_terms(batch, outputs, state)
-        else:
-            with state.autocast():  # DDP: inside its forward, so that the backward reduces
-                terms = terms_of(batch) if wrapper is None else wrapper(lambda: terms_of(batch))
-        if not terms:
-            raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
-                                  f"check the loss plugins' conditions")
-        # recorded for the train metrics and the non-finite check, read at log time (engine/train_log.py)
-        if len(terms) == 1:  # the usual case: the one term is the loss
-            (name, loss), = terms.items()
-            records.append((step, (name,), (loss.detach(),)))
-        else:  # map, not a comprehension: no Python frame per micro-batch
-            loss = sum(terms.values())
-            records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))
-        if accum > 1:
-            loss = loss / accum
-        if before_backward is not None:
-            before_backward(loss, state)
-        loss.backward()
-        if after_backward is not None:
-            after_backward(model, state)
+def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip: bool, gather: bool,
+               scheduler: bool, aux_outputs: bool, before_backward: bool, after_backward: bool,
+               after_optimizer_step: bool) -> list[str]:
+    """The text of ``train_step`` for a run with these settings (only fixed lines; no value is written in)."""
+    forward = ["outputs = forward(model, batch, state)",
+               *(["outputs = aux_outputs(model, batch, outputs, state)"] if aux_outputs else []),
+               "terms = loss_terms(batch, outputs, state)"]
+    if wrapper:  # DDP: the forward inside its wrapper, so that the backward reduces
+        forward = ["def terms_of():", *_indent(forward), "    return terms",
+                   "terms = wrapper(terms_of)"]
+    if autocast:
+        forward = ["with state.autocast():", *_indent(forward)]
+    train = [
+        *forward,
+        "if not terms:",
+        "    no_loss_terms(step)",
+        "if len(terms) == 1:",
+        "    (name, loss), = terms.items()",
+        "    records.append((step, (name,), (loss.detach(),)))",
+        "else:",
+        "    loss = sum(terms.values())",
+        "    records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))",
+        *(["loss = loss / accum"] if accum > 1 else []),
+        *(["before_backward(loss, state)"] if before_backward else []),
+        "loss.backward()",
+        *(["after_backward(model, state)"] if after_backward else []),
+    ]
+    if wrapper and accum > 1:  # DDP/FSDP: gradients are reduced on the last micro-batch only
+        train = ["with wrapper.no_sync() if micro < accum - 1 else _NULL:", *_indent(train)]
+    micro_batch = ["state.micro = micro" if accum > 1 else "state.micro = 0",
+                   "batch = train_batch(generator)",
+                   "batch = prepare(batch)" if prepare else "count(batch)",
+                   *train]
+    if accum > 1:
+        micro_batch = ["for micro in range(accum):", *_indent(micro_batch)]
+    post_step = ["after_optimizer_step(model, optimizer, state)"] if after_optimizer_step else []
+    if post_step and gather:  # a plugin needs whole matrices: post-step hooks see gathered weights (FSDP)
+        post_step = ["with state.full_weights():", *_indent(post_step)]
+    body = [
+        "if not model.training:",  # train() walks every submodule: ~0.1 ms, too much per step on small models
+        "    model.train()",
+        "step = state.step + 1",
+        *micro_batch,
+        *(["state.log('train/grad_norm', plain(clip_grad_norm_(params, clip)))"] if clip else []),
+        "step_optimizer()",
+        "state.step = step",
+        *post_step,
+        *(["scheduler.step()"] if scheduler else []),
+        "optimizer.zero_grad(set_to_none=True)",
+    ]
+    return ["def train_step():", *_indent(body)]
 
-    def train_step() -> None:
-        if not model.training:  # train() walks every submodule: ~0.1 ms, too much per step on small models
-            model.train()
-        step = state.step + 1
-        for micro in range(accum):
-            state.micro = micro
-            batch = train_batch(generator)
-            if prepare is None:
-                count(batch)
-            else:
-                batch = prepare(batch)
-            if wrapper is None:
-                micro_batch(batch, step)
-            else:  # DDP/FSDP: gradients are reduced on the last micro-batch only
-                with wrapper.no_sync() if micro < accum - 1 else _NULL:
-                    micro_batch(batch, step)
-        if clip > 0:
-            state.log("train/grad_norm", fsdp.plain(torch.nn.utils.clip_grad_norm_(params, clip)))
-        step_optimizer()
-        state.step = step
-        if after_optimizer_step is not None:
-            if gather:  # a plugin needs whole matrices: post-step hooks see gathered weights (FSDP)
-                with state.full_weights():
-                    after_optimizer_step(model, optimizer, state)
-            else:
-                after_optimizer_step(model, optimizer, state)
-        if scheduler is not None:
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    return train_step
+def _indent(lines: list[str]) -> list[str]:
+    return ["    " + line for line in lines]
+
+
+def _no_loss_terms(step: int) -> None:
+    raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
+                          f"check the loss plugins' conditions")
