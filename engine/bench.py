@@ -11,7 +11,7 @@ must equal the plain loop's at every step (≤ 1e-6; they are bit-identical).
 
 Contestants: ``plain`` (written out below), ``plain copy`` (a second, identical plain loop: its ratio
 shows how much two identical loops differ on this machine), ``hookmix`` (``Trainer.advance()``: hook dispatch,
-per-term logging, the deferred non-finite check, a metrics record every 10 steps to metrics.jsonl and
+per-term logging, the deferred non-finite check, a metrics record every 10 steps (``BLOCK``) to metrics.jsonl and
 TensorBoard in a temporary local run directory, as a real run writes them), ``hookmix+N``
 (the same with N no-op plugins implementing every per-step hook), and with ``--against
 lightning`` Lightning Fabric and the Lightning Trainer (engine/bench_lightning.py).
@@ -90,6 +90,7 @@ WORKLOADS = {
     "tiny": (["mnist1d", "mlp"], {"mnist1d": {"batch_size": 4}, "mlp": {"hidden": [8]}}),
 }
 ADAMW = {"lr": 1e-3, "schedule": "constant", "weight_decay": 0.0}
+BLOCK = 10  # the engine contestants' log interval, and the rounds per ratio (see block_ratios)
 
 
 def _engine(workload: str, noop: int) -> Trainer:
@@ -99,7 +100,7 @@ def _engine(workload: str, noop: int) -> Trainer:
     noops = {cls.name: cls for cls in (_noop_plugin(i) for i in range(noop))}
     registry = Registry({**noops, "loss_probe": LossProbe})
     raw = {"run": {"plugins": [*base, "adamw", "cross_entropy", "loss_probe", *noops], "steps": 10**6,
-                   "log_interval": 10, "out": os.path.join(tempfile.mkdtemp(prefix="hookmix-bench-"), "run")},
+                   "log_interval": BLOCK, "out": os.path.join(tempfile.mkdtemp(prefix="hookmix-bench-"), "run")},
            "plugins": {**configs, "adamw": ADAMW}}
     trainer = Trainer(resolve("bench", raw, registry), registry, quiet=True)
     trainer.setup()
@@ -161,21 +162,10 @@ def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int =
     max_diff = {name: 0.0 for name in contestants}
 
     def one_round(i: int, trainer_loss: torch.Tensor | None = None) -> None:
-        losses = {}
-        # A new order every round (seeded): a step runs measurably faster after a step like itself, and
-        # in a rotated order each contestant always follows the same one (docs/performance.md)
-        order = list(contestants.items())
-        if rotate:
-            order = order[i % len(order):] + order[:i % len(order)]
-        else:
-            shuffle.shuffle(order)
-        for name, step in order:
-            t0 = clock()
-            loss = step()
-            t1 = clock()
-            losses[name] = loss.item()
-            if i >= warmup:
-                times[name].append(t1 - t0)
+        took, losses = run_round(contestants, i, None if rotate else shuffle, clock)
+        if i >= warmup:
+            for name, seconds in took.items():
+                times[name].append(seconds)
         if trainer_loss is not None:
             losses["trainer"] = trainer_loss.item()
         for name, value in losses.items():
@@ -199,7 +189,23 @@ def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int =
             "max_loss_diff": max(max_diff.values())}
 
 
-BLOCK = 10  # rounds per ratio: the engine contestants' log interval
+def run_round(contestants: dict, i: int, shuffle: random.Random | None, clock=time.perf_counter
+              ) -> tuple[dict[str, float], dict[str, float]]:
+    """One step of every contestant, timed: (seconds, loss) by name. The order is new every round
+    (``shuffle``), or rotated by ``i`` without one: a step runs measurably faster after a step like
+    itself, and in a rotated order each contestant always follows the same one (docs/performance.md)."""
+    order = list(contestants.items())
+    if shuffle is None:
+        order = order[i % len(order):] + order[:i % len(order)]
+    else:
+        shuffle.shuffle(order)
+    took, losses = {}, {}
+    for name, step in order:
+        t0 = clock()
+        loss = step()
+        took[name] = clock() - t0
+        losses[name] = loss.item()
+    return took, losses
 
 
 def block_ratios(times: list[float], plain: list[float], block: int = BLOCK) -> list[float]:
@@ -249,10 +255,10 @@ def overhead(steps: int = 30, noop: int = 8, workload: str = "both", against: st
     rows = [repeated(name, steps, noop, lightning, repeats, clock=timer, rotate=order == "rotate")
             for name in (["gpt", "mlp"] if workload == "both" else [workload])]
     names = list(rows[0]["ms"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock, {order}d order, {repeats} "
-          f"repeat(s) of "
-          f"{steps} timed rounds after 5 warm-up; each cell: median step ms (median over blocks of {BLOCK} rounds of the "
-          f"time ratio to plain in the same rounds; with repeats, the median over repeats)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock, {order}d order, "
+          f"{repeats} repeat(s) of {steps} timed rounds after 5 warm-up; each cell: median step ms (median over "
+          f"blocks of {BLOCK} rounds of the time ratio to plain in the same rounds; with repeats, the median over "
+          f"repeats)")
     print("| workload | " + " | ".join(names) + " | max loss diff |")
     print("|---|" + "---|" * (len(names) + 1))
     for r in rows:

@@ -289,7 +289,7 @@ def rank_payload(state, manager) -> dict:
     same = len(set(state.group.gather(digest(plugins)))) == 1
     cuda = {"cuda": torch.cuda.get_rng_state(state.device)} if state.device.type == "cuda" else {}
     return {"torch": torch.get_rng_state(), **cuda, **({} if same else {"plugins": plugins}),
-            "pending_metrics": state.pending_logged()}
+            "pending_metrics": state.train_log.pending()}
 
 
 def restore_rank(state, manager, ranks: list | None, step: int) -> None:
@@ -301,12 +301,12 @@ def restore_rank(state, manager, ranks: list | None, step: int) -> None:
         torch.set_rng_state(mine["torch"])
         if "cuda" in mine and state.device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda"], state.device)
-        state.restore_logged(mine["pending_metrics"])
+        state.train_log.restore(mine["pending_metrics"])
         if "plugins" in mine:
             manager.load_plugin_states(mine["plugins"], state)
     elif state.rank > 0:
         torch.manual_seed(rank_seed(state.run.seed + step, state.rank))
-        state.restore_logged({})
+        state.train_log.restore({})
 
 
 def mean_over_ranks(logged: list[dict[str, float]]) -> dict[str, float]:

@@ -233,7 +233,7 @@ class Trainer:
             "plugins": self.manager.plugin_states(state),
             "plugin_versions": {n: f"{d} {v}" for n, (d, v) in self.versions.items()},
             "plugin_configs": self.recipe.to_dict().get("plugins", {}),
-            "pending_metrics": state.pending_logged(),
+            "pending_metrics": state.train_log.pending(),
             "wall_seconds": self.wall_before + time.perf_counter() - self.t0,
         }
 
@@ -263,7 +263,7 @@ class Trainer:
                            f"delete the newest checkpoint to resume from the previous one") from None
         self._setup_hook("restore its checkpoint state", self.manager.load_plugin_states,
                          payload.get("plugins", {}), state)
-        state.restore_logged(payload["pending_metrics"])
+        state.train_log.restore(payload["pending_metrics"])
         self.resume_changes = checkpoint.resume_changes(payload, self.versions, self.recipe)
         distributed.restore_rank(state, self.manager, payload.get("ranks"), int(payload["step"]))
         state.step = state.start_step = int(payload["step"])
@@ -318,11 +318,11 @@ class Trainer:
 
     def log_train(self) -> None:
         state = self.state
-        logged = state.pop_logged()  # the one host read of the interval; raises on a non-finite loss term
+        logged = state.train_log.pop_means()  # the one host read of the interval; raises on a non-finite loss term
         if self.group.world_size > 1:  # one collective per log interval: the mean over ranks of each metric
             logged = distributed.mean_over_ranks(self.group.gather(logged))
         record = {"step": state.step, **logged}
-        record.update(self.throughput.metrics())  # after pop_logged, which waited for the device
+        record.update(self.throughput.metrics())  # after pop_means, which waited for the device
         groups = state.optimizer.param_groups
         if groups and "lr" in groups[0]:
             record["train/lr"] = float(groups[0]["lr"])

@@ -129,8 +129,9 @@ class MetricsLog:
     the record; :meth:`flush` formats the queued records as lines of the open file and as TensorBoard
     events (one per record, holding all its scalars; engine/event_file.py, written in this thread)
     and flushes both files. It runs with a record that comes ``FLUSH_SECONDS`` or more after the
-    last flush, before every checkpoint and at the end: a killed run keeps every record up to its last checkpoint (a resume replays
-    the steps after it), and a run that logs less than once a second flushes every record. A
+    last flush, before every checkpoint and at the end: a killed run keeps every record up to its
+    last checkpoint (a resume replays the steps after it), and a run that logs less than once a
+    second flushes every record. A
     remote (fsspec) run directory has no append: there a flush rewrites the file, and
     TensorBoard's files are staged locally and copied at the end.
     """

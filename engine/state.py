@@ -74,17 +74,6 @@ class State:
         """
         self.train_log.log(name, value)
 
-    def pop_logged(self) -> dict[str, float]:
-        """Means of everything logged since the last call (used by the loop at log time)."""
-        return self.train_log.pop_means()
-
-    def pending_logged(self) -> dict[str, torch.Tensor]:
-        """What was logged since the last log record, one 1-D tensor per name (saved in checkpoints)."""
-        return self.train_log.pending()
-
-    def restore_logged(self, pending: dict[str, torch.Tensor]) -> None:
-        self.train_log.restore(pending)
-
     @overload
     def provider(self, capability: type[T]) -> T | None: ...
 

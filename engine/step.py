@@ -26,7 +26,7 @@ run with one loss plugin and nothing else per step it reads::
             loss = sum(terms.values())
             records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))
         loss.backward()
-        step_optimizer()
+        optimizer.step()
         state.step = step
         optimizer.zero_grad(set_to_none=True)
 
@@ -62,9 +62,7 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
         "train_batch": state.data.train_batch, "generator": state.generator,
         "forward": manager.forward, "aux_outputs": manager.aux_outputs, "loss_terms": manager.loss_terms,
         "before_backward": manager.before_backward, "after_backward": manager.after_backward,
-        "after_optimizer_step": manager.after_optimizer_step,
-        "step_optimizer": state.optimizer.step if not manager.wraps("hookmix_optimizer_step") else (
-            lambda: manager.optimizer_step(state.optimizer, state)),
+        "after_optimizer_step": manager.after_optimizer_step, "optimizer_step": manager.optimizer_step,
         "records": state.train_log.terms,  # appended to in place; TrainLog.read empties it in place
         "count": trainer.throughput.count, "prepare": trainer._prepare, "wrapper": trainer.wrapper,
         "accum": run.grad_accum, "clip": run.grad_clip, "params": trainer.params, "plain": fsdp.plain,
@@ -73,7 +71,8 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
     }
     lines = step_lines(accum=run.grad_accum, prepare=trainer.prepare, wrapper=trainer.wrapper is not None,
                        autocast=state.autocast_dtype is not None, clip=run.grad_clip > 0, gather=trainer.gather,
-                       scheduler=state.scheduler is not None, **hooks)
+                       scheduler=state.scheduler is not None, wrapped_step=manager.wraps("hookmix_optimizer_step"),
+                       **hooks)
     source = "\n".join(lines) + "\n"
     exec(compile(source, "<hookmix step>", "exec"), names)  # noqa: S102 - text built from the fixed lines below
     step = names["train_step"]
@@ -82,8 +81,8 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
 
 
 def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip: bool, gather: bool,
-               scheduler: bool, aux_outputs: bool, before_backward: bool, after_backward: bool,
-               after_optimizer_step: bool) -> list[str]:
+               scheduler: bool, wrapped_step: bool, aux_outputs: bool, before_backward: bool,
+               after_backward: bool, after_optimizer_step: bool) -> list[str]:
     """The text of ``train_step`` for a run with these settings (only fixed lines; no value is written in)."""
     forward = ["outputs = forward(model, batch, state)",
                *(["outputs = aux_outputs(model, batch, outputs, state)"] if aux_outputs else []),
@@ -125,7 +124,7 @@ def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip
         "step = state.step + 1",
         *micro_batch,
         *(["state.log('train/grad_norm', plain(clip_grad_norm_(params, clip)))"] if clip else []),
-        "step_optimizer()",
+        "optimizer_step(optimizer, state)" if wrapped_step else "optimizer.step()",  # wrappers: plugins around it
         "state.step = step",
         *post_step,
         *(["scheduler.step()"] if scheduler else []),

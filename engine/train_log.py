@@ -58,7 +58,7 @@ class TrainLog:
         tensors = [*chain.from_iterable(map(itemgetter(2), records)), *(values[i] for values, i in unread)]
         if not tensors:
             return
-        floats = _to_host(tensors)
+        floats = to_host(tensors)
         n = len(floats) - len(unread)
         for (values, i), value in zip(unread, floats[n:]):
             values[i] = value
@@ -121,7 +121,8 @@ def _raise_first_non_finite(records: list[tuple[int, tuple[str, ...], tuple]], f
         position += len(values)
 
 
-def _to_host(tensors: list[torch.Tensor]) -> list[float]:
+def to_host(tensors: list[torch.Tensor]) -> list[float]:
+    """The values of scalar tensors as floats, with one device sync at most."""
     if all(t.is_cpu for t in tensors):  # no device to wait for: a read per value beats building a stack
         return [t.item() for t in tensors]
     try:  # same-shape scalars on one device (nearly always): one stack, one read

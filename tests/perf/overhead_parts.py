@@ -10,7 +10,7 @@ ratios over blocks of 10 rounds, fresh contestants every repeat; engine/bench.py
 - ``+ce plugin``: the plain loop computing its loss through the ``cross_entropy`` plugin's hook
   (``state.logits`` included) instead of calling ``F.cross_entropy`` itself;
 - ``+records``: the plain loop recording each step's detached loss as the engine does, and reading
-  the records every 10 steps with one stack and one ``.tolist()``;
+  the records every 10 steps as the engine does (``engine.train_log.to_host``);
 - ``+log records``: the plain loop writing the engine's metrics record every 10 steps
   (``Trainer.log_train``: the read, throughput, metrics.jsonl and TensorBoard queue, ``on_log``);
 - ``+all three``; ``hookmix``: ``Trainer.advance()``, everything the engine does;
@@ -29,12 +29,12 @@ import argparse
 import copy
 import random
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from engine.bench import _discard, _engine, _engine_step, _plain_step, block_ratios
+from engine.bench import BLOCK, _discard, _engine, _engine_step, _plain_step, block_ratios, run_round
+from engine.train_log import to_host
 
 
 def plain_plus(trainer, model, adamw: dict, generator, ce_plugin=False, records=False, log=False):
@@ -58,12 +58,12 @@ def plain_plus(trainer, model, adamw: dict, generator, ce_plugin=False, records=
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         steps[0] += 1
-        if steps[0] % 10 == 0:
+        if steps[0] % BLOCK == 0:  # the engine's log interval in the benchmark
             if log:  # the engine's record, fed this interval's losses
                 state.train_log.terms.extend((steps[0], ("ce",), (t,)) for t in kept or [loss.detach()])
                 trainer.log_train()
             elif records:
-                torch.stack(kept).tolist()
+                to_host(kept)
             kept.clear()
         return loss.detach()
 
@@ -90,7 +90,7 @@ def written_out(trainer):
         optimizer.step()
         state.step = number
         optimizer.zero_grad(set_to_none=True)
-        if number % 10 == 0:
+        if number % BLOCK == 0:
             trainer.log_train()
         return probe.loss
 
@@ -123,17 +123,12 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in contestants}
         shuffle = random.Random(repeat)
         for i in range(args.steps + 5):
-            order = list(contestants.items())
-            shuffle.shuffle(order)
-            losses = {}
-            for name, step in order:
-                t0 = time.perf_counter()
-                loss = step()
-                if i >= 5:
-                    times[name].append(time.perf_counter() - t0)
-                losses[name] = loss.item()
+            took, losses = run_round(contestants, i, shuffle)
             worst = max(abs(v - losses["plain"]) for v in losses.values())
             assert worst <= 1e-6, f"round {i}: a contestant's loss differs from the plain loop's by {worst}"
+            if i >= 5:
+                for name, seconds in took.items():
+                    times[name].append(seconds)
         for name, t in times.items():
             ratios.setdefault(name, []).append(statistics.median(block_ratios(t, times["plain"])))
         for trainer in (engine, donor, written):
