@@ -3,11 +3,14 @@
 Every contestant trains its own copy of the same freshly built model (the engine's, copied before
 the first step) on the same batches (the same data object, each with a generator seeded like the
 engine's) with the same AdamW (the settings the engine's adamw plugin uses, fused kernel
-included), interleaved step by step in one process so that machine noise hits all alike. Each
-round runs one step of every contestant; reported: each one's median step time, and the median
-over blocks of 10 consecutive rounds of its time / the plain loop's time in the same rounds
-(:func:`block_ratios`). The losses of every contestant
-must equal the plain loop's at every step (≤ 1e-6; they are bit-identical).
+included), interleaved in one process so that machine noise hits all alike. Each round runs one
+step of every contestant, in a new order every round; reported: each one's median step time, and
+the median over blocks of 10 consecutive rounds of its time / the plain loop's time in the same
+rounds (:func:`block_ratios`). ``--interleave block`` gives every contestant a turn of ``BLOCK``
+(10) consecutive steps per round instead, so that a step follows a step of its own loop, as in a
+run, rather than another contestant's (whose caches it starts with); measured, it moves no ratio
+beyond the noise but is noisier itself (docs/performance.md). The losses of every contestant must
+equal the plain loop's at every step (≤ 1e-6; they are bit-identical).
 
 Contestants: ``plain`` (written out below), ``plain copy`` (a second, identical plain loop: its ratio
 shows how much two identical loops differ on this machine), ``hookmix`` (``Trainer.advance()``: hook dispatch,
@@ -136,8 +139,9 @@ def _engine_step(trainer: Trainer):
 
 
 def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int = 5, clock=time.perf_counter,
-            rotate: bool = False) -> dict:
-    """One round per step: every contestant's step, timed; returns medians, ratios and loss agreement."""
+            rotate: bool = False, turn: int = 1) -> dict:
+    """Rounds of turns: in each round every contestant trains ``turn`` consecutive steps, timed; returns
+    each one's median step time, its ratios to the plain loop and the loss agreement."""
     engine = _engine(workload, 0)
     state = engine.state
     opt = state.optimizer.defaults  # the adamw plugin's settings, fused kernel included
@@ -157,43 +161,60 @@ def compare(workload: str, steps: int, noop: int, lightning: bool, warmup: int =
         from engine.bench_lightning import fabric_step
 
         contestants["fabric"] = fabric_step(copy.deepcopy(state.model), adamw, state.data, generator())
-    times: dict[str, list[float]] = {name: [] for name in contestants}
+    times: dict[str, list[float]] = {name: [] for name in contestants}  # seconds per turn, timed rounds
     shuffle = random.Random(0)
     max_diff = {name: 0.0 for name in contestants}
+    warm, rounds = -(-warmup // turn), -(-steps // turn)  # rounds holding at least ``warmup`` / ``steps`` steps
 
-    def one_round(i: int, trainer_loss: torch.Tensor | None = None) -> None:
-        took, losses = run_round(contestants, i, None if rotate else shuffle, clock)
-        if i >= warmup:
+    def one_round(i: int, trainer_losses: list[float] | None = None) -> None:
+        took, losses = run_round(contestants, i, None if rotate else shuffle, clock, turn)
+        if i >= warm:
             for name, seconds in took.items():
                 times[name].append(seconds)
-        if trainer_loss is not None:
-            losses["trainer"] = trainer_loss.item()
-        for name, value in losses.items():
-            max_diff[name] = max(max_diff.get(name, 0.0), abs(value - losses["plain"]))
+        if trainer_losses is not None:
+            losses["trainer"] = trainer_losses
+        for name, values in losses.items():
+            max_diff[name] = max(max_diff.get(name, 0.0), *(abs(a - b) for a, b in zip(values, losses["plain"])))
 
     if lightning:
         from engine.bench_lightning import run_trainer
 
-        trainer_times = run_trainer(copy.deepcopy(state.model), adamw, state.data, generator(), warmup + steps,
-                                    lambda i, loss: one_round(i, loss), clock)
-        times["trainer"] = trainer_times[warmup - 1:]  # time of step i is measured at the end of step i
+        turn_losses: list[float] = []
+
+        def each_trainer_step(i: int, loss: torch.Tensor) -> None:  # the Trainer has its own loop: it drives
+            turn_losses.append(loss.item())
+            if len(turn_losses) == turn:  # its turn is over: the other contestants' turns
+                one_round(i // turn, turn_losses[:])
+                turn_losses.clear()
+
+        step_times = run_trainer(copy.deepcopy(state.model), adamw, state.data, generator(), (warm + rounds) * turn,
+                                 each_trainer_step, clock)
+        times["trainer"] = turn_times(step_times, turn, range(warm, warm + rounds))
     else:
-        for i in range(warmup + steps):
+        for i in range(warm + rounds):
             one_round(i)
     for trainer in engines:
         _discard(trainer)
     plain = times["plain"]
     return {"workload": workload,
-            "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
-            "ratio": {n: statistics.median(block_ratios(t, plain)) for n, t in times.items()},
+            "ms": {n: 1e3 * statistics.median(t) / turn for n, t in times.items()},
+            "ratio": {n: statistics.median(block_ratios(t, plain, max(1, BLOCK // turn))) for n, t in times.items()},
             "max_loss_diff": max(max_diff.values())}
 
 
-def run_round(contestants: dict, i: int, shuffle: random.Random | None, clock=time.perf_counter
-              ) -> tuple[dict[str, float], dict[str, float]]:
-    """One step of every contestant, timed: (seconds, loss) by name. The order is new every round
-    (``shuffle``), or rotated by ``i`` without one: a step runs measurably faster after a step like
-    itself, and in a rotated order each contestant always follows the same one (docs/performance.md)."""
+def turn_times(step_times: list[float], turn: int, rounds: range) -> list[float]:
+    """The Trainer's time per turn of ``turn`` steps in ``rounds``, from its step times (``step_times[k]``:
+    its step k + 1; step 0 has no start mark, so round 0 cannot be timed and is a warm-up round)."""
+    assert rounds.start >= 1
+    return [sum(step_times[r * turn - 1:(r + 1) * turn - 1]) for r in rounds]
+
+
+def run_round(contestants: dict, i: int, shuffle: random.Random | None, clock=time.perf_counter, turn: int = 1
+              ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """One turn of every contestant, ``turn`` consecutive steps timed together: (seconds, the turn's
+    losses) by name. The order is new every round (``shuffle``), or rotated by ``i`` without one: a
+    step runs measurably faster after a step like itself, and in a rotated order each contestant
+    always follows the same one (docs/performance.md)."""
     order = list(contestants.items())
     if shuffle is None:
         order = order[i % len(order):] + order[:i % len(order)]
@@ -202,32 +223,34 @@ def run_round(contestants: dict, i: int, shuffle: random.Random | None, clock=ti
     took, losses = {}, {}
     for name, step in order:
         t0 = clock()
-        loss = step()
+        values = [step() for _ in range(turn)]
         took[name] = clock() - t0
-        losses[name] = loss.item()
+        losses[name] = [value.item() for value in values]
     return took, losses
 
 
 def block_ratios(times: list[float], plain: list[float], block: int = BLOCK) -> list[float]:
     """Time over ``block`` consecutive rounds / the plain loop's time over the same rounds, per block.
 
-    Why blocks of a log interval and not single rounds: every block holds exactly one of the engine's
-    metrics records, so its cost is charged at its true share. A median over single rounds would
-    drop the record's round as an outlier but still shift the median by an amount set by the
-    machine's noise, not by the record's cost (the record's round is 1 in 10: the median becomes the
-    55th percentile of the other rounds). Full blocks only (all rounds as one block if there are fewer)."""
+    Why a log interval (``BLOCK`` steps) per ratio and not one step: every block then holds exactly
+    one of the engine's metrics records, so its cost is charged at its true share. A median over
+    single steps would drop the record's step as an outlier but still shift the median by an amount
+    set by the machine's noise, not by the record's cost (the record's step is 1 in 10: the median
+    becomes the 55th percentile of the other steps). With turns of ``BLOCK`` steps a round is such a
+    block (``block=1``). Full blocks only (all rounds as one block if there are fewer)."""
     starts = range(0, len(times) - block + 1, block) if len(times) >= block else [0]
     return [sum(times[i:i + block]) / sum(plain[i:i + block]) for i in starts]
 
 
 def repeated(workload: str, steps: int, noop: int, lightning: bool, repeats: int, clock=time.perf_counter,
-             rotate: bool = False) -> dict:
+             rotate: bool = False, turn: int = 1) -> dict:
     """``compare`` with fresh contestants ``repeats`` times; the medians over repeats.
 
     Why: a contestant's step time depends a little (1-3 % on a 2 ms step) on where its model,
     optimizer state and Python objects happen to lie in memory, a bias that more rounds do not
     average out (it is the same in every round) but new instances do."""
-    runs = [compare(workload, steps, noop, lightning, clock=clock, rotate=rotate) for _ in range(repeats)]
+    runs = [compare(workload, steps, noop, lightning, clock=clock, rotate=rotate, turn=turn)
+            for _ in range(repeats)]
     names = list(runs[0]["ms"])
     return {"workload": workload,
             "ms": {n: statistics.median(r["ms"][n] for r in runs) for n in names},
@@ -237,10 +260,11 @@ def repeated(workload: str, steps: int, noop: int, lightning: bool, repeats: int
 
 
 def overhead(steps: int = 30, noop: int = 8, workload: str = "both", against: str | None = None,
-             clock: str = "wall", repeats: int = 1, order: str = "shuffle") -> int:
+             clock: str = "wall", repeats: int = 1, order: str = "shuffle", interleave: str = "step") -> int:
     """Print the table; ``clock="cpu"`` times this thread's CPU time, which ignores time the process
     waits for a core on a loaded machine (valid when torch runs on this one thread). ``repeats``:
-    fresh contestants each time (see :func:`repeated`)."""
+    fresh contestants each time (see :func:`repeated`). ``interleave``: "step" (each contestant's turn
+    in a round is one step) or "block" (``BLOCK`` consecutive steps, as a run trains them)."""
     lightning = against == "lightning"
     if clock == "cpu" and torch.get_num_threads() != 1:
         from engine.errors import BadInput
@@ -252,13 +276,14 @@ def overhead(steps: int = 30, noop: int = 8, workload: str = "both", against: st
         from engine.bench_lightning import require_lightning
 
         require_lightning()
-    rows = [repeated(name, steps, noop, lightning, repeats, clock=timer, rotate=order == "rotate")
+    turn = BLOCK if interleave == "block" else 1
+    rows = [repeated(name, steps, noop, lightning, repeats, clock=timer, rotate=order == "rotate", turn=turn)
             for name in (["gpt", "mlp"] if workload == "both" else [workload])]
     names = list(rows[0]["ms"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock, {order}d order, "
-          f"{repeats} repeat(s) of {steps} timed rounds after 5 warm-up; each cell: median step ms (median over "
-          f"blocks of {BLOCK} rounds of the time ratio to plain in the same rounds; with repeats, the median over "
-          f"repeats)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {clock} clock, {order}d order, turns of "
+          f"{turn} step(s), {repeats} repeat(s) of {steps} timed steps after 5 warm-up; each cell: median step ms "
+          f"(median over blocks of {BLOCK} steps of the time ratio to plain in the same rounds; with repeats, the "
+          f"median over repeats)")
     print("| workload | " + " | ".join(names) + " | max loss diff |")
     print("|---|" + "---|" * (len(names) + 1))
     for r in rows:

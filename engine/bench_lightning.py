@@ -7,10 +7,11 @@ checkpointing, model summary or validation), so the comparison is against Lightn
 machinery, not against features hookmix would have to match.
 
 The Trainer runs its own fit loop, so it cannot be called one step at a time. It drives the
-benchmark instead: a callback at the end of each of its steps runs one step of every other
-contestant (timed individually); the Trainer's step time is the wall time between leaving that
-callback and entering it again, which holds everything its loop does for one step (fetching the
-batch, hooks, forward, backward, optimizer step, zero_grad).
+benchmark instead: a callback at the end of each of its steps hands the step's loss to the
+benchmark, which runs the other contestants' turns when the Trainer's turn is over (after every
+step, or every 10 with ``--interleave block``); the Trainer's step time is the wall time between
+leaving that callback and entering it again, which holds everything its loop does for one step
+(fetching the batch, hooks, forward, backward, optimizer step, zero_grad).
 """
 
 from __future__ import annotations

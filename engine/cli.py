@@ -68,6 +68,8 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: this thread's CPU time (1 thread)")
     p.add_argument("--order", choices=["shuffle", "rotate"], default="shuffle",
                    help="overhead: the contestants' order in each round (rotate: the earlier method, biased)")
+    p.add_argument("--interleave", choices=["step", "block"], default="step",
+                   help="overhead: each contestant's turn in a round, one step or 10 consecutive steps (block)")
     for verb, command in commands.items():
         p = sub.add_parser(verb, help=f"{command.help} (plugin command)")
         command.add_arguments(p)
@@ -307,7 +309,8 @@ def cmd_bench(args) -> int:
         return fsdp_bench()
 
     return overhead(steps=args.steps, noop=args.noop, workload=args.workload, against=args.against,
-                    clock=args.clock, repeats=args.repeats or 1, order=args.order)
+                    clock=args.clock, repeats=args.repeats or 1, order=args.order,
+                    interleave=args.interleave)
 
 
 if __name__ == "__main__":

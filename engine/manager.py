@@ -324,13 +324,20 @@ class Manager:
         def after_optimizer_step(model, optimizer, state) -> None:
             # torch.no_grad()'s switch without its two Python frames and two set_grad_enabled objects
             enabled = torch.is_grad_enabled()
-            torch._C._set_grad_enabled(False)
+            _set_grad_enabled(False)
             try:
                 post_step(model, optimizer, state)
             finally:
-                torch._C._set_grad_enabled(enabled)
+                _set_grad_enabled(enabled)
 
-        self.after_optimizer_step = after_optimizer_step if impls["hookmix_after_optimizer_step"] else post_step
+        def after_optimizer_step_no_grad(model, optimizer, state) -> None:
+            with torch.no_grad():
+                post_step(model, optimizer, state)
+
+        if not impls["hookmix_after_optimizer_step"]:
+            self.after_optimizer_step = post_step
+        else:  # torch's C switch is private API: should a torch release drop it, torch.no_grad() does the same
+            self.after_optimizer_step = after_optimizer_step if _set_grad_enabled else after_optimizer_step_no_grad
 
     # evaluation and logging
 
@@ -371,6 +378,9 @@ class Manager:
 
 def _default_forward(model, batch, state) -> dict:
     return {"logits": model(batch["input"])}
+
+
+_set_grad_enabled = getattr(torch._C, "_set_grad_enabled", None)
 
 
 def _plain_optimizer_step(optimizer, state) -> None:

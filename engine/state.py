@@ -171,7 +171,7 @@ class State:
     def autocast(self):
         """The autocast context of the run (a no-op in fp32)."""
         if self.autocast_dtype is None:
-            return _NULL
+            return NULL_CONTEXT
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
@@ -194,4 +194,4 @@ def _untransformed(logits: torch.Tensor, *, role: str, consumer: str, kind: str)
     return logits
 
 
-_NULL = contextlib.nullcontext()  # the autocast of an fp32 run
+NULL_CONTEXT = contextlib.nullcontext()  # reusable: entering it costs nothing and keeps no state (fp32's autocast)

@@ -38,19 +38,16 @@ during a run is read from ``state`` (the step counter) or kept in place (the rec
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from engine import fsdp
 from engine.errors import TrainingFailure
+from engine.state import NULL_CONTEXT
 
 if TYPE_CHECKING:
     from engine.loop import Trainer
-
-_NULL = contextlib.nullcontext()  # reusable: entering it costs nothing and keeps no state
-
 
 def bind_step(trainer: Trainer) -> Callable[[], None]:
     """The function that trains one optimizer step of ``trainer``'s run (set up)."""
@@ -66,7 +63,7 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
         "records": state.train_log.terms,  # appended to in place; TrainLog.read empties it in place
         "count": trainer.throughput.count, "prepare": trainer._prepare, "wrapper": trainer.wrapper,
         "accum": run.grad_accum, "clip": run.grad_clip, "params": trainer.params, "plain": fsdp.plain,
-        "clip_grad_norm_": torch.nn.utils.clip_grad_norm_, "detach": torch.Tensor.detach, "_NULL": _NULL,
+        "clip_grad_norm_": torch.nn.utils.clip_grad_norm_, "detach": torch.Tensor.detach, "_NULL": NULL_CONTEXT,
         "no_loss_terms": _no_loss_terms,
     }
     lines = step_lines(accum=run.grad_accum, prepare=trainer.prepare, wrapper=trainer.wrapper is not None,

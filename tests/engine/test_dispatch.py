@@ -140,11 +140,15 @@ class GradMode(Plugin):
             raise RuntimeError("boom")
 
 
-def test_post_step_hooks_run_without_autograd_and_switch_it_back_even_on_an_error():
+@pytest.mark.parametrize("c_switch", [True, False], ids=["torch-C-switch", "torch.no_grad"])
+def test_post_step_hooks_run_without_autograd_and_switch_it_back_even_on_an_error(c_switch, monkeypatch):
+    if not c_switch:  # a torch without the private C switch: the manager falls back to torch.no_grad()
+        monkeypatch.setattr("engine.manager._set_grad_enabled", None)
     result = train([*TOY, GradMode], steps=3)
     assert result.trainer.manager.plugins["grad_mode"].seen == [False] * 3
     assert torch.is_grad_enabled()
     manager = Manager({"grad_mode": GradMode()})
+    assert (manager.after_optimizer_step.__name__ == "after_optimizer_step") == c_switch
     manager.plugins["grad_mode"].fail_at = 1
     with pytest.raises(RuntimeError, match="boom"):
         manager.after_optimizer_step(None, None, type("S", (), {"step": 1})())

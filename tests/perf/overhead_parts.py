@@ -1,10 +1,11 @@
 """Where the engine's overhead on the MLP goes: the plain loop with one engine feature added at a time
 (a script, not a test).
 
-    OMP_NUM_THREADS=1 python tests/perf/overhead_parts.py [--repeats 8] [--steps 300]
+    OMP_NUM_THREADS=1 python tests/perf/overhead_parts.py [--repeats 8] [--steps 300] [--interleave block]
 
-Contestants, interleaved in one process like ``hookmix bench overhead`` (a new order every round,
-ratios over blocks of 10 rounds, fresh contestants every repeat; engine/bench.py):
+Contestants, interleaved in one process like ``hookmix bench overhead`` (turns of one step, or of
+10 consecutive steps with ``--interleave block``, in a new order every round; ratios over blocks of
+10 steps; fresh contestants every repeat; engine/bench.py):
 
 - ``plain``, ``plain copy``: the benchmark's plain loop, twice (the second shows the noise floor);
 - ``+ce plugin``: the plain loop computing its loss through the ``cross_entropy`` plugin's hook
@@ -101,7 +102,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--interleave", choices=["step", "block"], default="step",
+                        help="turns of 10 consecutive steps (block) or of one step, as in hookmix bench overhead")
     args = parser.parse_args()
+    turn = BLOCK if args.interleave == "block" else 1
     torch.set_num_threads(1)
     variants = {"+ce plugin": dict(ce_plugin=True), "+records": dict(records=True), "+log records": dict(log=True),
                 "+all three": dict(ce_plugin=True, records=True, log=True)}
@@ -122,19 +126,20 @@ def main() -> None:
         contestants["written out"] = written_out(written)
         times: dict[str, list[float]] = {name: [] for name in contestants}
         shuffle = random.Random(repeat)
-        for i in range(args.steps + 5):
-            took, losses = run_round(contestants, i, shuffle)
-            worst = max(abs(v - losses["plain"]) for v in losses.values())
+        warm = -(-5 // turn)
+        for i in range(warm + -(-args.steps // turn)):
+            took, losses = run_round(contestants, i, shuffle, turn=turn)
+            worst = max(abs(a - b) for values in losses.values() for a, b in zip(values, losses["plain"]))
             assert worst <= 1e-6, f"round {i}: a contestant's loss differs from the plain loop's by {worst}"
-            if i >= 5:
+            if i >= warm:
                 for name, seconds in took.items():
                     times[name].append(seconds)
         for name, t in times.items():
-            ratios.setdefault(name, []).append(statistics.median(block_ratios(t, times["plain"])))
+            ratios.setdefault(name, []).append(statistics.median(block_ratios(t, times["plain"], BLOCK // turn)))
         for trainer in (engine, donor, written):
             _discard(trainer)
-    print(f"MLP, {args.repeats} repeats of {args.steps} rounds; median over repeats of the ratio to plain "
-          f"(median over blocks of 10 rounds):")
+    print(f"MLP, {args.repeats} repeats of {args.steps} steps in turns of {turn}; median over repeats of the "
+          f"ratio to plain (median over blocks of {BLOCK} steps):")
     for name, values in ratios.items():
         print(f"  {name:<14} {statistics.median(values):.4f}   (repeats: {' '.join(f'{v:.3f}' for v in values)})")
 

@@ -61,3 +61,31 @@ def test_bench_overhead_can_rotate_the_order_as_the_earlier_method_did(capsys):
     assert "rotated order" in out
     header, row = _table_rows(out)
     assert header == ["workload", "plain", "plain copy", "hookmix", "max loss diff"] and row[-1] == "0.0e+00"
+
+
+def test_bench_overhead_interleaves_turns_of_one_step_or_of_a_log_interval(capsys):
+    assert main(["bench", "overhead", "--workload", "tiny", "--steps", "3", "--noop", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "turns of 1 step(s)" in out and _table_rows(out)[1][-1] == "0.0e+00"  # the default
+    assert main(["bench", "overhead", "--workload", "tiny", "--steps", "20", "--noop", "0",
+                 "--interleave", "block"]) == 0
+    out = capsys.readouterr().out
+    assert "turns of 10 step(s)" in out and _table_rows(out)[1][-1] == "0.0e+00"
+
+
+def test_the_trainers_turn_is_the_sum_of_its_steps_times():
+    from engine.bench import turn_times
+
+    step_times = [float(k + 1) for k in range(29)]  # steps 1..29 of a Trainer run of 3 turns of 10 steps
+    # round 1 holds steps 10..19, round 2 steps 20..29 (the step after the other contestants' turns first)
+    assert turn_times(step_times, 10, range(1, 3)) == [sum(range(10, 20)), sum(range(20, 30))]
+    assert turn_times(step_times, 1, range(5, 7)) == [5.0, 6.0]  # turns of one step: as before
+
+
+def test_bench_overhead_against_lightning_runs_every_contestant(capsys):
+    pytest.importorskip("lightning")  # an optional extra (".[bench]"): not installed in CI
+    assert main(["bench", "overhead", "--workload", "tiny", "--steps", "20", "--noop", "1",
+                 "--against", "lightning", "--interleave", "block"]) == 0
+    header, row = _table_rows(capsys.readouterr().out)
+    assert header[1:-1] == ["plain", "plain copy", "hookmix", "hookmix+1", "fabric", "trainer"]
+    assert row[-1] == "0.0e+00"  # the Trainer's losses too, turn by turn
