@@ -12,17 +12,16 @@ run with one loss plugin and nothing else per step it reads::
         if not model.training:
             model.train()
         step = state.step + 1
-        state.micro = 0
         batch = train_batch(generator)
-        count(batch)
-        outputs = forward(model, batch, state)
+        shapes.append(getattr(batch.get("input"), "shape", None))
+        outputs = {"logits": model(batch["input"])}
         terms = loss_terms(batch, outputs, state)
-        if not terms:
-            no_loss_terms(step)
         if len(terms) == 1:
             (name, loss), = terms.items()
             records.append((step, (name,), (loss.detach(),)))
         else:
+            if not terms:
+                no_loss_terms(step)
             loss = sum(terms.values())
             records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))
         loss.backward()
@@ -33,7 +32,7 @@ run with one loss plugin and nothing else per step it reads::
 and every line :func:`step_lines` can add is the step of the loop's pseudocode (engine/loop.py).
 The records are each micro-batch's loss terms for the train metrics and the non-finite check, read
 at log time (engine/train_log.py). Everything bound is fixed once setup is done; what changes
-during a run is read from ``state`` (the step counter) or kept in place (the records list).
+during a run is read from ``state`` (the step counter) or kept in place (the records and shapes lists).
 """
 
 from __future__ import annotations
@@ -61,7 +60,8 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
         "before_backward": manager.before_backward, "after_backward": manager.after_backward,
         "after_optimizer_step": manager.after_optimizer_step, "optimizer_step": manager.optimizer_step,
         "records": state.train_log.terms,  # appended to in place; TrainLog.read empties it in place
-        "count": trainer.throughput.count, "prepare": trainer._prepare, "wrapper": trainer.wrapper,
+        "shapes": trainer.throughput.shapes,  # appended to in place; Throughput.metrics empties it in place
+        "prepare": trainer._prepare, "wrapper": trainer.wrapper,
         "accum": run.grad_accum, "clip": run.grad_clip, "params": trainer.params, "plain": fsdp.plain,
         "clip_grad_norm_": torch.nn.utils.clip_grad_norm_, "detach": torch.Tensor.detach, "_NULL": NULL_CONTEXT,
         "no_loss_terms": _no_loss_terms,
@@ -69,7 +69,7 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
     lines = step_lines(accum=run.grad_accum, prepare=trainer.prepare, wrapper=trainer.wrapper is not None,
                        autocast=state.autocast_dtype is not None, clip=run.grad_clip > 0, gather=trainer.gather,
                        scheduler=state.scheduler is not None, wrapped_step=manager.wraps("hookmix_optimizer_step"),
-                       **hooks)
+                       forward=manager.has("hookmix_forward"), **hooks)
     source = "\n".join(lines) + "\n"
     exec(compile(source, "<hookmix step>", "exec"), names)  # noqa: S102 - text built from the fixed lines below
     step = names["train_step"]
@@ -78,10 +78,12 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
 
 
 def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip: bool, gather: bool,
-               scheduler: bool, wrapped_step: bool, aux_outputs: bool, before_backward: bool,
+               scheduler: bool, wrapped_step: bool, forward: bool, aux_outputs: bool, before_backward: bool,
                after_backward: bool, after_optimizer_step: bool) -> list[str]:
     """The text of ``train_step`` for a run with these settings (only fixed lines; no value is written in)."""
-    forward = ["outputs = forward(model, batch, state)",
+    forward = ["outputs = forward(model, batch, state)" if forward  # a plugin's forward, or the default's body:
+               else 'outputs = {"logits": model(batch["input"])}',  # the manager's default (_default_forward)
+               
                *(["outputs = aux_outputs(model, batch, outputs, state)"] if aux_outputs else []),
                "terms = loss_terms(batch, outputs, state)"]
     if wrapper:  # DDP: the forward inside its wrapper, so that the backward reduces
@@ -91,12 +93,12 @@ def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip
         forward = ["with state.autocast():", *_indent(forward)]
     train = [
         *forward,
-        "if not terms:",
-        "    no_loss_terms(step)",
         "if len(terms) == 1:",
         "    (name, loss), = terms.items()",
         "    records.append((step, (name,), (loss.detach(),)))",
         "else:",
+        "    if not terms:",
+        "        no_loss_terms(step)",
         "    loss = sum(terms.values())",
         "    records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))",
         *(["loss = loss / accum"] if accum > 1 else []),
@@ -106,9 +108,10 @@ def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip
     ]
     if wrapper and accum > 1:  # DDP/FSDP: gradients are reduced on the last micro-batch only
         train = ["with wrapper.no_sync() if micro < accum - 1 else _NULL:", *_indent(train)]
-    micro_batch = ["state.micro = micro" if accum > 1 else "state.micro = 0",
+    micro_batch = [*(["state.micro = micro"] if accum > 1 else []),  # else always 0, as State starts it
                    "batch = train_batch(generator)",
-                   "batch = prepare(batch)" if prepare else "count(batch)",
+                   # the input's shape for the throughput metrics (engine.throughput.Throughput.count)
+                   "batch = prepare(batch)" if prepare else 'shapes.append(getattr(batch.get("input"), "shape", None))',
                    *train]
     if accum > 1:
         micro_batch = ["for micro in range(accum):", *_indent(micro_batch)]

@@ -97,8 +97,8 @@ class Throughput:
         """Rates since the last call (then reset); empty if nothing was counted."""
         now = time.perf_counter()
         seconds, self.seconds, self.t = self.seconds + now - self.t, 0.0, now
-        shapes, self.shapes = self.shapes, []
-        shapes = [*filter(None, shapes)]  # no shape, or () (a scalar input): nothing to count
+        shapes = [*filter(None, self.shapes)]  # no shape, or () (a scalar input): nothing to count
+        self.shapes.clear()  # in place: the training step appends to this list (engine/step.py)
         samples, tokens = sum(map(itemgetter(0), shapes)), sum(map(math.prod, shapes))
         if not samples or seconds <= 0:
             return {}

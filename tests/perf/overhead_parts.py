@@ -15,10 +15,10 @@ Contestants, interleaved in one process like ``hookmix bench overhead`` (turns o
 - ``+log records``: the plain loop writing the engine's metrics record every 10 steps
   (``Trainer.log_train``: the read, throughput, metrics.jsonl and TensorBoard queue, ``on_log``);
 - ``+all three``; ``hookmix``: ``Trainer.advance()``, everything the engine does;
-- ``written out``: the engine's step for exactly this run written as one function (counting, the
-  loss through the hook caller and the plugin, the record, the probe's hook, backward, optimizer
-  step, the engine's metrics record every 10 steps; none of the branches and calls a generic step
-  has): the floor of a step written per run.
+- ``written out``: the engine's step for exactly this run written by hand as one function
+  (counting, the loss through the hook caller and the plugin, the record, the probe's hook,
+  backward, optimizer step, the engine's metrics record every 10 steps; no ``advance`` and no
+  checks of values): what a step written per run (engine/step.py) should cost.
 
 Prints the median over repeats of each contestant's ratio to ``plain``; the difference between
 ``hookmix`` and ``+all three`` is the engine's own machinery (hook callers, the bound step, counting).
