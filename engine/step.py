@@ -48,6 +48,7 @@ from engine.state import NULL_CONTEXT
 if TYPE_CHECKING:
     from engine.loop import Trainer
 
+
 def bind_step(trainer: Trainer) -> Callable[[], None]:
     """The function that trains one optimizer step of ``trainer``'s run (set up)."""
     state, manager, run = trainer.state, trainer.manager, trainer.recipe.run
@@ -69,7 +70,7 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
     lines = step_lines(accum=run.grad_accum, prepare=trainer.prepare, wrapper=trainer.wrapper is not None,
                        autocast=state.autocast_dtype is not None, clip=run.grad_clip > 0, gather=trainer.gather,
                        scheduler=state.scheduler is not None, wrapped_step=manager.wraps("hookmix_optimizer_step"),
-                       forward=manager.has("hookmix_forward"), **hooks)
+                       forward_hook=manager.has("hookmix_forward"), **hooks)
     source = "\n".join(lines) + "\n"
     exec(compile(source, "<hookmix step>", "exec"), names)  # noqa: S102 - text built from the fixed lines below
     step = names["train_step"]
@@ -78,12 +79,11 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
 
 
 def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip: bool, gather: bool,
-               scheduler: bool, wrapped_step: bool, forward: bool, aux_outputs: bool, before_backward: bool,
+               scheduler: bool, wrapped_step: bool, forward_hook: bool, aux_outputs: bool, before_backward: bool,
                after_backward: bool, after_optimizer_step: bool) -> list[str]:
     """The text of ``train_step`` for a run with these settings (only fixed lines; no value is written in)."""
-    forward = ["outputs = forward(model, batch, state)" if forward  # a plugin's forward, or the default's body:
-               else 'outputs = {"logits": model(batch["input"])}',  # the manager's default (_default_forward)
-               
+    forward = ["outputs = forward(model, batch, state)" if forward_hook  # a plugin's forward, or the body
+               else 'outputs = {"logits": model(batch["input"])}',  # of the manager's default (_default_forward)
                *(["outputs = aux_outputs(model, batch, outputs, state)"] if aux_outputs else []),
                "terms = loss_terms(batch, outputs, state)"]
     if wrapper:  # DDP: the forward inside its wrapper, so that the backward reduces

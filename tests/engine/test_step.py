@@ -11,7 +11,7 @@ from engine import Plugin, hookimpl
 from engine.step import step_lines
 from engine.testing import TOY, train
 
-FLAGS = ("prepare", "wrapper", "autocast", "clip", "gather", "scheduler", "wrapped_step", "forward", "aux_outputs",
+FLAGS = ("prepare", "wrapper", "autocast", "clip", "gather", "scheduler", "wrapped_step", "forward_hook", "aux_outputs",
          "before_backward", "after_backward", "after_optimizer_step")
 
 
