@@ -27,10 +27,11 @@ def _writing_outputs(exc: BaseException) -> bool:
 def failing_plugin(exc: BaseException, plugins: dict, built: dict | None = None) -> str | None:
     """The plugin (of ``plugins``) whose hook raised ``exc``: the outermost hook call in the traceback.
 
-    The manager dispatches every hook in ``Manager._each`` with the plugin's name in the local
-    ``name``; outermost, because a hook may run another run's plugins (a teacher builds its model).
-    Outside hooks (the loop calls ``state.data.train_batch``, ``model(...)``), a method of an object
-    in ``built`` ({id(object): plugin that built it}) names its plugin.
+    Where the manager calls implementations itself (e.g. ``load_plugin_states``) the plugin's name
+    is its local ``name``; the hook callers (engine/dispatch.py) call the plugins' methods, whose
+    ``self`` names the plugin. Outermost, because a hook may run another run's plugins (a teacher
+    builds its model). Outside hooks (the loop calls ``state.data.train_batch``, ``model(...)``), a
+    method of an object in ``built`` ({id(object): plugin that built it}) names its plugin.
     """
     frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
     for frame in frames:

@@ -19,7 +19,7 @@ import pluggy
 import torch
 
 from engine import hookspecs
-from engine.dispatch import make_caller, merge_into
+from engine.dispatch import make_caller
 from engine.errors import BadInput, PluginConflict
 from engine.plugin import Plugin, capability_name, hookimpl, offers
 from engine.registry import Registry
@@ -28,10 +28,12 @@ WRAPPER_HOOKS = hookspecs.WRAPPERS
 # Collect-all hooks whose results the engine does not use: their callers only call.
 NOTIFY = frozenset({"hookmix_configure", "hookmix_setup_model", "hookmix_on_train_start", "hookmix_before_backward",
                     "hookmix_after_backward", "hookmix_after_optimizer_step", "hookmix_on_log", "hookmix_on_train_end"})
-# How the callers of the per-step hooks combine results (engine.dispatch.make_caller); the rest collect.
-STEP = {"hookmix_forward": ("exclusive",), "hookmix_aux_outputs": ("merge", "outputs", "output"),
-        "hookmix_transform_logits": ("fold", "logits"), "hookmix_loss_terms": ("merge", None, "loss term"),
-        **{hook_name: ("call",) for hook_name in NOTIFY}}
+# How each hook's caller combines the results (engine.dispatch.make_caller); the rest collect a list
+# of (plugin, result). Exclusive hooks: the one provider's result (the plan refuses two providers).
+COMBINE = {**{hook_name: ("exclusive",) for hook_name in hookspecs.EXCLUSIVE},
+           "hookmix_aux_outputs": ("merge", "outputs", "output"), "hookmix_transform_logits": ("fold", "logits"),
+           "hookmix_loss_terms": ("merge", None, "loss term"), "hookmix_rewards": ("merge", None, "reward term"),
+           "hookmix_eval_metrics": ("merge", None, "metric"), **{hook_name: ("call",) for hook_name in NOTIFY}}
 ENGINE = "engine"
 
 
@@ -149,7 +151,7 @@ class Manager:
         # nothing for what it does not use.
         self._calls = {hook_name: make_caller(hook_name, tuple(getattr(self.pm.hook, hook_name).spec.argnames),
                                               [(name, _traced(hook_name, name, fn) if self.trace else fn, argnames)
-                                               for name, fn, argnames in impls], *STEP.get(hook_name, ("collect",)))
+                                               for name, fn, argnames in impls], *COMBINE.get(hook_name, ("collect",)))
                        for hook_name, impls in self._impls.items()}
         self._bind_step_hooks()
 
@@ -220,20 +222,17 @@ class Manager:
 
     # --- dispatch ----------------------------------------------------------------------------
 
-    def _each(self, hook_name: str, **kwargs) -> list[tuple[str, Any]]:
-        """Call every implementation in order; return (plugin name, result) for non-None results
-        (None for the NOTIFY hooks, whose results the engine does not use)."""
+    def _call(self, hook_name: str, **kwargs) -> Any:
+        """Call every implementation in order and combine the results as the hook's convention says
+        (``COMBINE``): a list of (plugin name, result) for non-None results, the exclusive provider's
+        result, merged named results, or None for the NOTIFY hooks, whose results the engine does not use."""
         return self._calls[hook_name](**kwargs)
-
-    def _exclusive(self, hook_name: str, **kwargs) -> Any:
-        results = self._each(hook_name, **kwargs)
-        return results[0][1] if results else None
 
     def _required(self, hook_name: str, what: str, **kwargs) -> Any:
         if not self._impls[hook_name]:
             raise BadInput(f"no enabled plugin provides {what} ({hook_name}); add one to run.plugins "
                            f"(see `hookmix plugins`)")
-        result = self._exclusive(hook_name, **kwargs)
+        result = self._call(hook_name, **kwargs)
         if result is None:
             raise BadInput(f"plugin {self._impls[hook_name][0][0]!r} returned nothing from {hook_name}; fix the plugin")
         return result
@@ -246,19 +245,10 @@ class Manager:
         """Whether a plugin wraps the engine's ``hook_name`` (``hookmix_optimizer_step``, ``hookmix_evaluate``)."""
         return self._wrapped[hook_name]
 
-    @staticmethod
-    def merge_named(results: list[tuple[str, dict]], what: str, into: dict | None = None) -> dict:
-        """Merge dicts returned by several plugins; a name given twice is an error naming both."""
-        merged: dict = {} if into is None else into
-        owners: dict[str, str] = {}
-        for plugin, named in results:
-            merge_into(merged, owners, named, plugin, what)
-        return merged
-
     # setup
 
     def configure(self, state) -> None:
-        self._each("hookmix_configure", state=state)
+        self._call("hookmix_configure", state=state)
 
     def data(self, state):
         return self._required("hookmix_data", "data", state=state)
@@ -267,31 +257,31 @@ class Manager:
         return self._required("hookmix_model", "a model", state=state)
 
     def setup_model(self, model, state) -> None:
-        self._each("hookmix_setup_model", model=model, state=state)
+        self._call("hookmix_setup_model", model=model, state=state)
 
     def param_groups(self, model, state) -> list[tuple[str, dict]]:
-        return [(name, g) for name, groups in self._each("hookmix_param_groups", model=model, state=state)
+        return [(name, g) for name, groups in self._call("hookmix_param_groups", model=model, state=state)
                 for g in groups]
 
     def optimizer(self, param_groups, state):
         return self._required("hookmix_optimizer", "an optimizer", param_groups=param_groups, state=state)
 
     def lr_scheduler(self, optimizer, state):
-        return self._exclusive("hookmix_lr_scheduler", optimizer=optimizer, state=state)
+        return self._call("hookmix_lr_scheduler", optimizer=optimizer, state=state)
 
     def on_train_start(self, state) -> None:
-        self._each("hookmix_on_train_start", state=state)
+        self._call("hookmix_on_train_start", state=state)
 
     # rollouts
 
     def generate_rollouts(self, model, batch, state):
-        return self._exclusive("hookmix_generate_rollouts", model=model, batch=batch, state=state)
+        return self._call("hookmix_generate_rollouts", model=model, batch=batch, state=state)
 
     def rewards(self, rollouts, state) -> dict[str, torch.Tensor]:
-        return self.merge_named(self._each("hookmix_rewards", rollouts=rollouts, state=state), "reward term")
+        return self._call("hookmix_rewards", rollouts=rollouts, state=state)  # merged: a name twice is an error
 
     def advantages(self, rollouts, rewards, state):
-        return self._exclusive("hookmix_advantages", rollouts=rollouts, rewards=rewards, state=state)
+        return self._call("hookmix_advantages", rollouts=rollouts, rewards=rewards, state=state)
 
     # forward, loss, backward, step: called every micro-batch, so bound in __init__ to their callers
     # (engine/dispatch.py) instead of methods around them, which would add a Python frame per call
@@ -330,14 +320,7 @@ class Manager:
             finally:
                 _set_grad_enabled(enabled)
 
-        def after_optimizer_step_no_grad(model, optimizer, state) -> None:
-            with torch.no_grad():
-                post_step(model, optimizer, state)
-
-        if not impls["hookmix_after_optimizer_step"]:
-            self.after_optimizer_step = post_step
-        else:  # torch's C switch is private API: should a torch release drop it, torch.no_grad() does the same
-            self.after_optimizer_step = after_optimizer_step if _set_grad_enabled else after_optimizer_step_no_grad
+        self.after_optimizer_step = after_optimizer_step if impls["hookmix_after_optimizer_step"] else post_step
 
     # evaluation and logging
 
@@ -356,18 +339,18 @@ class Manager:
             self.profile.add(hook_name, "(wrappers + engine)", time.perf_counter() - t0)
 
     def eval_metrics(self, model, state) -> dict:
-        return self.merge_named(self._each("hookmix_eval_metrics", model=model, state=state), "metric")
+        return self._call("hookmix_eval_metrics", model=model, state=state)  # merged: a name twice is an error
 
     def on_log(self, metrics, state) -> None:
-        self._each("hookmix_on_log", metrics=metrics, state=state)
+        self._call("hookmix_on_log", metrics=metrics, state=state)
 
     def on_train_end(self, state, summary) -> None:
-        self._each("hookmix_on_train_end", state=state, summary=summary)
+        self._call("hookmix_on_train_end", state=state, summary=summary)
 
     # checkpoint state (per plugin, keyed by name)
 
     def plugin_states(self, state) -> dict[str, dict]:
-        return dict(self._each("hookmix_plugin_state", state=state))
+        return dict(self._call("hookmix_plugin_state", state=state))
 
     def load_plugin_states(self, saved: dict[str, dict], state) -> None:
         for name, fn, argnames in self._impls["hookmix_load_plugin_state"]:
@@ -380,7 +363,9 @@ def _default_forward(model, batch, state) -> dict:
     return {"logits": model(batch["input"])}
 
 
-_set_grad_enabled = getattr(torch._C, "_set_grad_enabled", None)
+# torch's C switch of autograd (private API; torch.set_grad_enabled called as a function, its public
+# form, does the same through one more Python frame, should a torch release drop the C name)
+_set_grad_enabled = getattr(torch._C, "_set_grad_enabled", torch.set_grad_enabled)
 
 
 def _plain_optimizer_step(optimizer, state) -> None:
