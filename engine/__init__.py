@@ -13,9 +13,9 @@ from importlib import metadata
 from typing import Any
 
 from engine import validators  # generic config validators: finite, in_range, length, each, width, ...
+from engine.config.recipe import field, non_negative, one_of, positive
 from engine.errors import BadInput, HookmixError, PluginConflict, TrainingFailure
 from engine.plugin import API_VERSION, Command, Plugin, hookimpl
-from engine.recipe import field, non_negative, one_of, positive
 
 try:
     __version__ = metadata.version("hookmix")
@@ -24,8 +24,12 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
 
 # These need torch: imported on first use, so that `hookmix` is inside its error and Ctrl-C
 # handling (engine.cli.main) before the slow torch import starts.
-_LAZY = {"State": "engine.state", "Run": "engine.run", "open_run": "engine.run",
-         "WeightConstraint": "engine.capabilities"}
+_LAZY = {
+    "State": "engine.state",
+    "Run": "engine.rundir.open_run",
+    "open_run": "engine.rundir.open_run",
+    "WeightConstraint": "engine.capabilities",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -36,6 +40,23 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 
-__all__ = ["API_VERSION", "BadInput", "Command", "HookmixError", "Plugin", "PluginConflict", "Run", "State",
-           "TrainingFailure", "WeightConstraint", "field", "hookimpl", "non_negative", "one_of", "open_run",
-           "positive", "validators", "__version__"]
+__all__ = [
+    "API_VERSION",
+    "BadInput",
+    "Command",
+    "HookmixError",
+    "Plugin",
+    "PluginConflict",
+    "Run",
+    "State",
+    "TrainingFailure",
+    "WeightConstraint",
+    "field",
+    "hookimpl",
+    "non_negative",
+    "one_of",
+    "open_run",
+    "positive",
+    "validators",
+    "__version__",
+]

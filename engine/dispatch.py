@@ -37,8 +37,14 @@ from engine.errors import PluginConflict
 Impl = tuple[str, Callable, tuple[str, ...]]  # (plugin name, function, the argument names it takes)
 
 
-def make_caller(hook_name: str, params: tuple[str, ...], impls: list[Impl], combine: str = "collect",
-                into: str | None = None, what: str = "result") -> Callable:
+def make_caller(
+    hook_name: str,
+    params: tuple[str, ...],
+    impls: list[Impl],
+    combine: str = "collect",
+    into: str | None = None,
+    what: str = "result",
+) -> Callable:
     """The caller of ``hook_name``; ``combine`` says what it does with the results:
 
     - ``"collect"``: returns a list of (plugin, result) for the results that are not None;
@@ -70,12 +76,14 @@ def make_caller(hook_name: str, params: tuple[str, ...], impls: list[Impl], comb
         elif alone:
             lines += [f"    r = {call}", "    return {} if r is None else dict(r)"]
         else:
-            then = {"collect": f"results.append((_n{i}, r))", "fold": f"{into} = r",
-                    "merge": f"_merge(merged, owners, r, _n{i}, _what)"}[combine]
+            then = {
+                "collect": f"results.append((_n{i}, r))",
+                "fold": f"{into} = r",
+                "merge": f"_merge(merged, owners, r, _n{i}, _what)",
+            }[combine]
             lines += [f"    r = {call}", "    if r is not None:", f"        {then}"]
     if not alone and not (combine == "exclusive" and impls):
-        result = {"collect": "results", "call": "None", "exclusive": "None", "fold": into,
-                  "merge": "merged"}[combine]
+        result = {"collect": "results", "call": "None", "exclusive": "None", "fold": into, "merge": "merged"}[combine]
         lines.append(f"    return {result}")
     source = "\n".join(lines) + "\n"
     exec(compile(source, f"<hookmix caller {hook_name}>", "exec"), namespace)  # noqa: S102 - text built above
@@ -89,7 +97,9 @@ def merge_into(merged: dict, owners: dict[str, str], named: dict, plugin: str, w
     ``merged`` without an owner came with it, e.g. the model's outputs); a name given twice is an error."""
     for key, value in named.items():
         if key in merged:
-            raise PluginConflict(f"{what} {key!r} returned by both {owners.get(key, 'the model outputs')} and "
-                                 f"{plugin}; rename one (plugin config) or disable one plugin")
+            raise PluginConflict(
+                f"{what} {key!r} returned by both {owners.get(key, 'the model outputs')} and "
+                f"{plugin}; rename one (plugin config) or disable one plugin"
+            )
         merged[key] = value
         owners[key] = plugin

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from engine import distributed
+from engine.distributed import ddp
 from engine.manager import Manager
 from engine.state import State
 
@@ -26,7 +26,7 @@ def evaluate_model(model: torch.nn.Module, state: State, manager: Manager) -> di
     sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct predictions, scored targets
     with torch.no_grad():
         for batch in state.data.val_batches():
-            batch = distributed.shard(batch, state.rank, state.world_size)
+            batch = ddp.shard(batch, state.rank, state.world_size)
             if state.device.type != "cpu":
                 batch = {k: v.to(state.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with state.autocast():
@@ -36,9 +36,13 @@ def evaluate_model(model: torch.nn.Module, state: State, manager: Manager) -> di
             keep = target != -100  # the ignore index of cross-entropy: padding, prompts
             logits, target = logits[keep], target[keep]
             if target.numel():
-                sums += torch.stack([torch.nn.functional.cross_entropy(logits, target, reduction="sum").double(),
-                                     (logits.argmax(-1) == target).sum().double(),
-                                     torch.tensor(target.numel(), dtype=torch.float64)])
+                sums += torch.stack(
+                    [
+                        torch.nn.functional.cross_entropy(logits, target, reduction="sum").double(),
+                        (logits.argmax(-1) == target).sum().double(),
+                        torch.tensor(target.numel(), dtype=torch.float64),
+                    ]
+                )
         sums = state.all_reduce_sum(sums)
         if sums[2] > 0:
             metrics["val/loss"] = (sums[0] / sums[2]).item()

@@ -43,6 +43,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import torch
+
     from engine.state import State
 
 hookspec = pluggy.HookspecMarker("hookmix")
@@ -218,9 +219,7 @@ def hookmix_forward(model: torch.nn.Module, batch: dict, state: State) -> dict:
 
 
 @hookspec
-def hookmix_aux_outputs(
-    model: torch.nn.Module, batch: dict, outputs: dict, state: State
-) -> dict[str, Any] | None:
+def hookmix_aux_outputs(model: torch.nn.Module, batch: dict, outputs: dict, state: State) -> dict[str, Any] | None:
     """Add auxiliary outputs next to the model's: teacher logits, captured features (collect-all).
 
     Fires after ``hookmix_forward``. Returned keys are merged into ``outputs`` (e.g.
@@ -283,9 +282,7 @@ def hookmix_optimizer_step(optimizer: torch.optim.Optimizer, state: State) -> No
 
 
 @hookspec
-def hookmix_after_optimizer_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: State
-) -> None:
+def hookmix_after_optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: State) -> None:
     """Modify weights in place after each real optimizer step (collect-all, ordered).
 
     Runs under ``torch.no_grad()``, once per real step (after all accumulation micro-batches),

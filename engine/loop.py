@@ -8,7 +8,7 @@
         state.model  = model(state); setup_model(model)   # exclusive; collect-all
         groups       = merge(param_groups(model))         # a parameter in two groups: error
         optimizer    = optimizer(groups); scheduler = lr_scheduler(optimizer)
-        [main process: lock the run directory (one writer); engine/claim.py]
+        [main process: lock the run directory (one writer); engine/rundir/claim.py]
         [resume: weights, optimizer, scheduler, RNG + data order, plugin_state by name]
         print the plan; on_train_start(state); write recipe.toml
 
@@ -48,35 +48,52 @@ from typing import IO, Callable
 import numpy as np
 import torch
 
-from engine import checkpoint, distributed, fsdp, interrupts, sharded_checkpoint
-from engine.blame import setup_failure, training_failure
-from engine.claim import Claim, open_location, record_recipe_change
-from engine.compilation import compile_model
+from engine.config.recipe import Recipe
+from engine.config.registry import Registry
+from engine.distributed import ddp
+from engine.distributed.env import pick_backend, pin_device, read_env, resolve_device
+from engine.distributed.group import Group, mean_over_ranks
 from engine.errors import BadInput, HookmixError, Interrupted
-from engine.lock import write_error
-from engine.outputs import MetricsLog, Progress, RunDir, metrics_to_keep
-from engine.recipe import Recipe
-from engine.registry import Registry
 from engine.evaluation import evaluate_model
+from engine.failures import interrupts
+from engine.failures.blame import setup_failure, training_failure
+from engine.manager import build_state
 from engine.param_groups import merge_param_groups
+from engine.perf.compile import compile_model
+from engine.perf.throughput import Throughput
 from engine.rollouts import roll_out
-from engine.run import build_state
+from engine.rundir import checkpoint
+from engine.rundir.claim import Claim, open_location, record_recipe_change
+from engine.rundir.directory import RunDir
+from engine.rundir.lock import write_error
+from engine.rundir.metrics_log import MetricsLog, metrics_to_keep
+from engine.rundir.progress import Progress
 from engine.state import State
 from engine.step import bind_step
-from engine.throughput import Throughput
+
 
 class Trainer:
     """Runs one recipe. ``setup()``, then ``train_step()`` per step, or ``run()`` for everything."""
 
-    def __init__(self, recipe: Recipe, registry: Registry, *, resume: bool = False,
-                 stream: IO[str] | None = None, quiet: bool = False, restart: bool = False,
-                 profile: bool = False) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        registry: Registry,
+        *,
+        resume: bool = False,
+        stream: IO[str] | None = None,
+        quiet: bool = False,
+        restart: bool = False,
+        profile: bool = False,
+    ) -> None:
         self.recipe = recipe
         self.profile_hooks = profile  # per-hook timing (also HOOKMIX_PROFILE=1): see Trainer.profile
         self.restart = restart  # an elastic restart before the first checkpoint: the run directory is reused
-        self.group: distributed.Group | None = None
-        self.wrapper = None  # DDP or FSDP (engine.fsdp.Sharded) over the model and plugin modules (distributed runs)
-        self.sharded: fsdp.Sharded | None = None  # run.strategy='fsdp': the FSDP2 modules (engine/fsdp.py)
+        self.group: Group | None = None
+        self.wrapper = (
+            None  # DDP or FSDP (engine.distributed.fsdp.Sharded) over the model and plugin modules (distributed runs)
+        )
+        self.sharded = None  # run.strategy='fsdp': the FSDP2 modules (engine.distributed.fsdp.Sharded)
         self.gather = False  # a plugin needs full weights: post-step hooks run in state.full_weights()
         self.registry = registry
         self.resume = resume
@@ -99,10 +116,10 @@ class Trainer:
         try:
             if run.threads:
                 torch.set_num_threads(run.threads)
-            env = distributed.read_env()
-            device = distributed.pin_device(distributed.resolve_device(run.device), env)
-            backend = distributed.pick_backend(run.dist_backend, device) if env.launched else ""
-            self.group = distributed.Group(env, backend, run.dist_timeout)
+            env = read_env()
+            device = pin_device(resolve_device(run.device), env)
+            backend = pick_backend(run.dist_backend, device) if env.launched else ""
+            self.group = Group(env, backend, run.dist_timeout)
             return self._setup(run, device)
         except BaseException:
             self._close(failed=True)
@@ -115,6 +132,7 @@ class Trainer:
         torch.manual_seed(run.seed)
         np.random.seed(run.seed % 2**32)
         import random
+
         random.seed(run.seed)
 
         try:  # everything that can be bad input, on every rank; then every rank agrees (distributed.Group.agree)
@@ -125,12 +143,14 @@ class Trainer:
         group.agree(error)
         state, run_dir = self.state, self.state.run_dir
         if group.rank > 0 and not state.resumed:  # rank 0 continues the 1-process torch stream (dropout, noise)
-            torch.manual_seed(distributed.rank_seed(run.seed, group.rank))
+            torch.manual_seed(ddp.rank_seed(run.seed, group.rank))
         if group.active:
-            self.wrapper = self.sharded or distributed.wrap(state.model, state.modules, device, run.grad_accum)
+            self.wrapper = self.sharded or ddp.wrap(state.model, state.modules, device, run.grad_accum)
             devices = ", ".join(f"rank {r} {d}" for r, d in enumerate(group.gather(str(device))))
-            self.progress.print(f"distributed: world size {group.world_size}, backend {group.backend}, "
-                                f"strategy {run.strategy}; {devices}")
+            self.progress.print(
+                f"distributed: world size {group.world_size}, backend {group.backend}, "
+                f"strategy {run.strategy}; {devices}"
+            )
         if state.is_main:  # everything above validated: only now is anything written
             try:
                 if self.resuming:
@@ -145,20 +165,27 @@ class Trainer:
         return state
 
     def _build(self, run, device: torch.device) -> State:
-        state, manager = build_state(self.recipe, self.registry, device, evaluate=self._evaluate,
-                                     profile=self.profile_hooks)
+        state, manager = build_state(
+            self.recipe, self.registry, device, evaluate=self._evaluate, profile=self.profile_hooks
+        )
         self.state, self.manager = state, manager
         state.use_group(self.group)
         if not manager.has("hookmix_loss_terms"):
-            raise BadInput("no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins")
+            raise BadInput(
+                "no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins"
+            )
         self.versions = {n: (self.registry.info(n).dist, self.registry.info(n).version) for n in manager.order}
         self.resume_changes: list[str] = []
         if self.group.active and not run.out:  # a timestamp differs between ranks and restarts
-            raise BadInput("a distributed run needs its run directory named: pass --out DIR (or run.out); "
-                           "every rank and every elastic restart uses it")
+            raise BadInput(
+                "a distributed run needs its run directory named: pass --out DIR (or run.out); "
+                "every rank and every elastic restart uses it"
+            )
         out = run.out or f"runs/{self.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         state.run_dir = run_dir = open_location(out) if state.is_main else RunDir(out)
         if run.strategy == "fsdp" and self.group.active:
+            from engine.distributed import sharded_checkpoint  # FSDP/DCP: imported only by runs that shard
+
             sharded_checkpoint.check_location(run_dir)
 
         hook = self._setup_hook
@@ -167,8 +194,11 @@ class Trainer:
         state.model = hook("build the model", lambda s: manager.model(s).to(device), state)
         hook("set up the model", manager.setup_model, state.model, state)
         if run.strategy == "fsdp" and self.group.active:  # before the optimizer: it must hold the shards
-            self.sharded, self.gather = hook("shard the model (run.strategy=fsdp)", fsdp.setup, state, manager,
-                                             run.precision)
+            from engine.distributed import fsdp
+
+            self.sharded, self.gather = hook(
+                "shard the model (run.strategy=fsdp)", fsdp.setup, state, manager, run.precision
+            )
         self.compile_plan = compile_model(state.model, manager) if run.compile else []
         self.throughput = Throughput(state)
         groups = hook("build the param groups", self._merge_param_groups)
@@ -182,7 +212,7 @@ class Trainer:
 
         if state.world_size > 1:  # the global batch must split evenly; probe with a copy of the data generator
             probe = torch.Generator().set_state(state.generator.get_state())
-            distributed.check_divisible(state.data.train_batch(probe), state.world_size)
+            ddp.check_divisible(state.data.train_batch(probe), state.world_size)
 
         # an elastic restart resumes from the run directory (its last checkpoint, or step 0 when it has none)
         resume = (self.resume or self.restart) and bool(checkpoint.list_steps(run_dir))
@@ -197,8 +227,15 @@ class Trainer:
         self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
         for line in self.resume_changes:
             self.progress.print(f"resume: {line}")
-        self.progress.print("\n".join([manager.plan(self.versions, manager.constraint_overlaps(state.model)),
-                                        *self.compile_plan, self.throughput.plan]))
+        self.progress.print(
+            "\n".join(
+                [
+                    manager.plan(self.versions, manager.constraint_overlaps(state.model)),
+                    *self.compile_plan,
+                    self.throughput.plan,
+                ]
+            )
+        )
         hook("start training", manager.on_train_start, state)
         return state
 
@@ -239,50 +276,71 @@ class Trainer:
 
     def _restore(self, payload: dict) -> None:
         state = self.state
+        if "sharded" in payload or self.sharded is not None:
+            from engine.distributed import sharded_checkpoint
         if "sharded" in payload:  # an FSDP checkpoint: its tensors are in a DCP directory
             sharded_checkpoint.load(state.run_dir, payload, state.model, state.modules, self.sharded)
         elif self.sharded is not None:  # a one-file checkpoint (1 process, DDP): this rank's rows of each tensor
             sharded_checkpoint.shard_full(payload, state.model, state.modules, state.optimizer)
         missing = [n for n in payload.get("plugin_versions", {}) if n not in self.manager.plugins]
         if missing:
-            raise BadInput(f"checkpoint was written with plugin {missing[0]!r}, which this run does not enable; "
-                           f"add it to run.plugins (resume needs the same plugins)")
+            raise BadInput(
+                f"checkpoint was written with plugin {missing[0]!r}, which this run does not enable; "
+                f"add it to run.plugins (resume needs the same plugins)"
+            )
         try:
             state.model.load_state_dict(payload["model"])
             state.modules.load_state_dict(payload["modules"])
             state.optimizer.load_state_dict(payload["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise BadInput(f"checkpoint does not match the model/optimizer of this recipe "
-                           f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe") from None
+            raise BadInput(
+                f"checkpoint does not match the model/optimizer of this recipe "
+                f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe"
+            ) from None
         try:
             if state.scheduler is not None and payload.get("scheduler") is not None:
                 state.scheduler.load_state_dict(payload["scheduler"])
             checkpoint.restore_rng(payload["rng"], state.generator)
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BadInput(f"checkpoint scheduler or random state is damaged ({type(exc).__name__}); "
-                           f"delete the newest checkpoint to resume from the previous one") from None
-        self._setup_hook("restore its checkpoint state", self.manager.load_plugin_states,
-                         payload.get("plugins", {}), state)
+            raise BadInput(
+                f"checkpoint scheduler or random state is damaged ({type(exc).__name__}); "
+                f"delete the newest checkpoint to resume from the previous one"
+            ) from None
+        self._setup_hook(
+            "restore its checkpoint state", self.manager.load_plugin_states, payload.get("plugins", {}), state
+        )
         state.train_log.restore(payload["pending_metrics"])
         self.resume_changes = checkpoint.resume_changes(payload, self.versions, self.recipe)
-        distributed.restore_rank(state, self.manager, payload.get("ranks"), int(payload["step"]))
+        ddp.restore_rank(state, self.manager, payload.get("ranks"), int(payload["step"]))
         state.step = state.start_step = int(payload["step"])
         state.resumed = True
         self.wall_before = float(payload.get("wall_seconds", 0.0))
         if state.start_step >= self.recipe.run.steps:
-            raise BadInput(f"the run already finished {state.start_step} of run.steps={self.recipe.run.steps}; "
-                           f"raise it to continue, e.g. run.steps={state.start_step * 2}")
+            raise BadInput(
+                f"the run already finished {state.start_step} of run.steps={self.recipe.run.steps}; "
+                f"raise it to continue, e.g. run.steps={state.start_step * 2}"
+            )
 
     def save_checkpoint(self) -> None:
         self.state.train_log.read()  # the non-finite check: a checkpoint never holds weights trained on one
         if self.metrics_log is not None:  # the records up to this step survive a kill (later ones are replayed)
             self.metrics_log.flush()
         state = self.state
-        ranks = self.group.gather(distributed.rank_payload(state, self.manager)) if self.group.world_size > 1 else None
+        ranks = self.group.gather(ddp.rank_payload(state, self.manager)) if self.group.world_size > 1 else None
         if self.sharded is not None:  # every rank writes its shards (DCP); rank 0 then commits the .pt
+            from engine.distributed import sharded_checkpoint
+
             payload = {**self._payload(), "ranks": ranks} if state.is_main else None
-            sharded_checkpoint.save(state.run_dir, state.step, payload, self.recipe.run.keep_checkpoints,
-                                    state.model, state.modules, state.optimizer, self.sharded)
+            sharded_checkpoint.save(
+                state.run_dir,
+                state.step,
+                payload,
+                self.recipe.run.keep_checkpoints,
+                state.model,
+                state.modules,
+                state.optimizer,
+                self.sharded,
+            )
         elif state.is_main:
             payload = self._payload()
             if ranks is not None:
@@ -296,10 +354,10 @@ class Trainer:
         """A drawn batch as this rank trains on it: its rows, counted, on the device, rolled out."""
         state = self.state
         if state.world_size > 1:  # the global draw is the same on every rank; keep this rank's rows
-            batch = distributed.shard(batch, state.rank, state.world_size)
+            batch = ddp.shard(batch, state.rank, state.world_size)
         self.throughput.count(batch)
         if state.device.type != "cpu":  # pinned host memory: the copy overlaps with compute
-            batch = {k: distributed.to_device(v, state.device) for k, v in batch.items()}
+            batch = {k: ddp.to_device(v, state.device) for k, v in batch.items()}
         return roll_out(state.model, batch, state, self.manager) if self.rl else batch
 
     # --- evaluation and logging ---------------------------------------------------------------
@@ -320,7 +378,7 @@ class Trainer:
         state = self.state
         logged = state.train_log.pop_means()  # the one host read of the interval; raises on a non-finite loss term
         if self.group.world_size > 1:  # one collective per log interval: the mean over ranks of each metric
-            logged = distributed.mean_over_ranks(self.group.gather(logged))
+            logged = mean_over_ranks(self.group.gather(logged))
         record = {"step": state.step, **logged}
         record.update(self.throughput.metrics())  # after pop_means, which waited for the device
         groups = state.optimizer.param_groups
@@ -345,8 +403,9 @@ class Trainer:
                 self.progress.update(step)
             return
         run = self.recipe.run
-        self.next_due = min(step // k * k + k for k in (run.log_interval, run.eval_interval, run.checkpoint_interval,
-                                                       run.steps) if k)
+        self.next_due = min(
+            step // k * k + k for k in (run.log_interval, run.eval_interval, run.checkpoint_interval, run.steps) if k
+        )
         last = step == run.steps
         log = step % run.log_interval == 0 or last
         evaluate = (run.eval_interval and step % run.eval_interval == 0) or last
@@ -380,8 +439,10 @@ class Trainer:
             print(self.manager.profile.table(), file=sys.stderr)
         self._close_group(sync=True)
         if pending.signum is not None:  # it came after the last step: the run finished first
-            raise Interrupted(f"interrupted by {pending.name} after the last step; the run is complete "
-                              f"({self.state.run_dir.url()})", pending.signum)
+            raise Interrupted(
+                f"interrupted by {pending.name} after the last step; the run is complete ({self.state.run_dir.url()})",
+                pending.signum,
+            )
         return summary
 
     def _close_group(self, sync: bool = False) -> None:
@@ -397,8 +458,11 @@ class Trainer:
                 if pending.signum is not None and state.step < run.steps:  # at the end: finish, then say so
                     if self.saved_step != state.step:
                         self.save_checkpoint()
-                    raise Interrupted(f"interrupted by {pending.name} at step {state.step}; checkpoint saved: "
-                                      f"continue with `hookmix train --resume {state.run_dir.url()}`", pending.signum)
+                    raise Interrupted(
+                        f"interrupted by {pending.name} at step {state.step}; checkpoint saved: "
+                        f"continue with `hookmix train --resume {state.run_dir.url()}`",
+                        pending.signum,
+                    )
             return self._finish()
         except Exception as exc:
             failure = training_failure(exc, state, self.manager, self.saved_step)

@@ -8,7 +8,6 @@ and dispatches every hook in that order through callers written for the plan (en
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import os
 import sys
@@ -19,21 +18,38 @@ import pluggy
 import torch
 
 from engine import hookspecs
+from engine.config.recipe import Recipe
+from engine.config.registry import Registry
 from engine.dispatch import make_caller
 from engine.errors import BadInput, PluginConflict
 from engine.plugin import Plugin, capability_name, hookimpl, offers
-from engine.registry import Registry
+from engine.state import State
 
 WRAPPER_HOOKS = hookspecs.WRAPPERS
 # Collect-all hooks whose results the engine does not use: their callers only call.
-NOTIFY = frozenset({"hookmix_configure", "hookmix_setup_model", "hookmix_on_train_start", "hookmix_before_backward",
-                    "hookmix_after_backward", "hookmix_after_optimizer_step", "hookmix_on_log", "hookmix_on_train_end"})
+NOTIFY = frozenset(
+    {
+        "hookmix_configure",
+        "hookmix_setup_model",
+        "hookmix_on_train_start",
+        "hookmix_before_backward",
+        "hookmix_after_backward",
+        "hookmix_after_optimizer_step",
+        "hookmix_on_log",
+        "hookmix_on_train_end",
+    }
+)
 # How each hook's caller combines the results (engine.dispatch.make_caller); the rest collect a list
 # of (plugin, result). Exclusive hooks: the one provider's result (the plan refuses two providers).
-COMBINE = {**{hook_name: ("exclusive",) for hook_name in hookspecs.EXCLUSIVE},
-           "hookmix_aux_outputs": ("merge", "outputs", "output"), "hookmix_transform_logits": ("fold", "logits"),
-           "hookmix_loss_terms": ("merge", None, "loss term"), "hookmix_rewards": ("merge", None, "reward term"),
-           "hookmix_eval_metrics": ("merge", None, "metric"), **{hook_name: ("call",) for hook_name in NOTIFY}}
+COMBINE = {
+    **{hook_name: ("exclusive",) for hook_name in hookspecs.EXCLUSIVE},
+    "hookmix_aux_outputs": ("merge", "outputs", "output"),
+    "hookmix_transform_logits": ("fold", "logits"),
+    "hookmix_loss_terms": ("merge", None, "loss term"),
+    "hookmix_rewards": ("merge", None, "reward term"),
+    "hookmix_eval_metrics": ("merge", None, "metric"),
+    **{hook_name: ("call",) for hook_name in NOTIFY},
+}
 ENGINE = "engine"
 
 
@@ -84,8 +100,10 @@ def order_plugins(plugins: dict[str, Plugin]) -> list[str]:
             if indeg[m] == 0:
                 heapq.heappush(ready, (index[m], m))
     if len(order) < len(names):
-        raise PluginConflict(f"plugin ordering cycle: {' -> '.join(_find_cycle(succ, set(names) - set(order)))}; "
-                             f"remove one of these before/after declarations")
+        raise PluginConflict(
+            f"plugin ordering cycle: {' -> '.join(_find_cycle(succ, set(names) - set(order)))}; "
+            f"remove one of these before/after declarations"
+        )
     return order
 
 
@@ -98,14 +116,20 @@ def _find_cycle(succ: dict[str, set[str]], left: set[str]) -> list[str]:
     while node not in path:
         path.append(node)
         node = pred[node][0]
-    return (path[path.index(node):] + [node])[::-1]
+    return (path[path.index(node) :] + [node])[::-1]
 
 
 class Manager:
     """Owns the pluggy manager of one run; one typed method per hook."""
 
-    def __init__(self, plugins: dict[str, Plugin], registry: Registry | None = None, *,
-                 evaluate: Callable[[torch.nn.Module, Any], dict] | None = None, profile: bool = False):
+    def __init__(
+        self,
+        plugins: dict[str, Plugin],
+        registry: Registry | None = None,
+        *,
+        evaluate: Callable[[torch.nn.Module, Any], dict] | None = None,
+        profile: bool = False,
+    ):
         self.plugins = plugins
         self.order = order_plugins(plugins)
         self._check_declarations(registry)
@@ -120,28 +144,40 @@ class Manager:
                 raise BadInput(f"plugin {name!r} has an invalid hook implementation: {exc}; fix the plugin") from None
         self._impls: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {}
         for hook_name in self.hook_names():
-            impls = [i for i in reversed(getattr(self.pm.hook, hook_name).get_hookimpls())
-                     if i.plugin_name != ENGINE]
+            impls = [i for i in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()) if i.plugin_name != ENGINE]
             for impl in impls:
                 if impl.tryfirst or impl.trylast:
-                    raise BadInput(f"plugin {impl.plugin_name!r} uses tryfirst/trylast on {hook_name}; "
-                                   f"declare before/after on the plugin class instead")
+                    raise BadInput(
+                        f"plugin {impl.plugin_name!r} uses tryfirst/trylast on {hook_name}; "
+                        f"declare before/after on the plugin class instead"
+                    )
                 is_wrapper = impl.wrapper or impl.hookwrapper
                 if is_wrapper != (hook_name in WRAPPER_HOOKS):
-                    raise BadInput(f"plugin {impl.plugin_name!r}: {hook_name} must be implemented "
-                                   f"{'with' if hook_name in WRAPPER_HOOKS else 'without'} wrapper=True "
-                                   f"(see its convention in docs/hooks.md)")
-            self._impls[hook_name] = [(i.plugin_name, i.function, tuple(i.argnames)) for i in impls
-                                      if not (i.wrapper or i.hookwrapper)]
+                    raise BadInput(
+                        f"plugin {impl.plugin_name!r}: {hook_name} must be implemented "
+                        f"{'with' if hook_name in WRAPPER_HOOKS else 'without'} wrapper=True "
+                        f"(see its convention in docs/hooks.md)"
+                    )
+            self._impls[hook_name] = [
+                (i.plugin_name, i.function, tuple(i.argnames)) for i in impls if not (i.wrapper or i.hookwrapper)
+            ]
         for hook_name in sorted(hookspecs.EXCLUSIVE):
             providers = self.providers(hook_name)
             if len(providers) > 1:
-                raise PluginConflict(f"plugins {providers[0]!r} and {providers[1]!r} both implement {hook_name}, "
-                                     f"which takes one provider; remove one of them from run.plugins")
-        self._wrapped = {h: any(i.wrapper or i.hookwrapper for i in getattr(self.pm.hook, h).get_hookimpls())
-                         for h in WRAPPER_HOOKS}
+                raise PluginConflict(
+                    f"plugins {providers[0]!r} and {providers[1]!r} both implement {hook_name}, "
+                    f"which takes one provider; remove one of them from run.plugins"
+                )
+        self._wrapped = {
+            h: any(i.wrapper or i.hookwrapper for i in getattr(self.pm.hook, h).get_hookimpls()) for h in WRAPPER_HOOKS
+        }
         profile = profile or os.environ.get("HOOKMIX_PROFILE") == "1"
-        self.profile = Profile(self) if profile else None
+        if profile:
+            from engine.perf.profile import Profile
+
+            self.profile = Profile(self)
+        else:
+            self.profile = None
         self.trace = os.environ.get("HOOKMIX_TRACE") == "1"
         if self.trace:
             self.pm.trace.root.setwriter(sys.stderr.write)
@@ -149,10 +185,15 @@ class Manager:
         # What every hook call runs: a caller written for this plan (engine.dispatch), one direct call
         # per implementation; tracing/profiling are wrapped in only when asked for, so a run pays
         # nothing for what it does not use.
-        self._calls = {hook_name: make_caller(hook_name, tuple(getattr(self.pm.hook, hook_name).spec.argnames),
-                                              [(name, _traced(hook_name, name, fn) if self.trace else fn, argnames)
-                                               for name, fn, argnames in impls], *COMBINE.get(hook_name, ("collect",)))
-                       for hook_name, impls in self._impls.items()}
+        self._calls = {
+            hook_name: make_caller(
+                hook_name,
+                tuple(getattr(self.pm.hook, hook_name).spec.argnames),
+                [(name, _traced(hook_name, name, fn) if self.trace else fn, argnames) for name, fn, argnames in impls],
+                *COMBINE.get(hook_name, ("collect",)),
+            )
+            for hook_name, impls in self._impls.items()
+        }
         self._bind_step_hooks()
 
     # --- validation and the plan -------------------------------------------------------------
@@ -168,13 +209,17 @@ class Manager:
             for req in map(capability_name, p.requires):
                 if req not in capability:
                     hint = " or ".join(map(repr, registry.providers_of(req))) if registry else ""
-                    raise PluginConflict(f"plugin {name!r} requires {req!r}, which no enabled plugin provides; "
-                                         f"add {hint or 'a plugin that provides it'} to run.plugins")
+                    raise PluginConflict(
+                        f"plugin {name!r} requires {req!r}, which no enabled plugin provides; "
+                        f"add {hint or 'a plugin that provides it'} to run.plugins"
+                    )
             for bad in p.conflicts:
                 others = [o for o in matches(self.plugins, bad) if o != name]
                 if others:
-                    raise PluginConflict(f"plugins {name!r} and {others[0]!r} conflict ({name} declares "
-                                         f"conflicts={capability_name(bad)!r}); remove one of them from run.plugins")
+                    raise PluginConflict(
+                        f"plugins {name!r} and {others[0]!r} conflict ({name} declares "
+                        f"conflicts={capability_name(bad)!r}); remove one of them from run.plugins"
+                    )
 
     @staticmethod
     def hook_names() -> list[str]:
@@ -213,11 +258,13 @@ class Manager:
                 claimed.append((name, set(plugin.constrained_parameters(model))))
         out = []
         for i, (a, pa) in enumerate(claimed):
-            for b, pb in claimed[i + 1:]:
+            for b, pb in claimed[i + 1 :]:
                 both = sorted(pa & pb)
                 if both:
-                    out.append(f"weight constraints {a!r} and {b!r} both constrain {len(both)} parameters "
-                               f"(e.g. {both[0]}); {b} runs after {a} and can void {a}'s guarantee")
+                    out.append(
+                        f"weight constraints {a!r} and {b!r} both constrain {len(both)} parameters "
+                        f"(e.g. {both[0]}); {b} runs after {a} and can void {a}'s guarantee"
+                    )
         return out
 
     # --- dispatch ----------------------------------------------------------------------------
@@ -230,8 +277,9 @@ class Manager:
 
     def _required(self, hook_name: str, what: str, **kwargs) -> Any:
         if not self._impls[hook_name]:
-            raise BadInput(f"no enabled plugin provides {what} ({hook_name}); add one to run.plugins "
-                           f"(see `hookmix plugins`)")
+            raise BadInput(
+                f"no enabled plugin provides {what} ({hook_name}); add one to run.plugins (see `hookmix plugins`)"
+            )
         result = self._call(hook_name, **kwargs)
         if result is None:
             raise BadInput(f"plugin {self._impls[hook_name][0][0]!r} returned nothing from {hook_name}; fix the plugin")
@@ -260,8 +308,9 @@ class Manager:
         self._call("hookmix_setup_model", model=model, state=state)
 
     def param_groups(self, model, state) -> list[tuple[str, dict]]:
-        return [(name, g) for name, groups in self._call("hookmix_param_groups", model=model, state=state)
-                for g in groups]
+        return [
+            (name, g) for name, groups in self._call("hookmix_param_groups", model=model, state=state) for g in groups
+        ]
 
     def optimizer(self, param_groups, state):
         return self._required("hookmix_optimizer", "an optimizer", param_groups=param_groups, state=state)
@@ -305,8 +354,9 @@ class Manager:
         self.before_backward = calls["hookmix_before_backward"]
         self.after_backward = calls["hookmix_after_backward"]
         if self._wrapped["hookmix_optimizer_step"]:
-            self.optimizer_step = lambda optimizer, state: self._wrapper_call("hookmix_optimizer_step",
-                                                                             optimizer=optimizer, state=state)
+            self.optimizer_step = lambda optimizer, state: self._wrapper_call(
+                "hookmix_optimizer_step", optimizer=optimizer, state=state
+            )
         else:
             self.optimizer_step = _plain_optimizer_step
         post_step = calls["hookmix_after_optimizer_step"]
@@ -376,67 +426,18 @@ def _traced(hook_name: str, plugin: str, fn: Callable) -> Callable:
     def traced(*args):
         print(f"[hookmix trace] {hook_name} -> {plugin}", file=sys.stderr)
         return fn(*args)
+
     return traced
 
 
-class Profile:
-    """Per-hook, per-plugin wall time (``HOOKMIX_PROFILE=1``), printed as a table at the end of a run.
-
-    Timing wraps each implementation once at setup, so a run without the variable pays nothing.
-    Times include the work a hook starts on the device only where it synchronises.
-    """
-
-    def __init__(self, manager: Manager) -> None:
-        self.totals: dict[tuple[str, str], list[float]] = {}
-        for hook_name, impls in manager._impls.items():
-            manager._impls[hook_name] = [(name, self._timed(hook_name, name, fn), argnames)
-                                         for name, fn, argnames in impls]
-
-    def _timed(self, hook_name: str, plugin: str, fn: Callable) -> Callable:
-        def timed(*args):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args)
-            finally:
-                self.add(hook_name, plugin, time.perf_counter() - t0)
-        return timed
-
-    def seconds(self, hook_name: str, plugin: str | None = None) -> float:
-        """Total time spent in ``hook_name`` (by ``plugin``, or by all of them) so far."""
-        return sum(t for (h, p), (_, t) in self.totals.items() if h == hook_name and plugin in (None, p))
-
-    def reset(self) -> None:
-        self.totals.clear()
-
-    def add(self, hook_name: str, plugin: str, seconds: float) -> None:
-        entry = self.totals.setdefault((hook_name, plugin), [0, 0.0])
-        entry[0] += 1
-        entry[1] += seconds
-
-    def table(self) -> str:
-        rows = sorted(self.totals.items(), key=lambda kv: -kv[1][1])
-        lines = ["hookmix profile (HOOKMIX_PROFILE=1): time in hooks, by hook and plugin",
-                 f"  {'hook':<30} {'plugin':<22} {'calls':>7} {'total s':>9} {'per call ms':>12}"]
-        for (hook_name, plugin), (calls, total) in rows:
-            lines.append(f"  {hook_name:<30} {plugin:<22} {calls:>7} {total:>9.3f} {1e3 * total / calls:>12.3f}")
-        return "\n".join(lines)
-
-
-def collect_commands(registry: Registry) -> dict[str, Any]:
-    """Sub-commands declared by installed plugins (their ``commands`` attribute), for the CLI."""
-    commands: dict[str, Any] = {}
-    owner: dict[str, str] = {}
-    for info in registry.ok():
-        for verb, command in info.cls.commands.items():
-            if verb in commands:
-                if commands[verb] is command:  # inherited by a subclass: the same command, once
-                    continue
-                raise PluginConflict(f"command {verb!r} provided by both {owner[verb]} and {info.name}; uninstall one")
-            try:  # a verb whose arguments cannot be built is broken; the others still work
-                command.add_arguments(argparse.ArgumentParser(prog=f"hookmix {verb}"))
-            except Exception as exc:
-                print(f"hookmix: warning: command {verb!r} of plugin {info.name!r} is broken "
-                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); skipped", file=sys.stderr)
-                continue
-            commands[verb], owner[verb] = command, info.name
-    return commands
+def build_state(
+    recipe: Recipe, registry: Registry, device: torch.device, *, evaluate=None, profile: bool = False
+) -> tuple[State, Manager]:
+    """The plugins a recipe enables, configured, validated and ordered, behind a fresh ``State``."""
+    plugins = {}
+    for name in recipe.run.plugins:
+        plugin = registry.load(name)()
+        plugin.config = recipe.plugin_configs.get(name)
+        plugins[name] = plugin
+    manager = Manager(plugins, registry, evaluate=evaluate, profile=profile)
+    return State(recipe, manager, device, registry), manager

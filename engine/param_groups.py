@@ -16,18 +16,23 @@ def merge_param_groups(contributed: list[tuple[str, dict]], state: State) -> lis
     for plugin, group in contributed:
         gname = group.get("name")
         if not gname or gname in group_names:
-            raise PluginConflict(f"plugin {plugin!r} returned a param group with a missing or repeated name "
-                                 f"{gname!r}; give each group a unique 'name'")
+            raise PluginConflict(
+                f"plugin {plugin!r} returned a param group with a missing or repeated name "
+                f"{gname!r}; give each group a unique 'name'"
+            )
         group_names.add(gname)
         for p in group["params"]:
             if id(p) in owner:
                 g0, p0 = owner[id(p)]
-                raise PluginConflict(f"parameter {names.get(id(p), '?')} is in param group {g0!r} ({p0}) and "
-                                     f"{gname!r} ({plugin}); a parameter may be in one group only")
+                raise PluginConflict(
+                    f"parameter {names.get(id(p), '?')} is in param group {g0!r} ({p0}) and "
+                    f"{gname!r} ({plugin}); a parameter may be in one group only"
+                )
             owner[id(p)] = (gname, plugin)
         groups.append(dict(group, params=list(group["params"])))
-    rest = [p for p in [*state.model.parameters(), *state.modules.parameters()]
-            if p.requires_grad and id(p) not in owner]
+    rest = [
+        p for p in [*state.model.parameters(), *state.modules.parameters()] if p.requires_grad and id(p) not in owner
+    ]
     if rest:
         groups.append({"name": "default", "params": rest})
     return groups

@@ -32,7 +32,6 @@ hookimpl = pluggy.HookimplMarker("hookmix")
 API_VERSION = "1.0"
 
 
-
 def supports_api(spec: str) -> bool:
     """Whether a plugin's ``api`` specifier (PEP 440, e.g. ``">=1.0,<2"``) admits :data:`API_VERSION`."""
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -40,7 +39,7 @@ def supports_api(spec: str) -> bool:
     try:
         return API_VERSION in SpecifierSet(spec)
     except (InvalidSpecifier, TypeError):
-        raise TypeError(f"api = {spec!r} is not a version specifier; write e.g. api = \">=1.0,<2\"") from None
+        raise TypeError(f'api = {spec!r} is not a version specifier; write e.g. api = ">=1.0,<2"') from None
 
 
 @attrs.define
@@ -166,8 +165,9 @@ def check_plugin_class(cls: Any, registered_as: str) -> None:
     if cls.name != registered_as:
         raise TypeError(f"class {cls.__name__} declares name {cls.name!r} but is registered as {registered_as!r}")
     if not supports_api(cls.api):
-        raise TypeError(f"supports plugin API {cls.api!r}, this engine implements {API_VERSION}; "
-                        f"upgrade the plugin (or hookmix)")
+        raise TypeError(
+            f"supports plugin API {cls.api!r}, this engine implements {API_VERSION}; upgrade the plugin (or hookmix)"
+        )
     if cls.Config is not None and not attrs.has(cls.Config):
         raise TypeError(f"Config = {cls.Config!r} is not an attrs class; decorate it with @attrs.define")
     for label in ("provides", "requires", "conflicts", "before", "after"):
@@ -177,15 +177,17 @@ def check_plugin_class(cls: Any, registered_as: str) -> None:
     for proto in (c for c in cls.provides if is_protocol(c)):
         missing = missing_members(cls, proto)
         if missing:
-            raise TypeError(f"provides {proto.__name__} but lacks {', '.join(missing)}; implement it or "
-                            f"remove it from provides")
+            raise TypeError(
+                f"provides {proto.__name__} but lacks {', '.join(missing)}; implement it or remove it from provides"
+            )
     if not isinstance(cls.needs_full_weights, bool):
         raise TypeError(f"needs_full_weights must be True or False, got {cls.needs_full_weights!r}")
     _check_hooks(cls)
     _check_recipes(cls)
     commands = cls.commands
-    if not isinstance(commands, dict) or not all(isinstance(k, str) and isinstance(v, Command)
-                                                 for k, v in commands.items()):
+    if not isinstance(commands, dict) or not all(
+        isinstance(k, str) and isinstance(v, Command) for k, v in commands.items()
+    ):
         raise TypeError("commands must be a dict {verb: engine.Command}")
 
 
@@ -203,8 +205,10 @@ def _check_hooks(cls: type) -> None:
         if attr not in hookspecs.CONVENTIONS:
             raise TypeError(f"method {attr} is not a hook{hint or '; see docs/hooks.md for the hook names'}")
         if not callable(value) or not hasattr(value, "hookmix_impl"):
-            raise TypeError(f"method {attr} is named like a hook but lacks @hookimpl, so it would never run; "
-                            f"decorate it with @engine.hookimpl")
+            raise TypeError(
+                f"method {attr} is named like a hook but lacks @hookimpl, so it would never run; "
+                f"decorate it with @engine.hookimpl"
+            )
 
 
 def _check_recipes(cls: type) -> None:
@@ -217,8 +221,10 @@ def _check_recipes(cls: type) -> None:
         importlib.import_module(package)
         files = list(resources.files(package).iterdir())
     except Exception as exc:  # ModuleNotFoundError, a module that is not a package, ...
-        raise TypeError(f"recipes = {package!r} is not an importable package ({type(exc).__name__}); "
-                        f"point it at a package (a folder with __init__.py) holding *.toml files") from None
+        raise TypeError(
+            f"recipes = {package!r} is not an importable package ({type(exc).__name__}); "
+            f"point it at a package (a folder with __init__.py) holding *.toml files"
+        ) from None
     tomls = [f for f in files if f.name.endswith(".toml")]
     if not tomls:
         raise TypeError(f"recipes = {package!r} holds no *.toml file; add recipes or remove the declaration")
@@ -226,5 +232,6 @@ def _check_recipes(cls: type) -> None:
         try:
             tomllib.loads(f.read_text("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise TypeError(f"shipped recipe {package}/{f.name} is not valid TOML ({str(exc).splitlines()[0]}); "
-                            f"fix the file") from None
+            raise TypeError(
+                f"shipped recipe {package}/{f.name} is not valid TOML ({str(exc).splitlines()[0]}); fix the file"
+            ) from None

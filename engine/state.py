@@ -11,11 +11,11 @@ import torch
 from engine.train_log import TrainLog
 
 if TYPE_CHECKING:
+    from engine.config.recipe import Recipe, RunConfig
+    from engine.config.registry import Registry
     from engine.manager import Manager
-    from engine.outputs import RunDir
     from engine.plugin import Plugin
-    from engine.recipe import Recipe, RunConfig
-    from engine.registry import Registry
+    from engine.rundir.directory import RunDir
 
 T = TypeVar("T")
 M = TypeVar("M", bound=torch.nn.Module)
@@ -37,8 +37,9 @@ class State:
     reduces it with :meth:`all_reduce_mean` / :meth:`all_reduce_sum` (no-ops in one process).
     """
 
-    def __init__(self, recipe: Recipe, manager: Manager, device: torch.device,
-                 registry: Registry | None = None) -> None:
+    def __init__(
+        self, recipe: Recipe, manager: Manager, device: torch.device, registry: Registry | None = None
+    ) -> None:
         self.recipe = recipe
         self.run: RunConfig = recipe.run
         self._manager = manager
@@ -47,7 +48,7 @@ class State:
         self.registry = registry
         self.device = device
         self.autocast_dtype = torch.bfloat16 if recipe.run.precision == "bf16" else None
-        self.group: Any = None  # engine.distributed.Group of a run under torchrun (set by the trainer)
+        self.group: Any = None  # engine.distributed.group.Group of a run under torchrun (set by the trainer)
         self.rank, self.world_size, self.local_rank, self.is_main = 0, 1, 0, True
         self.step = 0
         self.start_step = 0
@@ -62,7 +63,7 @@ class State:
         self.run_dir: RunDir | None = None
         self.cache_dir = cache_dir_from_env()
         self.train_log = TrainLog()  # the loop's loss terms and state.log values of the current log interval
-        self.full_view: Any = None  # run.strategy='fsdp': engine.fsdp.full_weights over the sharded modules
+        self.full_view: Any = None  # run.strategy='fsdp': engine.distributed.fsdp.full_weights over the sharded modules
         self.frozen_modules: dict[str, torch.nn.Module] = {}  # state.add_frozen_module (read-only for plugins)
         self.shard_frozen: Any = None  # run.strategy='fsdp', after sharding: engine.fsdp shards a late frozen module
 
@@ -121,7 +122,6 @@ class State:
         """The sum of ``value`` over all ranks (see :meth:`all_reduce_mean`)."""
         return value if self.group is None else self.group.all_reduce_sum(value)
 
-
     def data_info(self, key: str, *, needed_by: str, what: str) -> Any:
         """``data.info[key]``, or bad input naming the plugin that needs it and what it needs."""
         from engine.errors import BadInput
@@ -152,8 +152,10 @@ class State:
             raise ValueError(f"a frozen module named {name!r} already exists")
         trained = {id(p) for m in (self.model, self.modules) if m is not None for p in m.parameters()}
         if any(id(p) in trained for p in module.parameters()):
-            raise ValueError(f"frozen module {name!r} shares parameters with the trained model or a plugin module; "
-                             f"register a copy (copy.deepcopy)")
+            raise ValueError(
+                f"frozen module {name!r} shares parameters with the trained model or a plugin module; "
+                f"register a copy (copy.deepcopy)"
+            )
         module = module.to(self.device).eval().requires_grad_(False)
         self.frozen_modules[name] = module
         if self.shard_frozen is not None:  # added after the engine sharded the run (e.g. in hookmix_on_train_start)

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from engine import fsdp
 from engine.errors import TrainingFailure
 from engine.state import NULL_CONTEXT
 
@@ -52,25 +51,53 @@ if TYPE_CHECKING:
 def bind_step(trainer: Trainer) -> Callable[[], None]:
     """The function that trains one optimizer step of ``trainer``'s run (set up)."""
     state, manager, run = trainer.state, trainer.manager, trainer.recipe.run
-    hooks = {hook: manager.has(f"hookmix_{hook}")
-             for hook in ("aux_outputs", "before_backward", "after_backward", "after_optimizer_step")}
+    hooks = {
+        hook: manager.has(f"hookmix_{hook}")
+        for hook in ("aux_outputs", "before_backward", "after_backward", "after_optimizer_step")
+    }
+    if trainer.sharded is not None:  # FSDP: the gradient norm of sharded gradients is a DTensor
+        from engine.distributed.fsdp import plain
+    else:
+        plain = _same
     names: dict[str, Any] = {
-        "state": state, "model": state.model, "optimizer": state.optimizer, "scheduler": state.scheduler,
-        "train_batch": state.data.train_batch, "generator": state.generator,
-        "forward": manager.forward, "aux_outputs": manager.aux_outputs, "loss_terms": manager.loss_terms,
-        "before_backward": manager.before_backward, "after_backward": manager.after_backward,
-        "after_optimizer_step": manager.after_optimizer_step, "optimizer_step": manager.optimizer_step,
+        "state": state,
+        "model": state.model,
+        "optimizer": state.optimizer,
+        "scheduler": state.scheduler,
+        "train_batch": state.data.train_batch,
+        "generator": state.generator,
+        "forward": manager.forward,
+        "aux_outputs": manager.aux_outputs,
+        "loss_terms": manager.loss_terms,
+        "before_backward": manager.before_backward,
+        "after_backward": manager.after_backward,
+        "after_optimizer_step": manager.after_optimizer_step,
+        "optimizer_step": manager.optimizer_step,
         "records": state.train_log.terms,  # appended to in place; TrainLog.read empties it in place
         "shapes": trainer.throughput.shapes,  # appended to in place; Throughput.metrics empties it in place
-        "prepare": trainer._prepare, "wrapper": trainer.wrapper,
-        "accum": run.grad_accum, "clip": run.grad_clip, "params": trainer.params, "plain": fsdp.plain,
-        "clip_grad_norm_": torch.nn.utils.clip_grad_norm_, "detach": torch.Tensor.detach, "_NULL": NULL_CONTEXT,
+        "prepare": trainer._prepare,
+        "wrapper": trainer.wrapper,
+        "accum": run.grad_accum,
+        "clip": run.grad_clip,
+        "params": trainer.params,
+        "plain": plain,
+        "clip_grad_norm_": torch.nn.utils.clip_grad_norm_,
+        "detach": torch.Tensor.detach,
+        "_NULL": NULL_CONTEXT,
         "no_loss_terms": _no_loss_terms,
     }
-    lines = step_lines(accum=run.grad_accum, prepare=trainer.prepare, wrapper=trainer.wrapper is not None,
-                       autocast=state.autocast_dtype is not None, clip=run.grad_clip > 0, gather=trainer.gather,
-                       scheduler=state.scheduler is not None, wrapped_step=manager.wraps("hookmix_optimizer_step"),
-                       forward_hook=manager.has("hookmix_forward"), **hooks)
+    lines = step_lines(
+        accum=run.grad_accum,
+        prepare=trainer.prepare,
+        wrapper=trainer.wrapper is not None,
+        autocast=state.autocast_dtype is not None,
+        clip=run.grad_clip > 0,
+        gather=trainer.gather,
+        scheduler=state.scheduler is not None,
+        wrapped_step=manager.wraps("hookmix_optimizer_step"),
+        forward_hook=manager.has("hookmix_forward"),
+        **hooks,
+    )
     source = "\n".join(lines) + "\n"
     exec(compile(source, "<hookmix step>", "exec"), names)  # noqa: S102 - text built from the fixed lines below
     step = names["train_step"]
@@ -78,17 +105,32 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
     return step
 
 
-def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip: bool, gather: bool,
-               scheduler: bool, wrapped_step: bool, forward_hook: bool, aux_outputs: bool, before_backward: bool,
-               after_backward: bool, after_optimizer_step: bool) -> list[str]:
+def step_lines(
+    *,
+    accum: int,
+    prepare: bool,
+    wrapper: bool,
+    autocast: bool,
+    clip: bool,
+    gather: bool,
+    scheduler: bool,
+    wrapped_step: bool,
+    forward_hook: bool,
+    aux_outputs: bool,
+    before_backward: bool,
+    after_backward: bool,
+    after_optimizer_step: bool,
+) -> list[str]:
     """The text of ``train_step`` for a run with these settings (only fixed lines; no value is written in)."""
-    forward = ["outputs = forward(model, batch, state)" if forward_hook  # a plugin's forward, or the body
-               else 'outputs = {"logits": model(batch["input"])}',  # of the manager's default (_default_forward)
-               *(["outputs = aux_outputs(model, batch, outputs, state)"] if aux_outputs else []),
-               "terms = loss_terms(batch, outputs, state)"]
+    forward = [
+        "outputs = forward(model, batch, state)"
+        if forward_hook  # a plugin's forward, or the body
+        else 'outputs = {"logits": model(batch["input"])}',  # of the manager's default (_default_forward)
+        *(["outputs = aux_outputs(model, batch, outputs, state)"] if aux_outputs else []),
+        "terms = loss_terms(batch, outputs, state)",
+    ]
     if wrapper:  # DDP: the forward inside its wrapper, so that the backward reduces
-        forward = ["def terms_of():", *_indent(forward), "    return terms",
-                   "terms = wrapper(terms_of)"]
+        forward = ["def terms_of():", *_indent(forward), "    return terms", "terms = wrapper(terms_of)"]
     if autocast:
         forward = ["with state.autocast():", *_indent(forward)]
     train = [
@@ -108,11 +150,13 @@ def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip
     ]
     if wrapper and accum > 1:  # DDP/FSDP: gradients are reduced on the last micro-batch only
         train = ["with wrapper.no_sync() if micro < accum - 1 else _NULL:", *_indent(train)]
-    micro_batch = [*(["state.micro = micro"] if accum > 1 else []),  # else always 0, as State starts it
-                   "batch = train_batch(generator)",
-                   # the input's shape for the throughput metrics (engine.throughput.Throughput.count)
-                   "batch = prepare(batch)" if prepare else 'shapes.append(getattr(batch.get("input"), "shape", None))',
-                   *train]
+    micro_batch = [
+        *(["state.micro = micro"] if accum > 1 else []),  # else always 0, as State starts it
+        "batch = train_batch(generator)",
+        # the input's shape for the throughput metrics (engine.perf.throughput.Throughput.count)
+        "batch = prepare(batch)" if prepare else 'shapes.append(getattr(batch.get("input"), "shape", None))',
+        *train,
+    ]
     if accum > 1:
         micro_batch = ["for micro in range(accum):", *_indent(micro_batch)]
     post_step = ["after_optimizer_step(model, optimizer, state)"] if after_optimizer_step else []
@@ -133,10 +177,15 @@ def step_lines(*, accum: int, prepare: bool, wrapper: bool, autocast: bool, clip
     return ["def train_step():", *_indent(body)]
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _indent(lines: list[str]) -> list[str]:
     return ["    " + line for line in lines]
 
 
 def _no_loss_terms(step: int) -> None:
-    raise TrainingFailure(f"step {step}: no plugin returned a loss term for this batch; "
-                          f"check the loss plugins' conditions")
+    raise TrainingFailure(
+        f"step {step}: no plugin returned a loss term for this batch; check the loss plugins' conditions"
+    )

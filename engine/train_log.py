@@ -53,8 +53,9 @@ class TrainLog:
         """Every recorded tensor onto the host (one device sync); raise on the first non-finite loss term."""
         records = self.terms[:]
         self.terms.clear()  # in place: the training step holds this list
-        unread = [(values, i) for values in self.values.values() for i, v in enumerate(values)
-                  if isinstance(v, torch.Tensor)]
+        unread = [
+            (values, i) for values in self.values.values() for i, v in enumerate(values) if isinstance(v, torch.Tensor)
+        ]
         tensors = [*chain.from_iterable(map(itemgetter(2), records)), *(values[i] for values, i in unread)]
         if not tensors:
             return
@@ -96,7 +97,7 @@ def _loss_lists(records: list[tuple[int, tuple[str, ...], tuple]], floats: list[
         _, names, values = records[0]
         k = len(values)
         lists = {f"train/loss/{name}": floats[j::k] for j, name in enumerate(names)}
-        lists["train/loss"] = floats[k - 1::k]
+        lists["train/loss"] = floats[k - 1 :: k]
         return lists
     lists = {}
     position = 0
@@ -115,9 +116,11 @@ def _raise_first_non_finite(records: list[tuple[int, tuple[str, ...], tuple]], f
     for step, names, values in records:
         for name, value in zip(names, floats[position:]):
             if not math.isfinite(value):
-                raise TrainingFailure(f"step {step}: loss term {name!r} is not finite ({value}); lower the "
-                                      f"learning rate or check the inputs (the last checkpoint is from before "
-                                      f"step {step})")
+                raise TrainingFailure(
+                    f"step {step}: loss term {name!r} is not finite ({value}); lower the "
+                    f"learning rate or check the inputs (the last checkpoint is from before "
+                    f"step {step})"
+                )
         position += len(values)
 
 

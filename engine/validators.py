@@ -82,10 +82,16 @@ def length(n: int) -> Rule:
 
 def each(rule: Rule, *, min_items: int = 0, max_items: int | None = None) -> Rule:
     """A list whose every item satisfies ``rule``, with between ``min_items`` and ``max_items`` items."""
-    count = (f"{min_items}" if min_items == max_items else f"{min_items}..{max_items}") if max_items is not None \
+    count = (
+        (f"{min_items}" if min_items == max_items else f"{min_items}..{max_items}")
+        if max_items is not None
         else f">= {min_items}"
-    text = f"a list of {count} values, each {rule.text}" if min_items or max_items is not None \
+    )
+    text = (
+        f"a list of {count} values, each {rule.text}"
+        if min_items or max_items is not None
         else f"a list of values, each {rule.text}"
+    )
 
     def ok(v) -> bool:
         if not isinstance(v, (list, tuple)) or len(v) < min_items:
@@ -122,8 +128,10 @@ def _int_text(n: int) -> str:
 
 def int_range(lo: int, hi: int) -> Rule:
     """An integer in ``lo..hi`` (inclusive): a count with a sane upper bound, refused before allocation."""
-    return Rule(f"an integer in {_int_text(lo)}..{_int_text(hi)}",
-                lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi)
+    return Rule(
+        f"an integer in {_int_text(lo)}..{_int_text(hi)}",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+    )
 
 
 #: Seeds: torch accepts 64-bit seeds; larger values overflow inside torch.manual_seed.
@@ -145,13 +153,16 @@ def check_parameter_count(where: str, count: int) -> None:
     from engine.errors import BadInput
 
     if count > MAX_PARAMETERS:
-        raise BadInput(f"{where}: the model would have about {count:.3g} parameters, more than the "
-                       f"{MAX_PARAMETERS:.0e} limit; lower the widths / layers")
+        raise BadInput(
+            f"{where}: the model would have about {count:.3g} parameters, more than the "
+            f"{MAX_PARAMETERS:.0e} limit; lower the widths / layers"
+        )
 
 
 #: Devices the loop supports; others (meta, mps, xla) are refused before anything is built.
-device_name = Rule("cpu, cuda, cuda:N or auto", lambda v: isinstance(v, str)
-                   and re.fullmatch(r"cpu|auto|cuda(:\d+)?", v) is not None)
+device_name = Rule(
+    "cpu, cuda, cuda:N or auto", lambda v: isinstance(v, str) and re.fullmatch(r"cpu|auto|cuda(:\d+)?", v) is not None
+)
 
 #: A path or URL (no NUL character: the OS would refuse it later with a less clear error).
 no_nul = Rule("a path or URL without NUL characters", lambda v: isinstance(v, str) and "\x00" not in v)
@@ -169,6 +180,23 @@ def describe(validator) -> str:
     return ""
 
 
-__all__ = ["MAX_MAGNITUDE", "MAX_PARAMETERS", "MAX_WIDTH", "Rule", "at_least", "bounded",
-           "check_parameter_count", "describe", "each", "finite", "finite_non_negative", "finite_positive",
-           "in_range", "int_range", "length", "seed", "subset_of", "width"]
+__all__ = [
+    "MAX_MAGNITUDE",
+    "MAX_PARAMETERS",
+    "MAX_WIDTH",
+    "Rule",
+    "at_least",
+    "bounded",
+    "check_parameter_count",
+    "describe",
+    "each",
+    "finite",
+    "finite_non_negative",
+    "finite_positive",
+    "in_range",
+    "int_range",
+    "length",
+    "seed",
+    "subset_of",
+    "width",
+]

@@ -204,8 +204,7 @@ class MNIST1D:
         # (a multi-second import).
         from importlib.metadata import version
 
-        key = {"num_train": self.num_train, "num_test": self.num_test, "seed": self.seed,
-               "mnist1d": version("mnist1d")}
+        key = {"num_train": self.num_train, "num_test": self.num_test, "seed": self.seed, "mnist1d": version("mnist1d")}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         return f"mnist1d_train{self.num_train}_test{self.num_test}_seed{self.seed}_{digest}.npz"
 
@@ -220,8 +219,11 @@ class MNIST1D:
             except DamagedCache as exc:
                 # A truncated, empty or foreign file (a crash, a full disk, a user's copy) must not break every
                 # later run: say which file it was and rebuild it in place.
-                print(f"hookmix: note: the MNIST-1D cache {str(cache_dir).rstrip('/')}/{self.cache_name()} is damaged ({exc}); "
-                      f"rebuilding it", file=sys.stderr)
+                print(
+                    f"hookmix: note: the MNIST-1D cache {str(cache_dir).rstrip('/')}/{self.cache_name()} is damaged ({exc}); "
+                    f"rebuilding it",
+                    file=sys.stderr,
+                )
         arrays = self._make()
         fs.makedirs(root, exist_ok=True)
         # Write under a unique temporary name, then rename: a reader (or a run that

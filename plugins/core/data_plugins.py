@@ -17,8 +17,11 @@ class TinyShakespeareConfig:
     path: str = field("", "fsspec URL of a UTF-8 text file; empty: the embedded tinyshakespeare corpus")
     block_size: int = field(128, "characters per training window", validator=int_range(1, MAX_WIDTH))
     batch_size: int = field(32, "windows per micro-batch", validator=int_range(1, MAX_BATCH))
-    val_fraction: float = field(0.1, "the last fraction of the text is the validation split",
-                                validator=in_range(0, 1, low_open=True, high_open=True))
+    val_fraction: float = field(
+        0.1,
+        "the last fraction of the text is the validation split",
+        validator=in_range(0, 1, low_open=True, high_open=True),
+    )
     eval_batches: int = field(16, "validation batches per evaluation", validator=int_range(1, MAX_BATCH))
 
 

@@ -24,6 +24,9 @@ class CrossEntropy(Plugin):
     @hookimpl
     def hookmix_loss_terms(self, batch, outputs, state):
         logits = state.logits(outputs["logits"], role="student", consumer=self.name, kind="supervised")
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["target"].reshape(-1),
-                               label_smoothing=self.config.label_smoothing)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            batch["target"].reshape(-1),
+            label_smoothing=self.config.label_smoothing,
+        )
         return {"ce": loss if self.config.weight == 1.0 else self.config.weight * loss}  # no extra op at weight 1

@@ -70,7 +70,12 @@ class MLPModel(Plugin):
         c = self.config
         in_dim = state.data_info("input_dim", needed_by="mlp", what="a classification data plugin")
         try:
-            return MLP(in_dim, state.data_info("num_classes", needed_by="mlp", what="a class count"), tuple(c.hidden), c.activation)
+            return MLP(
+                in_dim,
+                state.data_info("num_classes", needed_by="mlp", what="a class count"),
+                tuple(c.hidden),
+                c.activation,
+            )
         except (ValueError, KeyError) as exc:
             raise BadInput(f"plugins.mlp: {exc}; fix the config") from None
 
@@ -91,4 +96,8 @@ class CNN1DModel(Plugin):
         from plugins.core.models import CNN1D
 
         in_len = state.data_info("input_dim", needed_by="cnn1d", what="a 1-D classification data plugin")
-        return CNN1D(in_len, state.data_info("num_classes", needed_by="cnn1d", what="a class count"), channels=self.config.channels)
+        return CNN1D(
+            in_len,
+            state.data_info("num_classes", needed_by="cnn1d", what="a class count"),
+            channels=self.config.channels,
+        )

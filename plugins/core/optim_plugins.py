@@ -16,8 +16,11 @@ from .schedule import schedule_factor
 @attrs.define
 class AdamWConfig:
     lr: float = field(1e-3, "peak learning rate", validator=finite_positive)
-    betas: list[float] = field([0.9, 0.95], "Adam betas (beta1, beta2)",
-                               validator=each(in_range(0, 1, high_open=True), min_items=2, max_items=2))
+    betas: list[float] = field(
+        [0.9, 0.95],
+        "Adam betas (beta1, beta2)",
+        validator=each(in_range(0, 1, high_open=True), min_items=2, max_items=2),
+    )
     eps: float = field(1e-8, "Adam epsilon", validator=finite_positive)
     weight_decay: float = field(0.0, "decoupled weight decay", validator=finite_non_negative)
     decay_1d: bool = field(False, "also decay 1-D parameters (biases, norm gains)")
@@ -47,8 +50,9 @@ class AdamW(Plugin):
         # One fused kernel for all tensors on CUDA (no per-parameter launches). Not on CPU: there the fused
         # kernel rounds differently from the for-loop every CPU figure in docs/ was measured with.
         fused = state.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay,
-                                 fused=fused)
+        return torch.optim.AdamW(
+            groups, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, fused=fused
+        )
 
     @hookimpl
     def hookmix_lr_scheduler(self, optimizer, state):
@@ -57,4 +61,5 @@ class AdamW(Plugin):
             return None  # nothing to schedule: no per-step cost
         total = state.run.steps
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: schedule_factor(s, total, c.warmup_steps, c.schedule, c.min_lr_ratio))
+            optimizer, lambda s: schedule_factor(s, total, c.warmup_steps, c.schedule, c.min_lr_ratio)
+        )

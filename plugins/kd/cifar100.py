@@ -83,15 +83,17 @@ def _numpy_globals() -> Dict[Tuple[str, str], Any]:
 
 
 _ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = _numpy_globals()
-_ALLOWED_GLOBALS.update({
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "list"): list,
-    ("builtins", "dict"): dict,
-    ("builtins", "tuple"): tuple,
-    ("builtins", "bytearray"): bytearray,
-    ("_codecs", "encode"): _latin1_encode,
-})
+_ALLOWED_GLOBALS.update(
+    {
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("builtins", "list"): list,
+        ("builtins", "dict"): dict,
+        ("builtins", "tuple"): tuple,
+        ("builtins", "bytearray"): bytearray,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+)
 _PY2_MODULES = {"__builtin__": "builtins"}
 
 
@@ -161,8 +163,9 @@ def _read_member(path: str, member: str, storage_options: Optional[Dict[str, Any
                         return handle.read()
     except (tarfile.TarError, EOFError, zlib.error) as exc:  # not a tar, or a truncated / corrupt one
         reason = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).rstrip(": ")[:80]
-        raise ValueError(f"{path} is not a readable tar archive ({reason}); pass cifar-100-python.tar.gz "
-                         f"or its extracted folder") from None
+        raise ValueError(
+            f"{path} is not a readable tar archive ({reason}); pass cifar-100-python.tar.gz or its extracted folder"
+        ) from None
     raise FileNotFoundError(f"no '{ARCHIVE_DIR}/{member}' member in archive {path}")
 
 
@@ -212,8 +215,10 @@ def load_cifar100(
             raise ValueError(f"{what}: missing key {key!r}")
     data = entry["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{what}: 'data' must be a uint8 N x 3072 array, got "
-                         f"{type(data).__name__} {getattr(data, 'dtype', None)} {getattr(data, 'shape', None)}")
+        raise ValueError(
+            f"{what}: 'data' must be a uint8 N x 3072 array, got "
+            f"{type(data).__name__} {getattr(data, 'dtype', None)} {getattr(data, 'shape', None)}"
+        )
     n = data.shape[0]
     images = np.ascontiguousarray(data.reshape(n, 3, 32, 32))
     fine = _labels(entry["fine_labels"], n, NUM_CLASSES, what + " fine_labels")
@@ -285,18 +290,22 @@ def write_synthetic_cifar100(
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         fine = rng.integers(0, NUM_CLASSES, size=n)
         coarse = fine // 5
-        files[split] = _py2_dumps({
-            b"filenames": [f"synthetic_{split}_{i}.png".encode() for i in range(n)],
-            b"batch_label": f"synthetic {split} batch".encode(),
-            b"fine_labels": [int(v) for v in fine],
-            b"coarse_labels": [int(v) for v in coarse],
-            b"data": data,
-        })
+        files[split] = _py2_dumps(
+            {
+                b"filenames": [f"synthetic_{split}_{i}.png".encode() for i in range(n)],
+                b"batch_label": f"synthetic {split} batch".encode(),
+                b"fine_labels": [int(v) for v in fine],
+                b"coarse_labels": [int(v) for v in coarse],
+                b"data": data,
+            }
+        )
         written[split] = (data.reshape(n, 3, 32, 32), fine.astype(np.int64))
-    files["meta"] = _py2_dumps({
-        b"fine_label_names": [f"class_{i:02d}".encode() for i in range(NUM_CLASSES)],
-        b"coarse_label_names": [f"super_{i:02d}".encode() for i in range(NUM_COARSE)],
-    })
+    files["meta"] = _py2_dumps(
+        {
+            b"fine_label_names": [f"class_{i:02d}".encode() for i in range(NUM_CLASSES)],
+            b"coarse_label_names": [f"super_{i:02d}".encode() for i in range(NUM_COARSE)],
+        }
+    )
 
     fs, root = _url_to_fs(path, storage_options)
     if archive:
@@ -330,8 +339,9 @@ def normalize_cifar100(images: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4,
-                     flip_prob: float = 0.5) -> torch.Tensor:
+def random_crop_flip(
+    images: torch.Tensor, generator: torch.Generator, padding: int = 4, flip_prob: float = 0.5
+) -> torch.Tensor:
     """RandomCrop(size, padding) with zero fill + RandomHorizontalFlip, per image, batched.
 
     ``images``: ``(N, C, H, W)`` of any dtype (apply before ``normalize_cifar100`` so the padding is black

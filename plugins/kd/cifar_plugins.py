@@ -86,8 +86,9 @@ class CIFAR100Data(Plugin):
 
 @attrs.define
 class ResNetConfig:
-    arch: Literal["resnet8x4", "resnet32x4"] = field("resnet8x4", "resnet8x4 (student, ~1.2M parameters) or "
-                                                                  "resnet32x4 (teacher, ~7.4M)")
+    arch: Literal["resnet8x4", "resnet32x4"] = field(
+        "resnet8x4", "resnet8x4 (student, ~1.2M parameters) or resnet32x4 (teacher, ~7.4M)"
+    )
 
 
 class ResNet(Plugin):

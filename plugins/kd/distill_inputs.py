@@ -55,8 +55,10 @@ def distill_inputs(plugin: Plugin, batch: dict, outputs: dict, state, *, teacher
         t = state.logits(outputs["teacher_logits"], role="teacher", consumer=plugin.name, kind=DISTILLATION)
         t = t.reshape(-1, t.shape[-1])
         if t.shape != student.shape:
-            raise BadInput(f"{plugin.name}: teacher logits {tuple(t.shape)} and student logits "
-                           f"{tuple(student.shape)} differ; use a teacher trained on the same classes")
+            raise BadInput(
+                f"{plugin.name}: teacher logits {tuple(t.shape)} and student logits "
+                f"{tuple(student.shape)} differ; use a teacher trained on the same classes"
+            )
     if target is not None:
         keep = target >= 0
         if not bool(keep.all()):

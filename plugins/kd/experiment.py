@@ -49,10 +49,10 @@ def add_arguments(parser) -> None:
 
 def _train(recipe_name: str, out: str, overrides: list[str], log) -> dict:
     """Train (or resume, or reuse) one run; return its accuracy curve and wall time."""
+    from engine.config.recipe import apply_overrides, read_recipe, resolve
+    from engine.config.registry import Registry
     from engine.loop import Trainer
-    from engine.outputs import RunDir
-    from engine.recipe import apply_overrides, read_recipe, resolve
-    from engine.registry import Registry
+    from engine.rundir.directory import RunDir
 
     run_dir = RunDir(out)
     if not run_dir.exists("summary.json"):
@@ -67,8 +67,13 @@ def _train(recipe_name: str, out: str, overrides: list[str], log) -> dict:
     summary = json.loads(run_dir.read_text("summary.json"))
     records = [json.loads(line) for line in run_dir.read_text("metrics.jsonl").splitlines() if line.strip()]
     curve = [(r["step"], r["val/accuracy"]) for r in records if "val/accuracy" in r]
-    return {"curve": curve, "best": max(a for _, a in curve), "last": curve[-1][1],
-            "wall": summary["wall_seconds"], "metrics": summary["metrics"]}
+    return {
+        "curve": curve,
+        "best": max(a for _, a in curve),
+        "last": curve[-1][1],
+        "wall": summary["wall_seconds"],
+        "metrics": summary["metrics"],
+    }
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -119,7 +124,7 @@ def render(results: dict, teacher: dict, args, command: str) -> str:
         f"Setup: MNIST-1D (4000 train / 1000 test, generation seed 42; the test split is the validation set). "
         f"Teacher: `{TEACHER}` (1-D CNN, 25 channels), trained once, seed 0. Students: MLP [100, 100] (ReLU), "
         f"AdamW lr 1e-2 with cosine decay to 1e-4, weight decay 0.1 (decoupled, not on biases), batch 100, "
-        f"{args.student_steps or 2000} steps, evaluated every 40 steps (one epoch; \"best\" is the best of "
+        f'{args.student_steps or 2000} steps, evaluated every 40 steps (one epoch; "best" is the best of '
         f"these evaluations); "
         f"seeds {', '.join(map(str, seeds))}. Each arm is a shipped recipe (`hookmix recipes`). "
         f"For a given seed all arms share the student's initialization and batch order (paired runs).",
@@ -136,8 +141,10 @@ def render(results: dict, teacher: dict, args, command: str) -> str:
     ]
     if "CE only" in results:
         ce = results["CE only"]
-        lines.append(f"- Student alone (CE only): last {_pct(*_mean_std([r['last'] for r in ce]))}, best "
-                     f"{_pct(*_mean_std([r['best'] for r in ce]))} (MNIST-1D paper MLP: ~68).")
+        lines.append(
+            f"- Student alone (CE only): last {_pct(*_mean_std([r['last'] for r in ce]))}, best "
+            f"{_pct(*_mean_std([r['best'] for r in ce]))} (MNIST-1D paper MLP: ~68)."
+        )
     lines += [
         "",
         "## Results (test accuracy %, mean ± sample std over seeds)",
@@ -156,19 +163,23 @@ def render(results: dict, teacher: dict, args, command: str) -> str:
             paired, flag = _paired(last, ce_last), _verdict_text(delta, noise, inside)
         else:
             cmp = paired = flag = "—"
-        lines.append(f"| {arm} | `{ARMS[arm]}` | {_pct(*_mean_std(best))} | {_pct(*_mean_std(last))} | "
-                     f"{per_seed} | {cmp} | {paired} | {flag} |")
+        lines.append(
+            f"| {arm} | `{ARMS[arm]}` | {_pct(*_mean_std(best))} | {_pct(*_mean_std(last))} | "
+            f"{per_seed} | {cmp} | {paired} | {flag} |"
+        )
     lines += ["", "Pairwise (last accuracy):", ""]
     for a, b in PAIRS:
         if a in results and b in results:
             la, lb = [r["last"] for r in results[a]], [r["last"] for r in results[b]]
             delta, noise, inside = verdict(la, lb)
-            lines.append(f"- {a} vs {b}: {100 * delta:+.2f} points, 2σ = {100 * noise:.2f}, paired "
-                         f"{_paired(la, lb)} → {_verdict_text(delta, noise, inside)}.")
+            lines.append(
+                f"- {a} vs {b}: {100 * delta:+.2f} points, 2σ = {100 * noise:.2f}, paired "
+                f"{_paired(la, lb)} → {_verdict_text(delta, noise, inside)}."
+            )
     lines += [
         "",
         "Rule (spec §12.2): a difference of means smaller than twice the larger of the two arms' seed standard "
-        "deviations is treated as no effect (\"inside the noise\"); \"borderline\" marks a difference within "
+        'deviations is treated as no effect ("inside the noise"); "borderline" marks a difference within '
         f"0.8-1.25x that threshold. With {args.seeds} seeds the std itself is uncertain, so borderline verdicts "
         "are weak either way. The paired column (mean ± std of the per-seed differences; for a seed, arms share "
         "the student's initialization and batch order) is given for information: the verdict uses the unpaired "
@@ -180,7 +191,7 @@ def render(results: dict, teacher: dict, args, command: str) -> str:
 
 def run(args) -> int:
     from engine.errors import BadInput
-    from engine.outputs import RunDir
+    from engine.rundir.directory import RunDir
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
@@ -219,8 +230,7 @@ def run(args) -> int:
         last = _mean_std([r["last"] for r in results[arm]])
         log(f"{arm}: last {_pct(*last)}")
 
-    argv = ["hookmix", "distill-mnist1d", "--out", args.out, "--seeds", str(args.seeds),
-            "--threads", str(args.threads)]
+    argv = ["hookmix", "distill-mnist1d", "--out", args.out, "--seeds", str(args.seeds), "--threads", str(args.threads)]
     if args.teacher_steps:
         argv += ["--teacher-steps", str(args.teacher_steps)]
     if args.student_steps:

@@ -21,12 +21,19 @@ RECIPES = "plugins.kd.recipes"
 
 @attrs.define
 class KDConfig:
-    temperature: float = field(4.0, "softening temperature T (spec §5: T 4 CIFAR, 1 ImageNet; 2 with LS = "
-                                    "its base temperature)", validator=finite_positive)
-    weight: float = field(0.9, "weight of the KD term (spec §5: 0.9 with CE 0.1 in the DKD paper; 9 with LS)",
-                          validator=finite_non_negative)
-    form: Literal["kl", "ce"] = field("kl", "kl: T^2 KL(p_t||p_s), zero at identical logits; ce: T^2 CE(p_t, p_s) "
-                                            "(same gradient)")
+    temperature: float = field(
+        4.0,
+        "softening temperature T (spec §5: T 4 CIFAR, 1 ImageNet; 2 with LS = its base temperature)",
+        validator=finite_positive,
+    )
+    weight: float = field(
+        0.9,
+        "weight of the KD term (spec §5: 0.9 with CE 0.1 in the DKD paper; 9 with LS)",
+        validator=finite_non_negative,
+    )
+    form: Literal["kl", "ce"] = field(
+        "kl", "kl: T^2 KL(p_t||p_s), zero at identical logits; ce: T^2 CE(p_t, p_s) (same gradient)"
+    )
 
 
 class KD(Plugin):
@@ -50,11 +57,18 @@ class KD(Plugin):
 @attrs.define
 class DKDConfig:
     alpha: float = field(1.0, "weight of TCKD (spec §6: 1; 9 with LS = 1 x kd weight)", validator=finite_non_negative)
-    beta: float = field(8.0, "weight of NCKD (spec §6: 8 CIFAR default, 2-6 some pairs; 72 with LS)",
-                        validator=finite_non_negative)
-    temperature: float = field(4.0, "temperature T (spec §6: 4 CIFAR, 1 ImageNet; 2 with LS)", validator=finite_positive)
-    warmup_steps: int = field(-1, "linear warm-up of both terms over this many steps, min(step/N, 1); -1: 1/12 "
-                                  "of run.steps (mdistiller's 20 of 240 epochs); 0: none", validator=int_range(-1, 2**62))
+    beta: float = field(
+        8.0, "weight of NCKD (spec §6: 8 CIFAR default, 2-6 some pairs; 72 with LS)", validator=finite_non_negative
+    )
+    temperature: float = field(
+        4.0, "temperature T (spec §6: 4 CIFAR, 1 ImageNet; 2 with LS)", validator=finite_positive
+    )
+    warmup_steps: int = field(
+        -1,
+        "linear warm-up of both terms over this many steps, min(step/N, 1); -1: 1/12 "
+        "of run.steps (mdistiller's 20 of 240 epochs); 0: none",
+        validator=int_range(-1, 2**62),
+    )
 
 
 class DKD(Plugin):

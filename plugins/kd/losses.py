@@ -171,7 +171,9 @@ def kd_loss(
 # ----------------------------------------------------------------------------------------------------------
 # DKD
 # ----------------------------------------------------------------------------------------------------------
-def tckd(student: Tensor, teacher: Tensor, target: Tensor, temperature: float = 4.0, detach_teacher: bool = True) -> Tensor:
+def tckd(
+    student: Tensor, teacher: Tensor, target: Tensor, temperature: float = 4.0, detach_teacher: bool = True
+) -> Tensor:
     """Target-class KD per sample (N,): ``KL(b^t || b^s)`` with ``b = [p_t, 1 - p_t]`` at temperature T.
 
     No T^2 factor (``dkd_loss`` applies it). ``1 - p_t`` is formed in log space (``target_log_probs``).
@@ -186,7 +188,9 @@ def tckd(student: Tensor, teacher: Tensor, target: Tensor, temperature: float = 
     return _binary_kl(*target_log_probs(log_pt, target), *target_log_probs(log_ps, target))
 
 
-def nckd(student: Tensor, teacher: Tensor, target: Tensor, temperature: float = 4.0, detach_teacher: bool = True) -> Tensor:
+def nckd(
+    student: Tensor, teacher: Tensor, target: Tensor, temperature: float = 4.0, detach_teacher: bool = True
+) -> Tensor:
     """Non-target-class KD per sample (N,): ``KL(N(p^t) || N(p^s))`` at temperature T.
 
     ``N(p)`` is the softmax over the C-1 non-target logits (target column dropped exactly), which equals

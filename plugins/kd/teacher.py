@@ -12,7 +12,7 @@ import attrs
 import torch
 
 from engine import BadInput, Command, Plugin, field, hookimpl, open_run
-from engine.run import implements
+from engine.rundir.open_run import implements
 
 from .distill_inputs import sample_batch, student_logits_of
 
@@ -21,12 +21,17 @@ RECIPES = "plugins.kd.recipes"
 
 @attrs.define
 class TeacherConfig:
-    run: str = field("", "hookmix run directory (any fsspec URL) of the trained teacher, or a checkpoint "
-                         "RUN/checkpoints/step-N.pt in it; the recipe is read from RUN/recipe.toml")
-    weights: Literal["model", "ema"] = field("model", "model: the trained weights; ema: the ema plugin's averaged "
-                                                      "weights")
-    eval_metric: bool = field(True, "log the teacher's accuracy on the validation data (teacher/val_accuracy, "
-                                    "computed once)")
+    run: str = field(
+        "",
+        "hookmix run directory (any fsspec URL) of the trained teacher, or a checkpoint "
+        "RUN/checkpoints/step-N.pt in it; the recipe is read from RUN/recipe.toml",
+    )
+    weights: Literal["model", "ema"] = field(
+        "model", "model: the trained weights; ema: the ema plugin's averaged weights"
+    )
+    eval_metric: bool = field(
+        True, "log the teacher's accuracy on the validation data (teacher/val_accuracy, computed once)"
+    )
 
 
 #: Data-info keys that must agree between the teacher's data and the student's.
@@ -44,8 +49,13 @@ class Teacher(Plugin):
     name = "teacher"
     Config = TeacherConfig
     recipes = RECIPES
-    commands = {"distill-mnist1d": Command.lazy("MNIST-1D distillation table: CNN teacher, MLP student arms, seeds",
-                                                "plugins.kd.experiment:add_arguments", "plugins.kd.experiment:run")}
+    commands = {
+        "distill-mnist1d": Command.lazy(
+            "MNIST-1D distillation table: CNN teacher, MLP student arms, seeds",
+            "plugins.kd.experiment:add_arguments",
+            "plugins.kd.experiment:run",
+        )
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,13 +68,17 @@ class Teacher(Plugin):
     def _open(self):
         url = self.config.run.strip().rstrip("/")
         if not url:
-            raise BadInput("plugins.teacher.run is empty; set it to a trained teacher's run directory, "
-                           "e.g. plugins.teacher.run=runs/mnist1d-teacher-cnn")
+            raise BadInput(
+                "plugins.teacher.run is empty; set it to a trained teacher's run directory, "
+                "e.g. plugins.teacher.run=runs/mnist1d-teacher-cnn"
+            )
         try:
             return open_run(url)
         except BadInput as exc:
-            raise BadInput(f"plugins.teacher.run={url}: {exc} (train one first, e.g. hookmix train "
-                           f"mnist1d-teacher-cnn --out runs/mnist1d-teacher-cnn)") from None
+            raise BadInput(
+                f"plugins.teacher.run={url}: {exc} (train one first, e.g. hookmix train "
+                f"mnist1d-teacher-cnn --out runs/mnist1d-teacher-cnn)"
+            ) from None
 
     def _check_forward(self, run, registry) -> None:
         for name in run.plugins:
@@ -73,12 +87,14 @@ class Teacher(Plugin):
             except BadInput:
                 continue  # not installed here: only the data and model plugins are rebuilt
             if implements(cls, "hookmix_forward"):
-                raise BadInput(f"the teacher's recipe uses a custom forward (plugin {name!r}); only teachers whose "
-                               f"forward is model(batch['input']) are supported")
+                raise BadInput(
+                    f"the teacher's recipe uses a custom forward (plugin {name!r}); only teachers whose "
+                    f"forward is model(batch['input']) are supported"
+                )
 
     def _student_data_if_same(self, state, run, data_name: str):
         """The student's data when the student enables the teacher's data plugin with the same config."""
-        from engine.recipe import converter
+        from engine.config.recipe import converter
 
         if data_name not in state.recipe.run.plugins:
             return None
@@ -87,7 +103,7 @@ class Teacher(Plugin):
         theirs = tables.get(data_name, {}) if isinstance(tables, dict) else {}
         config_cls = state.registry.load(data_name).Config
         if config_cls is not None:
-            from engine.recipe import structure_table
+            from engine.config.recipe import structure_table
 
             try:
                 theirs = converter.unstructure(structure_table(theirs, config_cls, f"plugins.{data_name}"))
@@ -98,9 +114,11 @@ class Teacher(Plugin):
     def _check_info(self, teacher_info: dict, student_info: dict) -> None:
         for key in _INFO_KEYS:
             if key in teacher_info and key in student_info and teacher_info[key] != student_info[key]:
-                raise BadInput(f"incompatible teacher {self.config.run}: it was trained on data with {key}="
-                               f"{_short(teacher_info[key])} but the student's data has {_short(student_info[key])}; "
-                               f"use a teacher trained on the same classes / vocabulary")
+                raise BadInput(
+                    f"incompatible teacher {self.config.run}: it was trained on data with {key}="
+                    f"{_short(teacher_info[key])} but the student's data has {_short(student_info[key])}; "
+                    f"use a teacher trained on the same classes / vocabulary"
+                )
 
     def build(self, state) -> torch.nn.Module:
         """Rebuild the teacher's model through its own plugins and load its weights (frozen, eval mode).
@@ -126,13 +144,17 @@ class Teacher(Plugin):
         try:
             weights = run.weights(self.config.weights)
         except BadInput:
-            raise BadInput(f"plugins.teacher.weights={self.config.weights} but the teacher run {self.config.run} "
-                           f"has no {self.config.weights} weights; set plugins.teacher.weights=model") from None
+            raise BadInput(
+                f"plugins.teacher.weights={self.config.weights} but the teacher run {self.config.run} "
+                f"has no {self.config.weights} weights; set plugins.teacher.weights=model"
+            ) from None
         try:
             built.model.load_state_dict(weights)
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise BadInput(f"incompatible teacher {self.config.run}: its weights do not fit the model its recipe "
-                           f"builds here ({str(exc).splitlines()[0][:160]})") from None
+            raise BadInput(
+                f"incompatible teacher {self.config.run}: its weights do not fit the model its recipe "
+                f"builds here ({str(exc).splitlines()[0][:160]})"
+            ) from None
         self.step = run.step
         return built.model.to(state.device).eval().requires_grad_(False)
 
@@ -143,12 +165,16 @@ class Teacher(Plugin):
             with torch.no_grad():
                 teacher = self.model(batch["input"])
         except Exception as exc:  # any failure here means the teacher cannot read the student's inputs
-            raise BadInput(f"incompatible teacher {self.config.run}: it cannot run on the student's inputs "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+            raise BadInput(
+                f"incompatible teacher {self.config.run}: it cannot run on the student's inputs "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+            ) from None
         if teacher.shape != student.shape:
-            raise BadInput(f"incompatible teacher {self.config.run}: it gives logits of shape "
-                           f"{tuple(teacher.shape)[1:]} per example, the student {tuple(student.shape)[1:]}; "
-                           f"use a teacher trained on the same classes / vocabulary")
+            raise BadInput(
+                f"incompatible teacher {self.config.run}: it gives logits of shape "
+                f"{tuple(teacher.shape)[1:]} per example, the student {tuple(student.shape)[1:]}; "
+                f"use a teacher trained on the same classes / vocabulary"
+            )
 
     # hooks
 
@@ -196,7 +222,8 @@ class Teacher(Plugin):
     @hookimpl
     def hookmix_load_plugin_state(self, plugin_state, state):
         if plugin_state.get("step") != self.step:
-            raise BadInput(f"the teacher changed since this run was checkpointed (step {plugin_state.get('step')} "
-                           f"then, {self.step} now); set plugins.teacher.run to RUN/checkpoints/"
-                           f"step-{plugin_state.get('step'):08d}.pt to resume exactly")
-
+            raise BadInput(
+                f"the teacher changed since this run was checkpointed (step {plugin_state.get('step')} "
+                f"then, {self.step} now); set plugins.teacher.run to RUN/checkpoints/"
+                f"step-{plugin_state.get('step'):08d}.pt to resume exactly"
+            )

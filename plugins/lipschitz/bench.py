@@ -18,8 +18,8 @@ import uuid
 
 import torch
 
-from . import spectral as sp
 from . import constraint_maps as cm
+from . import spectral as sp
 
 SHAPES = ((256, 256), (1024, 1024), (4096, 1024))
 RECIPE = "shakespeare-lipschitz-cpu"
@@ -86,32 +86,50 @@ def bench_matrices(shapes, repeats: int) -> list[dict]:
                     times[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
         for name, t in med.items():
-            rows.append({"shape": f"{shape[0]}x{shape[1]}", "method": name, "ms": 1e3 * t,
-                         "vs_svd": t / med["exact SVD clip"], "vs_muon": t / med["one torch.optim.Muon step"],
-                         "vs_ns": t / med["Newton-Schulz 5 rounds in fp32 (Muon's core)"]})
+            rows.append(
+                {
+                    "shape": f"{shape[0]}x{shape[1]}",
+                    "method": name,
+                    "ms": 1e3 * t,
+                    "vs_svd": t / med["exact SVD clip"],
+                    "vs_muon": t / med["one torch.optim.Muon step"],
+                    "vs_ns": t / med["Newton-Schulz 5 rounds in fp32 (Muon's core)"],
+                }
+            )
     return rows
 
 
 def bench_training(steps: int, threads: int) -> list[dict]:
+    from engine.config.recipe import read_recipe, resolve
+    from engine.config.registry import Registry
     from engine.loop import Trainer
-    from engine.recipe import read_recipe, resolve
-    from engine.registry import Registry
 
     registry = Registry()
     _, raw = read_recipe(RECIPE, registry)
-    variants = [("spectral_soft_cap (recipe)", "muon", "spectral_soft_cap", {}),
-                ("spectral_hard_cap", "muon", "spectral_hard_cap", {"w_max": 2.0}),
-                ("spectral_normalize", "muon", "spectral_normalize", {"w_max": 2.0}),
-                ("spectral_hammer + adamw", "adamw", "spectral_hammer", {"w_max": 2.0})]
+    variants = [
+        ("spectral_soft_cap (recipe)", "muon", "spectral_soft_cap", {}),
+        ("spectral_hard_cap", "muon", "spectral_hard_cap", {"w_max": 2.0}),
+        ("spectral_normalize", "muon", "spectral_normalize", {"w_max": 2.0}),
+        ("spectral_hammer + adamw", "adamw", "spectral_hammer", {"w_max": 2.0}),
+    ]
     rows = []
     for label, opt, constraint, table in variants:
         plugins = ["tinyshakespeare", "lipschitz_gpt", opt, constraint, "cross_entropy"]
         tables = {k: v for k, v in raw["plugins"].items() if k in plugins}
         tables[constraint] = {**tables.get(constraint, {}), **table}
-        run = dict(raw["run"], plugins=plugins, steps=10**6, threads=threads, eval_interval=0,
-                   checkpoint_interval=0, log_interval=10**6, out=f"memory://lipschitz-bench-{uuid.uuid4().hex}")
-        trainer = Trainer(resolve("bench", {"run": run, "plugins": tables}, registry), registry, quiet=True,
-                          profile=True)  # the engine times every hook: no patching
+        run = dict(
+            raw["run"],
+            plugins=plugins,
+            steps=10**6,
+            threads=threads,
+            eval_interval=0,
+            checkpoint_interval=0,
+            log_interval=10**6,
+            out=f"memory://lipschitz-bench-{uuid.uuid4().hex}",
+        )
+        trainer = Trainer(
+            resolve("bench", {"run": run, "plugins": tables}, registry), registry, quiet=True, profile=True
+        )  # the engine times every hook: no patching
         trainer.setup()
         for _ in range(3):  # warm-up
             trainer.train_step()
@@ -121,8 +139,14 @@ def bench_training(steps: int, threads: int) -> list[dict]:
             trainer.train_step()
         total = time.perf_counter() - t0
         spent = [trainer.profile.seconds("hookmix_after_optimizer_step", constraint)]
-        rows.append({"method": label, "step_ms": 1e3 * total / steps, "constraint_ms": 1e3 * spent[0] / steps,
-                     "fraction": spent[0] / total})
+        rows.append(
+            {
+                "method": label,
+                "step_ms": 1e3 * total / steps,
+                "constraint_ms": 1e3 * spent[0] / steps,
+                "fraction": spent[0] / total,
+            }
+        )
     return rows
 
 
@@ -136,8 +160,10 @@ def main(args) -> int:
         print("| matrix | method | ms | / exact SVD clip | / one torch.optim.Muon step (bf16 NS) | / fp32 NS5 |")
         print("|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['shape']} | {r['method']} | {r['ms']:.2f} | {r['vs_svd']:.3f} | {r['vs_muon']:.3f} "
-                  f"| {r['vs_ns']:.3f} |")
+            print(
+                f"| {r['shape']} | {r['method']} | {r['ms']:.2f} | {r['vs_svd']:.3f} | {r['vs_muon']:.3f} "
+                f"| {r['vs_ns']:.3f} |"
+            )
     if not args.skip_training:
         rows = bench_training(args.steps, args.threads)
         print(f"\nPer training step of {RECIPE} ({args.steps} steps, after 3 warm-up):\n")

@@ -23,19 +23,22 @@ def check_arguments(p) -> None:
 def load_run(run_dir_url: str):
     """(recipe table, model with the latest checkpoint's weights, data, step) of a finished/interrupted run."""
     from engine import open_run
-    from engine.registry import Registry
+    from engine.config.registry import Registry
 
     run = open_run(run_dir_url)
     built = run.build(Registry(), torch.device("cpu"))
     model = built.model
     if not hasattr(model, "certified_bound"):
-        raise BadInput(f"the model of {run_dir_url} ({type(model).__name__}) has no certified Lipschitz bound; "
-                       f"use lipschitz_gpt or lipschitz_mlp")
+        raise BadInput(
+            f"the model of {run_dir_url} ({type(model).__name__}) has no certified Lipschitz bound; "
+            f"use lipschitz_gpt or lipschitz_mlp"
+        )
     return built.state.recipe, model.eval(), built.data, run.step
 
 
-def empirical_estimate(model, data, examples: int = 4, iters: int = 20, tokens: int = 4,
-                       seq_len: int = 32) -> dict[str, float]:
+def empirical_estimate(
+    model, data, examples: int = 4, iters: int = 20, tokens: int = 4, seq_len: int = 32
+) -> dict[str, float]:
     """Empirical lower estimates of the Lipschitz constant, in the norm the certificate is read in.
 
     Transformer: embedded sequence -> logits, max-over-tokens RMS (certificate without the embedding

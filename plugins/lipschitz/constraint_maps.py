@@ -14,15 +14,43 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .spectral import (HARD_CAP_COEFFS, HARD_CAP_VALID_RADIUS, JAX_NS6, SOFT_CAP_MAX_RATIO, Coeffs, _check_2d,
-                       _composite, _compute_dtype, _gram_side_tall, _odd_poly_step, _pi_top, msign, msign_accurate,
-                       rms_scale, rms_to_rms_norm)
+from .spectral import (
+    HARD_CAP_COEFFS,
+    HARD_CAP_VALID_RADIUS,
+    JAX_NS6,
+    SOFT_CAP_MAX_RATIO,
+    Coeffs,
+    _check_2d,
+    _composite,
+    _compute_dtype,
+    _gram_side_tall,
+    _odd_poly_step,
+    _pi_top,
+    msign,
+    msign_accurate,
+    rms_scale,
+    rms_to_rms_norm,
+)
 
 __all__ = [
-    "PROJECTIONS", "hard_cap_scalar", "normalize_embedding_columns", "normalize_embedding_rows",
-    "project_embedding_columns", "project_embedding_rows", "sigma_max_upper_bound", "soft_cap",
-    "soft_cap_coupling", "soft_cap_scalar", "spectral_clip_exact", "spectral_hammer", "spectral_hard_cap",
-    "spectral_normalize", "spectral_orthogonalize", "spectral_soft_cap", "spectral_weight_decay", "svd_clip"
+    "PROJECTIONS",
+    "hard_cap_scalar",
+    "normalize_embedding_columns",
+    "normalize_embedding_rows",
+    "project_embedding_columns",
+    "project_embedding_rows",
+    "sigma_max_upper_bound",
+    "soft_cap",
+    "soft_cap_coupling",
+    "soft_cap_scalar",
+    "spectral_clip_exact",
+    "spectral_hammer",
+    "spectral_hard_cap",
+    "spectral_normalize",
+    "spectral_orthogonalize",
+    "spectral_soft_cap",
+    "spectral_weight_decay",
+    "svd_clip",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -114,9 +142,7 @@ def soft_cap(W: torch.Tensor, alpha: float) -> torch.Tensor:
     return (M * s).to(W.dtype)
 
 
-def spectral_soft_cap(
-    W: torch.Tensor, w_max: float, eta: float, wd: float = 0.0, strict: bool = True
-) -> torch.Tensor:
+def spectral_soft_cap(W: torch.Tensor, w_max: float, eta: float, wd: float = 0.0, strict: bool = True) -> torch.Tensor:
     """``soft_cap(W, soft_cap_coupling(w_max, wd, eta))``. ``eta`` must be the RMS->RMS bound of the
     update just applied (lr × orthogonalizer overshoot; see ``MuonAdamW.max_update_norm``)."""
     return soft_cap(W, soft_cap_coupling(w_max, wd, eta, strict=strict))
@@ -168,9 +194,7 @@ def spectral_weight_decay(
     return (X - (float(lam) * sigma) * torch.outer(u, v)).to(W.dtype)
 
 
-def spectral_hammer(
-    W: torch.Tensor, w_max: float, iters: int = 16, pi_state: Optional[dict] = None
-) -> torch.Tensor:
+def spectral_hammer(W: torch.Tensor, w_max: float, iters: int = 16, pi_state: Optional[dict] = None) -> torch.Tensor:
     """Spectral hammer: ``W~ <- W~ + (w_max - sigma_1) u_1 v_1^T`` -- **sets** sigma_1 to ``w_max``.
 
     Acts from above *and below* (raises sigma_1 when it is smaller than w_max). Other singular values

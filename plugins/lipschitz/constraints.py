@@ -18,8 +18,8 @@ import torch
 from engine import BadInput, Plugin, TrainingFailure, WeightConstraint, field, hookimpl
 from engine.validators import finite_non_negative, finite_positive, in_range, int_range, subset_of
 
-from . import spectral as sp
 from . import constraint_maps as cm
+from . import spectral as sp
 from .capabilities import SPECTRAL_CAP, UpdateNormBound
 
 RECIPES = "plugins.lipschitz.recipes"
@@ -33,13 +33,16 @@ def weight_groups(model: torch.nn.Module, who: str) -> dict[str, list[tuple[str,
     """The model's ``weight_groups()`` (``{"hidden"|"embedding"|"head": [(name, param), ...]}``)."""
     fn = getattr(model, "weight_groups", None)
     if not callable(fn):
-        raise BadInput(f"{who} needs a model with weight_groups() (hidden / embedding / head matrices), "
-                       f"but {type(model).__name__} has none; use lipschitz_gpt or lipschitz_mlp")
+        raise BadInput(
+            f"{who} needs a model with weight_groups() (hidden / embedding / head matrices), "
+            f"but {type(model).__name__} has none; use lipschitz_gpt or lipschitz_mlp"
+        )
     groups = fn()
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
-        raise BadInput(f"{who}: the model's weight_groups() returned unknown group {unknown[0]!r}; "
-                       f"groups are {', '.join(GROUPS)}")
+        raise BadInput(
+            f"{who}: the model's weight_groups() returned unknown group {unknown[0]!r}; groups are {', '.join(GROUPS)}"
+        )
     return groups
 
 
@@ -47,43 +50,56 @@ def weight_groups(model: torch.nn.Module, who: str) -> dict[str, list[tuple[str,
 class CapConfig:
     w_max: float = field(1.0, "cap on the RMS->RMS norm of every hidden matrix", validator=finite_positive)
     head_w_max: float = field(0.0, "cap on the head matrix (0: w_max)", validator=finite_non_negative)
-    emb_max_rms: float = field(1.0, "max RMS of every embedding row, projected after every step (0: off)",
-                               validator=finite_non_negative)
-    groups: list[str] = field(["hidden", "embedding", "head"], "weight groups to constrain",
-                              validator=subset_of(*GROUPS))
+    emb_max_rms: float = field(
+        1.0, "max RMS of every embedding row, projected after every step (0: off)", validator=finite_non_negative
+    )
+    groups: list[str] = field(
+        ["hidden", "embedding", "head"], "weight groups to constrain", validator=subset_of(*GROUPS)
+    )
     project_at_init: bool = field(True, "also project once at initialization (spec §1 item 5)")
 
 
 @attrs.define
 class PowerCapConfig(CapConfig):
     power_iters: int = field(16, "power-iteration steps per matrix per step", validator=int_range(1, MAX_ITERS))
-    warm_start: bool = field(True, "keep each matrix's power-iteration vector between steps (checkpointed); "
-                                   "false: fresh seeded start every step (JAX)")
+    warm_start: bool = field(
+        True,
+        "keep each matrix's power-iteration vector between steps (checkpointed); "
+        "false: fresh seeded start every step (JAX)",
+    )
 
 
 @attrs.define
 class SpectralNormalizeConfig(PowerCapConfig):
-    estimator: Literal["power", "exact"] = field("power", "sigma_max estimate: power (iteration, JAX default) or "
-                                                          "exact (SVD)")
+    estimator: Literal["power", "exact"] = field(
+        "power", "sigma_max estimate: power (iteration, JAX default) or exact (SVD)"
+    )
 
 
 @attrs.define
 class HardCapConfig(CapConfig):
-    form: Literal["polynomial", "exact"] = field("polynomial", "polynomial (4 rounds, guarded validity) or exact "
-                                                             "(msign clip formula)")
+    form: Literal["polynomial", "exact"] = field(
+        "polynomial", "polynomial (4 rounds, guarded validity) or exact (msign clip formula)"
+    )
 
 
 @attrs.define
 class SpectralWeightDecayConfig:
-    strength: float = field(0.1, "fraction of the top singular value removed every step (not scaled by lr)",
-                            validator=in_range(0, 1, high_open=True))
-    emb_max_rms: float = field(1.0, "max RMS of every embedding row, projected after every step (0: off)",
-                               validator=finite_non_negative)
-    groups: list[str] = field(["hidden", "embedding", "head"], "weight groups to act on",
-                              validator=subset_of(*GROUPS))
+    strength: float = field(
+        0.1,
+        "fraction of the top singular value removed every step (not scaled by lr)",
+        validator=in_range(0, 1, high_open=True),
+    )
+    emb_max_rms: float = field(
+        1.0, "max RMS of every embedding row, projected after every step (0: off)", validator=finite_non_negative
+    )
+    groups: list[str] = field(["hidden", "embedding", "head"], "weight groups to act on", validator=subset_of(*GROUPS))
     power_iters: int = field(16, "power-iteration steps per matrix per step", validator=int_range(1, MAX_ITERS))
-    warm_start: bool = field(True, "keep each matrix's power-iteration vector between steps (checkpointed); "
-                                   "false: fresh seeded start every step (JAX)")
+    warm_start: bool = field(
+        True,
+        "keep each matrix's power-iteration vector between steps (checkpointed); "
+        "false: fresh seeded start every step (JAX)",
+    )
     project_at_init: bool = field(False, "also apply once at initialization (the embedding projection)")
 
 
@@ -138,8 +154,10 @@ class _Constraint(Plugin):
     @hookimpl
     def hookmix_load_plugin_state(self, plugin_state, state):
         devices = {name: p.device for _, name, p in self.targets}
-        self.pi = {name: {k: v.to(devices.get(name, "cpu")) for k, v in s.items()}
-                   for name, s in plugin_state.get("pi", {}).items()}
+        self.pi = {
+            name: {k: v.to(devices.get(name, "cpu")) for k, v in s.items()}
+            for name, s in plugin_state.get("pi", {}).items()
+        }
 
     # helpers
 
@@ -191,8 +209,9 @@ class SpectralNormalize(_Constraint):
 
     def step_map(self, p, group, name, optimizer):
         c = self.config
-        return cm.spectral_normalize(p, self.cap(group), iters=c.power_iters, pi_state=self.pi_state(name),
-                                     exact=c.estimator == "exact")
+        return cm.spectral_normalize(
+            p, self.cap(group), iters=c.power_iters, pi_state=self.pi_state(name), exact=c.estimator == "exact"
+        )
 
 
 class SpectralHammer(_Constraint):
@@ -243,28 +262,36 @@ class SpectralSoftCap(_Constraint):
                 continue
             eta = bound(group)
             if eta is None:
-                raise BadInput(f"spectral_soft_cap: the {group} matrices are not updated by {provider.name}'s "
-                               f"bounded (Muon) update; enable it there (e.g. plugins.muon.claim_head=true) "
-                               f"or remove {group!r} from plugins.spectral_soft_cap.groups")
+                raise BadInput(
+                    f"spectral_soft_cap: the {group} matrices are not updated by {provider.name}'s "
+                    f"bounded (Muon) update; enable it there (e.g. plugins.muon.claim_head=true) "
+                    f"or remove {group!r} from plugins.spectral_soft_cap.groups"
+                )
             ratio = eta / self.cap(group)
             if ratio > sp.SOFT_CAP_MAX_RATIO:
-                raise BadInput(f"spectral_soft_cap: eta/w_max = {eta:.4g}/{self.cap(group):g} = {ratio:.3f} > "
-                               f"{sp.SOFT_CAP_MAX_RATIO} for the {group} matrices (eta = peak lr x NS overshoot "
-                               f"x margin), so the cap would not be a certificate; lower plugins.{provider.name}.lr "
-                               f"or raise the cap")
+                raise BadInput(
+                    f"spectral_soft_cap: eta/w_max = {eta:.4g}/{self.cap(group):g} = {ratio:.3f} > "
+                    f"{sp.SOFT_CAP_MAX_RATIO} for the {group} matrices (eta = peak lr x NS overshoot "
+                    f"x margin), so the cap would not be a certificate; lower plugins.{provider.name}.lr "
+                    f"or raise the cap"
+                )
 
     def check_optimizer(self, optimizer):
         fn = getattr(optimizer, "max_update_norm", None)
         if fn is None:
-            raise BadInput(f"spectral_soft_cap: the optimizer {type(optimizer).__name__} has no "
-                           f"max_update_norm(param); use the muon plugin")
+            raise BadInput(
+                f"spectral_soft_cap: the optimizer {type(optimizer).__name__} has no "
+                f"max_update_norm(param); use the muon plugin"
+            )
         for group, name, p in self.targets:
             if group in MATRIX_GROUPS and p.ndim == 2:
                 try:
                     fn(p)
                 except KeyError:
-                    raise BadInput(f"spectral_soft_cap: {name} is not updated by Muon, so its update norm is "
-                                   f"unbounded; remove {group!r} from plugins.spectral_soft_cap.groups") from None
+                    raise BadInput(
+                        f"spectral_soft_cap: {name} is not updated by Muon, so its update norm is "
+                        f"unbounded; remove {group!r} from plugins.spectral_soft_cap.groups"
+                    ) from None
 
     def init_map(self, p, group, name):
         if sp.rms_to_rms_norm(p) <= self.cap(group):

@@ -35,12 +35,14 @@ def certificate_metrics(model: torch.nn.Module, per_matrix: bool = False) -> dic
 class LipschitzGPTConfig:
     d_model: int = field(256, "model width", validator=width)
     n_layers: int = field(3, "transformer blocks", validator=int_range(1, MAX_DEPTH))
-    n_heads: int = field(4, "attention heads (d_model / n_heads must be even, for RoPE)",
-                         validator=int_range(1, MAX_DEPTH))
+    n_heads: int = field(
+        4, "attention heads (d_model / n_heads must be even, for RoPE)", validator=int_range(1, MAX_DEPTH)
+    )
     block_size: int = field(0, "context length (0: the data's block size)", validator=int_range(0, MAX_WIDTH))
     softmax_scale: float = field(1.0, "s in the 1/d attention scores s q.k / d_head", validator=finite_positive)
-    residual_scale: float = field(1.0, "r in the convex residual (1 - r/2L) x + r/2L block(x)",
-                                  validator=finite_positive)
+    residual_scale: float = field(
+        1.0, "r in the convex residual (1 - r/2L) x + r/2L block(x)", validator=finite_positive
+    )
     zero_init_output: bool = field(True, "zero-init W_o, MLP out and the head (official)")
     certify: bool = field(True, "log lipschitz/bound and lipschitz/max_norm/* at every evaluation")
     log_matrix_norms: bool = field(False, "also log lipschitz/norm/<matrix> for every matrix")
@@ -65,20 +67,31 @@ class LipschitzGPTModel(_CertifiedModel):
     Config = LipschitzGPTConfig
     recipes = RECIPES
     commands = {
-        "lipschitz-check": Command.lazy("compare a run's certified Lipschitz bound with an empirical estimate",
-                                        "plugins.lipschitz.commands:check_arguments", "plugins.lipschitz.commands:check"),
-        "lipschitz-sweep": Command.lazy("sweep constraint methods on the CPU recipe; plot accuracy vs bound",
-                                        "plugins.lipschitz.commands:sweep_arguments", "plugins.lipschitz.commands:sweep"),
-        "lipschitz-bench": Command.lazy("cost of each weight constraint vs an SVD clip and a Muon step",
-                                        "plugins.lipschitz.commands:bench_arguments", "plugins.lipschitz.commands:bench"),
+        "lipschitz-check": Command.lazy(
+            "compare a run's certified Lipschitz bound with an empirical estimate",
+            "plugins.lipschitz.commands:check_arguments",
+            "plugins.lipschitz.commands:check",
+        ),
+        "lipschitz-sweep": Command.lazy(
+            "sweep constraint methods on the CPU recipe; plot accuracy vs bound",
+            "plugins.lipschitz.commands:sweep_arguments",
+            "plugins.lipschitz.commands:sweep",
+        ),
+        "lipschitz-bench": Command.lazy(
+            "cost of each weight constraint vs an SVD clip and a Muon step",
+            "plugins.lipschitz.commands:bench_arguments",
+            "plugins.lipschitz.commands:bench",
+        ),
     }
 
     @hookimpl
     def hookmix_configure(self, state):
         c = self.config
         if c.d_model % c.n_heads or (c.d_model // c.n_heads) % 2:
-            raise BadInput(f"plugins.lipschitz_gpt: d_model={c.d_model} / n_heads={c.n_heads} must be an even "
-                           f"integer (RoPE); change one")
+            raise BadInput(
+                f"plugins.lipschitz_gpt: d_model={c.d_model} / n_heads={c.n_heads} must be an even "
+                f"integer (RoPE); change one"
+            )
         check_parameter_count("plugins.lipschitz_gpt", 12 * c.n_layers * c.d_model**2)  # before any data
 
     @hookimpl
@@ -89,17 +102,27 @@ class LipschitzGPTModel(_CertifiedModel):
         vocab = state.data_info("vocab_size", needed_by=self.name, what="a language-model data plugin")
         block = c.block_size or state.data_info("block_size", needed_by=self.name, what="a context length")
         check_parameter_count("plugins.lipschitz_gpt", 12 * c.n_layers * c.d_model**2 + (vocab + block) * c.d_model)
-        return LipschitzGPT(vocab, c.d_model, c.n_layers, c.n_heads, block, softmax_scale=c.softmax_scale,
-                            residual_scale=c.residual_scale, zero_init_output=c.zero_init_output)
+        return LipschitzGPT(
+            vocab,
+            c.d_model,
+            c.n_layers,
+            c.n_heads,
+            block,
+            softmax_scale=c.softmax_scale,
+            residual_scale=c.residual_scale,
+            zero_init_output=c.zero_init_output,
+        )
 
 
 @attrs.define
 class LipschitzMLPConfig:
     hidden: int = field(256, "hidden width", validator=width)
-    n_hidden_layers: int = field(2, "hidden layers (n_hidden_layers + 1 linear maps)",
-                                 validator=int_range(1, MAX_DEPTH))
-    zero_init: Literal["last", "first", "none"] = field("last", "zero-initialized layer: last, first (official; "
-                                                                   "dead with ReLU) or none")
+    n_hidden_layers: int = field(
+        2, "hidden layers (n_hidden_layers + 1 linear maps)", validator=int_range(1, MAX_DEPTH)
+    )
+    zero_init: Literal["last", "first", "none"] = field(
+        "last", "zero-initialized layer: last, first (official; dead with ReLU) or none"
+    )
     certify: bool = field(True, "log lipschitz/bound and lipschitz/max_norm/* at every evaluation")
     log_matrix_norms: bool = field(False, "also log lipschitz/norm/<matrix> for every matrix")
 
@@ -123,7 +146,9 @@ class LipschitzMLPModel(_CertifiedModel):
         c = self.config
         in_dim = state.data_info("input_dim", needed_by=self.name, what="a classification data plugin")
         classes = state.data_info("num_classes", needed_by=self.name, what="a class count")
-        check_parameter_count("plugins.lipschitz_mlp", (in_dim + classes + (c.n_hidden_layers - 1) * c.hidden) * c.hidden)
+        check_parameter_count(
+            "plugins.lipschitz_mlp", (in_dim + classes + (c.n_hidden_layers - 1) * c.hidden) * c.hidden
+        )
         try:
             return LipschitzMLP(in_dim, c.hidden, classes, c.n_hidden_layers, zero_init=c.zero_init)
         except ValueError as exc:

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import bound as _bound
-from . import spectral as _sp
 from . import constraint_maps as _cm
+from . import spectral as _sp
 
 __all__ = ["LipschitzGPT", "LipschitzMLP", "GELU_DIVISOR"]
 

@@ -41,8 +41,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.optim import AdamW, Muon, Optimizer
 
-from . import spectral as _sp
 from . import constraint_maps as _cm
+from . import spectral as _sp
 
 __all__ = ["MuonAdamW", "muon_lr_scale"]
 
@@ -225,7 +225,9 @@ class MuonAdamW(Optimizer):
     def __repr__(self) -> str:
         n_m = len(self._muon.param_groups) if self._muon else 0
         n_a = sum(len(g["params"]) for g in self._adam.param_groups) if self._adam else 0
-        return f"MuonAdamW(muon_params={n_m}, adam_params={n_a}, overshoot={self.overshoot:.5f}×{self.overshoot_margin})"
+        return (
+            f"MuonAdamW(muon_params={n_m}, adam_params={n_a}, overshoot={self.overshoot:.5f}×{self.overshoot_margin})"
+        )
 
     # ------------------------------------------------------------------ optimizer API
 
@@ -302,6 +304,4 @@ class MuonAdamW(Optimizer):
 
     def soft_cap_alpha(self, param: torch.Tensor, w_max: float, strict: bool = True) -> float:
         """``constraint_maps.soft_cap_coupling(w_max, decay_fraction, max_update_norm)`` for the last step."""
-        return _cm.soft_cap_coupling(
-            w_max, self.decay_fraction(param), self.max_update_norm(param), strict=strict
-        )
+        return _cm.soft_cap_coupling(w_max, self.decay_fraction(param), self.max_update_norm(param), strict=strict)

@@ -24,12 +24,27 @@ ADAMW = {"lr": 3e-3, "schedule": "linear", "min_lr_ratio": 0.0}
 METHODS: dict[str, tuple[list[str], str, str, list[float], dict]] = {
     "AdamW + weight decay": (["adamw"], "adamw", "weight_decay", [0.1, 1.0, 10.0, 30.0, 100.0], {"adamw": ADAMW}),
     "Muon + weight decay": (["muon"], "muon", "weight_decay", [0.25, 0.5, 1.0, 2.0, 4.0], {}),
-    "Muon + spectral normalize": (["muon", "spectral_normalize"], "spectral_normalize", "w_max",
-                                  [0.75, 1.0, 1.5, 2.0, 3.0], {}),
-    "AdamW + spectral hammer": (["adamw", "spectral_hammer"], "spectral_hammer", "w_max",
-                                [0.75, 1.0, 1.5, 2.0, 3.0], {"adamw": ADAMW}),
-    "Muon + spectral soft cap": (["muon", "spectral_soft_cap"], "spectral_soft_cap", "w_max",
-                                 [0.75, 1.0, 1.5, 2.0, 3.0], {}),
+    "Muon + spectral normalize": (
+        ["muon", "spectral_normalize"],
+        "spectral_normalize",
+        "w_max",
+        [0.75, 1.0, 1.5, 2.0, 3.0],
+        {},
+    ),
+    "AdamW + spectral hammer": (
+        ["adamw", "spectral_hammer"],
+        "spectral_hammer",
+        "w_max",
+        [0.75, 1.0, 1.5, 2.0, 3.0],
+        {"adamw": ADAMW},
+    ),
+    "Muon + spectral soft cap": (
+        ["muon", "spectral_soft_cap"],
+        "spectral_soft_cap",
+        "w_max",
+        [0.75, 1.0, 1.5, 2.0, 3.0],
+        {},
+    ),
 }
 BASE = ["tinyshakespeare", "lipschitz_gpt", "cross_entropy"]
 
@@ -40,14 +55,17 @@ def add_arguments(p) -> None:
     p.add_argument("--methods", default="", help="comma-separated subset of method labels (default: all)")
     p.add_argument("--values", default="", help="comma-separated settings overriding every method's range")
     p.add_argument("--out", default="docs", help="folder of lipschitz-sweep.png / .md (default docs)")
-    p.add_argument("--results", default="runs/lipschitz-sweep/results.jsonl",
-                   help="JSONL of finished runs; existing entries are reused (default runs/lipschitz-sweep/...)")
+    p.add_argument(
+        "--results",
+        default="runs/lipschitz-sweep/results.jsonl",
+        help="JSONL of finished runs; existing entries are reused (default runs/lipschitz-sweep/...)",
+    )
     p.add_argument("--plot-only", action="store_true", help="only redraw the figure and table from --results")
 
 
 def _recipe_raw(label: str, value: float, steps: int, threads: int) -> dict:
-    from engine.recipe import read_recipe
-    from engine.registry import Registry
+    from engine.config.recipe import read_recipe
+    from engine.config.registry import Registry
 
     _, raw = read_recipe(RECIPE, Registry())
     plugins, swept, key, _, extra = METHODS[label]
@@ -55,16 +73,23 @@ def _recipe_raw(label: str, value: float, steps: int, threads: int) -> dict:
     for name, table in extra.items():
         tables[name] = {**tables.get(name, {}), **table}
     tables[swept] = {**tables.get(swept, {}), key: float(value)}
-    run = dict(raw["run"], plugins=[*BASE[:2], *plugins, BASE[2]], steps=steps, threads=threads,
-               eval_interval=0, checkpoint_interval=0, log_interval=max(1, steps // 4),
-               out=f"memory://lipschitz-sweep-{uuid.uuid4().hex}")
+    run = dict(
+        raw["run"],
+        plugins=[*BASE[:2], *plugins, BASE[2]],
+        steps=steps,
+        threads=threads,
+        eval_interval=0,
+        checkpoint_interval=0,
+        log_interval=max(1, steps // 4),
+        out=f"memory://lipschitz-sweep-{uuid.uuid4().hex}",
+    )
     return {"name": f"{RECIPE}-sweep", "description": f"{label}, {key} = {value}", "run": run, "plugins": tables}
 
 
 def run_one(label: str, value: float, steps: int, threads: int) -> dict:
+    from engine.config.recipe import resolve
+    from engine.config.registry import Registry
     from engine.loop import Trainer
-    from engine.recipe import resolve
-    from engine.registry import Registry
 
     registry = Registry()
     raw = _recipe_raw(label, value, steps, threads)
@@ -73,11 +98,21 @@ def run_one(label: str, value: float, steps: int, threads: int) -> dict:
     summary = trainer.run()
     m = summary["metrics"]
     _, _, key, _, _ = METHODS[label]
-    return {"method": label, "key": key, "value": value, "steps": steps, "threads": threads,
-            "val_accuracy": m.get("val/accuracy"), "val_loss": m.get("val/loss"),
-            "bound": m.get("lipschitz/bound"), "max_hidden": m.get("lipschitz/max_norm/hidden"),
-            "max_head": m.get("lipschitz/max_norm/head"), "max_embedding": m.get("lipschitz/max_norm/embedding"),
-            "wall_s": summary["wall_seconds"], "cpu_s": round(time.process_time() - t0, 2)}
+    return {
+        "method": label,
+        "key": key,
+        "value": value,
+        "steps": steps,
+        "threads": threads,
+        "val_accuracy": m.get("val/accuracy"),
+        "val_loss": m.get("val/loss"),
+        "bound": m.get("lipschitz/bound"),
+        "max_hidden": m.get("lipschitz/max_norm/hidden"),
+        "max_head": m.get("lipschitz/max_norm/head"),
+        "max_embedding": m.get("lipschitz/max_norm/embedding"),
+        "wall_s": summary["wall_seconds"],
+        "cpu_s": round(time.process_time() - t0, 2),
+    }
 
 
 def _load(path: str) -> list[dict]:
@@ -93,12 +128,17 @@ def best_at(rows: list[dict], max_bound: float = 2.0) -> dict | None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| method | setting | val acc | val loss | certified bound | max hidden norm | max head norm | "
-             "max embedding row RMS | wall time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | setting | val acc | val loss | certified bound | max hidden norm | max head norm | "
+        "max embedding row RMS | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['key']} = {r['value']:g} | {r['val_accuracy']:.4f} | {r['val_loss']:.4f} "
-                     f"| {r['bound']:.4g} | {r['max_hidden']:.3f} | {r['max_head']:.3f} | {r['max_embedding']:.3f} "
-                     f"| {r['wall_s']:.1f} |")
+        lines.append(
+            f"| {r['method']} | {r['key']} = {r['value']:g} | {r['val_accuracy']:.4f} | {r['val_loss']:.4f} "
+            f"| {r['bound']:.4g} | {r['max_hidden']:.3f} | {r['max_head']:.3f} | {r['max_embedding']:.3f} "
+            f"| {r['wall_s']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -111,8 +151,11 @@ def plot(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     markers = "osD^v<>"
     for i, label in enumerate(METHODS):
-        pts = sorted((r["bound"], r["val_accuracy"], r["value"]) for r in rows
-                     if r["method"] == label and r["bound"] and r["bound"] > 0)
+        pts = sorted(
+            (r["bound"], r["val_accuracy"], r["value"])
+            for r in rows
+            if r["method"] == label and r["bound"] and r["bound"] > 0
+        )
         if not pts:
             continue
         xs, ys, vs = zip(*pts)
@@ -139,14 +182,23 @@ def write_outputs(rows: list[dict], out: str, command: str) -> None:
     best = best_at(rows)
     total = sum(r["wall_s"] for r in rows)
     cpu = sum(r.get("cpu_s", 0.0) for r in rows)
-    text = [f"# Lipschitz sweep: validation accuracy vs certified bound ({RECIPE})", "",
-            f"Produced by `{command}` ({len(rows)} runs, {total / 60:.1f} min wall, {cpu / 60:.1f} min CPU, "
-            f"torch {torch.__version__}). Each run is the `{RECIPE}` recipe with the optimizer / constraint "
-            f"swapped in; the certified bound is computed from the measured norms of the final weights.", "",
-            table(rows), "", "![accuracy vs bound](lipschitz-sweep.png)", ""]
+    text = [
+        f"# Lipschitz sweep: validation accuracy vs certified bound ({RECIPE})",
+        "",
+        f"Produced by `{command}` ({len(rows)} runs, {total / 60:.1f} min wall, {cpu / 60:.1f} min CPU, "
+        f"torch {torch.__version__}). Each run is the `{RECIPE}` recipe with the optimizer / constraint "
+        f"swapped in; the certified bound is computed from the measured norms of the final weights.",
+        "",
+        table(rows),
+        "",
+        "![accuracy vs bound](lipschitz-sweep.png)",
+        "",
+    ]
     if best is not None:
-        text.append(f"Best validation accuracy at certified bound <= 2: **{best['val_accuracy']:.4f}** "
-                    f"({best['method']}, {best['key']} = {best['value']:g}, bound {best['bound']:.3g}).")
+        text.append(
+            f"Best validation accuracy at certified bound <= 2: **{best['val_accuracy']:.4f}** "
+            f"({best['method']}, {best['key']} = {best['value']:g}, bound {best['bound']:.3g})."
+        )
     else:
         text.append("No run reached a certified bound <= 2.")
     with open(os.path.join(out, "lipschitz-sweep.md"), "w") as f:
@@ -170,8 +222,11 @@ def main(args) -> int:
                 if any(r["method"] == label and r["value"] == value and r["steps"] == args.steps for r in done):
                     continue
                 row = run_one(label, value, args.steps, args.threads)
-                print(f"{label:<28} {row['key']}={value:<6g} val acc {row['val_accuracy']:.4f}  "
-                      f"bound {row['bound']:.4g}  {row['wall_s']:.0f}s", flush=True)
+                print(
+                    f"{label:<28} {row['key']}={value:<6g} val acc {row['val_accuracy']:.4f}  "
+                    f"bound {row['bound']:.4g}  {row['wall_s']:.0f}s",
+                    flush=True,
+                )
                 done.append(row)
                 with open(args.results, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -184,8 +239,10 @@ def main(args) -> int:
     best = best_at(rows)
     print(table(rows))
     if best is not None:
-        print(f"best val accuracy at bound <= 2: {best['val_accuracy']:.4f} ({best['method']}, "
-              f"{best['key']} = {best['value']:g}, bound {best['bound']:.3g})")
+        print(
+            f"best val accuracy at bound <= 2: {best['val_accuracy']:.4f} ({best['method']}, "
+            f"{best['key']} = {best['value']:g}, bound {best['bound']:.3g})"
+        )
     print(f"wrote {args.out}/lipschitz-sweep.png and {args.out}/lipschitz-sweep.md")
     return 0
 

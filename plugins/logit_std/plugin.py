@@ -13,8 +13,8 @@ from __future__ import annotations
 import attrs
 
 from engine import BadInput, Plugin, field, hookimpl
+from engine.config.registry import unknown_name_message
 from engine.validators import Rule, each, finite_positive, subset_of
-from engine.registry import unknown_name_message
 
 ROLES = ("student", "teacher")
 DISTILLATION = "distillation"  # the consumer kind of the distillation loss terms
@@ -25,21 +25,31 @@ non_empty_name = Rule("a non-empty name", lambda v: isinstance(v, str) and bool(
 
 @attrs.define
 class LogitStdConfig:
-    kinds: list[str] = field(["distillation"], "consumer kinds whose logits are standardized (spec §9.2: the "
-                                               "distillation terms only; CE keeps raw logits)",
-                              validator=each(non_empty_name, min_items=1))
-    consumers: list[str] = field([], "restrict to these consumer plugins (empty: every consumer of those kinds)",
-                                  validator=each(non_empty_name))
-    roles: list[str] = field(["student", "teacher"], "roles standardized (spec §9.1: both, separately)",
-                              validator=subset_of(*ROLES))
+    kinds: list[str] = field(
+        ["distillation"],
+        "consumer kinds whose logits are standardized (spec §9.2: the distillation terms only; CE keeps raw logits)",
+        validator=each(non_empty_name, min_items=1),
+    )
+    consumers: list[str] = field(
+        [], "restrict to these consumer plugins (empty: every consumer of those kinds)", validator=each(non_empty_name)
+    )
+    roles: list[str] = field(
+        ["student", "teacher"], "roles standardized (spec §9.1: both, separately)", validator=subset_of(*ROLES)
+    )
     eps: float = field(1e-7, "added to the std, not under the square root (official code)", validator=finite_positive)
-    unbiased: bool = field(True, "Bessel-corrected std, divides by C-1 like Tensor.std (official code); "
-                                 "false: population std")
-    base_temperature: float = field(1.0, "divide the z-scores by this; keep 1 and give the base temperature "
-                                         "(2 on CIFAR) to the loss as its temperature (it then supplies tau^2)",
-                                    validator=finite_positive)
-    log_std: bool = field(True, "log the mean per-row std of each role (logit_std/std_<role>): the effective "
-                                "temperature is temperature x std")
+    unbiased: bool = field(
+        True, "Bessel-corrected std, divides by C-1 like Tensor.std (official code); false: population std"
+    )
+    base_temperature: float = field(
+        1.0,
+        "divide the z-scores by this; keep 1 and give the base temperature "
+        "(2 on CIFAR) to the loss as its temperature (it then supplies tau^2)",
+        validator=finite_positive,
+    )
+    log_std: bool = field(
+        True,
+        "log the mean per-row std of each role (logit_std/std_<role>): the effective temperature is temperature x std",
+    )
 
 
 class LogitStd(Plugin):
@@ -53,12 +63,20 @@ class LogitStd(Plugin):
         c = self.config
         if set(c.kinds) == {DISTILLATION} and not any(state.provider(cap) for cap in CONSUMER_CAPABILITIES):
             # standardizing logits nobody distills from changes nothing: the user forgot the loss term
-            raise BadInput("logit_std is enabled but no distillation loss consumes its logits (no plugin provides "
-                           "'loss:distillation'); add one, e.g. run.plugins+=kd (with a teacher), or remove logit_std")
+            raise BadInput(
+                "logit_std is enabled but no distillation loss consumes its logits (no plugin provides "
+                "'loss:distillation'); add one, e.g. run.plugins+=kd (with a teacher), or remove logit_std"
+            )
         for consumer in c.consumers:
             if consumer not in state.plugin_names:
-                raise BadInput(unknown_name_message("plugins.logit_std.consumers entry", consumer,
-                                                    sorted(state.plugin_names), "it must be an enabled plugin"))
+                raise BadInput(
+                    unknown_name_message(
+                        "plugins.logit_std.consumers entry",
+                        consumer,
+                        sorted(state.plugin_names),
+                        "it must be an enabled plugin",
+                    )
+                )
 
     @hookimpl
     def hookmix_transform_logits(self, logits, role, consumer, kind, state):

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.kd.losses import as_float, reduce_per_sample, drop_target_column
+from plugins.kd.losses import as_float, drop_target_column, reduce_per_sample
 
 Tensor = torch.Tensor
 Weight = Union[float, Tensor]
@@ -39,7 +39,10 @@ __all__ = [
 NKD_PRESETS: Dict[str, Dict[str, float]] = {
     "imagenet_cnn": {"temperature": 1.0, "gamma": 1.5},  # res34_distill_res18_img.py, res50_distill_mv1_img.py
     "imagenet_deit": {"temperature": 1.0, "gamma": 1.0},  # deit-s3_distill_deit-t_img.py (ViTKD also on there)
-    "cifar100_res34_res18": {"temperature": 3.0, "gamma": 3.5},  # configs/distillers/cifar100/res34_distill_res18_cifar.py
+    "cifar100_res34_res18": {
+        "temperature": 3.0,
+        "gamma": 3.5,
+    },  # configs/distillers/cifar100/res34_distill_res18_cifar.py
 }
 
 #: USKD settings (spec §8). Function defaults = class defaults = every ImageNet ``*_sd_img.py`` config.
@@ -57,8 +60,9 @@ def _hard_index(target: Tensor, n: int, c: int) -> Tensor:
         return target.long()
     if target.dim() == 2 and target.shape == (n, c) and target.is_floating_point():
         return target.argmax(dim=1)
-    raise ValueError(f"target must be int64 ({n},) indices or float ({n}, {c}) soft labels, got "
-                     f"{tuple(target.shape)} {target.dtype}")
+    raise ValueError(
+        f"target must be int64 ({n},) indices or float ({n}, {c}) soft labels, got {tuple(target.shape)} {target.dtype}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -142,8 +146,9 @@ def uskd_soft_target(final_logits: Tensor, target: Tensor) -> Tuple[Tensor, Tens
     return idx, q
 
 
-def uskd_rank_scores(final_logits: Tensor, weak_logits: Tensor, idx: Tensor, values: Tensor,
-                     rank: str = "prob") -> Tensor:
+def uskd_rank_scores(
+    final_logits: Tensor, weak_logits: Tensor, idx: Tensor, values: Tensor, rank: str = "prob"
+) -> Tensor:
     """Class scores (N, C) that rank the classes for the Zipf labels (spec §8.3), computed without grad.
 
     ``score = softmax(w) / (1 - softmax(w)_t + 1e-6) + A`` with
@@ -230,8 +235,9 @@ def uskd_loss(
     Returns ``(total, {"uskd_target", "uskd_non_target", "uskd_weak"})`` (weighted parts).
     """
     if final_logits.dim() != 2 or final_logits.shape != weak_logits.shape:
-        raise ValueError(f"expected equal 2-D (N, C) logits, got {tuple(final_logits.shape)} / "
-                         f"{tuple(weak_logits.shape)}")
+        raise ValueError(
+            f"expected equal 2-D (N, C) logits, got {tuple(final_logits.shape)} / {tuple(weak_logits.shape)}"
+        )
     n, c = final_logits.shape
     if c < 3:
         raise ValueError("USKD needs at least 3 classes")
@@ -288,8 +294,16 @@ class USKDHead(nn.Module):
 class USKDLoss(nn.Module):
     """Module bundling ``USKDHead`` with the hyper-parameters; ``forward(feature, final_logits, target)``."""
 
-    def __init__(self, in_features: int, num_classes: int, alpha: float = 1.0, beta: float = 0.1,
-                 mu: float = 0.005, rank: str = "prob", label_smoothing: float = 0.1) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        alpha: float = 1.0,
+        beta: float = 0.1,
+        mu: float = 0.005,
+        rank: str = "prob",
+        label_smoothing: float = 0.1,
+    ) -> None:
         super().__init__()
         if rank not in ("prob", "logprob"):
             raise ValueError(f"rank must be 'prob' or 'logprob', got {rank!r}")
@@ -297,7 +311,17 @@ class USKDLoss(nn.Module):
         self.alpha, self.beta, self.mu = alpha, beta, mu
         self.rank, self.label_smoothing = rank, label_smoothing
 
-    def forward(self, feature: Tensor, final_logits: Tensor, target: Tensor,
-                reduction: str = "mean") -> Tuple[Tensor, Dict[str, Tensor]]:
-        return uskd_loss(final_logits, self.head(feature), target, self.alpha, self.beta, self.mu,
-                         self.rank, self.label_smoothing, reduction)
+    def forward(
+        self, feature: Tensor, final_logits: Tensor, target: Tensor, reduction: str = "mean"
+    ) -> Tuple[Tensor, Dict[str, Tensor]]:
+        return uskd_loss(
+            final_logits,
+            self.head(feature),
+            target,
+            self.alpha,
+            self.beta,
+            self.mu,
+            self.rank,
+            self.label_smoothing,
+            reduction,
+        )

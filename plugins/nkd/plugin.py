@@ -12,8 +12,8 @@ import attrs
 import torch
 
 from engine import BadInput, Plugin, field, hookimpl
+from engine.config.registry import unknown_name_message
 from engine.validators import finite_non_negative, finite_positive, in_range
-from engine.registry import unknown_name_message
 from plugins.kd.distill_inputs import distill_inputs, need_target, sample_batch, student_logits_of
 
 RECIPES = "plugins.kd.recipes"  # the distillation recipes ship with the kd package
@@ -21,11 +21,17 @@ RECIPES = "plugins.kd.recipes"  # the distillation recipes ship with the kd pack
 
 @attrs.define
 class NKDConfig:
-    temperature: float = field(1.0, "temperature of the non-target term (spec §7: 1 ImageNet CNN / DeiT; 3 in "
-                                    "cls_KD's CIFAR-100 R34->R18 config); the target term is always at 1",
-                               validator=finite_positive)
-    gamma: float = field(1.5, "weight of the non-target term (spec §7: 1.5 ImageNet CNN, 1.0 DeiT, 3.5 CIFAR R34->R18)",
-                         validator=finite_non_negative)
+    temperature: float = field(
+        1.0,
+        "temperature of the non-target term (spec §7: 1 ImageNet CNN / DeiT; 3 in "
+        "cls_KD's CIFAR-100 R34->R18 config); the target term is always at 1",
+        validator=finite_positive,
+    )
+    gamma: float = field(
+        1.5,
+        "weight of the non-target term (spec §7: 1.5 ImageNet CNN, 1.0 DeiT, 3.5 CIFAR R34->R18)",
+        validator=finite_non_negative,
+    )
     weight: float = field(1.0, "extra factor on both NKD terms (1 in the official code)", validator=finite_non_negative)
 
 
@@ -50,17 +56,27 @@ class NKD(Plugin):
 
 @attrs.define
 class USKDConfig:
-    feature: str = field("features", "submodule of the model whose output feeds the weak head (e.g. features for "
-                                     "mlp / cnn1d, ln_f for gpt, flatten or layer3 for resnet)")
-    alpha: float = field(1.0, "weight of the soft target term (spec §8: 1 ImageNet, 0.1 CIFAR-100)",
-                         validator=finite_non_negative)
+    feature: str = field(
+        "features",
+        "submodule of the model whose output feeds the weak head (e.g. features for "
+        "mlp / cnn1d, ln_f for gpt, flatten or layer3 for resnet)",
+    )
+    alpha: float = field(
+        1.0, "weight of the soft target term (spec §8: 1 ImageNet, 0.1 CIFAR-100)", validator=finite_non_negative
+    )
     beta: float = field(0.1, "weight of the Zipf non-target term (spec §8: 0.1)", validator=finite_non_negative)
-    mu: float = field(0.005, "weight of the weak head's label-smoothed CE (spec §8: 0.005 ImageNet, 0.1 CIFAR-100)",
-                      validator=finite_non_negative)
-    rank: Literal["prob", "logprob"] = field("prob", "prob: rank by both heads (pre-2023-07-17 code, default); "
-                                                     "logprob: current code (ranks by the final logits)")
-    label_smoothing: float = field(0.1, "label smoothing of the weak head's CE (spec §8: 0.1)",
-                                   validator=in_range(0, 1))
+    mu: float = field(
+        0.005,
+        "weight of the weak head's label-smoothed CE (spec §8: 0.005 ImageNet, 0.1 CIFAR-100)",
+        validator=finite_non_negative,
+    )
+    rank: Literal["prob", "logprob"] = field(
+        "prob",
+        "prob: rank by both heads (pre-2023-07-17 code, default); logprob: current code (ranks by the final logits)",
+    )
+    label_smoothing: float = field(
+        0.1, "label smoothing of the weak head's CE (spec §8: 0.1)", validator=in_range(0, 1)
+    )
 
 
 class USKD(Plugin):
@@ -100,13 +116,18 @@ class USKD(Plugin):
 
         names = [n for n, _ in model.named_modules() if n]
         if self.config.feature not in names:
-            raise BadInput(unknown_name_message("plugins.uskd.feature", self.config.feature, names,
-                                                "name a submodule of the model"))
+            raise BadInput(
+                unknown_name_message(
+                    "plugins.uskd.feature", self.config.feature, names, "name a submodule of the model"
+                )
+            )
         self._handle = model.get_submodule(self.config.feature).register_forward_hook(self._capture)
         logits = student_logits_of(model, sample_batch(state), state)  # fills self._feature: its width
         if self._feature is None:
-            raise BadInput(f"plugins.uskd.feature={self.config.feature!r} did not run in the model's forward; "
-                           f"name a submodule the forward uses")
+            raise BadInput(
+                f"plugins.uskd.feature={self.config.feature!r} did not run in the model's forward; "
+                f"name a submodule the forward uses"
+            )
         width = self.flatten_feature(self._feature, logits).shape[-1]
         if logits.shape[-1] < 3:
             raise BadInput("uskd needs at least 3 classes (it ranks the non-target classes)")

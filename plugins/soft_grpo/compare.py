@@ -30,9 +30,9 @@ KS = (1, 4, 16, 32)
 
 def _train(recipe: str, overrides: list[str], out: str, log) -> dict:
     """Train ``recipe`` with ``overrides`` into ``out`` (skipped when ``out`` already holds a finished run)."""
+    from engine.config.recipe import apply_overrides, read_recipe, resolve
+    from engine.config.registry import Registry
     from engine.loop import Trainer
-    from engine.recipe import apply_overrides, read_recipe, resolve
-    from engine.registry import Registry
 
     if os.path.exists(os.path.join(out, "summary.json")):
         log(f"  reuse {out}")
@@ -44,7 +44,7 @@ def _train(recipe: str, overrides: list[str], out: str, log) -> dict:
     # `--set` applies to every RL arm: a plugins.X.key override reaches the arms that enable X
     enabled = raw.get("run", {}).get("plugins", [])
     overrides = [o for o in overrides if not o.startswith("plugins.") or o.split(".")[1] in enabled]
-    raw = apply_overrides(raw, [*overrides, f"run.out=\"{out}\""])
+    raw = apply_overrides(raw, [*overrides, f'run.out="{out}"'])
     t0 = time.perf_counter()
     summary = Trainer(resolve(name, raw, registry), registry, quiet=True, stream=io.StringIO()).run()
     log(f"  {out}: {summary['steps']} steps in {time.perf_counter() - t0:.0f}s")
@@ -52,8 +52,8 @@ def _train(recipe: str, overrides: list[str], out: str, log) -> dict:
 
 
 def _policy_plugin(recipe: str) -> str:
-    from engine.recipe import read_recipe
-    from engine.registry import Registry
+    from engine.config.recipe import read_recipe
+    from engine.config.registry import Registry
 
     _, raw = read_recipe(recipe, Registry())
     plugins = raw.get("run", {}).get("plugins", [])
@@ -103,12 +103,17 @@ def run_compare(args) -> int:
         with open(log_path, "a") as f:
             f.write(line + "\n")
 
-    common = [f"run.threads={args.threads}", f"run.device=\"{args.device}\""]
-    passk = [f"plugins.passk.problems={args.problems}", f"plugins.passk.samples={args.samples}",
-             f"plugins.passk.ks=[{','.join(str(k) for k in KS if k <= args.samples)}]"]
+    common = [f"run.threads={args.threads}", f'run.device="{args.device}"']
+    passk = [
+        f"plugins.passk.problems={args.problems}",
+        f"plugins.passk.samples={args.samples}",
+        f"plugins.passk.ks=[{','.join(str(k) for k in KS if k <= args.samples)}]",
+    ]
     tau_list = "[" + ",".join(f"{t:g}" for t in taus) + "]"
-    log(f"countdown-compare: seeds {seeds}, SofT-GRPO τ {taus} (sweep seeds {sweep_seeds}), "
-        f"eval {args.problems} problems × {args.samples} samples")
+    log(
+        f"countdown-compare: seeds {seeds}, SofT-GRPO τ {taus} (sweep seeds {sweep_seeds}), "
+        f"eval {args.problems} problems × {args.samples} samples"
+    )
 
     sft_dir = f"{out}/sft"
     log(f"SFT ({args.sft_recipe})")
@@ -136,15 +141,21 @@ def run_compare(args) -> int:
                 continue
         if arm == "grpo":
             key, recipe = "grpo", args.grpo_recipe
-            extra = [f"plugins.{grpo_policy}.init_from=\"{sft_dir}\"", f"plugins.passk.taus={tau_list}"]
+            extra = [f'plugins.{grpo_policy}.init_from="{sft_dir}"', f"plugins.passk.taus={tau_list}"]
         elif arm == "grpo_control":
             key, recipe = f"grpo_lr{args.control_lr:g}", args.grpo_recipe
-            extra = [f"plugins.{grpo_policy}.init_from=\"{sft_dir}\"", "plugins.passk.taus=[0.1]",
-                     f"plugins.adamw.lr={args.control_lr}"]
+            extra = [
+                f'plugins.{grpo_policy}.init_from="{sft_dir}"',
+                "plugins.passk.taus=[0.1]",
+                f"plugins.adamw.lr={args.control_lr}",
+            ]
         else:
             key, recipe = f"soft_grpo_t{tau:g}", args.soft_recipe
-            extra = [f"plugins.{soft_policy}.init_from=\"{sft_dir}\"", f"plugins.soft_grpo.tau={tau}",
-                     f"plugins.passk.taus=[{tau:g}]"]
+            extra = [
+                f'plugins.{soft_policy}.init_from="{sft_dir}"',
+                f"plugins.soft_grpo.tau={tau}",
+                f"plugins.passk.taus=[{tau:g}]",
+            ]
         run_dir = f"{out}/{key}-s{seed}"
         log(f"{key} seed {seed} ({recipe})")
         _train(recipe, [*common, *passk, f"run.seed={seed}", *extra, *args.set], run_dir, log)
@@ -189,13 +200,17 @@ def _rows(records: list[dict], label: str, ks: list[int]) -> list[str]:
     return cells
 
 
-def render_report(sft_dir: str, runs: dict[str, list[str]], taus: list[float], args, total: float,
-                  skipped: list) -> str:
+def render_report(
+    sft_dir: str, runs: dict[str, list[str]], taus: list[float], args, total: float, skipped: list
+) -> str:
     sft = _passk_record(sft_dir)
     ks = [k for k in KS if k <= args.samples]
     recs = {key: [_passk_record(d) for d in dirs] for key, dirs in runs.items()}
-    head = "| model | decoding | seeds | " + " | ".join(f"pass@{k}" for k in ks) + \
-        f" | first@{_first_k(ks, [sft])} | think len | top-1 weight | train reward (first → last 3 logs) | KL to θ0 (last 3 logs) |"
+    head = (
+        "| model | decoding | seeds | "
+        + " | ".join(f"pass@{k}" for k in ks)
+        + f" | first@{_first_k(ks, [sft])} | think len | top-1 weight | train reward (first → last 3 logs) | KL to θ0 (last 3 logs) |"
+    )
     lines = [head, "|" + "---|" * (len(ks) + 8)]
 
     def row(model, decoding, records, label, dirs=None):
@@ -203,8 +218,10 @@ def render_report(sft_dir: str, runs: dict[str, list[str]], taus: list[float], a
         train = ["–", "–"]
         if dirs:
             pairs = [_train_metric(d) for d in dirs]
-            train = [f"{_fmt([a for a, _ in pairs])} → {_fmt([b for _, b in pairs])}",
-                     _fmt([_train_metric(d, "train/rl/kl")[1] for d in dirs], pct=False, digits=3)]
+            train = [
+                f"{_fmt([a for a, _ in pairs])} → {_fmt([b for _, b in pairs])}",
+                _fmt([_train_metric(d, "train/rl/kl")[1] for d in dirs], pct=False, digits=3),
+            ]
         lines.append(f"| {model} | {decoding} | {n} | " + " | ".join([*_rows(records, label, ks), *train]) + " |")
 
     row("θ0 (SFT)", "discrete", [sft], "discrete")
@@ -226,49 +243,78 @@ def render_report(sft_dir: str, runs: dict[str, list[str]], taus: list[float], a
 
     # gaps paired over problems (per-problem values averaged over seeds): the paper's pairing (each arm in its own
     # decoding) and the decoding-matched pairings, so that a decoding change is not credited to training
-    pairings = [("SofT-GRPO τ 0.1 (soft τ 0.1) − GRPO (discrete)", "soft_t0.1", "discrete"),
-                ("SofT-GRPO τ 0.1 (discrete) − GRPO (discrete)", "discrete", "discrete"),
-                ("SofT-GRPO τ 0.1 (soft τ 0.1) − GRPO (soft τ 0.1)", "soft_t0.1", "soft_t0.1")]
+    pairings = [
+        ("SofT-GRPO τ 0.1 (soft τ 0.1) − GRPO (discrete)", "soft_t0.1", "discrete"),
+        ("SofT-GRPO τ 0.1 (discrete) − GRPO (discrete)", "discrete", "discrete"),
+        ("SofT-GRPO τ 0.1 (soft τ 0.1) − GRPO (soft τ 0.1)", "soft_t0.1", "soft_t0.1"),
+    ]
     gaps: dict[str, list] = {}
     control = next((k for k in recs if k.startswith("grpo_lr")), None)
     pairs = [(title, sl, gl, "grpo") for title, sl, gl in pairings]
     if control is not None:
         lr = control.removeprefix("grpo_lr")
-        pairs.append((f"SofT-GRPO τ 0.1 (soft τ 0.1) − GRPO lr {lr} control (discrete)", "soft_t0.1", "discrete",
-                      control))
+        pairs.append(
+            (f"SofT-GRPO τ 0.1 (soft τ 0.1) − GRPO lr {lr} control (discrete)", "soft_t0.1", "discrete", control)
+        )
     if "grpo" in recs and "soft_grpo_t0.1" in recs:
         for title, soft_label, grpo_label, base in pairs:
             for k in (1, ks[-1]):
                 g = np.mean([_per_problem(r, grpo_label, k) for r in recs[base]], axis=0)
                 s = np.mean([_per_problem(r, soft_label, k) for r in recs["soft_grpo_t0.1"]], axis=0)
                 b = paired_bootstrap(s, g, n_boot=10_000, seed=0)
-                per_seed = [r1["metrics"][f"passk/{soft_label}/pass@{k}"] - r0["metrics"][f"passk/{grpo_label}/pass@{k}"]
-                            for r0, r1 in zip(recs[base], recs["soft_grpo_t0.1"])]
+                per_seed = [
+                    r1["metrics"][f"passk/{soft_label}/pass@{k}"] - r0["metrics"][f"passk/{grpo_label}/pass@{k}"]
+                    for r0, r1 in zip(recs[base], recs["soft_grpo_t0.1"])
+                ]
                 gaps.setdefault(title, []).append((k, b, per_seed))
 
-    out = ["# SofT-GRPO vs GRPO on Countdown (tiny scale)", "",
-           "Generated by `hookmix countdown-compare` (plugins/soft_grpo/compare.py); do not edit by hand.", "",
-           "## Command", "", "```bash", command_line(args), "```", "",
-           f"{1 + sum(len(d) for d in runs.values())} training runs (each with its final evaluation) took "
-           f"{_wall([sft_dir, *[d for ds in runs.values() for d in ds]]) / 60:.1f} min of wall time in all "
-           f"({args.threads} torch thread(s), device {args.device}; from each run's summary.json; this invocation "
-           f"{total / 60:.1f} min, finished runs are reused). Runs under `{args.out}/`.", "",
-           "## Setup", "", *setup_lines(sft_dir, runs, args), ""]
+    out = [
+        "# SofT-GRPO vs GRPO on Countdown (tiny scale)",
+        "",
+        "Generated by `hookmix countdown-compare` (plugins/soft_grpo/compare.py); do not edit by hand.",
+        "",
+        "## Command",
+        "",
+        "```bash",
+        command_line(args),
+        "```",
+        "",
+        f"{1 + sum(len(d) for d in runs.values())} training runs (each with its final evaluation) took "
+        f"{_wall([sft_dir, *[d for ds in runs.values() for d in ds]]) / 60:.1f} min of wall time in all "
+        f"({args.threads} torch thread(s), device {args.device}; from each run's summary.json; this invocation "
+        f"{total / 60:.1f} min, finished runs are reused). Runs under `{args.out}/`.",
+        "",
+        "## Setup",
+        "",
+        *setup_lines(sft_dir, runs, args),
+        "",
+    ]
     out += ["## pass@k", "", *lines, ""]
     if gaps:
-        out += ["## Gaps between the arms", "",
-                "Paired bootstrap over problems (per-problem unbiased pass@k averaged over seeds; 10,000 resamples); "
-                "the first pairing is the paper's (each arm in its own decoding).", "",
-                "| pairing | k | gap (points) | 95% CI | per-seed gaps |", "|---|---|---|---|---|"]
+        out += [
+            "## Gaps between the arms",
+            "",
+            "Paired bootstrap over problems (per-problem unbiased pass@k averaged over seeds; 10,000 resamples); "
+            "the first pairing is the paper's (each arm in its own decoding).",
+            "",
+            "| pairing | k | gap (points) | 95% CI | per-seed gaps |",
+            "|---|---|---|---|---|",
+        ]
         for title, rows in gaps.items():
             for k, b, per_seed in rows:
-                out.append(f"| {title} | pass@{k} | {100 * b['mean_diff']:+.1f} | [{100 * b['ci_low']:+.1f}, "
-                           f"{100 * b['ci_high']:+.1f}] | " + ", ".join(f"{100 * d:+.1f}" for d in per_seed) + " |")
+                out.append(
+                    f"| {title} | pass@{k} | {100 * b['mean_diff']:+.1f} | [{100 * b['ci_low']:+.1f}, "
+                    f"{100 * b['ci_high']:+.1f}] | " + ", ".join(f"{100 * d:+.1f}" for d in per_seed) + " |"
+                )
         out.append("")
         out += ["## Does the paper's pattern reproduce?", "", verdict_text(gaps[pairings[0][0]]), ""]
     if skipped:
-        out += [f"Skipped by the time budget ({args.budget_minutes} min): "
-                + ", ".join(f"{a}{'' if t is None else f' τ {t:g}'} seed {s}" for a, t, s in skipped) + ".", ""]
+        out += [
+            f"Skipped by the time budget ({args.budget_minutes} min): "
+            + ", ".join(f"{a}{'' if t is None else f' τ {t:g}'} seed {s}" for a, t, s in skipped)
+            + ".",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -288,34 +334,49 @@ def setup_lines(sft_dir: str, runs: dict[str, list[str]], args) -> list[str]:
     sft = _recipe(sft_dir)
     data, opt = sft["plugins"]["countdown"], sft["plugins"]["adamw"]
     pol = sft["plugins"].get("tiny_policy")
-    model = (f"tiny_policy d {pol['d_model']} × {pol['n_layers']} layers" if pol is not None
-             else f"hf_policy {sft['plugins'].get('hf_policy', {}).get('path') or 'random'}")
-    out = [f"- Task: Countdown with {data['n_numbers']} numbers in 1..{data['number_max']}, targets in "
-           f"1..{data['target_max']} with ≥ {data['min_solutions']} solution(s), operators `{data['ops']}`; held-out "
-           f"problems by a hash split of the problem key (never trained on).",
-           f"- θ0: one SFT run (`{args.sft_recipe}`): {model}, "
-           f"{sft['run']['steps']} steps × {data['batch_size']} gold traces with {data['step_corrupt_rate']:.0%} "
-           f"corrupted scratchpad steps, AdamW lr {opt['lr']:g}. Both RL arms start from its checkpoint."]
+    model = (
+        f"tiny_policy d {pol['d_model']} × {pol['n_layers']} layers"
+        if pol is not None
+        else f"hf_policy {sft['plugins'].get('hf_policy', {}).get('path') or 'random'}"
+    )
+    out = [
+        f"- Task: Countdown with {data['n_numbers']} numbers in 1..{data['number_max']}, targets in "
+        f"1..{data['target_max']} with ≥ {data['min_solutions']} solution(s), operators `{data['ops']}`; held-out "
+        f"problems by a hash split of the problem key (never trained on).",
+        f"- θ0: one SFT run (`{args.sft_recipe}`): {model}, "
+        f"{sft['run']['steps']} steps × {data['batch_size']} gold traces with {data['step_corrupt_rate']:.0%} "
+        f"corrupted scratchpad steps, AdamW lr {opt['lr']:g}. Both RL arms start from its checkpoint.",
+    ]
     for key, name in (("grpo", "GRPO"), ("soft_grpo_t0.1", "SofT-GRPO")):
         if key not in runs:
             continue
         rec = _recipe(runs[key][0])
         arm = rec["plugins"]["grpo" if key == "grpo" else "soft_grpo"]
         rl_opt, rl_data = rec["plugins"]["adamw"], rec["plugins"]["countdown"]
-        extra = (f", τ {arm['tau']:g} (τ sweep: {', '.join(k.split('_t')[1] for k in runs if k.startswith('soft_'))}), "
-                 f"λ {arm['noise_factor']:g}, noise clamp {arm['gumbel_clamp']}, {arm['soft_density']} Gumbel "
-                 f"log-density, detached inputs {arm['detach_inputs']}") if key != "grpo" else ""
-        out.append(f"- {name} (`{rec['name']}`): {rec['run']['steps']} steps × {rl_data['batch_size']} prompts × "
-                   f"G {arm['group_size']}, {arm['minibatches']} optimizer step(s) per rollout batch, T "
-                   f"{arm['temperature']:g}, top-k {arm['top_k']}, top-p {arm['top_p']:g}, think ≤ {arm['think_cap']}, "
-                   f"answer ≤ {arm['answer_cap']}; PPO-clip {arm['clip_eps']:g}, dual clip {arm['dual_clip']:g}, "
-                   f"β {arm['kl_coef']:g} k3 KL to θ0, {arm['agg']}; AdamW lr {rl_opt['lr']:g}{extra}.")
+        extra = (
+            (
+                f", τ {arm['tau']:g} (τ sweep: {', '.join(k.split('_t')[1] for k in runs if k.startswith('soft_'))}), "
+                f"λ {arm['noise_factor']:g}, noise clamp {arm['gumbel_clamp']}, {arm['soft_density']} Gumbel "
+                f"log-density, detached inputs {arm['detach_inputs']}"
+            )
+            if key != "grpo"
+            else ""
+        )
+        out.append(
+            f"- {name} (`{rec['name']}`): {rec['run']['steps']} steps × {rl_data['batch_size']} prompts × "
+            f"G {arm['group_size']}, {arm['minibatches']} optimizer step(s) per rollout batch, T "
+            f"{arm['temperature']:g}, top-k {arm['top_k']}, top-p {arm['top_p']:g}, think ≤ {arm['think_cap']}, "
+            f"answer ≤ {arm['answer_cap']}; PPO-clip {arm['clip_eps']:g}, dual clip {arm['dual_clip']:g}, "
+            f"β {arm['kl_coef']:g} k3 KL to θ0, {arm['agg']}; AdamW lr {rl_opt['lr']:g}{extra}."
+        )
     pk = sft["plugins"]["passk"]
-    out.append(f"- Evaluation (`passk`): {pk['problems']} held-out problems × {pk['samples']} samples, T "
-               f"{pk['temperature']:g}, top-k {pk['top_k']}, top-p {pk['top_p']:g}, think ≤ {pk['think_cap']}, answer ≤ "
-               f"{pk['answer_cap']}; unbiased pass@k (Chen et al.) and the official first-k variant; discrete decoding "
-               "and soft+Gumbel decoding at τ (same noise seed for every model). Values in %, mean ± std over seeds "
-               "(θ0 is one model: no spread).")
+    out.append(
+        f"- Evaluation (`passk`): {pk['problems']} held-out problems × {pk['samples']} samples, T "
+        f"{pk['temperature']:g}, top-k {pk['top_k']}, top-p {pk['top_p']:g}, think ≤ {pk['think_cap']}, answer ≤ "
+        f"{pk['answer_cap']}; unbiased pass@k (Chen et al.) and the official first-k variant; discrete decoding "
+        "and soft+Gumbel decoding at τ (same noise seed for every model). Values in %, mean ± std over seeds "
+        "(θ0 is one model: no spread)."
+    )
     return out
 
 
@@ -324,28 +385,43 @@ def verdict_text(gaps) -> str:
     (k1, b1, _), (kn, bn, _) = gaps[0], gaps[-1]
     eq1 = b1["ci_low"] <= 0.0 <= b1["ci_high"]
     up = bn["ci_low"] > 0.0
-    parts = [f"pass@{k1}: gap {100 * b1['mean_diff']:+.1f} points, "
-             + ("its 95% CI contains 0 (≈ equal, as in the paper)." if eq1 else "its 95% CI excludes 0 (not equal)."),
-             f"pass@{kn}: gap {100 * bn['mean_diff']:+.1f} points, "
-             + ("CI above 0: SofT-GRPO higher, as in the paper." if up else
-                "CI not above 0: the paper's pass@k advantage is not reproduced at this scale.")]
-    parts.append("Pattern reproduced." if eq1 and up else "Pattern not reproduced (see the table for the full picture).")
+    parts = [
+        f"pass@{k1}: gap {100 * b1['mean_diff']:+.1f} points, "
+        + ("its 95% CI contains 0 (≈ equal, as in the paper)." if eq1 else "its 95% CI excludes 0 (not equal)."),
+        f"pass@{kn}: gap {100 * bn['mean_diff']:+.1f} points, "
+        + (
+            "CI above 0: SofT-GRPO higher, as in the paper."
+            if up
+            else "CI not above 0: the paper's pass@k advantage is not reproduced at this scale."
+        ),
+    ]
+    parts.append(
+        "Pattern reproduced." if eq1 and up else "Pattern not reproduced (see the table for the full picture)."
+    )
     return " ".join(parts)
 
 
 def command_line(args) -> str:
-    parts = ["hookmix countdown-compare", f"--seeds {args.seeds}", f"--taus {args.taus}",
-             f"--problems {args.problems}", f"--samples {args.samples}", f"--out {args.out}"]
+    parts = [
+        "hookmix countdown-compare",
+        f"--seeds {args.seeds}",
+        f"--taus {args.taus}",
+        f"--problems {args.problems}",
+        f"--samples {args.samples}",
+        f"--out {args.out}",
+    ]
     if args.sweep_seeds:
         parts.append(f"--sweep-seeds {args.sweep_seeds}")
     if args.control_lr:
         parts.append(f"--control-lr {args.control_lr:g}")
     if args.budget_minutes:
         parts.append(f"--budget-minutes {args.budget_minutes:g}")
-    for flag, value, default in (("--sft-recipe", args.sft_recipe, "countdown-sft"),
-                                 ("--grpo-recipe", args.grpo_recipe, "countdown-grpo"),
-                                 ("--soft-recipe", args.soft_recipe, "countdown-soft-grpo"),
-                                 ("--device", args.device, "cpu")):
+    for flag, value, default in (
+        ("--sft-recipe", args.sft_recipe, "countdown-sft"),
+        ("--grpo-recipe", args.grpo_recipe, "countdown-grpo"),
+        ("--soft-recipe", args.soft_recipe, "countdown-soft-grpo"),
+        ("--device", args.device, "cpu"),
+    ):
         if value != default:
             parts.append(f"{flag} {value}")
     parts += [f"--set {s}" for s in args.set] + [f"--sft-set {s}" for s in args.sft_set]
@@ -362,25 +438,46 @@ def compare_arguments(p) -> None:
     p.add_argument("--sft-recipe", default="countdown-sft")
     p.add_argument("--grpo-recipe", default="countdown-grpo")
     p.add_argument("--soft-recipe", default="countdown-soft-grpo")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override for every RL run (plugins.X.* only where X is enabled)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every RL run (plugins.X.* only where X is enabled)",
+    )
     p.add_argument("--sft-set", action="append", default=[], metavar="KEY=VALUE", help="override for the SFT run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--control-lr", type=float, default=0.0,
-                   help="also run GRPO at this learning rate over all seeds (a smaller-step control; 0: off)")
-    p.add_argument("--budget-minutes", type=float, default=0.0,
-                   help="skip optional runs (control, τ sweep) that would overrun (0: none)")
+    p.add_argument(
+        "--control-lr",
+        type=float,
+        default=0.0,
+        help="also run GRPO at this learning rate over all seeds (a smaller-step control; 0: off)",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=0.0,
+        help="skip optional runs (control, τ sweep) that would overrun (0: none)",
+    )
     p.add_argument("--doc", default="docs/soft-grpo-countdown.md", help="where the report is written")
-
 
 
 # --- rollout throughput ----------------------------------------------------------------------
 
 
-def bench_rollouts(rows: int = 256, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, think_cap: int = 24,
-                   answer_cap: int = 14, repeats: int = 5, device: str = "cpu", threads: int = 1,
-                   tau: float = 0.1) -> dict[str, Any]:
+def bench_rollouts(
+    rows: int = 256,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    think_cap: int = 24,
+    answer_cap: int = 14,
+    repeats: int = 5,
+    device: str = "cpu",
+    threads: int = 1,
+    tau: float = 0.1,
+) -> dict[str, Any]:
     """Median wall time of discrete and soft rollouts of the same model, prompts and lengths, interleaved.
 
     ``</think>`` and ``<eos>`` are suppressed so that every row of both modes runs exactly
@@ -398,11 +495,18 @@ def bench_rollouts(rows: int = 256, d_model: int = 64, n_layers: int = 2, n_head
     problems = cd.generate_problems(64, 0, "test", unique=True)
     prompts = [tok.encode(cd.prompt_text(problems[i % len(problems)])) for i in range(rows)]
     torch.manual_seed(0)
-    model = TinyPolicy(TinyPolicyConfig(vocab_size=tok.vocab_size, d_model=d_model, n_layers=n_layers,
-                                        n_heads=n_heads, max_len=64)).to(device).eval()
+    model = (
+        TinyPolicy(
+            TinyPolicyConfig(vocab_size=tok.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_len=64)
+        )
+        .to(device)
+        .eval()
+    )
     suppress = (tok.pad_id, tok.think_end_id, tok.eos_id)
-    cfgs = {m: SamplingConfig(mode=m, think_cap=think_cap, answer_cap=answer_cap, tau=tau, suppress_ids=suppress)
-            for m in ("discrete", "soft")}
+    cfgs = {
+        m: SamplingConfig(mode=m, think_cap=think_cap, answer_cap=answer_cap, tau=tau, suppress_ids=suppress)
+        for m in ("discrete", "soft")
+    }
     times: dict[str, list[float]] = {m: [] for m in cfgs}
     tokens: dict[str, int] = {}
 
@@ -411,18 +515,24 @@ def bench_rollouts(rows: int = 256, d_model: int = 64, n_layers: int = 2, n_head
             torch.cuda.synchronize()
 
     for rep in range(repeats + 1):  # the first round is a warm-up
-        for m, cfg in (cfgs.items() if rep % 2 == 0 else reversed(list(cfgs.items()))):
+        for m, cfg in cfgs.items() if rep % 2 == 0 else reversed(list(cfgs.items())):
             gen = torch.Generator(device=device).manual_seed(rep)
             sync()
             t0 = time.perf_counter()
-            r = generate_rollouts(model, prompts, cfg, think_end_id=tok.think_end_id, eos_id=tok.eos_id,
-                                  generator=gen)
+            r = generate_rollouts(model, prompts, cfg, think_end_id=tok.think_end_id, eos_id=tok.eos_id, generator=gen)
             sync()
             if rep:
                 times[m].append(time.perf_counter() - t0)
             tokens[m] = int(r.response_mask.sum())
-    out: dict[str, Any] = {"rows": rows, "d_model": d_model, "n_layers": n_layers, "steps": think_cap + 1 + answer_cap,
-                           "device": device, "threads": threads, "repeats": repeats}
+    out: dict[str, Any] = {
+        "rows": rows,
+        "d_model": d_model,
+        "n_layers": n_layers,
+        "steps": think_cap + 1 + answer_cap,
+        "device": device,
+        "threads": threads,
+        "repeats": repeats,
+    }
     for m in cfgs:
         med = statistics.median(times[m])
         out[m] = {"median_s": med, "tokens": tokens[m], "tokens_per_s": tokens[m] / med}
@@ -446,42 +556,64 @@ def run_bench(args) -> int:
     for size in args.sizes.split(","):
         d, n = (int(x) for x in size.lower().split("x"))
         for rows in (int(r) for r in args.rows.split(",")):
-            r = bench_rollouts(rows=rows, d_model=d, n_layers=n, n_heads=4, repeats=args.repeats,
-                               device=args.device, threads=args.threads)
+            r = bench_rollouts(
+                rows=rows,
+                d_model=d,
+                n_layers=n,
+                n_heads=4,
+                repeats=args.repeats,
+                device=args.device,
+                threads=args.threads,
+            )
             results.append(r)
-            print(f"| {r['device']} | {d} × {n} | {rows} | {r['steps']} | {r['discrete']['tokens_per_s']:,.0f} | "
-                  f"{r['soft']['tokens_per_s']:,.0f} | {r['ratio']:.2f}× |", flush=True)
+            print(
+                f"| {r['device']} | {d} × {n} | {rows} | {r['steps']} | {r['discrete']['tokens_per_s']:,.0f} | "
+                f"{r['soft']['tokens_per_s']:,.0f} | {r['ratio']:.2f}× |",
+                flush=True,
+            )
     if args.doc:
         write_perf_section(args.doc, results, args)
     return 0
 
 
 def write_perf_section(path: str, results: list[dict], args) -> None:
-    cmd = (f"hookmix bench-rollouts --rows {args.rows} --sizes {args.sizes} --repeats {args.repeats} "
-           f"--device {args.device} --threads {args.threads} --doc {path}")
-    lines = ["## SofT-GRPO rollouts", "",
-             "Soft-thinking rollouts (top-k 5 filtering, Gumbel noise, Gumbel-Softmax weights, mixture embeddings, "
-             "per-step likelihood) against discrete sampling of the same tiny policy, the same prompts and the same "
-             "lengths (`</think>` and `<eos>` suppressed so every row runs the caps: 24 thinking + 1 + 14 answer "
-             "steps), KV-cached, interleaved in one process; median of the repeats after a warm-up. Goal: soft ≥ 0.8× "
-             "discrete. The sampler draws only for the phases some row is in and reuses the soft step's filtered "
-             "distribution for answer tokens; before that change soft rollouts ran at 0.70× discrete (64 rows, "
-             "d 64). Absolute tokens/s depend on the load of the shared machine (2–3× between runs here); the "
-             "interleaved ratio much less, except in the smallest, Python-bound case (64 rows, d 64), which moved "
-             "between 0.73× on the loaded machine and 0.93× on the idle one.", "", "```bash", cmd, "```", "",
-             "| device | model (d × layers) | rows | steps | discrete tok/s | soft tok/s | soft / discrete |",
-             "|---|---|---|---|---|---|---|"]
+    cmd = (
+        f"hookmix bench-rollouts --rows {args.rows} --sizes {args.sizes} --repeats {args.repeats} "
+        f"--device {args.device} --threads {args.threads} --doc {path}"
+    )
+    lines = [
+        "## SofT-GRPO rollouts",
+        "",
+        "Soft-thinking rollouts (top-k 5 filtering, Gumbel noise, Gumbel-Softmax weights, mixture embeddings, "
+        "per-step likelihood) against discrete sampling of the same tiny policy, the same prompts and the same "
+        "lengths (`</think>` and `<eos>` suppressed so every row runs the caps: 24 thinking + 1 + 14 answer "
+        "steps), KV-cached, interleaved in one process; median of the repeats after a warm-up. Goal: soft ≥ 0.8× "
+        "discrete. The sampler draws only for the phases some row is in and reuses the soft step's filtered "
+        "distribution for answer tokens; before that change soft rollouts ran at 0.70× discrete (64 rows, "
+        "d 64). Absolute tokens/s depend on the load of the shared machine (2–3× between runs here); the "
+        "interleaved ratio much less, except in the smallest, Python-bound case (64 rows, d 64), which moved "
+        "between 0.73× on the loaded machine and 0.93× on the idle one.",
+        "",
+        "```bash",
+        cmd,
+        "```",
+        "",
+        "| device | model (d × layers) | rows | steps | discrete tok/s | soft tok/s | soft / discrete |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['device']} ({r['threads']} thread) | {r['d_model']} × {r['n_layers']} | {r['rows']} | "
-                     f"{r['steps']} | {r['discrete']['tokens_per_s']:,.0f} | {r['soft']['tokens_per_s']:,.0f} | "
-                     f"{r['ratio']:.2f}× |")
+        lines.append(
+            f"| {r['device']} ({r['threads']} thread) | {r['d_model']} × {r['n_layers']} | {r['rows']} | "
+            f"{r['steps']} | {r['discrete']['tokens_per_s']:,.0f} | {r['soft']['tokens_per_s']:,.0f} | "
+            f"{r['ratio']:.2f}× |"
+        )
     section = "\n".join(lines) + "\n\n"
     text = open(path).read() if os.path.exists(path) else "# Performance\n"
     marker = "## SofT-GRPO rollouts"
     if marker in text:
         start = text.index(marker)
         nxt = text.find("\n## ", start + len(marker))
-        text = text[:start] + section + ("" if nxt < 0 else text[nxt + 1:])
+        text = text[:start] + section + ("" if nxt < 0 else text[nxt + 1 :])
     else:
         text = text.rstrip("\n") + "\n\n" + section
     with open(path, "w") as f:

@@ -18,35 +18,50 @@ from .sampling import left_pad
 from .tokenizers import HFCountdownTokenizer
 
 RECIPES = "plugins.soft_grpo.recipes"
-operators = Rule("a non-empty string of distinct operators from +-*/",
-                 lambda v: isinstance(v, str) and bool(v) and len(set(v)) == len(v) and set(v) <= set("+-*/"))
+operators = Rule(
+    "a non-empty string of distinct operators from +-*/",
+    lambda v: isinstance(v, str) and bool(v) and len(set(v)) == len(v) and set(v) <= set("+-*/"),
+)
 
 
 @attrs.define
 class CountdownDataConfig:
-    mode: Literal["rl", "sft"] = field("rl", "rl: prompt batches for rollouts; sft: gold traces as input/target LM "
-                                             "batches")
-    batch_size: int = field(16, "prompts per rollout batch (rl) or traces per micro-batch (sft)",
-                            validator=int_range(1, 2**16))
-    n_numbers: list[int] = field([3, 4], "how many numbers a problem has (drawn uniformly from this list)",
-                                 validator=each(int_range(2, 6), min_items=1))
+    mode: Literal["rl", "sft"] = field(
+        "rl", "rl: prompt batches for rollouts; sft: gold traces as input/target LM batches"
+    )
+    batch_size: int = field(
+        16, "prompts per rollout batch (rl) or traces per micro-batch (sft)", validator=int_range(1, 2**16)
+    )
+    n_numbers: list[int] = field(
+        [3, 4],
+        "how many numbers a problem has (drawn uniformly from this list)",
+        validator=each(int_range(2, 6), min_items=1),
+    )
     number_max: int = field(9, "numbers are drawn from 1..number_max", validator=int_range(1, 10**4))
     target_max: int = field(100, "targets are reachable values in 1..target_max", validator=int_range(1, 10**6))
-    min_solutions: int = field(2, "keep only targets with at least this many distinct solutions",
-                               validator=int_range(1, 10**6))
+    min_solutions: int = field(
+        2, "keep only targets with at least this many distinct solutions", validator=int_range(1, 10**6)
+    )
     ops: str = field("+-*", "operators the solver uses (add / for exact division)", validator=operators)
-    test_fraction: float = field(0.1, "fraction of problem keys held out (hash split: never trained on)",
-                                 validator=in_range(0, 1, low_open=True, high_open=True))
-    step_corrupt_rate: float = field(0.0, "sft: probability of corrupting each scratchpad step's result",
-                                     validator=in_range(0, 1))
-    answer_corrupt_rate: float = field(0.0, "sft: probability of replacing the answer by a wrong expression",
-                                       validator=in_range(0, 1))
+    test_fraction: float = field(
+        0.1,
+        "fraction of problem keys held out (hash split: never trained on)",
+        validator=in_range(0, 1, low_open=True, high_open=True),
+    )
+    step_corrupt_rate: float = field(
+        0.0, "sft: probability of corrupting each scratchpad step's result", validator=in_range(0, 1)
+    )
+    answer_corrupt_rate: float = field(
+        0.0, "sft: probability of replacing the answer by a wrong expression", validator=in_range(0, 1)
+    )
     loss_on_prompt: bool = field(False, "sft: also train on the prompt tokens (default: target -100 there)")
-    val_problems: int = field(128, "held-out gold traces scored by the engine's val/loss (0: none)",
-                              validator=int_range(0, 10**6))
+    val_problems: int = field(
+        128, "held-out gold traces scored by the engine's val/loss (0: none)", validator=int_range(0, 10**6)
+    )
     heldout_seed: int = field(0, "seed of the held-out problem list (shared by val and passk)", validator=seed)
-    max_len: int = field(64, "context length the model must support (data info block_size)",
-                         validator=int_range(1, 2**16))
+    max_len: int = field(
+        64, "context length the model must support (data info block_size)", validator=int_range(1, 2**16)
+    )
     tokenizer: str = field("", "empty: the 24-symbol character tokenizer; else a local Hugging Face tokenizer dir")
     think_start: str = field("<think>", "HF tokenizer only: text that opens the scratchpad")
     think_end: str = field("</think>", "HF tokenizer only: the single token that ends thinking")
@@ -58,14 +73,26 @@ class CountdownSource:
     def __init__(self, c: CountdownDataConfig) -> None:
         self.config = c
         self.mode = c.mode
-        self.tokenizer = (cd.CharTokenizer() if not c.tokenizer
-                          else HFCountdownTokenizer(c.tokenizer, c.think_start, c.think_end))
-        self.task = cd.CountdownConfig(n_numbers=tuple(c.n_numbers), number_range=(1, c.number_max),
-                                       target_range=(1, c.target_max), min_solutions=c.min_solutions, ops=c.ops,
-                                       test_fraction=c.test_fraction)
+        self.tokenizer = (
+            cd.CharTokenizer() if not c.tokenizer else HFCountdownTokenizer(c.tokenizer, c.think_start, c.think_end)
+        )
+        self.task = cd.CountdownConfig(
+            n_numbers=tuple(c.n_numbers),
+            number_range=(1, c.number_max),
+            target_range=(1, c.target_max),
+            min_solutions=c.min_solutions,
+            ops=c.ops,
+            test_fraction=c.test_fraction,
+        )
         tok = self.tokenizer
-        self.info = {"task": "countdown", "vocab_size": tok.vocab_size, "block_size": c.max_len,
-                     "pad_id": tok.pad_id, "think_end_id": tok.think_end_id, "eos_id": tok.eos_id}
+        self.info = {
+            "task": "countdown",
+            "vocab_size": tok.vocab_size,
+            "block_size": c.max_len,
+            "pad_id": tok.pad_id,
+            "think_end_id": tok.think_end_id,
+            "eos_id": tok.eos_id,
+        }
         self._heldout: dict[int, list[cd.Problem]] = {}
         self._val: list[dict] | None = None
 
@@ -108,7 +135,7 @@ class CountdownSource:
         if self._val is None:
             problems, rng = self.heldout(n), random.Random(f"countdown-val|{self.config.heldout_seed}")
             bs = self.config.batch_size if self.mode == "sft" else 64
-            self._val = [self._lm_batch(problems[i:i + bs], rng, corrupt=False) for i in range(0, n, bs)]  # clean
+            self._val = [self._lm_batch(problems[i : i + bs], rng, corrupt=False) for i in range(0, n, bs)]  # clean
         return self._val
 
 
@@ -117,7 +144,7 @@ def problem_tensors(problems: list[cd.Problem]) -> dict[str, torch.Tensor]:
     width = max(4, max(len(p.numbers) for p in problems))
     nums = torch.zeros((len(problems), width), dtype=torch.long)
     for i, p in enumerate(problems):
-        nums[i, :len(p.numbers)] = torch.tensor(p.numbers)
+        nums[i, : len(p.numbers)] = torch.tensor(p.numbers)
     return {"numbers": nums, "targets": torch.tensor([p.target for p in problems], dtype=torch.long)}
 
 
@@ -146,8 +173,10 @@ class Countdown(Plugin):
     def hookmix_configure(self, state):
         c = self.config
         if c.mode == "rl" and state.provider(RL) is None:
-            raise BadInput("plugins.countdown.mode='rl' yields prompts, which need a rollout plugin; "
-                           "add grpo or soft_grpo to run.plugins, or set plugins.countdown.mode=\"sft\"")
+            raise BadInput(
+                "plugins.countdown.mode='rl' yields prompts, which need a rollout plugin; "
+                'add grpo or soft_grpo to run.plugins, or set plugins.countdown.mode="sft"'
+            )
 
     @hookimpl
     def hookmix_data(self, state):
@@ -164,5 +193,7 @@ def check_context(model, data: CountdownSource, think_cap: int, answer_cap: int,
     need = len(data.prompt_ids(worst)) + think_cap + 1 + answer_cap
     limit = getattr(model, "max_positions", None)
     if limit is not None and need > limit:
-        raise BadInput(f"the longest prompt + think_cap + 1 + answer_cap = {need} exceeds the model context ({limit}); "
-                       f"lower plugins.{plugin}.think_cap/answer_cap or raise the model's max_len")
+        raise BadInput(
+            f"the longest prompt + think_cap + 1 + answer_cap = {need} exceeds the model context ({limit}); "
+            f"lower plugins.{plugin}.think_cap/answer_cap or raise the model's max_len"
+        )

@@ -112,8 +112,14 @@ def load_hf_policy(name_or_path: str, **kwargs) -> HFCausalLMAdapter:
     return HFCausalLMAdapter(tr.AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs))
 
 
-def tiny_random_hf_policy(vocab_size: int = 24, hidden_size: int = 64, layers: int = 2, heads: int = 4,
-                          max_positions: int = 128, seed: int = 0) -> HFCausalLMAdapter:
+def tiny_random_hf_policy(
+    vocab_size: int = 24,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    max_positions: int = 128,
+    seed: int = 0,
+) -> HFCausalLMAdapter:
     """A randomly initialised tiny Llama-architecture model, for adapter tests (no download)."""
     tr = require_transformers()
     torch.manual_seed(seed)

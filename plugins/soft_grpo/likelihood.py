@@ -66,8 +66,16 @@ def recovered_noise(logits, ids, gumbel_logits, slot_mask, temperature=1.0, nois
     return z, lq
 
 
-def soft_loglik(logits, ids, gumbel_logits, slot_mask, temperature=1.0, noise_factor=1.0,
-                cfg: LikelihoodConfig | None = None, check: torch.Tensor | None = None) -> torch.Tensor:
+def soft_loglik(
+    logits,
+    ids,
+    gumbel_logits,
+    slot_mask,
+    temperature=1.0,
+    noise_factor=1.0,
+    cfg: LikelihoodConfig | None = None,
+    check: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Soft-token log-likelihood over the last dims: ``logits (..., V)``, slot tensors ``(..., K)``.
 
     ``check`` (bool ``(...)``) marks the positions that are really soft; an empty mean-mask there raises.
@@ -90,8 +98,17 @@ def soft_loglik(logits, ids, gumbel_logits, slot_mask, temperature=1.0, noise_fa
     return torch.where(m, phi, zero).sum(-1) / n.clamp_min(1)
 
 
-def position_loglik(logits, tokens, ids, gumbel_logits, slot_mask, is_soft, temperature=1.0, noise_factor=1.0,
-                    cfg: LikelihoodConfig | None = None) -> torch.Tensor:
+def position_loglik(
+    logits,
+    tokens,
+    ids,
+    gumbel_logits,
+    slot_mask,
+    is_soft,
+    temperature=1.0,
+    noise_factor=1.0,
+    cfg: LikelihoodConfig | None = None,
+) -> torch.Tensor:
     """Log-likelihood of the action at each position, from the logits that predict it.
 
     ``logits (..., V)``, ``tokens/is_soft (...)``, slot tensors ``(..., K)``.  Soft positions: Gumbel
@@ -128,8 +145,7 @@ def teacher_forced_logits(policy, rollout: Rollout, detach_inputs: bool = True) 
     return pol.forward_embeds(emb, attention_mask=rollout.attention_mask, position_ids=rollout.position_ids)
 
 
-def sequence_logprobs(policy, rollout: Rollout, cfg: LikelihoodConfig | None = None,
-                      return_logits: bool = False):
+def sequence_logprobs(policy, rollout: Rollout, cfg: LikelihoodConfig | None = None, return_logits: bool = False):
     """Per-position log-likelihood ``(B, L)`` of the recorded actions under ``policy`` (0 off ``loss_mask``).
 
     Differentiable w.r.t. the policy parameters through the output logits only (inputs detached by

@@ -46,8 +46,13 @@ class ObjectiveConfig:
             raise ValueError("dual_clip_c must be > 1")
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int | None = None, group_ids: torch.Tensor | None = None,
-                     eps: float = 1e-6, scale: bool = True) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor,
+    group_size: int | None = None,
+    group_ids: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    scale: bool = True,
+) -> torch.Tensor:
     """Per-sample advantages ``(N,)`` from rewards ``(N,)``.
 
     Groups are consecutive blocks of ``group_size`` (the layout of ``repeat_interleave``d prompts) or
@@ -108,8 +113,9 @@ def k3_kl(logp, ref_logp):
     return (torch.exp(d) - d - 1.0).clamp(-10.0, 10.0)
 
 
-def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
-              num_tokens: float | None = None) -> torch.Tensor:
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean", num_tokens: float | None = None
+) -> torch.Tensor:
     """Reduce per-token ``values (B, L)`` over ``mask``.
 
     ``"token-mean"``: ``Σ values / Σ mask`` (or ``/ num_tokens`` when given, e.g. the global token count
@@ -129,9 +135,15 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
     raise ValueError(f"unknown aggregation {agg!r}")
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                cfg: ObjectiveConfig | None = None, ref_logp: torch.Tensor | None = None,
-                num_tokens: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: ObjectiveConfig | None = None,
+    ref_logp: torch.Tensor | None = None,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip/dual-clip surrogate plus ``β·k3``; returns ``(loss, stats)``.
 
     ``logp/old_logp/ref_logp/mask (B, L)``; ``advantages (B,)`` or ``(B, L)``.  ``old_logp`` and
@@ -166,9 +178,16 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     return loss, stats
 
 
-def rollout_loss(policy, rollout, advantages: torch.Tensor, old_logp: torch.Tensor,
-                 ref_logp: torch.Tensor | None = None, obj_cfg: ObjectiveConfig | None = None,
-                 lik_cfg=None, num_tokens: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def rollout_loss(
+    policy,
+    rollout,
+    advantages: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None = None,
+    obj_cfg: ObjectiveConfig | None = None,
+    lik_cfg=None,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Convenience: teacher-forced log-likelihood of ``rollout`` under ``policy`` + :func:`policy_loss`.
 
     ``old_logp`` / ``ref_logp`` come from :func:`~.likelihood.sequence_logprobs` under ``torch.no_grad()``

@@ -54,8 +54,9 @@ def pass_at_k_table(correct, ks: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> dict[s
     return out
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0,
-                     alpha: float = 0.05) -> dict[str, float]:
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, float]:
     """Bootstrap over problems of ``mean(a − b)`` for per-problem scores of two arms on the same problems."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
@@ -65,5 +66,9 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_00
     idx = rng.integers(0, d.size, size=(n_boot, d.size))
     boots = d[idx].mean(1)
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return {"mean_diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi),
-            "p_le_0": float((boots <= 0).mean())}
+    return {
+        "mean_diff": float(d.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "p_le_0": float((boots <= 0).mean()),
+    }

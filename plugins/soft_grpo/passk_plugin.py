@@ -26,19 +26,25 @@ RECIPES = "plugins.soft_grpo.recipes"
 class PassKConfig:
     problems: int = field(64, "held-out problems evaluated", validator=int_range(1, 10**6))
     samples: int = field(32, "samples per problem (n of the unbiased estimator)", validator=int_range(1, 10**6))
-    ks: list[int] = field([1, 4, 16, 32], "k values reported (k <= samples)",
-                          validator=each(int_range(1, 10**6), min_items=1))
-    modes: list[str] = field(["discrete", "soft"], "decodings: discrete sampling and/or soft thinking + Gumbel",
-                             validator=subset_of("discrete", "soft"))
-    taus: list[float] = field([0.1], "Gumbel-Softmax temperatures of the soft decoding (one metric set each)",
-                              validator=each(finite_positive))
+    ks: list[int] = field(
+        [1, 4, 16, 32], "k values reported (k <= samples)", validator=each(int_range(1, 10**6), min_items=1)
+    )
+    modes: list[str] = field(
+        ["discrete", "soft"],
+        "decodings: discrete sampling and/or soft thinking + Gumbel",
+        validator=subset_of("discrete", "soft"),
+    )
+    taus: list[float] = field(
+        [0.1], "Gumbel-Softmax temperatures of the soft decoding (one metric set each)", validator=each(finite_positive)
+    )
     temperature: float = field(1.0, "sampling temperature", validator=finite_positive)
     top_k: int = field(5, "top-k filter (= soft mixture size)", validator=int_range(1, 2**20))
     top_p: float = field(0.95, "top-p filter", validator=in_range(0, 1, low_open=True))
     think_cap: int = field(24, "thinking tokens before </think> is forced", validator=int_range(0, 2**16))
     answer_cap: int = field(14, "answer tokens, <eos> included", validator=int_range(1, 2**16))
-    seed: int = field(1234, "seed of the evaluation noise (fixed: every model sees the same stream)",
-                      validator=int_range(0, 2**62))
+    seed: int = field(
+        1234, "seed of the evaluation noise (fixed: every model sees the same stream)", validator=int_range(0, 2**62)
+    )
     chunk: int = field(2048, "rows per generation call", validator=int_range(1, 2**20))
     save: bool = field(True, "write per-problem correct counts to passk/step-XXXXXXXX.json in the run directory")
 
@@ -55,18 +61,33 @@ def evaluate_passk(model, data: CountdownSource, c: PassKConfig, device, autocas
     details: dict[str, Any] = {"problems": [[list(p.numbers), p.target] for p in problems], "samples": c.samples}
     rows = [(i, p) for i, p in enumerate(prompts) for _ in range(c.samples)]
     for idx, (label, tau) in enumerate(runs):
-        cfg = SamplingConfig(mode="discrete" if tau is None else "soft", temperature=c.temperature, top_k=c.top_k,
-                             top_p=c.top_p, think_cap=c.think_cap, answer_cap=c.answer_cap,
-                             tau=tau if tau is not None else 0.1, suppress_ids=suppress_ids_for(tok))
+        cfg = SamplingConfig(
+            mode="discrete" if tau is None else "soft",
+            temperature=c.temperature,
+            top_k=c.top_k,
+            top_p=c.top_p,
+            think_cap=c.think_cap,
+            answer_cap=c.answer_cap,
+            tau=tau if tau is not None else 0.1,
+            suppress_ids=suppress_ids_for(tok),
+        )
         gen = torch.Generator(device=device).manual_seed(c.seed + 7919 * idx)
         correct = torch.zeros(len(problems), c.samples, dtype=torch.bool)
         sums = {"think": 0.0, "finished": 0.0, "top1": 0.0, "top1_99": 0.0, "soft": 0.0}
         seen = [0] * len(problems)
         for start in range(0, len(rows), c.chunk):
-            part = rows[start:start + c.chunk]
+            part = rows[start : start + c.chunk]
             with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-                r = generate_rollouts(model, [p for _, p in part], cfg, think_end_id=tok.think_end_id,
-                                      eos_id=tok.eos_id, pad_id=tok.pad_id, generator=gen, decode=tok.decode)
+                r = generate_rollouts(
+                    model,
+                    [p for _, p in part],
+                    cfg,
+                    think_end_id=tok.think_end_id,
+                    eos_id=tok.eos_id,
+                    pad_id=tok.pad_id,
+                    generator=gen,
+                    decode=tok.decode,
+                )
             for (i, _), a, f in zip(part, r.answer_text, r.finished.tolist()):
                 correct[i, seen[i]] = cd.answer_reward(problems[i], a, f) > 0
                 seen[i] += 1
@@ -99,20 +120,27 @@ class PassK(Plugin):
     requires = (CountdownTask,)
     recipes = RECIPES
     commands = {
-        "countdown-compare": Command.lazy("Countdown: SFT once, GRPO vs SofT-GRPO over seeds, pass@k table "
-                                          "(docs/soft-grpo-countdown.md)",
-                                          "plugins.soft_grpo.compare:compare_arguments", "plugins.soft_grpo.compare:run_compare"),
-        "bench-rollouts": Command.lazy("soft-thinking vs discrete rollout throughput, same model and lengths, side by side",
-                                       "plugins.soft_grpo.compare:bench_arguments", "plugins.soft_grpo.compare:run_bench"),
+        "countdown-compare": Command.lazy(
+            "Countdown: SFT once, GRPO vs SofT-GRPO over seeds, pass@k table (docs/soft-grpo-countdown.md)",
+            "plugins.soft_grpo.compare:compare_arguments",
+            "plugins.soft_grpo.compare:run_compare",
+        ),
+        "bench-rollouts": Command.lazy(
+            "soft-thinking vs discrete rollout throughput, same model and lengths, side by side",
+            "plugins.soft_grpo.compare:bench_arguments",
+            "plugins.soft_grpo.compare:run_bench",
+        ),
     }
 
     @hookimpl
     def hookmix_configure(self, state):
         c = self.config  # the per-field rules are the validators; these relate two fields
         if max(c.ks) > c.samples:
-            raise BadInput(f"plugins.passk.ks={c.ks}: every k must be <= samples={c.samples}; lower ks or raise samples")
+            raise BadInput(
+                f"plugins.passk.ks={c.ks}: every k must be <= samples={c.samples}; lower ks or raise samples"
+            )
         if "soft" in c.modes and not c.taus:
-            raise BadInput("plugins.passk.taus is empty but modes has \"soft\"; give at least one tau, e.g. [0.1]")
+            raise BadInput('plugins.passk.taus is empty but modes has "soft"; give at least one tau, e.g. [0.1]')
 
     @hookimpl
     def hookmix_setup_model(self, model, state):

@@ -122,9 +122,7 @@ class _Block(nn.Module):
         q, k, v = (t.view(B, T, H, d // H).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0
-        )
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout_p if self.training else 0.0)
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, T, d)))
         x = x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
         return x

@@ -27,8 +27,10 @@ def load_init(model: torch.nn.Module, source: str, plugin: str) -> None:
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError) as exc:
-        raise BadInput(f"plugins.{plugin}.init_from={source!r} does not match this model "
-                       f"({str(exc).splitlines()[0][:160]}); use the same model config as that run") from None
+        raise BadInput(
+            f"plugins.{plugin}.init_from={source!r} does not match this model "
+            f"({str(exc).splitlines()[0][:160]}); use the same model config as that run"
+        ) from None
 
 
 @attrs.define
@@ -38,8 +40,11 @@ class TinyPolicyModelConfig:
     n_heads: int = field(4, "attention heads", validator=int_range(1, MAX_DEPTH))
     d_ff: int = field(0, "MLP width (0: 4 * d_model)", validator=int_range(0, MAX_WIDTH))
     max_len: int = field(0, "context length (0: the data's block_size)", validator=int_range(0, MAX_WIDTH))
-    dropout: float = field(0.0, "dropout probability (keep 0 for RL: θ_old is recomputed in eval mode)",
-                           validator=in_range(0, 1, high_open=True))
+    dropout: float = field(
+        0.0,
+        "dropout probability (keep 0 for RL: θ_old is recomputed in eval mode)",
+        validator=in_range(0, 1, high_open=True),
+    )
     tie_embeddings: bool = field(False, "share the input embedding with the LM head")
     init_std: float = field(0.02, "initialisation std (GPT-2 style)", validator=finite_positive)
     init_from: str = field("", "start from the weights of this hookmix run directory (latest checkpoint) or .pt file")
@@ -66,10 +71,19 @@ class TinyPolicyModel(Plugin):
         info = state.data.info
         if "vocab_size" not in info:
             raise BadInput("tiny_policy needs a token data plugin (data info 'vocab_size'); enable countdown")
-        model = TinyPolicy(TinyPolicyConfig(vocab_size=info["vocab_size"], d_model=c.d_model, n_layers=c.n_layers,
-                                            n_heads=c.n_heads, d_ff=c.d_ff or None,
-                                            max_len=c.max_len or info.get("block_size", 64), dropout=c.dropout,
-                                            tie_embeddings=c.tie_embeddings, init_std=c.init_std))
+        model = TinyPolicy(
+            TinyPolicyConfig(
+                vocab_size=info["vocab_size"],
+                d_model=c.d_model,
+                n_layers=c.n_layers,
+                n_heads=c.n_heads,
+                d_ff=c.d_ff or None,
+                max_len=c.max_len or info.get("block_size", 64),
+                dropout=c.dropout,
+                tie_embeddings=c.tie_embeddings,
+                init_std=c.init_std,
+            )
+        )
         if c.init_from:
             load_init(model, c.init_from, self.name)
         return model
@@ -159,26 +173,42 @@ class HFPolicyModel(Plugin):
             try:
                 hf = tr.AutoModelForCausalLM.from_pretrained(c.path, local_files_only=True, dtype=dtype)
             except (OSError, ValueError) as exc:
-                raise BadInput(f"plugins.hf_policy.path: cannot load a causal LM from {c.path!r} "
-                               f"({str(exc).splitlines()[0][:160]}); pass a local model directory") from None
+                raise BadInput(
+                    f"plugins.hf_policy.path: cannot load a causal LM from {c.path!r} "
+                    f"({str(exc).splitlines()[0][:160]}); pass a local model directory"
+                ) from None
         else:
             inter = c.intermediate_size or 4 * c.hidden_size
             npos = c.max_positions or info.get("block_size", 64)
             if c.arch == "llama":
-                cfg = tr.LlamaConfig(vocab_size=info["vocab_size"], hidden_size=c.hidden_size, intermediate_size=inter,
-                                     num_hidden_layers=c.layers, num_attention_heads=c.heads,
-                                     num_key_value_heads=c.heads, max_position_embeddings=npos,
-                                     tie_word_embeddings=False)
+                cfg = tr.LlamaConfig(
+                    vocab_size=info["vocab_size"],
+                    hidden_size=c.hidden_size,
+                    intermediate_size=inter,
+                    num_hidden_layers=c.layers,
+                    num_attention_heads=c.heads,
+                    num_key_value_heads=c.heads,
+                    max_position_embeddings=npos,
+                    tie_word_embeddings=False,
+                )
                 hf = tr.LlamaForCausalLM(cfg)
             else:
-                cfg = tr.GPT2Config(vocab_size=info["vocab_size"], n_embd=c.hidden_size, n_layer=c.layers,
-                                    n_head=c.heads, n_inner=inter, n_positions=npos)
+                cfg = tr.GPT2Config(
+                    vocab_size=info["vocab_size"],
+                    n_embd=c.hidden_size,
+                    n_layer=c.layers,
+                    n_head=c.heads,
+                    n_inner=inter,
+                    n_positions=npos,
+                )
                 hf = tr.GPT2LMHeadModel(cfg)
             hf = hf.to(dtype)
         model = HFPolicy(hf)
         if model.vocab_size < info["vocab_size"]:
-            raise BadInput(f"hf_policy: the model's vocabulary ({model.vocab_size}) is smaller than the data's "
-                           f"({info['vocab_size']}); set plugins.countdown.tokenizer to the model's directory")
+            raise BadInput(
+                f"hf_policy: the model's vocabulary ({model.vocab_size}) is smaller than the data's "
+                f"({info['vocab_size']}); set plugins.countdown.tokenizer to the model's directory"
+            )
         if c.init_from:
             load_init(model, c.init_from, self.name)
         return model

@@ -29,8 +29,9 @@ class CountdownReward(Plugin):
     @hookimpl
     def hookmix_rewards(self, rollouts, state):
         r: Rollout = rollouts["rollout"]
-        vals = [cd.answer_reward(p, a, f) for p, a, f in
-                zip(problems_from(rollouts), r.answer_text, r.finished.tolist())]
+        vals = [
+            cd.answer_reward(p, a, f) for p, a, f in zip(problems_from(rollouts), r.answer_text, r.finished.tolist())
+        ]
         return {"countdown": self.config.weight * torch.tensor(vals, dtype=torch.float32)}
 
 

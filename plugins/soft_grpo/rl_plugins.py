@@ -40,8 +40,10 @@ from .tokenizers import suppress_ids_for
 
 RECIPES = "plugins.soft_grpo.recipes"
 dual_clip_rule = Rule(f"0 (off) or a number in (1, {MAX_MAGNITUDE:g}]", lambda v: v == 0 or 1 < v <= MAX_MAGNITUDE)
-clamp_rule = Rule("[] (no clamp) or [low, high] with finite low < high",
-                  lambda v: len(v) == 0 or (len(v) == 2 and all(math.isfinite(x) for x in v) and v[0] < v[1]))
+clamp_rule = Rule(
+    "[] (no clamp) or [low, high] with finite low < high",
+    lambda v: len(v) == 0 or (len(v) == 2 and all(math.isfinite(x) for x in v) and v[0] < v[1]),
+)
 
 
 def _clamp_pair(value: list[float], what: str) -> tuple[float, float] | None:
@@ -55,24 +57,33 @@ def _clamp_pair(value: list[float], what: str) -> tuple[float, float] | None:
 @attrs.define
 class GRPOConfig:
     group_size: int = field(8, "rollouts per prompt (G; group advantages need G >= 2)", validator=int_range(2, 4096))
-    minibatches: int = field(1, "chunks per rollout batch, split by prompt groups and consumed one per micro-batch "
-                                "(grad_accum 1: one optimizer step each; the ratio is exactly 1 on the first only)",
-                             validator=int_range(1, 2**16))
-    temperature: float = field(1.0, "sampling temperature (also divides the logits in the likelihood)",
-                               validator=finite_positive)
-    top_k: int = field(5, "top-k filter (for soft thinking also the number of mixed/stored ids)",
-                       validator=int_range(1, 2**20))
+    minibatches: int = field(
+        1,
+        "chunks per rollout batch, split by prompt groups and consumed one per micro-batch "
+        "(grad_accum 1: one optimizer step each; the ratio is exactly 1 on the first only)",
+        validator=int_range(1, 2**16),
+    )
+    temperature: float = field(
+        1.0, "sampling temperature (also divides the logits in the likelihood)", validator=finite_positive
+    )
+    top_k: int = field(
+        5, "top-k filter (for soft thinking also the number of mixed/stored ids)", validator=int_range(1, 2**20)
+    )
     top_p: float = field(0.95, "top-p filter", validator=in_range(0, 1, low_open=True))
     min_p: float = field(0.0, "min-p filter (0: off)", validator=in_range(0, 1, high_open=True))
     think_cap: int = field(24, "thinking tokens before </think> is forced", validator=int_range(0, 2**16))
     answer_cap: int = field(14, "answer tokens after </think>, <eos> included", validator=int_range(1, 2**16))
     clip_eps: float = field(0.2, "PPO clip ε (low side)", validator=finite_positive)
-    clip_eps_high: float = field(0.0, "PPO clip ε on the high side (0: same as clip_eps)", validator=finite_non_negative)
+    clip_eps_high: float = field(
+        0.0, "PPO clip ε on the high side (0: same as clip_eps)", validator=finite_non_negative
+    )
     dual_clip: float = field(3.0, "dual-clip constant c > 1 for negative advantages (0: off)", validator=dual_clip_rule)
-    kl_coef: float = field(0.001, "β of the k3 KL to the frozen reference (0: no reference model)",
-                           validator=finite_non_negative)
-    agg: Literal["token-mean", "seq-mean"] = field("token-mean", "token-mean (DAPO / official code) or seq-mean "
-                                                                 "(GRPO 1/|o_i|)")
+    kl_coef: float = field(
+        0.001, "β of the k3 KL to the frozen reference (0: no reference model)", validator=finite_non_negative
+    )
+    agg: Literal["token-mean", "seq-mean"] = field(
+        "token-mean", "token-mean (DAPO / official code) or seq-mean (GRPO 1/|o_i|)"
+    )
     scale_advantages: bool = field(True, "divide by the group's Bessel std + adv_eps (false: Dr. GRPO)")
     adv_eps: float = field(1e-6, "added to the group std (verl: 1e-6)", validator=finite_non_negative)
     seed_offset: int = field(2, "the rollout generator is seeded with run.seed + this", validator=int_range(0, 2**32))
@@ -81,16 +92,21 @@ class GRPOConfig:
 @attrs.define
 class SoftGRPOConfig(GRPOConfig):
     tau: float = field(0.1, "Gumbel-Softmax temperature τ of the soft-token weights", validator=finite_positive)
-    noise_factor: float = field(1.0, "λ: g' = log(p̄ + 1e-6) + λ·g (the Gumbel likelihood needs noise: > 0)",
-                                validator=finite_positive)
-    gumbel_clamp: list[float] = field([-1.5, 3.0], "clamp of the rollout Gumbel noise ([] : none)",
-                                      validator=clamp_rule)
-    soft_density: Literal["mean", "sum"] = field("mean", "mean (official code: masked mean of Gumbel log-densities) "
-                                                         "or sum (exact)")
-    likelihood_clamp: list[float] = field([-1.5, 3.0], "clamp of the recovered noise z in the likelihood ([] : none)",
-                                          validator=clamp_rule)
-    mask_logq_min: float = field(-3.0, "mean density: slots with log(q + 1e-6) above this (q > ~0.05)",
-                                 validator=bounded)
+    noise_factor: float = field(
+        1.0, "λ: g' = log(p̄ + 1e-6) + λ·g (the Gumbel likelihood needs noise: > 0)", validator=finite_positive
+    )
+    gumbel_clamp: list[float] = field(
+        [-1.5, 3.0], "clamp of the rollout Gumbel noise ([] : none)", validator=clamp_rule
+    )
+    soft_density: Literal["mean", "sum"] = field(
+        "mean", "mean (official code: masked mean of Gumbel log-densities) or sum (exact)"
+    )
+    likelihood_clamp: list[float] = field(
+        [-1.5, 3.0], "clamp of the recovered noise z in the likelihood ([] : none)", validator=clamp_rule
+    )
+    mask_logq_min: float = field(
+        -3.0, "mean density: slots with log(q + 1e-6) above this (q > ~0.05)", validator=bounded
+    )
     detach_inputs: bool = field(True, "detach the rebuilt mixture inputs (official code)")
 
 
@@ -120,24 +136,43 @@ class GRPO(Plugin):
         c = self.config
         extra = {}
         if self.mode == "soft":
-            extra = dict(tau=c.tau, noise_factor=c.noise_factor,
-                         gumbel_clamp=_clamp_pair(c.gumbel_clamp, f"plugins.{self.name}.gumbel_clamp"))
-        return SamplingConfig(mode=self.mode, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, min_p=c.min_p,
-                              think_cap=c.think_cap, answer_cap=c.answer_cap, suppress_ids=suppress_ids_for(tok),
-                              **extra)
+            extra = dict(
+                tau=c.tau,
+                noise_factor=c.noise_factor,
+                gumbel_clamp=_clamp_pair(c.gumbel_clamp, f"plugins.{self.name}.gumbel_clamp"),
+            )
+        return SamplingConfig(
+            mode=self.mode,
+            temperature=c.temperature,
+            top_k=c.top_k,
+            top_p=c.top_p,
+            min_p=c.min_p,
+            think_cap=c.think_cap,
+            answer_cap=c.answer_cap,
+            suppress_ids=suppress_ids_for(tok),
+            **extra,
+        )
 
     def likelihood_config(self) -> LikelihoodConfig:
         if self.mode != "soft":
             return LikelihoodConfig()
         c = self.config
-        return LikelihoodConfig(soft_density=c.soft_density,
-                                clamp=_clamp_pair(c.likelihood_clamp, f"plugins.{self.name}.likelihood_clamp"),
-                                mask_logq_min=c.mask_logq_min, detach_inputs=c.detach_inputs)
+        return LikelihoodConfig(
+            soft_density=c.soft_density,
+            clamp=_clamp_pair(c.likelihood_clamp, f"plugins.{self.name}.likelihood_clamp"),
+            mask_logq_min=c.mask_logq_min,
+            detach_inputs=c.detach_inputs,
+        )
 
     def objective_config(self) -> ObjectiveConfig:
         c = self.config
-        return ObjectiveConfig(clip_eps=c.clip_eps, clip_eps_high=c.clip_eps_high or None,
-                               dual_clip_c=c.dual_clip or None, kl_coef=c.kl_coef, agg=c.agg)
+        return ObjectiveConfig(
+            clip_eps=c.clip_eps,
+            clip_eps_high=c.clip_eps_high or None,
+            dual_clip_c=c.dual_clip or None,
+            kl_coef=c.kl_coef,
+            agg=c.agg,
+        )
 
     # setup
     @hookimpl
@@ -145,7 +180,7 @@ class GRPO(Plugin):
         c = self.config
         task = state.provider(CountdownTask)  # required: the engine checked it is enabled
         if task.task_mode() != "rl":
-            raise BadInput(f"{self.name} samples rollouts from prompts; set plugins.countdown.mode=\"rl\"")
+            raise BadInput(f'{self.name} samples rollouts from prompts; set plugins.countdown.mode="rl"')
         if task.prompts_per_batch() % c.minibatches:
             raise BadInput(f"plugins.{self.name}.minibatches={c.minibatches} must divide plugins.countdown.batch_size")
         try:
@@ -178,9 +213,17 @@ class GRPO(Plugin):
         prompts = [row[m].tolist() for row, m in zip(ids, mask)]
         G = c.group_size
         with state.autocast():
-            r = generate_rollouts(model, [p for p in prompts for _ in range(G)], self.sampling,
-                                  think_end_id=tok.think_end_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                                  generator=self.generator, decode=tok.decode, likelihood=self.likelihood)
+            r = generate_rollouts(
+                model,
+                [p for p in prompts for _ in range(G)],
+                self.sampling,
+                think_end_id=tok.think_end_id,
+                eos_id=tok.eos_id,
+                pad_id=tok.pad_id,
+                generator=self.generator,
+                decode=tok.decode,
+                likelihood=self.likelihood,
+            )
         problems = {k: batch[k].cpu().repeat_interleave(G, 0) for k in ("numbers", "targets")}
         per = len(prompts) // c.minibatches * G
         chunks = []
@@ -190,8 +233,16 @@ class GRPO(Plugin):
             with state.autocast():  # θ_old and the reference, teacher-forced exactly as the training forward
                 old = sequence_logprobs(model, sub, self.likelihood).float()
                 ref = sequence_logprobs(self.ref, sub, self.likelihood).float() if self.ref is not None else None
-            chunks.append({"rollout": sub, "numbers": problems["numbers"][rows], "targets": problems["targets"][rows],
-                           "old_logp": old, "ref_logp": ref, "group_size": G})
+            chunks.append(
+                {
+                    "rollout": sub,
+                    "numbers": problems["numbers"][rows],
+                    "targets": problems["targets"][rows],
+                    "old_logp": old,
+                    "ref_logp": ref,
+                    "group_size": G,
+                }
+            )
         return chunks
 
     @hookimpl
@@ -246,9 +297,13 @@ class GRPO(Plugin):
     # checkpoint state: the rollout generator and any rollouts not yet trained on
     @hookimpl
     def hookmix_plugin_state(self, state):
-        return {"generator": self.generator.get_state(),
-                "buffer": [{**{k: v for k, v in ch.items() if k != "rollout"}, "rollout": _pack_rollout(ch["rollout"])}
-                           for ch in self.buffer]}
+        return {
+            "generator": self.generator.get_state(),
+            "buffer": [
+                {**{k: v for k, v in ch.items() if k != "rollout"}, "rollout": _pack_rollout(ch["rollout"])}
+                for ch in self.buffer
+            ],
+        }
 
     @hookimpl
     def hookmix_load_plugin_state(self, plugin_state, state):
@@ -275,4 +330,6 @@ class SoftGRPO(GRPO):
         super().hookmix_configure(state)
         c = self.config
         if c.top_k > 20:
-            raise BadInput(f"plugins.soft_grpo.top_k={c.top_k} must be in 1..20 (the likelihood mask must be non-empty)")
+            raise BadInput(
+                f"plugins.soft_grpo.top_k={c.top_k} must be in 1..20 (the likelihood mask must be non-empty)"
+            )

@@ -147,8 +147,9 @@ def soft_token_step(logits: torch.Tensor, cfg: SamplingConfig, generator=None, p
     g = sample_gumbel(ids.shape, generator, cfg.gumbel_clamp, ids.device)
     g = torch.where(keep, g, torch.zeros_like(g))
     gp = torch.where(keep, torch.log(pbar + cfg.eps) + cfg.noise_factor * g, torch.zeros_like(g))
-    order = torch.argsort(torch.where(keep, gp, torch.full_like(gp, float("-inf"))), dim=-1, descending=True,
-                          stable=True)
+    order = torch.argsort(
+        torch.where(keep, gp, torch.full_like(gp, float("-inf"))), dim=-1, descending=True, stable=True
+    )
     ids, gp, keep, g, pbar = (t.gather(-1, order) for t in (ids, gp, keep, g, pbar))
     ids = torch.where(keep, ids, torch.full_like(ids, pad_id))
     return SoftStep(ids, gp, keep, soft_weights(gp, keep, cfg.tau), g, pbar)
@@ -260,8 +261,9 @@ def generate_rollouts(
             soft_row = thinking & ~force & ~ends
             think_tok = st.token
         elif any_think:
-            think_tok = discrete_token_step(last, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p,
-                                            cfg.suppress_ids, generator)
+            think_tok = discrete_token_step(
+                last, cfg.temperature, cfg.top_k, cfg.top_p, cfg.min_p, cfg.suppress_ids, generator
+            )
             ends = thinking & ~force & (think_tok == think_end_id)
             soft_row = torch.zeros_like(thinking)
         else:
@@ -287,8 +289,17 @@ def generate_rollouts(
         is_soft[:, t] = soft_row
         response[:, t] = active
         forced[:, t] = force
-        lp = position_loglik(last, step_tok, topk_ids[:, t], gp_rec[:, t], slot_mask[:, t], soft_row,
-                             cfg.temperature, cfg.noise_factor, lcfg)
+        lp = position_loglik(
+            last,
+            step_tok,
+            topk_ids[:, t],
+            gp_rec[:, t],
+            slot_mask[:, t],
+            soft_row,
+            cfg.temperature,
+            cfg.noise_factor,
+            lcfg,
+        )
         old_lp[:, t] = torch.where(active, lp, torch.zeros_like(lp))
 
         # phase transitions
@@ -313,8 +324,9 @@ def generate_rollouts(
             nxt = plain
         if keep_debug:
             dbg_emb[:, t] = nxt
-        logits = pol.forward_embeds(nxt.unsqueeze(1), attention_mask=att[:, : t + 1],
-                                    position_ids=pos[:, t : t + 1], kv_cache=cache)
+        logits = pol.forward_embeds(
+            nxt.unsqueeze(1), attention_mask=att[:, : t + 1], position_ids=pos[:, t : t + 1], kv_cache=cache
+        )
         last = logits[:, -1].float()
         if keep_debug:
             dbg_logits[:, t] = last

@@ -86,7 +86,6 @@ def collate_sft(examples: Sequence[SFTExample], pad_id: int = 0, max_len: int | 
     Returns a dict of tensors: ``input_ids`` (B,T), ``labels`` (B,T) with ``-100`` on prompt and padding
     (``labels[b, t]`` is the token at ``t``; the trainer shifts logits), ``attention_mask`` (B,T).
     """
-    import torch
 
     T = max(len(e.ids) for e in examples)
     if max_len is not None and T > max_len:

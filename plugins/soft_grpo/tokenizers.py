@@ -22,12 +22,16 @@ class HFCountdownTokenizer:
         try:
             self.hf = tr.AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise BadInput(f"plugins.countdown.tokenizer: cannot load a tokenizer from {path!r} "
-                           f"({str(exc).splitlines()[0][:160]}); pass a local tokenizer directory") from None
+            raise BadInput(
+                f"plugins.countdown.tokenizer: cannot load a tokenizer from {path!r} "
+                f"({str(exc).splitlines()[0][:160]}); pass a local tokenizer directory"
+            ) from None
         end = self.hf.encode(think_end, add_special_tokens=False)
         if len(end) != 1:
-            raise BadInput(f"plugins.countdown.think_end={think_end!r} is {len(end)} tokens for this tokenizer; "
-                           f"it must be one token (add it as a special token, or pick another)")
+            raise BadInput(
+                f"plugins.countdown.think_end={think_end!r} is {len(end)} tokens for this tokenizer; "
+                f"it must be one token (add it as a special token, or pick another)"
+            )
         if self.hf.eos_token_id is None:
             raise BadInput(f"the tokenizer in {path!r} has no eos token; set one in its tokenizer_config.json")
         self.think_end_id = end[0]
@@ -40,8 +44,12 @@ class HFCountdownTokenizer:
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
-        specials = {cd.BOS: [] if self.bos_id is None else [int(self.bos_id)], cd.THINK: self.think_start_ids,
-                    cd.THINK_END: [self.think_end_id], cd.EOS: [self.eos_id]}
+        specials = {
+            cd.BOS: [] if self.bos_id is None else [int(self.bos_id)],
+            cd.THINK: self.think_start_ids,
+            cd.THINK_END: [self.think_end_id],
+            cd.EOS: [self.eos_id],
+        }
         i = 0
         while i < len(text):
             hit = next((s for s in specials if text.startswith(s, i)), None)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.cli import main
+from engine.cli.main import main
 from plugins.core.data import MNIST1D
 
 torch.set_num_threads(1)
@@ -73,9 +73,20 @@ def test_a_run_over_a_damaged_cache_trains_and_says_so(good, tmp_path, monkeypat
     (cache / "mnist1d").mkdir(parents=True)
     (cache / "mnist1d" / reference.cache_name()).write_bytes(raw[:100])
     monkeypatch.setenv("HOOKMIX_CACHE", str(cache))
-    code = main(["train", "mnist1d-mlp", "run.steps=1", "--quiet", "plugins.mnist1d.num_train=200",
-                 "plugins.mnist1d.num_test=100", "plugins.mnist1d.seed=11", "plugins.mnist1d.batch_size=10",
-                 "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "mnist1d-mlp",
+            "run.steps=1",
+            "--quiet",
+            "plugins.mnist1d.num_train=200",
+            "plugins.mnist1d.num_test=100",
+            "plugins.mnist1d.seed=11",
+            "plugins.mnist1d.batch_size=10",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capfd.readouterr().err
     assert code == 0
     notes = [line for line in err.splitlines() if "hookmix: note: the MNIST-1D cache" in line]

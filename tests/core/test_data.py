@@ -159,6 +159,7 @@ def test_mnist1d_train_batch(mnist_cache):
     assert batches_equal(data.train_batch(gen(4)), data.train_batch(gen(4)))
     assert not batches_equal(data.train_batch(gen(4)), data.train_batch(gen(5)))
 
+
 def test_mnist1d_no_repeats_within_batch(mnist_cache):
     cache, _ = mnist_cache
     whole = MNIST1D(batch_size=200, cache_dir=str(cache), **SMALL)  # batch = the whole train split

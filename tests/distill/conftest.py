@@ -17,4 +17,3 @@ torch.set_num_threads(1)
 def gen():
     """A seeded CPU generator (fresh per test)."""
     return torch.Generator().manual_seed(1234)
-

@@ -164,7 +164,7 @@ def test_random_crop_flip_outputs_are_crops_of_padded_input():
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(5):
-        candidates = [padded[i, :, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        candidates = [padded[i, :, r : r + 32, c : c + 32] for r in range(9) for c in range(9)]
         candidates += [cand.flip(-1) for cand in candidates]
         assert any(torch.equal(out[i], cand) for cand in candidates)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 from plugins.kd.cifar100 import write_synthetic_cifar100
 
 
@@ -56,8 +56,18 @@ def _cifar_damage(tmp_path: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["not_a_tar", "empty_file", "gzip_of_garbage", "truncated_archive",
-                                  "member_not_a_pickle", "member_truncated_pickle", "folder_with_garbage_member"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "not_a_tar",
+        "empty_file",
+        "gzip_of_garbage",
+        "truncated_archive",
+        "member_not_a_pickle",
+        "member_truncated_pickle",
+        "folder_with_garbage_member",
+    ],
+)
 def test_damaged_cifar100_path_is_one_line(kind, tmp_path, capsys):
     path = _cifar_damage(tmp_path, kind)
     line = _refusal(["train", "cifar100-r32x4", f"plugins.cifar100.path={path}"], tmp_path / "run", capsys)
@@ -74,7 +84,18 @@ def test_logit_std_without_a_distillation_loss_is_bad_input(tmp_path, capsys):
 def test_logit_std_with_a_self_distillation_consumer_is_accepted(tmp_path, capsys, monkeypatch):
     """uskd reads distillation-kind logits without a teacher: logit_std has a consumer there."""
     monkeypatch.setenv("HOOKMIX_CACHE", str(tmp_path / "cache"))
-    code = main(["train", "mnist1d-student-uskd", "run.plugins+=logit_std", "run.steps=1", "--quiet",
-                 "plugins.mnist1d.num_train=200", "plugins.mnist1d.num_test=100", "plugins.mnist1d.batch_size=10",
-                 "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "mnist1d-student-uskd",
+            "run.plugins+=logit_std",
+            "run.steps=1",
+            "--quiet",
+            "plugins.mnist1d.num_train=200",
+            "plugins.mnist1d.num_test=100",
+            "plugins.mnist1d.batch_size=10",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err

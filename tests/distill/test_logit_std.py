@@ -91,8 +91,11 @@ def test_temperature_is_tau_times_std_and_scale_is_base_tau_squared(gen, tau):
         assert torch.allclose(lhs, rhs, atol=1e-9)
         # base_temperature inside the transform is the same division
         assert torch.allclose(standardize_logits(z, base_temperature=tau), standardize_logits(z) / tau, rtol=1e-12)
-    kl = F.kl_div(F.log_softmax(standardize_logits(zs) / tau, 1), F.softmax(standardize_logits(zt) / tau, 1),
-                  reduction="batchmean")
+    kl = F.kl_div(
+        F.log_softmax(standardize_logits(zs) / tau, 1),
+        F.softmax(standardize_logits(zt) / tau, 1),
+        reduction="batchmean",
+    )
     assert torch.allclose(kd_ls(zs, zt, tau), tau**2 * kl, rtol=1e-12)
     # the alternative (tau * std)^2 scaling would be a very different number
     wrong = ((tau * zs.std(1)) ** 2).mean() * kl
@@ -103,7 +106,7 @@ def test_temperature_is_tau_times_std_and_scale_is_base_tau_squared(gen, tau):
 def test_per_sample_own_statistics(gen):
     z = logits(gen)
     batch = standardize_logits(z)
-    rows = torch.cat([standardize_logits(z[i:i + 1]) for i in range(B)])
+    rows = torch.cat([standardize_logits(z[i : i + 1]) for i in range(B)])
     assert torch.allclose(batch, rows, atol=1e-6)
     # teacher and student standardized separately: scaling only the teacher batch changes nothing
     zs, zt = logits(gen), logits(gen)

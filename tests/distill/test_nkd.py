@@ -37,8 +37,7 @@ def test_non_target_term_ignores_target_logit(gen, T):
     _, parts2 = nkd_loss(zs2, zt2, y, temperature=T, gamma=1.5)
     assert torch.allclose(parts["nkd_non_target"], parts2["nkd_non_target"], rtol=1e-12, atol=0)
     # the buggy all-class version does change (so this test can catch a regression of cls_KD#16)
-    assert not torch.allclose(buggy_nkd_non_target(zs, zt, T, 1.5), buggy_nkd_non_target(zs2, zt2, T, 1.5),
-                              rtol=1e-3)
+    assert not torch.allclose(buggy_nkd_non_target(zs, zt, T, 1.5), buggy_nkd_non_target(zs2, zt2, T, 1.5), rtol=1e-3)
     # and the target term does see the target logit
     assert not torch.allclose(parts["nkd_target"], parts2["nkd_target"])
 
@@ -80,7 +79,7 @@ def test_non_target_term_is_scaled_nckd_plus_entropy(gen, T, gamma):
     zs = logits(gen).requires_grad_()
     zt, y = logits(gen), labels(gen)
     _, parts = nkd_loss(zs, zt, y, temperature=T, gamma=gamma, reduction="none")
-    nt = F.softmax(torch.stack([torch.cat([r[:k], r[k + 1:]]) for r, k in zip(zt, y)]) / T, 1)
+    nt = F.softmax(torch.stack([torch.cat([r[:k], r[k + 1 :]]) for r, k in zip(zt, y)]) / T, 1)
     entropy = -(nt * nt.log()).sum(1)
     nc = nckd(zs, zt, y, T)
     assert torch.allclose(parts["nkd_non_target"], gamma * T**2 * (nc + entropy.detach()), rtol=1e-10)
@@ -141,9 +140,14 @@ def test_nkd_reduction(gen):
     mean, parts = nkd_loss(zs, zt, y, 2.0, 1.5)
     per, per_parts = nkd_loss(zs, zt, y, 2.0, 1.5, reduction="none")
     assert per.shape == (B,) and torch.allclose(per.mean(), mean, rtol=1e-12)
-    manual_non = -(1.5 * 4.0 * (F.softmax(torch.stack([torch.cat([r[:k], r[k + 1:]]) for r, k in zip(zt, y)]) / 2, 1)
-                                * F.log_softmax(torch.stack([torch.cat([r[:k], r[k + 1:]]) for r, k in zip(zs, y)]) / 2, 1)
-                                ).sum(1)).mean()
+    manual_non = -(
+        1.5
+        * 4.0
+        * (
+            F.softmax(torch.stack([torch.cat([r[:k], r[k + 1 :]]) for r, k in zip(zt, y)]) / 2, 1)
+            * F.log_softmax(torch.stack([torch.cat([r[:k], r[k + 1 :]]) for r, k in zip(zs, y)]) / 2, 1)
+        ).sum(1)
+    ).mean()
     assert torch.allclose(parts["nkd_non_target"], manual_non, rtol=1e-12)
 
 

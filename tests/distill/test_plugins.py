@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from engine import BadInput
-from engine.checkpoint import load_latest
-from engine.cli import main as cli_main
+from engine.cli.main import main as cli_main
 from engine.loop import Trainer
-from engine.outputs import RunDir
+from engine.rundir.checkpoint import load_latest
+from engine.rundir.directory import RunDir
 from engine.testing import assert_resumes_exactly, make_recipe, train
 
 DATA = {"num_train": 400, "num_test": 100, "batch_size": 50}
@@ -34,8 +34,14 @@ def cache_dir(tmp_path_factory):
 def teacher_dir(tmp_path_factory, cache_dir):
     """A tiny trained CNN teacher run (~40% test accuracy) on a local path, with checkpoints at steps 50 and 100."""
     out = str(tmp_path_factory.mktemp("teacher") / "run")
-    train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=100, out=out, checkpoint_interval=50,
-          threads=1, config={"mnist1d": DATA, "cnn1d": {"channels": 16}, "adamw": {"lr": 1e-2}})
+    train(
+        ["mnist1d", "cnn1d", "adamw", "cross_entropy"],
+        steps=100,
+        out=out,
+        checkpoint_interval=50,
+        threads=1,
+        config={"mnist1d": DATA, "cnn1d": {"channels": 16}, "adamw": {"lr": 1e-2}},
+    )
     return out
 
 
@@ -93,8 +99,12 @@ def test_kd_with_ls_is_invariant_to_affine_rescaling_through_the_plugin_path(tea
 
 def test_logit_std_consumer_names_are_checked(teacher_dir):
     with pytest.raises(BadInput, match="did you mean 'kd'"):
-        train([*STUDENT, "teacher", "kd", "logit_std"], student_config(teacher_dir, logit_std={"consumers": ["kdd"]}),
-              steps=1, threads=1)
+        train(
+            [*STUDENT, "teacher", "kd", "logit_std"],
+            student_config(teacher_dir, logit_std={"consumers": ["kdd"]}),
+            steps=1,
+            threads=1,
+        )
 
 
 # --- the teacher ----------------------------------------------------------------------------------------
@@ -127,8 +137,16 @@ def test_missing_teacher_is_bad_input(tmp_path):
 
 
 def test_missing_teacher_exits_2_with_one_line(tmp_path, capsys):
-    code = cli_main(["train", "mnist1d-student-kd", f"plugins.teacher.run={json.dumps(str(tmp_path / 'nope'))}",
-                     "--out", str(tmp_path / "student"), "--quiet"])
+    code = cli_main(
+        [
+            "train",
+            "mnist1d-student-kd",
+            f"plugins.teacher.run={json.dumps(str(tmp_path / 'nope'))}",
+            "--out",
+            str(tmp_path / "student"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "recipe.toml" in err
     assert not (tmp_path / "student").exists()
@@ -137,8 +155,9 @@ def test_missing_teacher_exits_2_with_one_line(tmp_path, capsys):
 def test_incompatible_teacher_is_bad_input(teacher_dir):
     # the toy data has 3 classes of 8-D inputs; the teacher was trained on MNIST-1D (10 classes, length 40)
     with pytest.raises(BadInput, match="incompatible teacher.*num_classes=10"):
-        train(["toy_data", "toy_model", "toy_sgd", "toy_ce", "teacher", "kd"], {"teacher": {"run": teacher_dir}},
-              steps=1)
+        train(
+            ["toy_data", "toy_model", "toy_sgd", "toy_ce", "teacher", "kd"], {"teacher": {"run": teacher_dir}}, steps=1
+        )
 
 
 def test_teacher_checkpoint_url_and_changed_teacher_on_resume(teacher_dir, tmp_path):
@@ -216,11 +235,20 @@ def test_language_model_distillation_flattens_logits_and_features(tmp_path):
     data = {"block_size": 16, "batch_size": 4, "eval_batches": 1}
     gpt = {"n_layer": 1, "n_head": 2, "n_embd": 16}
     teacher = str(tmp_path / "lm-teacher")
-    train(["tinyshakespeare", "gpt", "adamw", "cross_entropy"], {"tinyshakespeare": data, "gpt": gpt},
-          steps=2, out=teacher, threads=1)
+    train(
+        ["tinyshakespeare", "gpt", "adamw", "cross_entropy"],
+        {"tinyshakespeare": data, "gpt": gpt},
+        steps=2,
+        out=teacher,
+        threads=1,
+    )
     config = {"tinyshakespeare": data, "gpt": gpt, "teacher": {"run": teacher}, "uskd": {"feature": "ln_f"}}
-    result = train(["tinyshakespeare", "gpt", "adamw", "cross_entropy", "teacher", "kd", "nkd", "uskd", "logit_std"],
-                   config, steps=2, threads=1)
+    result = train(
+        ["tinyshakespeare", "gpt", "adamw", "cross_entropy", "teacher", "kd", "nkd", "uskd", "logit_std"],
+        config,
+        steps=2,
+        threads=1,
+    )
     last = result.metrics[0]
     for name in ("kd", "nkd_target", "nkd_non_target", "uskd_target", "uskd_non_target", "uskd_weak"):
         assert torch.isfinite(torch.tensor(last[f"train/loss/{name}"]))
@@ -238,8 +266,11 @@ def test_cifar100_resnet_sgd_train_on_a_synthetic_archive(tmp_path):
 
     archive = str(tmp_path / "cifar-100-python.tar.gz")
     write_synthetic_cifar100(archive, n_train=8, n_test=4)
-    config = {"cifar100": {"path": archive, "batch_size": 4, "eval_batch_size": 4}, "resnet": {"arch": "resnet8x4"},
-              "sgd": {"lr": 0.05, "milestones": [1]}}
+    config = {
+        "cifar100": {"path": archive, "batch_size": 4, "eval_batch_size": 4},
+        "resnet": {"arch": "resnet8x4"},
+        "sgd": {"lr": 0.05, "milestones": [1]},
+    }
     result = train(["cifar100", "resnet", "sgd", "cross_entropy"], config, steps=2, threads=1)
     assert result.state.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
     assert result.metrics[-1]["val/accuracy"] >= 0

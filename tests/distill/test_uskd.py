@@ -50,7 +50,7 @@ def test_q_soft_labels_top2_and_zeroed(gen):
     assert torch.equal(idx[:, 0], y) and torch.equal(idx[:, 1], other)
     s = F.softmax(z, 1)
     for k, v in ((0, 0.6), (1, 0.4)):
-        sk2 = s.gather(1, idx[:, k:k + 1]).squeeze(1) ** 2
+        sk2 = s.gather(1, idx[:, k : k + 1]).squeeze(1) ** 2
         assert torch.allclose(q[:, k], sk2 + v - sk2.mean(), atol=1e-6)
     # a one-hot float label: the second class has v = 0 -> q zeroed, result equals the hard-label loss
     onehot = F.one_hot(y, C).float()
@@ -94,7 +94,7 @@ def test_zipf_positive_normalised_non_increasing(gen):
     order = scores.argsort(1, descending=True)
     by_rank = zipf.gather(1, order)
     for row, target_pos in zip(by_rank, (order == y[:, None]).nonzero()[:, 1]):
-        nt = torch.cat([row[:target_pos], row[target_pos + 1:]])
+        nt = torch.cat([row[:target_pos], row[target_pos + 1 :]])
         assert (nt[1:] <= nt[:-1]).all()
         # exact Zipf: weight of a non-target class is proportional to 1 / (1 + its rank among all classes)
         positions = torch.tensor([k for k in range(C) if k != target_pos], dtype=torch.float32)
@@ -112,7 +112,7 @@ def test_zipf_target_first_closed_form(c, head):
     harmonic = sum(1.0 / k for k in range(1, c + 1))
     closed = torch.tensor([1.0 / k for k in range(2, c + 1)]) / (harmonic - 1.0)
     for i in range(n):
-        nt = torch.cat([zipf[i, :y[i]], zipf[i, y[i] + 1:]])
+        nt = torch.cat([zipf[i, : y[i]], zipf[i, y[i] + 1 :]])
         assert torch.allclose(nt, closed, atol=1e-7)
         assert nt[:3].tolist() == pytest.approx(list(head), abs=5e-5)
 

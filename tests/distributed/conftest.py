@@ -36,6 +36,11 @@ def teacher(tmp_path_factory, cache):
     from engine.testing import train
 
     out = str(tmp_path_factory.mktemp("teacher") / "run")
-    train(["mnist1d", "cnn1d", "adamw", "cross_entropy"], steps=20, out=out, threads=1,
-          config={"mnist1d": MNIST1D_DATA, "cnn1d": {"channels": 8}, "adamw": {"lr": 1e-2}})
+    train(
+        ["mnist1d", "cnn1d", "adamw", "cross_entropy"],
+        steps=20,
+        out=out,
+        threads=1,
+        config={"mnist1d": MNIST1D_DATA, "cnn1d": {"channels": 8}, "adamw": {"lr": 1e-2}},
+    )
     return out

@@ -9,7 +9,6 @@ import torch
 
 from engine import Plugin, TrainingFailure, WeightConstraint, field, hookimpl
 
-
 #: The MNIST-1D settings of the distributed tests (and of the shared teacher in conftest.py).
 MNIST1D_DATA = {"num_train": 400, "num_test": 100, "batch_size": 50}
 
@@ -117,8 +116,11 @@ class ShardCheck(Plugin):
 class FrozenCheckConfig:
     max_fraction: float = field(1.0, "the most of a frozen model's parameter bytes one rank may hold")
     log: bool = field(True, "log check/frozen_fraction (a metric a 1-process run would give as 1.0)")
-    late: bool = field(False, "also add a frozen Linear in hookmix_on_train_start (after the engine sharded the "
-                              "run) and call it in every forward")
+    late: bool = field(
+        False,
+        "also add a frozen Linear in hookmix_on_train_start (after the engine sharded the "
+        "run) and call it in every forward",
+    )
 
 
 class FrozenCheck(Plugin):

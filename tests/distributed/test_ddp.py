@@ -1,6 +1,6 @@
 """2-rank runs (torch.distributed.run, gloo, one thread per rank) against 1-rank runs of the same recipe.
 
-Every shipped recipe family runs in ONE launch (startup is paid once; see engine.testing.run_distributed),
+Every shipped recipe family runs in ONE launch (startup is paid once; see engine.testing.distributed.run_distributed),
 with a rank-agreement check after every step: model, plugin modules and plugin states (EMA's shadow,
 the optimizer-side state lives in the optimizer and follows from identical gradients) bit-identical on
 both ranks. Tolerances against the 1-rank run (max |weight difference|, and metric difference relative to
@@ -26,21 +26,29 @@ import shutil
 
 import pytest
 import torch
-
 from dist_plugins import MNIST1D_DATA as DATA  # this directory is on sys.path (conftest.py)
-from engine.testing import RankAgreement, assert_close_results, assert_identical_results, run_distributed, train
+
+from engine.testing import train
+from engine.testing.distributed import RankAgreement, assert_close_results, assert_identical_results, run_distributed
 
 ADAMW, MUON = 1e-4, 1e-3
 TOL = {"mlp": ADAMW, "uskd": ADAMW, "lipschitz": MUON, "ema_constraints": MUON, "mix": MUON}
 STEPS = 6
 RUN = {"threads": 1, "log_interval": 2, "eval_interval": 3}
-MLP = dict(plugins=["mnist1d", "mlp", "adamw", "cross_entropy"],
-           config={"mnist1d": DATA, "mlp": {"hidden": [32]}, "adamw": {"lr": 1e-2}})
-LIP = dict(plugins=["mnist1d", "lipschitz_mlp", "muon", "spectral_soft_cap", "cross_entropy"],
-           config={"mnist1d": DATA, "lipschitz_mlp": {"hidden": 32, "n_hidden_layers": 2}, "muon": {"lr": 0.1},
-                   "spectral_soft_cap": {"w_max": 2.0}})
-USKD = dict(plugins=[*MLP["plugins"], "uskd"],
-            config={**MLP["config"], "uskd": {"alpha": 0.1, "beta": 0.1, "mu": 0.1}})
+MLP = dict(
+    plugins=["mnist1d", "mlp", "adamw", "cross_entropy"],
+    config={"mnist1d": DATA, "mlp": {"hidden": [32]}, "adamw": {"lr": 1e-2}},
+)
+LIP = dict(
+    plugins=["mnist1d", "lipschitz_mlp", "muon", "spectral_soft_cap", "cross_entropy"],
+    config={
+        "mnist1d": DATA,
+        "lipschitz_mlp": {"hidden": 32, "n_hidden_layers": 2},
+        "muon": {"lr": 0.1},
+        "spectral_soft_cap": {"w_max": 2.0},
+    },
+)
+USKD = dict(plugins=[*MLP["plugins"], "uskd"], config={**MLP["config"], "uskd": {"alpha": 0.1, "beta": 0.1, "mu": 0.1}})
 TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2}
 RL_DATA = {"mode": "rl", "batch_size": 4, "val_problems": 0}
 CAPS = {"group_size": 4, "think_cap": 8, "answer_cap": 8}
@@ -50,16 +58,27 @@ PASSK = {"problems": 4, "samples": 4, "ks": [1, 4], "taus": [0.1], "chunk": 64}
 def rl(arm: str) -> dict:
     from dist_plugins import RankReward
 
-    return dict(plugins=["countdown", "tiny_policy", "countdown_reward", "format_reward", RankReward, arm, "adamw",
-                         "passk"],
-                config={"countdown": RL_DATA, "tiny_policy": TINY, arm: CAPS, "adamw": {"lr": 1e-3}, "passk": PASSK},
-                steps=2, threads=1, log_interval=1, eval_interval=2, agree_plugin_states=False)
+    return dict(
+        plugins=["countdown", "tiny_policy", "countdown_reward", "format_reward", RankReward, arm, "adamw", "passk"],
+        config={"countdown": RL_DATA, "tiny_policy": TINY, arm: CAPS, "adamw": {"lr": 1e-3}, "passk": PASSK},
+        steps=2,
+        threads=1,
+        log_interval=1,
+        eval_interval=2,
+        agree_plugin_states=False,
+    )
 
 
 def mix(teacher: str) -> dict:
-    return dict(plugins=[*LIP["plugins"], "teacher", "kd", "logit_std"],
-                config={**LIP["config"], "teacher": {"run": teacher}, "cross_entropy": {"weight": 0.1},
-                        "kd": {"temperature": 2.0, "weight": 9.0}})
+    return dict(
+        plugins=[*LIP["plugins"], "teacher", "kd", "logit_std"],
+        config={
+            **LIP["config"],
+            "teacher": {"run": teacher},
+            "cross_entropy": {"weight": 0.1},
+            "kd": {"temperature": 2.0, "weight": 9.0},
+        },
+    )
 
 
 def ema_constraints() -> dict:
@@ -153,7 +172,7 @@ def test_two_nodes_on_one_machine_equal_one_node_with_two_processes(runs):
     """Two torchrun launchers (--nnodes 2, c10d rendezvous on 127.0.0.1), one process each."""
     import socket
 
-    from engine.testing import launch_cases, read_results, write_cases
+    from engine.testing.distributed import launch_cases, read_results, write_cases
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -162,10 +181,28 @@ def test_two_nodes_on_one_machine_equal_one_node_with_two_processes(runs):
     # launcher hosted it, node 1's worker could lose it while shutting down (seen as an abort under load).
     store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
     work = write_cases([dict(MLP, steps=STEPS, **RUN)])
-    nodes = [launch_cases(work, ["--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
-                                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "t",
-                                 "--rdzv-conf", "is_host=false"])
-             for rank in (0, 1)]
+    nodes = [
+        launch_cases(
+            work,
+            [
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(rank),
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "t",
+                "--rdzv-conf",
+                "is_host=false",
+            ],
+        )
+        for rank in (0, 1)
+    ]
     errs = [node.communicate(timeout=300)[1] for node in nodes]
     del store
     assert [node.returncode for node in nodes] == [0, 0], errs[0][-2000:] + errs[1][-2000:]

@@ -1,6 +1,6 @@
 """run.strategy = "fsdp" (FSDP2 fully_shard, DCP checkpoints) on 2 real processes (gloo) against 1 process.
 
-Every FSDP case runs in ONE torch.distributed.run launch (engine.testing.run_distributed), with the rank
+Every FSDP case runs in ONE torch.distributed.run launch (engine.testing.distributed.run_distributed), with the rank
 agreement check after every step on the *full* weights (the shards differ by design). Tolerances (max
 |weight difference|, metric difference relative to max(1, |value|)), measured by
 ``HOOKMIX_CACHE=/tmp/c python tests/distributed/measure_tolerances.py --fsdp``:
@@ -35,25 +35,41 @@ import sys
 
 import pytest
 import torch
-
 from dist_plugins import MNIST1D_DATA as DATA  # this directory is on sys.path (conftest.py)
-from engine.testing import RankAgreement, assert_close_results, assert_identical_results, max_difference, run_distributed, train
+
+from engine.testing import train
+from engine.testing.distributed import (
+    RankAgreement,
+    assert_close_results,
+    assert_identical_results,
+    max_difference,
+    run_distributed,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ADAMW, MUON = 1e-4, 2e-2
 STEPS = 6
 RUN = {"threads": 1, "log_interval": 2, "eval_interval": 3}
 FSDP = {"strategy": "fsdp"}
-MLP = dict(plugins=["mnist1d", "mlp", "adamw", "cross_entropy"],
-           config={"mnist1d": DATA, "mlp": {"hidden": [32]}, "adamw": {"lr": 1e-2}})
+MLP = dict(
+    plugins=["mnist1d", "mlp", "adamw", "cross_entropy"],
+    config={"mnist1d": DATA, "mlp": {"hidden": [32]}, "adamw": {"lr": 1e-2}},
+)
 
 
 def lip() -> dict:
     from dist_plugins import FullCapCheck
 
-    return dict(plugins=["mnist1d", "lipschitz_mlp", "muon", "spectral_soft_cap", "cross_entropy", FullCapCheck],
-                config={"mnist1d": DATA, "lipschitz_mlp": {"hidden": 32, "n_hidden_layers": 2}, "muon": {"lr": 0.1},
-                        "spectral_soft_cap": {"w_max": 2.0}, "full_cap_check": {"w_max": 2.0}})
+    return dict(
+        plugins=["mnist1d", "lipschitz_mlp", "muon", "spectral_soft_cap", "cross_entropy", FullCapCheck],
+        config={
+            "mnist1d": DATA,
+            "lipschitz_mlp": {"hidden": 32, "n_hidden_layers": 2},
+            "muon": {"lr": 0.1},
+            "spectral_soft_cap": {"w_max": 2.0},
+            "full_cap_check": {"w_max": 2.0},
+        },
+    )
 
 
 def capped(method: str, extra: dict, tol: float) -> dict:
@@ -62,18 +78,27 @@ def capped(method: str, extra: dict, tol: float) -> dict:
     base = lip()
     plugins = [method if p == "spectral_soft_cap" else p for p in base["plugins"]]
     config = {k: v for k, v in base["config"].items() if k != "spectral_soft_cap"}
-    return dict(plugins=plugins, config={**config, method: {"w_max": 2.0, **extra},
-                                         "full_cap_check": {"w_max": 2.0, "tol": tol}})
+    return dict(
+        plugins=plugins,
+        config={**config, method: {"w_max": 2.0, **extra}, "full_cap_check": {"w_max": 2.0, "tol": tol}},
+    )
 
 
 SHAKESPEARE = {"block_size": 16, "batch_size": 4, "eval_batches": 2}
 GPT_STEPS = 4
-GPT = dict(plugins=["tinyshakespeare", "gpt", "adamw", "cross_entropy"],
-           config={"tinyshakespeare": SHAKESPEARE, "gpt": {"n_layer": 2, "n_head": 2, "n_embd": 32},
-                   "adamw": {"lr": 1e-3}})
-LIP_GPT = dict(plugins=["tinyshakespeare", "lipschitz_gpt", "muon", "spectral_soft_cap", "cross_entropy"],
-               config={"tinyshakespeare": SHAKESPEARE, "lipschitz_gpt": {"d_model": 32, "n_layers": 2, "n_heads": 2},
-                       "muon": {"lr": 0.05}, "spectral_soft_cap": {"w_max": 2.0}})
+GPT = dict(
+    plugins=["tinyshakespeare", "gpt", "adamw", "cross_entropy"],
+    config={"tinyshakespeare": SHAKESPEARE, "gpt": {"n_layer": 2, "n_head": 2, "n_embd": 32}, "adamw": {"lr": 1e-3}},
+)
+LIP_GPT = dict(
+    plugins=["tinyshakespeare", "lipschitz_gpt", "muon", "spectral_soft_cap", "cross_entropy"],
+    config={
+        "tinyshakespeare": SHAKESPEARE,
+        "lipschitz_gpt": {"d_model": 32, "n_layers": 2, "n_heads": 2},
+        "muon": {"lr": 0.05},
+        "spectral_soft_cap": {"w_max": 2.0},
+    },
+)
 
 
 def frozen_check(case: dict, log: bool = False) -> dict:
@@ -81,19 +106,31 @@ def frozen_check(case: dict, log: bool = False) -> dict:
     at least 0.45 on 2 ranks); ``log``: logs the fraction and adds a frozen Linear in hookmix_on_train_start."""
     from dist_plugins import FrozenCheck
 
-    return dict(case, plugins=[*case["plugins"], FrozenCheck],
-                config={**case["config"], "frozen_check": {"max_fraction": 0.55, "log": log, "late": log}})
+    return dict(
+        case,
+        plugins=[*case["plugins"], FrozenCheck],
+        config={**case["config"], "frozen_check": {"max_fraction": 0.55, "log": log, "late": log}},
+    )
 
 
 def grpo(arm: str = "grpo") -> dict:
     """grpo (or soft_grpo) with the default kl_coef > 0: a frozen reference policy (sharded under FSDP)."""
     from dist_plugins import RankReward
 
-    return dict(plugins=["countdown", "tiny_policy", "countdown_reward", "format_reward", RankReward, arm, "adamw"],
-                config={"countdown": {"mode": "rl", "batch_size": 4, "val_problems": 0},
-                        "tiny_policy": {"d_model": 32, "n_layers": 2, "n_heads": 2},
-                        arm: {"group_size": 4, "think_cap": 8, "answer_cap": 8}, "adamw": {"lr": 1e-3}},
-                steps=3, threads=1, log_interval=1, eval_interval=3, agree_plugin_states=False)
+    return dict(
+        plugins=["countdown", "tiny_policy", "countdown_reward", "format_reward", RankReward, arm, "adamw"],
+        config={
+            "countdown": {"mode": "rl", "batch_size": 4, "val_problems": 0},
+            "tiny_policy": {"d_model": 32, "n_layers": 2, "n_heads": 2},
+            arm: {"group_size": 4, "think_cap": 8, "answer_cap": 8},
+            "adamw": {"lr": 1e-3},
+        },
+        steps=3,
+        threads=1,
+        log_interval=1,
+        eval_interval=3,
+        agree_plugin_states=False,
+    )
 
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
@@ -103,8 +140,11 @@ def hf_grpo() -> dict:
     """grpo with a random tiny llama through hf_policy (decoder layers as units; embed/forward_embeds gather)."""
     case = grpo()
     config = {k: v for k, v in case["config"].items() if k != "tiny_policy"}
-    return dict(case, plugins=["hf_policy" if p == "tiny_policy" else p for p in case["plugins"]],
-                config={**config, "hf_policy": {"arch": "llama", "hidden_size": 32, "layers": 2, "heads": 2}})
+    return dict(
+        case,
+        plugins=["hf_policy" if p == "tiny_policy" else p for p in case["plugins"]],
+        config={**config, "hf_policy": {"arch": "llama", "hidden_size": 32, "layers": 2, "heads": 2}},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +161,15 @@ def gpt_kd(teacher: str) -> dict:
 
 def mix(teacher: str) -> dict:
     base = lip()
-    return dict(plugins=[*base["plugins"], "teacher", "kd", "logit_std"],
-                config={**base["config"], "teacher": {"run": teacher}, "cross_entropy": {"weight": 0.1},
-                        "kd": {"temperature": 2.0, "weight": 9.0}})
+    return dict(
+        plugins=[*base["plugins"], "teacher", "kd", "logit_std"],
+        config={
+            **base["config"],
+            "teacher": {"run": teacher},
+            "cross_entropy": {"weight": 0.1},
+            "kd": {"temperature": 2.0, "weight": 9.0},
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +181,20 @@ def runs(tmp_path_factory, teacher, gpt_teacher):
         "mlp": dict(MLP, steps=STEPS, **RUN, **FSDP),
         "lipschitz": dict(lip(), steps=STEPS, **RUN, **FSDP),
         "mix": dict(frozen_check(mix(teacher)), steps=STEPS, **RUN, **FSDP),
-        "frozen": dict(frozen_check(dict(MLP, plugins=[*MLP["plugins"], "teacher", "kd"],
-                                         config={**MLP["config"], "teacher": {"run": teacher}}), log=True),
-                       steps=2, precision="bf16", **RUN, **FSDP),  # bf16: the student's MixedPrecisionPolicy
+        "frozen": dict(
+            frozen_check(
+                dict(
+                    MLP,
+                    plugins=[*MLP["plugins"], "teacher", "kd"],
+                    config={**MLP["config"], "teacher": {"run": teacher}},
+                ),
+                log=True,
+            ),
+            steps=2,
+            precision="bf16",
+            **RUN,
+            **FSDP,
+        ),  # bf16: the student's MixedPrecisionPolicy
         "gpt_kd": dict(frozen_check(gpt_kd(gpt_teacher)), steps=GPT_STEPS, **RUN, **FSDP),
         "hard_cap": dict(capped("spectral_hard_cap", {}, 0.011), steps=4, **RUN, **FSDP),
         "normalize": dict(capped("spectral_normalize", {"estimator": "exact"}, 1e-5), steps=4, **RUN, **FSDP),
@@ -191,8 +248,9 @@ def test_fsdp_lipschitz_matches_one_process_and_caps_full_matrices(runs):
     sigmas = [m["check/sigma_max"] for m in res["metrics"] if "check/sigma_max" in m]
     assert len(sigmas) == STEPS // RUN["log_interval"] and max(sigmas) <= 2.0 * (1 + 1e-6)
     bound = [m["lipschitz/bound"] for m in res["metrics"] if "lipschitz/bound" in m]
-    assert bound and bound == pytest.approx([m["lipschitz/bound"] for m in one["metrics"] if "lipschitz/bound" in m],
-                                            rel=MUON)
+    assert bound and bound == pytest.approx(
+        [m["lipschitz/bound"] for m in one["metrics"] if "lipschitz/bound" in m], rel=MUON
+    )
 
 
 @pytest.mark.parametrize("case", ["hard_cap", "normalize"])
@@ -239,8 +297,9 @@ def test_fsdp_lipschitz_gpt_matches_one_process(runs):
     one = single(dict(LIP_GPT, steps=GPT_STEPS, **RUN))
     assert_close_results(res, one, MUON)
     bound = [m["lipschitz/bound"] for m in res["metrics"] if "lipschitz/bound" in m]
-    assert bound and bound == pytest.approx([m["lipschitz/bound"] for m in one["metrics"] if "lipschitz/bound" in m],
-                                            rel=MUON)
+    assert bound and bound == pytest.approx(
+        [m["lipschitz/bound"] for m in one["metrics"] if "lipschitz/bound" in m], rel=MUON
+    )
 
 
 def test_one_file_ddp_checkpoint_resumes_under_fsdp(runs):
@@ -265,8 +324,8 @@ def test_a_one_file_optimizer_state_without_a_row_layout_is_refused_under_fsdp()
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
+    from engine.distributed.sharded_checkpoint import shard_full
     from engine.errors import BadInput
-    from engine.sharded_checkpoint import shard_full
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
@@ -277,18 +336,29 @@ def test_a_one_file_optimizer_state_without_a_row_layout_is_refused_under_fsdp()
         model.weight = torch.nn.Parameter(distribute_tensor(model.weight.detach(), mesh, [Shard(0)]))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         full = {"weight": torch.ones(3, 4)}
-        ok = {"model": dict(full), "modules": {}, "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3, 4)}},
-                                                                "param_groups": [{"params": [0]}]}}
+        ok = {
+            "model": dict(full),
+            "modules": {},
+            "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3, 4)}}, "param_groups": [{"params": [0]}]},
+        }
         shard_full(ok, model, torch.nn.ModuleDict(), optimizer)
-        assert isinstance(ok["model"]["weight"], DTensor) and isinstance(ok["optimizer"]["state"][0]["momentum_buffer"],
-                                                                         DTensor)
-        bad = {"model": dict(full), "modules": {}, "optimizer": {"state": {0: {"row_moment": torch.ones(3)}},
-                                                                 "param_groups": [{"params": [0]}]}}
+        assert isinstance(ok["model"]["weight"], DTensor) and isinstance(
+            ok["optimizer"]["state"][0]["momentum_buffer"], DTensor
+        )
+        bad = {
+            "model": dict(full),
+            "modules": {},
+            "optimizer": {"state": {0: {"row_moment": torch.ones(3)}}, "param_groups": [{"params": [0]}]},
+        }
         with pytest.raises(BadInput, match="optimizer state 'row_moment' of shape \\(3,\\) has no row layout"):
             shard_full(bad, model, torch.nn.ModuleDict(), optimizer)
         with pytest.raises(BadInput, match="model weight has shape \\(4, 4\\), this run's \\(3, 4\\)"):
-            shard_full({"model": {"weight": torch.ones(4, 4)}, "modules": {}, "optimizer": {}}, model,
-                       torch.nn.ModuleDict(), optimizer)
+            shard_full(
+                {"model": {"weight": torch.ones(4, 4)}, "modules": {}, "optimizer": {}},
+                model,
+                torch.nn.ModuleDict(),
+                optimizer,
+            )
     finally:
         dist.destroy_process_group()
 
@@ -341,8 +411,11 @@ def test_fsdp_checkpoint_is_a_dcp_directory_resumed_by_one_process(runs, tmp_pat
     shutil.copytree(runs["to_one_dir"], out)
     names = sorted(os.listdir(os.path.join(out, "checkpoints")))
     assert names == ["step-00000002.dcp", "step-00000002.pt", "step-00000004.dcp", "step-00000004.pt"]
-    assert sorted(os.listdir(os.path.join(out, "checkpoints", "step-00000004.dcp"))) == \
-        [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one file of rows per rank
+    assert sorted(os.listdir(os.path.join(out, "checkpoints", "step-00000004.dcp"))) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]  # one file of rows per rank
     res = train([*MLP["plugins"], RankAgreement], MLP["config"], STEPS, out=out, resume=True, **RUN)
     resumed = {"model": res.model.state_dict(), "modules": res.state.modules.state_dict(), "metrics": res.metrics}
     assert_close_results(resumed, single(dict(MLP, steps=STEPS, **RUN)), ADAMW)
@@ -360,15 +433,31 @@ def test_interrupted_dcp_save_leaves_the_previous_checkpoint_loadable(runs, tmp_
         f.write(b"half")
     res = train([*MLP["plugins"], RankAgreement], MLP["config"], STEPS, out=out, resume=True, **RUN)
     assert res.state.start_step == 2
-    assert_close_results({"model": res.model.state_dict(), "modules": res.state.modules.state_dict(),
-                          "metrics": res.metrics}, single(dict(MLP, steps=STEPS, **RUN)), ADAMW)
+    assert_close_results(
+        {"model": res.model.state_dict(), "modules": res.state.modules.state_dict(), "metrics": res.metrics},
+        single(dict(MLP, steps=STEPS, **RUN)),
+        ADAMW,
+    )
 
 
 def test_muon_update_under_fsdp_equals_unsharded():
     """torch.optim.Muon on a DTensor row-sharded over 2 ranks vs the 1-process update (see fsdp_muon.py)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           os.path.join(HERE, "fsdp_muon.py")], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            os.path.join(HERE, "fsdp_muon.py"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("shape")]
     assert len(lines) == 4, proc.stdout
@@ -379,7 +468,7 @@ def test_a_plugin_needing_full_weights_where_fsdp_has_shards_is_refused_before_t
     line naming the plugin and the hook, before anything is written."""
     from dist_plugins import NeedsFullInBackward
 
-    from engine.testing import launch_cases, write_cases
+    from engine.testing.distributed import launch_cases, write_cases
 
     work = write_cases([dict(MLP, plugins=[*MLP["plugins"], NeedsFullInBackward], steps=2, **RUN, **FSDP)])
     proc = launch_cases(work, ["--standalone", "--nproc-per-node", "2"])
@@ -387,8 +476,10 @@ def test_a_plugin_needing_full_weights_where_fsdp_has_shards_is_refused_before_t
     assert proc.returncode != 0 and "exitcode  : 2" in err  # torchrun's report of the first failing rank
     lines = [line for line in err.splitlines() if line.startswith("hookmix: error: rank")]
     # every rank refuses; torchrun stops the others once the first exits, so one or both lines are printed
-    assert 1 <= len(lines) <= 2 and all("plugin 'needs_full_in_backward' needs full weight matrices" in line
-                                   and "hookmix_after_backward" in line for line in lines), err[-2000:]
+    assert 1 <= len(lines) <= 2 and all(
+        "plugin 'needs_full_in_backward' needs full weight matrices" in line and "hookmix_after_backward" in line
+        for line in lines
+    ), err[-2000:]
     assert not os.path.exists(os.path.join(work, "case0", "checkpoints"))
 
 
@@ -407,8 +498,8 @@ def test_dcp_metadata_needing_arbitrary_unpickling_is_refused(tmp_path):
     """DCP's own reader unpickles .metadata with pickle.load; hookmix's reader admits DCP's classes only."""
     import pickle
 
+    from engine.distributed.sharded_checkpoint import SafeReader
     from engine.errors import BadInput
-    from engine.sharded_checkpoint import SafeReader
 
     class Evil:
         def __reduce__(self):
@@ -425,8 +516,8 @@ def test_dcp_directory_with_non_tensor_entries_is_refused(tmp_path):
     """A bytes entry would be loaded by DCP with torch.load(weights_only=False): refused before loading."""
     import torch.distributed.checkpoint as dcp
 
+    from engine.distributed.sharded_checkpoint import SafeReader
     from engine.errors import BadInput
-    from engine.sharded_checkpoint import SafeReader
 
     dcp.save({"w": torch.ones(2), "note": {"any": "object"}}, checkpoint_id=str(tmp_path / "ck"), no_dist=True)
     with pytest.raises(BadInput, match="non-tensor entry"):
@@ -438,10 +529,11 @@ def test_dcp_directory_with_non_tensor_entries_is_refused(tmp_path):
 def test_ema_is_refused_under_fsdp_before_training():
     """contrib's EMA swaps whole weights in its evaluation wrapper: under run.strategy=fsdp (row shards) the
     engine refuses it with one line (it declares needs_full_weights), not a RuntimeError at the first evaluation."""
-    from engine.errors import BadInput
-    from engine.fsdp import check_full_weight_plugins
-    from engine.manager import Manager
     from hookmix_ema import EMA
+
+    from engine.distributed.fsdp import check_full_weight_plugins
+    from engine.errors import BadInput
+    from engine.manager import Manager
 
     with pytest.raises(BadInput, match=r"plugin 'ema' needs full weight matrices .* in hookmix_evaluate"):
         check_full_weight_plugins(Manager({"ema": EMA()}))

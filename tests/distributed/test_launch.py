@@ -13,15 +13,24 @@ import time
 import pytest
 import torch
 
-from engine import distributed
+from engine.distributed import ddp
+from engine.distributed.env import read_env
 from engine.errors import BadInput
-from engine.testing import launch_cases, read_results, write_cases
+from engine.testing.distributed import launch_cases, read_results, write_cases
 
 DATA = {"num_train": 400, "num_test": 100, "batch_size": 50}
-MLP = dict(plugins=["mnist1d", "mlp", "adamw", "cross_entropy"],
-           config={"mnist1d": DATA, "mlp": {"hidden": [32]}, "adamw": {"lr": 1e-2}})
-SMALL = ["plugins.mnist1d.num_train=400", "plugins.mnist1d.num_test=100", "plugins.mlp.hidden=[32]",
-         "run.threads=1", "run.steps=4", "run.log_interval=2"]
+MLP = dict(
+    plugins=["mnist1d", "mlp", "adamw", "cross_entropy"],
+    config={"mnist1d": DATA, "mlp": {"hidden": [32]}, "adamw": {"lr": 1e-2}},
+)
+SMALL = [
+    "plugins.mnist1d.num_train=400",
+    "plugins.mnist1d.num_test=100",
+    "plugins.mlp.hidden=[32]",
+    "run.threads=1",
+    "run.steps=4",
+    "run.log_interval=2",
+]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -29,25 +38,28 @@ def env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
 
-@pytest.mark.parametrize("environ, problem", [
-    ({"RANK": "0"}, "WORLD_SIZE"),
-    ({"RANK": "abc", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "RANK='abc'"),
-    ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "RANK=2"),
-    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "1"}, "MASTER_ADDR"),
-])
+@pytest.mark.parametrize(
+    "environ, problem",
+    [
+        ({"RANK": "0"}, "WORLD_SIZE"),
+        ({"RANK": "abc", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "RANK='abc'"),
+        ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "RANK=2"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "1"}, "MASTER_ADDR"),
+    ],
+)
 def test_bad_torchrun_environment_is_one_line_bad_input(environ, problem):
     with pytest.raises(BadInput, match=problem) as exc:
-        distributed.read_env(environ)
+        read_env(environ)
     assert "\n" not in str(exc.value)
 
 
 def test_no_torchrun_environment_is_one_process():
-    env = distributed.read_env({})
+    env = read_env({})
     assert (env.rank, env.world_size, env.launched) == (0, 1, False)
 
 
 def test_bad_environment_through_the_cli_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys, cache):
-    from engine.cli import main
+    from engine.cli.main import main
 
     monkeypatch.setenv("RANK", "abc")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -61,18 +73,35 @@ def test_bad_environment_through_the_cli_exits_2_and_writes_nothing(tmp_path, mo
 
 def test_shard_slices_dim_0_contiguously():
     batch = {"input": torch.arange(12).reshape(6, 2), "target": torch.arange(6), "meta": 3}
-    parts = [distributed.shard(batch, r, 3) for r in range(3)]
+    parts = [ddp.shard(batch, r, 3) for r in range(3)]
     assert [p["target"].tolist() for p in parts] == [[0, 1], [2, 3], [4, 5]]
     assert torch.equal(torch.cat([p["input"] for p in parts]), batch["input"]) and parts[2]["meta"] == 3
     with pytest.raises(BadInput, match="not divisible by the world size 4"):
-        distributed.check_divisible(batch, 4)
+        ddp.check_divisible(batch, 4)
 
 
 def test_indivisible_global_batch_exits_2_on_every_rank_before_writing(tmp_path, cache):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "train", "mnist1d-mlp", "--nproc", "2", "--out", str(out),
-                           *SMALL, "plugins.mnist1d.batch_size=51"], env=env(), capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "train",
+            "mnist1d-mlp",
+            "--nproc",
+            "2",
+            "--out",
+            str(out),
+            *SMALL,
+            "plugins.mnist1d.batch_size=51",
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     # every rank detects it (each computes the divisibility check before the setup's safe point); the
     # line of the first to exit is always there, the other's only if torchrun lets it finish printing
@@ -84,9 +113,28 @@ def test_indivisible_global_batch_exits_2_on_every_rank_before_writing(tmp_path,
 
 def test_torchrun_on_engine_cli_trains_and_only_rank_0_writes(tmp_path, cache):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "engine.cli", "train", "mnist1d-mlp", "--out", str(out), *SMALL],
-                          env=env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "engine.cli",
+            "train",
+            "mnist1d-mlp",
+            "--out",
+            str(out),
+            *SMALL,
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("done: 4 steps") == 1  # rank 0 reports; rank 1 is silent
     assert "distributed: world size 2, backend gloo, strategy ddp; rank 0 cpu, rank 1 cpu" in proc.stdout
@@ -98,8 +146,18 @@ def test_torchrun_on_engine_cli_trains_and_only_rank_0_writes(tmp_path, cache):
 def test_a_rank_that_raises_stops_every_rank_within_seconds(tmp_path, cache):
     from dist_plugins import Fault
 
-    work = write_cases([dict(MLP, plugins=[*MLP["plugins"], Fault], steps=20, threads=1, out=str(tmp_path / "run"),
-                             config={**MLP["config"], "fault": {"step": 3, "rank": 1, "kind": "raise"}})])
+    work = write_cases(
+        [
+            dict(
+                MLP,
+                plugins=[*MLP["plugins"], Fault],
+                steps=20,
+                threads=1,
+                out=str(tmp_path / "run"),
+                config={**MLP["config"], "fault": {"step": 3, "rank": 1, "kind": "raise"}},
+            )
+        ]
+    )
     proc = launch_cases(work, ["--standalone", "--nproc-per-node", "2"])
     _, err = proc.communicate(timeout=300)
     ended = time.time()
@@ -115,9 +173,17 @@ def test_sigkill_of_a_rank_restarts_the_group_which_resumes_to_the_same_result(t
     from dist_plugins import Fault
 
     def case(name, kill_step):
-        return dict(MLP, plugins=[*MLP["plugins"], Fault], steps=8, threads=1, out=str(tmp_path / name),
-                    log_interval=2, eval_interval=4, checkpoint_interval=2,
-                    config={**MLP["config"], "fault": {"step": kill_step, "rank": 1, "kind": "kill"}})
+        return dict(
+            MLP,
+            plugins=[*MLP["plugins"], Fault],
+            steps=8,
+            threads=1,
+            out=str(tmp_path / name),
+            log_interval=2,
+            eval_interval=4,
+            checkpoint_interval=2,
+            config={**MLP["config"], "fault": {"step": kill_step, "rank": 1, "kind": "kill"}},
+        )
 
     work = write_cases([case("straight", 99), case("killed", 5)])
     proc = launch_cases(work, ["--standalone", "--nproc-per-node", "2", "--max-restarts", "1"])

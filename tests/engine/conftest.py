@@ -13,9 +13,15 @@ import torch
 torch.set_num_threads(1)
 
 # shakespeare-gpt shrunk to a second of CPU time per run
-TINY_GPT = ["plugins.gpt.n_layer=1", "plugins.gpt.n_head=2", "plugins.gpt.n_embd=32",
-            "plugins.tinyshakespeare.block_size=16", "plugins.tinyshakespeare.batch_size=4",
-            "plugins.tinyshakespeare.eval_batches=1", "run.threads=1"]
+TINY_GPT = [
+    "plugins.gpt.n_layer=1",
+    "plugins.gpt.n_head=2",
+    "plugins.gpt.n_embd=32",
+    "plugins.tinyshakespeare.block_size=16",
+    "plugins.tinyshakespeare.batch_size=4",
+    "plugins.tinyshakespeare.eval_batches=1",
+    "run.threads=1",
+]
 GPT6 = [*TINY_GPT, "run.steps=6", "run.checkpoint_interval=3", "run.eval_interval=3", "run.log_interval=2"]
 
 
@@ -34,7 +40,7 @@ def gpt6() -> list[str]:
 @pytest.fixture(scope="session")
 def gpt_run(tmp_path_factory) -> str:
     """Directory of one finished `hookmix train shakespeare-gpt <GPT6> --out DIR` (do not modify it)."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     out = str(tmp_path_factory.mktemp("gpt-straight") / "run")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -74,8 +80,12 @@ def install_dist(tmp_path, monkeypatch):
 @pytest.fixture
 def broken_dist(tmp_path) -> str:
     """A directory (not on sys.path) holding `hookmix-broken`, whose entry point `broken` fails to import."""
-    return write_dist(tmp_path / "site-broken", "hookmix-broken", {"broken": "hookmix_broken_mod:Broken"},
-                      {"hookmix_broken_mod": 'raise RuntimeError("boom: this plugin cannot import")\n'})
+    return write_dist(
+        tmp_path / "site-broken",
+        "hookmix-broken",
+        {"broken": "hookmix_broken_mod:Broken"},
+        {"hookmix_broken_mod": 'raise RuntimeError("boom: this plugin cannot import")\n'},
+    )
 
 
 def _one_error_line(err: str) -> str:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 
 
 def test_describe_shows_fields_with_types_defaults_and_help(capsys):
@@ -22,8 +22,11 @@ def test_describe_shows_fields_with_types_defaults_and_help(capsys):
     assert "    warmup_steps: int = 0  linear warm-up steps [an integer in 0..2**62]\n" in out
     assert "    decay_1d: bool = False  also decay 1-D parameters (biases, norm gains)\n" in out
     assert "    schedule: 'cosine' | 'linear' | 'constant' = 'cosine'  learning-rate decay after warm-up\n" in out
-    assert re.search(r"\n    betas: list\S* = \[0\.9, 0\.95\]  Adam betas \(beta1, beta2\) \[a list of 2 values, each a number "
-                     r"in \[0, 1\)\]\n", out)
+    assert re.search(
+        r"\n    betas: list\S* = \[0\.9, 0\.95\]  Adam betas \(beta1, beta2\) \[a list of 2 values, each a number "
+        r"in \[0, 1\)\]\n",
+        out,
+    )
 
 
 def test_recipes_lists_the_shipped_recipes(capsys):
@@ -40,16 +43,19 @@ def test_plugins_text_lists_status(capsys):
     assert re.search(r"^ +hooks: lr_scheduler, optimizer, param_groups$", out, flags=re.M)
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["train", "shakespeare-gpt", "--bogus"], "unrecognized arguments: --bogus"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["describe"], "the following arguments are required: name"),
-    (["describe", "adamv"], "unknown plugin 'adamv'; did you mean 'adamw'?"),
-    (["train"], "train needs a RECIPE"),
-    (["train", "no/such/recipe.toml"], "recipe file no/such/recipe.toml not found"),
-    (["train", "--resume", "/nonexistent/hookmix-run"], "/nonexistent/hookmix-run holds no recipe.toml"),
-    (["bench", "nonsense"], "invalid choice: 'nonsense'"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "shakespeare-gpt", "--bogus"], "unrecognized arguments: --bogus"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["describe"], "the following arguments are required: name"),
+        (["describe", "adamv"], "unknown plugin 'adamv'; did you mean 'adamw'?"),
+        (["train"], "train needs a RECIPE"),
+        (["train", "no/such/recipe.toml"], "recipe file no/such/recipe.toml not found"),
+        (["train", "--resume", "/nonexistent/hookmix-run"], "/nonexistent/hookmix-run holds no recipe.toml"),
+        (["bench", "nonsense"], "invalid choice: 'nonsense'"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(argv, expected, capsys, one_error_line):
     assert main(argv) == 2
     captured = capsys.readouterr()
@@ -110,9 +116,16 @@ COMMANDS_MODULE = """
 
 
 def test_plugin_commands_run_and_a_failing_provider_breaks_no_other_verb(install_dist, capsys, one_error_line):
-    install_dist("hookmix-greeter", {"greeter": "hookmix_greeter:Greeter", "crashy": "hookmix_greeter:Crashy",
-                                     "crashy_args": "hookmix_greeter:CrashyArgs", "heir": "hookmix_greeter:Heir"},
-                 {"hookmix_greeter": COMMANDS_MODULE})
+    install_dist(
+        "hookmix-greeter",
+        {
+            "greeter": "hookmix_greeter:Greeter",
+            "crashy": "hookmix_greeter:Crashy",
+            "crashy_args": "hookmix_greeter:CrashyArgs",
+            "heir": "hookmix_greeter:Heir",
+        },
+        {"hookmix_greeter": COMMANDS_MODULE},
+    )
     assert main(["hello", "world"]) == 3  # inherited by heir: listed once, no conflict
     assert capsys.readouterr().out == "hello world\n"
     assert main(["frobnicate"]) == 2
@@ -135,7 +148,10 @@ def test_help_lists_plugin_commands(install_dist, capsys):
 
 
 def test_duplicate_plugin_command_names_both_plugins(install_dist, capsys, one_error_line):
-    install_dist("hookmix-greeter", {"greeter": "hookmix_greeter:Greeter", "greeter2": "hookmix_greeter:Greeter2"},
-                 {"hookmix_greeter": COMMANDS_MODULE})
+    install_dist(
+        "hookmix-greeter",
+        {"greeter": "hookmix_greeter:Greeter", "greeter2": "hookmix_greeter:Greeter2"},
+        {"hookmix_greeter": COMMANDS_MODULE},
+    )
     assert main(["hello", "world"]) == 2
     assert "command 'hello' provided by both greeter and greeter2" in one_error_line(capsys.readouterr().err)

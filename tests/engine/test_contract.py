@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from engine import API_VERSION, BadInput, Plugin, WeightConstraint, hookimpl, open_run
-from engine.cli import main
+from engine.cli.main import main
+from engine.config.recipe import apply_overrides
+from engine.config.registry import Registry
 from engine.loop import Trainer
 from engine.manager import order_plugins
-from engine.recipe import apply_overrides
-from engine.registry import Registry
 from engine.testing import TOY, TOY_PLUGINS, make_recipe, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,10 +54,13 @@ RECIPE_MODULE = """
 def _recipe_plugins(install_dist):
     names = ("good_recipes", "missing_recipes", "empty_recipes", "bad_toml_recipes")
     classes = ("Good", "Missing", "Empty", "BadToml")
-    site = install_dist("hookmix-rcp", {n: f"hookmix_rcp:{c}" for n, c in zip(names, classes)},
-                        {"hookmix_rcp": RECIPE_MODULE})
-    for pkg, text in (("hookmix_rcp_pkg", 'description = "a shipped toy"\n[run]\nplugins = ["mnist1d"]\n'),
-                      ("hookmix_rcp_bad", "this is [not toml\n")):
+    site = install_dist(
+        "hookmix-rcp", {n: f"hookmix_rcp:{c}" for n, c in zip(names, classes)}, {"hookmix_rcp": RECIPE_MODULE}
+    )
+    for pkg, text in (
+        ("hookmix_rcp_pkg", 'description = "a shipped toy"\n[run]\nplugins = ["mnist1d"]\n'),
+        ("hookmix_rcp_bad", "this is [not toml\n"),
+    ):
         os.makedirs(os.path.join(site, pkg))
         open(os.path.join(site, pkg, "__init__.py"), "w").close()
         with open(os.path.join(site, pkg, "r.toml" if pkg.endswith("pkg") else "bad.toml"), "w") as f:
@@ -68,11 +71,13 @@ def test_a_wrong_recipes_declaration_breaks_that_plugin_only(install_dist, capsy
     _recipe_plugins(install_dist)
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^missing_recipes .*BROKEN: recipes = 'hookmix_no_such_package' is not an importable package",
-                     out, flags=re.M)
+    assert re.search(
+        r"^missing_recipes .*BROKEN: recipes = 'hookmix_no_such_package' is not an importable package", out, flags=re.M
+    )
     assert re.search(r"^empty_recipes .*BROKEN: recipes = 'hookmix_rcp' is not an importable package", out, flags=re.M)
-    assert re.search(r"^bad_toml_recipes .*BROKEN: shipped recipe hookmix_rcp_bad/bad.toml is not valid TOML",
-                     out, flags=re.M)
+    assert re.search(
+        r"^bad_toml_recipes .*BROKEN: shipped recipe hookmix_rcp_bad/bad.toml is not valid TOML", out, flags=re.M
+    )
     assert re.search(r"^good_recipes .*\[ok\]", out, flags=re.M)
     assert main(["recipes"]) == 0  # the others' recipes still list, the valid one too
     listed = capsys.readouterr().out
@@ -108,20 +113,25 @@ def test_disabling_a_plugin_drops_its_table():
 
 
 def test_a_hook_method_without_hookimpl_is_refused_with_the_plugin_name():
-    unmarked = type("Unmarked", (Plugin,), {"name": "unmarked", "__doc__": "x",
-                                            "hookmix_on_log": lambda self, metrics: None})
+    unmarked = type(
+        "Unmarked", (Plugin,), {"name": "unmarked", "__doc__": "x", "hookmix_on_log": lambda self, metrics: None}
+    )
     info = Registry({"unmarked": unmarked}).info("unmarked")
-    assert info.error == ("method hookmix_on_log is named like a hook but lacks @hookimpl, so it would never run; "
-                          "decorate it with @engine.hookimpl")
+    assert info.error == (
+        "method hookmix_on_log is named like a hook but lacks @hookimpl, so it would never run; "
+        "decorate it with @engine.hookimpl"
+    )
     with pytest.raises(BadInput, match=r"plugin 'unmarked' \(<local> 0\) is broken: method hookmix_on_log"):
         train([*TOY, unmarked], steps=1)
 
 
 def test_a_misspelled_hook_gets_a_close_match():
-    typo = type("Typo", (Plugin,), {"name": "typo", "__doc__": "x",
-                                    "hookmix_aftr_optimizer_step": hookimpl(lambda self: None)})
+    typo = type(
+        "Typo", (Plugin,), {"name": "typo", "__doc__": "x", "hookmix_aftr_optimizer_step": hookimpl(lambda self: None)}
+    )
     assert Registry({"typo": typo}).info("typo").error == (
-        "method hookmix_aftr_optimizer_step is not a hook; did you mean hookmix_after_optimizer_step?")
+        "method hookmix_aftr_optimizer_step is not a hook; did you mean hookmix_after_optimizer_step?"
+    )
 
 
 # --- 4. ordering by capability, and two constraints on the same parameters ----------------------
@@ -164,8 +174,10 @@ def test_two_constraints_on_the_same_parameters_warn_in_the_plan():
     recipe, registry = make_recipe([*TOY, CapA, CapB], steps=1)
     stream = io.StringIO()
     Trainer(recipe, registry, stream=stream).run()
-    assert ("warning: weight constraints 'cap_a' and 'cap_b' both constrain 1 parameters (e.g. 0.0.weight); "
-            "cap_b runs after cap_a and can void cap_a's guarantee") in stream.getvalue()
+    assert (
+        "warning: weight constraints 'cap_a' and 'cap_b' both constrain 1 parameters (e.g. 0.0.weight); "
+        "cap_b runs after cap_a and can void cap_a's guarantee"
+    ) in stream.getvalue()
 
 
 # --- 5. typed capabilities -----------------------------------------------------------------------
@@ -211,7 +223,8 @@ def test_provider_returns_the_typed_provider_and_requirements_name_the_protocol(
 def test_providing_a_protocol_without_its_methods_breaks_the_plugin():
     liar = type("Liar", (Plugin,), {"name": "liar", "__doc__": "x", "provides": (Temperature,)})
     assert Registry({"liar": liar}).info("liar").error == (
-        "provides Temperature but lacks temperature; implement it or remove it from provides")
+        "provides Temperature but lacks temperature; implement it or remove it from provides"
+    )
 
 
 def test_every_declared_capability_is_documented():
@@ -240,10 +253,13 @@ def test_version_flag(capsys):
     assert capsys.readouterr().out == f"hookmix 0.2.0 (plugin API {API_VERSION})\n"
 
 
-@pytest.mark.parametrize("api, reason", [
-    (">=2.0", "supports plugin API '>=2.0', this engine implements 1.0; upgrade the plugin (or hookmix)"),
-    ("version one", "api = 'version one' is not a version specifier"),
-])
+@pytest.mark.parametrize(
+    "api, reason",
+    [
+        (">=2.0", "supports plugin API '>=2.0', this engine implements 1.0; upgrade the plugin (or hookmix)"),
+        ("version one", "api = 'version one' is not a version specifier"),
+    ],
+)
 def test_a_plugin_for_another_api_is_broken(api, reason):
     future = type("Future", (Plugin,), {"name": "future", "__doc__": "x", "api": api})
     assert Registry({"future": future}).info("future").error.startswith(reason)
@@ -264,7 +280,7 @@ def test_resume_prints_what_changed(tmp_path):
 def test_describe_run_lists_every_run_field(capsys):
     import attrs
 
-    from engine.recipe import RunConfig
+    from engine.config.recipe import RunConfig
 
     assert main(["describe", "run"]) == 0
     out = capsys.readouterr().out
@@ -278,8 +294,16 @@ def test_authoring_reference_covers_the_contract():
 
     for name in ("train", "Result", "TOY", "assert_resumes_exactly", "make_recipe"):
         assert name in kit.__dict__ and f"`{name}" in text, f"test kit API {name} undocumented"
-    for name in ("state.log", "field(", "validator=", "state.provider", "state.forward", "open_run",
-                 "`hookmix describe run`", "`hookmix recipes --show"):
+    for name in (
+        "state.log",
+        "field(",
+        "validator=",
+        "state.provider",
+        "state.forward",
+        "open_run",
+        "`hookmix describe run`",
+        "`hookmix recipes --show",
+    ):
         assert name in text, f"docs/authoring.md does not cover {name}"
     # every data-info key a shipped plugin reads is in the data-plugin contract
     keys = set()
@@ -300,17 +324,45 @@ def test_new_plugin_installs_and_passes_its_own_tests(tmp_path):
     pkg = tmp_path / "pkg"
     assert main(["new-plugin", "zloss", "--dir", str(pkg)]) == 0
     site = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                           "--disable-pip-version-check", "-q", "--target", str(site), str(pkg)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-q",
+            "--target",
+            str(site),
+            str(pkg),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     env = {**os.environ, "PYTHONPATH": str(site)}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=pkg,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=pkg,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "recipes"], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "recipes"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert re.search(r"^zloss-mnist1d +hookmix-zloss", proc.stdout, flags=re.M)
 
 
@@ -357,8 +409,10 @@ def test_open_run_reads_recipe_step_weights_and_rebuilds_the_model(tmp_path):
 
 
 def test_plugins_use_no_engine_back_doors():
-    bad = re.compile(r"state\.manager|state\._|\._manager|run_dir\._p|from engine\.manager import|\.pm\.hook|"
-                     r"\.builtins\b")
+    bad = re.compile(
+        r"state\.manager|state\._|\._manager|run_dir\._p|from engine\.manager import|\.pm\.hook|"
+        r"\.builtins\b"
+    )
     offenders = []
     for top in ("plugins", "contrib"):
         for folder, _, files in os.walk(os.path.join(ROOT, top)):
@@ -393,8 +447,11 @@ def test_no_engine_or_plugin_file_over_500_lines():
     long = []
     for top in ("engine", "plugins"):
         for folder, _, files in os.walk(os.path.join(ROOT, top)):
-            long += [f"{os.path.relpath(os.path.join(folder, f), ROOT)}: {n}" for f in files if f.endswith(".py")
-                     and (n := sum(1 for _ in open(os.path.join(folder, f), encoding="utf-8"))) > 500]
+            long += [
+                f"{os.path.relpath(os.path.join(folder, f), ROOT)}: {n}"
+                for f in files
+                if f.endswith(".py") and (n := sum(1 for _ in open(os.path.join(folder, f), encoding="utf-8"))) > 500
+            ]
     assert not long, long
 
 
@@ -403,8 +460,11 @@ def test_no_project_file_refers_outside_the_repository():
     pattern = re.compile(rf"\.\./{shared}|{shared}/specs|{shared}/data")
     offenders = []
     for folder, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in (".git", ".venv", "runs", "__pycache__", ".pytest_cache")
-                   and not d.endswith(".egg-info")]
+        dirs[:] = [
+            d
+            for d in dirs
+            if d not in (".git", ".venv", "runs", "__pycache__", ".pytest_cache") and not d.endswith(".egg-info")
+        ]
         for file in files:
             if file.endswith((".py", ".md", ".toml", ".txt", ".sh")) and file != "tinyshakespeare.txt":
                 path = os.path.join(folder, file)

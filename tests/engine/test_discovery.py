@@ -13,10 +13,10 @@ import uuid
 import pytest
 
 from engine import BadInput, Plugin, hookimpl
-from engine.cli import main
+from engine.cli.main import main
+from engine.config.recipe import apply_overrides, resolve
+from engine.config.registry import Registry
 from engine.loop import Trainer
-from engine.recipe import apply_overrides, resolve
-from engine.registry import Registry
 from engine.testing import TOY, TOY_PLUGINS, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,12 +34,31 @@ def ema_site(tmp_path_factory) -> str:
     """contrib/hookmix-ema installed by pip into a private target directory (not into the venv)."""
     src = tmp_path_factory.mktemp("ema-src") / "hookmix-ema"
     # build from a copy: an in-tree build would leave build/ and *.egg-info in contrib/
-    shutil.copytree(os.path.join(ROOT, "contrib", "hookmix-ema"), src,
-                    ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__"))
+    shutil.copytree(
+        os.path.join(ROOT, "contrib", "hookmix-ema"),
+        src,
+        ignore=shutil.ignore_patterns("tests", "build", "*.egg-info", "__pycache__"),
+    )
     target = tmp_path_factory.mktemp("ema-site")
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                           "--disable-pip-version-check", "-q", "--target", str(target), str(src)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-q",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert any(p.name.startswith("hookmix_ema-") and p.name.endswith(".dist-info") for p in target.iterdir())
     return str(target)
@@ -50,8 +69,14 @@ def test_ema_is_not_installed_in_the_test_environment():
 
 
 def test_plugins_json_lists_installed_contrib_first_party_and_broken(ema_site, broken_dist, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "plugins", "--json"], cwd=tmp_path,
-                          env=_env(ema_site, broken_dist), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "plugins", "--json"],
+        cwd=tmp_path,
+        env=_env(ema_site, broken_dist),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
     assert rows["ema"]["distribution"] == "hookmix-ema"
@@ -67,8 +92,9 @@ def test_plugins_json_lists_installed_contrib_first_party_and_broken(ema_site, b
     assert rows["broken"]["error"] == "RuntimeError: boom: this plugin cannot import"
 
 
-def test_recipe_enabling_installed_contrib_plugin_by_name_trains(ema_site, broken_dist, monkeypatch, capsys,
-                                                                 tmp_path, tiny_gpt):
+def test_recipe_enabling_installed_contrib_plugin_by_name_trains(
+    ema_site, broken_dist, monkeypatch, capsys, tmp_path, tiny_gpt
+):
     # discovered from the pip-installed dist-info; the broken plugin next to it is not enabled, so harmless
     monkeypatch.syspath_prepend(broken_dist)
     monkeypatch.syspath_prepend(ema_site)
@@ -81,19 +107,27 @@ def test_recipe_enabling_installed_contrib_plugin_by_name_trains(ema_site, broke
         sys.modules.pop("hookmix_ema", None)
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert re.search(r"^  ema +hookmix-ema 0\.1\.0 +Exponential moving average", captured.out, flags=re.M)  # in the plan
+    assert re.search(
+        r"^  ema +hookmix-ema 0\.1\.0 +Exponential moving average", captured.out, flags=re.M
+    )  # in the plan
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2
     ours = {"distribution": "hookmix", "version": "0.2.0"}
-    assert summary["plugins"] == {"tinyshakespeare": ours, "gpt": ours, "adamw": ours, "cross_entropy": ours,
-                                  "ema": {"distribution": "hookmix-ema", "version": "0.1.0"}}
+    assert summary["plugins"] == {
+        "tinyshakespeare": ours,
+        "gpt": ours,
+        "adamw": ours,
+        "cross_entropy": ours,
+        "ema": {"distribution": "hookmix-ema", "version": "0.1.0"},
+    }
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["ema/decay"] == 0.99  # ema's evaluate wrapper ran
     assert "[plugins.ema]" in (out / "recipe.toml").read_text()
 
 
-def test_broken_plugin_is_listed_and_fails_a_run_only_when_enabled(broken_dist, monkeypatch, capsys,
-                                                                  one_error_line, tmp_path, tiny_gpt):
+def test_broken_plugin_is_listed_and_fails_a_run_only_when_enabled(
+    broken_dist, monkeypatch, capsys, one_error_line, tmp_path, tiny_gpt
+):
     monkeypatch.syspath_prepend(broken_dist)
     registry = Registry()
     info = registry.info("broken")
@@ -132,8 +166,9 @@ class Spy(Plugin):
 
 def _toy_run(overrides: list[str], plugins: list[str]):
     registry = Registry({**TOY_PLUGINS, "spy": Spy})
-    raw = apply_overrides({"run": {"plugins": plugins, "steps": 3, "out": f"memory://spy-{uuid.uuid4().hex}"}},
-                          overrides)
+    raw = apply_overrides(
+        {"run": {"plugins": plugins, "steps": 3, "out": f"memory://spy-{uuid.uuid4().hex}"}}, overrides
+    )
     trainer = Trainer(resolve("t", raw, registry), registry, quiet=True)
     return trainer, trainer.run()
 
@@ -152,14 +187,19 @@ def test_enable_and_disable_by_name_with_overrides(monkeypatch):
     assert "spy" not in trainer.manager.plugins and "spy" not in summary["plugins"]
 
     # += never duplicates; -= of a name that is not in the list is a typo: bad input with a suggestion
-    assert apply_overrides({"run": {"plugins": ["a", "b"]}}, ["run.plugins+=b", "run.plugins+=[\"c\", \"a\"]"]
-                           )["run"]["plugins"] == ["a", "b", "c"]
+    assert apply_overrides({"run": {"plugins": ["a", "b"]}}, ["run.plugins+=b", 'run.plugins+=["c", "a"]'])["run"][
+        "plugins"
+    ] == ["a", "b", "c"]
     with pytest.raises(BadInput, match="did you mean 'spy'"):
         apply_overrides({"run": {"plugins": ["a", "spy"]}}, ["run.plugins-=spyy"])
 
 
 def test_installed_plugin_not_named_is_never_instantiated_or_imported(install_dist, capsys, tmp_path, tiny_gpt):
-    install_dist("hookmix-spy", {"autoload_spy": "hookmix_autoload_spy:AutoloadSpy"}, {"hookmix_autoload_spy": """
+    install_dist(
+        "hookmix-spy",
+        {"autoload_spy": "hookmix_autoload_spy:AutoloadSpy"},
+        {
+            "hookmix_autoload_spy": """
         from engine import Plugin, hookimpl
 
         class AutoloadSpy(Plugin):
@@ -168,7 +208,9 @@ def test_installed_plugin_not_named_is_never_instantiated_or_imported(install_di
 
             def __init__(self):
                 raise RuntimeError("autoload_spy was instantiated although no recipe named it")
-    """})
+    """
+        },
+    )
     assert "autoload_spy" in Registry().names()
     train(TOY, steps=1)
     assert "hookmix_autoload_spy" not in sys.modules  # a recipe resolved in code imports only what it names

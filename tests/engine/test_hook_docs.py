@@ -33,7 +33,8 @@ def test_hook_docstring_states_one_calling_convention(name):
     found = _convention(name)
     assert found == [hookspecs.CONVENTIONS[name]], (
         f"{name}: the engine treats it as {hookspecs.CONVENTIONS[name]} (hookspecs.CONVENTIONS) "
-        f"but its summary line says {found}")
+        f"but its summary line says {found}"
+    )
 
 
 def _sections() -> dict[str, str]:

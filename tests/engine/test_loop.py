@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine import Plugin, TrainingFailure, field, hookimpl
-from engine.cli import main
+from engine.cli.main import main
 from engine.testing import TOY, nan_term_at, train
 
 # --- non-finite loss --------------------------------------------------------------------------
@@ -41,8 +41,9 @@ NAN_MODULE = """
 def test_nan_loss_via_cli_exits_1_with_one_line(install_dist, capsys, one_error_line, tmp_path, tiny_gpt):
     install_dist("hookmix-nanloss", {"nan_loss": "hookmix_nanloss:NanLoss"}, {"hookmix_nanloss": NAN_MODULE})
     out = tmp_path / "run"
-    code = main(["train", "shakespeare-gpt", *tiny_gpt, "run.steps=4", "run.plugins+=nan_loss", "--quiet",
-                 "--out", str(out)])
+    code = main(
+        ["train", "shakespeare-gpt", *tiny_gpt, "run.steps=4", "run.plugins+=nan_loss", "--quiet", "--out", str(out)]
+    )
     line = one_error_line(capsys.readouterr().err)
     assert code == 1
     assert line.startswith("hookmix: error: step 2: loss term 'explode' is not finite (inf)")
@@ -64,7 +65,7 @@ class FixedData:
     def train_batch(self, generator):
         start = (self.calls * self.batch_size) % 16
         self.calls += 1
-        return {"input": self.x[start:start + self.batch_size], "target": self.y[start:start + self.batch_size]}
+        return {"input": self.x[start : start + self.batch_size], "target": self.y[start : start + self.batch_size]}
 
     def val_batches(self):
         yield {"input": self.x, "target": self.y}
@@ -120,7 +121,9 @@ class Probe(Plugin):
     def hookmix_optimizer_step(self, optimizer, state):
         self._count("optimizer_step")
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        self.grad_norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        self.grad_norms.append(
+            torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+        )
         return (yield)
 
     @hookimpl
@@ -129,10 +132,13 @@ class Probe(Plugin):
 
 
 def test_grad_accumulation_matches_the_big_batch_and_fires_hooks_per_step_or_micro_batch():
-    big = train([Fixed, "toy_model", "toy_sgd", "toy_ce", Probe], steps=3,
-                config={"fixed_data": {"batch_size": 16}})
-    acc = train([Fixed, "toy_model", "toy_sgd", "toy_ce", Probe], steps=3, grad_accum=2,
-                config={"fixed_data": {"batch_size": 8}})
+    big = train([Fixed, "toy_model", "toy_sgd", "toy_ce", Probe], steps=3, config={"fixed_data": {"batch_size": 16}})
+    acc = train(
+        [Fixed, "toy_model", "toy_sgd", "toy_ce", Probe],
+        steps=3,
+        grad_accum=2,
+        config={"fixed_data": {"batch_size": 8}},
+    )
     for key, value in big.model.state_dict().items():
         torch.testing.assert_close(acc.model.state_dict()[key], value, rtol=1e-5, atol=1e-6)
     assert [r["step"] for r in acc.metrics] == [r["step"] for r in big.metrics] == [1, 2, 3, 3]
@@ -142,8 +148,7 @@ def test_grad_accumulation_matches_the_big_batch_and_fires_hooks_per_step_or_mic
                 assert a[key] == pytest.approx(b[key], rel=1e-5), key
 
     probe = acc.trainer.manager.plugins["probe"]
-    assert probe.calls == {"before_backward": 6, "after_backward": 6, "optimizer_step": 3,
-                           "after_optimizer_step": 3}
+    assert probe.calls == {"before_backward": 6, "after_backward": 6, "optimizer_step": 3, "after_optimizer_step": 3}
     assert probe.micro == [0, 1] * 3
     terms = [r["train/loss"] for r in acc.metrics if "train/loss" in r]
     # the loss handed to backward is divided by the accumulation factor
@@ -188,8 +193,7 @@ class Meter(Plugin):
 def test_state_log_is_averaged_per_interval_and_eval_metrics_join_eval_records():
     result = train([*TOY, Meter], steps=6, log_interval=3, eval_interval=2)
     train_records = [r for r in result.metrics if "train/loss" in r]
-    assert [(r["step"], r["meter/step"], r["meter/tensor"]) for r in train_records] == [(3, 2.0, 4.0),
-                                                                                        (6, 5.0, 10.0)]
+    assert [(r["step"], r["meter/step"], r["meter/tensor"]) for r in train_records] == [(3, 2.0, 4.0), (6, 5.0, 10.0)]
     evals = [r for r in result.metrics if "val/loss" in r]
     assert [(r["step"], r["meter/at_step"]) for r in evals] == [(2, 2.0), (4, 4.0), (6, 6.0)]
     assert evals[-1]["meter/weight_norm"] == pytest.approx(result.model[1].weight.norm().item())
@@ -242,8 +246,9 @@ def test_transform_logits_acts_only_on_its_kind():
     # cross-entropy (kind "supervised") saw the raw logits: identical training
     ce = lambda result: [r["train/loss/toy_ce"] for r in result.metrics if "train/loss/toy_ce" in r]  # noqa: E731
     assert len(ce(plain)) == 3 and ce(scoped) == ce(plain)
-    assert [r["val/loss"] for r in scoped.metrics if "val/loss" in r] == \
-        [r["val/loss"] for r in plain.metrics if "val/loss" in r]
+    assert [r["val/loss"] for r in scoped.metrics if "val/loss" in r] == [
+        r["val/loss"] for r in plain.metrics if "val/loss" in r
+    ]
     for key, value in plain.model.state_dict().items():
         assert torch.equal(value, scoped.model.state_dict()[key])
     # ... while the distillation consumer saw the transformed ones
@@ -257,6 +262,7 @@ def test_transform_logits_acts_only_on_its_kind():
 def test_transform_logits_is_an_ordered_fold():
     class AddOne(Plugin):
         """+1 for distillation consumers."""
+
         name = "add_one"
 
         @hookimpl

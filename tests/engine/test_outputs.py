@@ -11,11 +11,11 @@ import tomllib
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from engine.cli import main
+from engine.cli.main import main
+from engine.config.recipe import read_recipe, resolve
+from engine.config.registry import Registry
 from engine.loop import Trainer
-from engine.outputs import RunDir
-from engine.recipe import read_recipe, resolve
-from engine.registry import Registry
+from engine.rundir.directory import RunDir
 from engine.testing import TOY, TOY_PLUGINS, make_recipe, train, without_timings
 
 
@@ -80,8 +80,9 @@ def test_progress_off_a_terminal_is_plain_periodic_lines():
     lines = text.splitlines()
     assert lines[0] == "hookmix plan: 4 plugins (in order)"
     progress = [line for line in lines if line.startswith("step ")]
-    steps = [int(re.match(r"step (\d+)/6 \(\d+%\) \| ETA \S+ \| train/loss [\d.]+", line).group(1))
-             for line in progress]
+    steps = [
+        int(re.match(r"step (\d+)/6 \(\d+%\) \| ETA \S+ \| train/loss [\d.]+", line).group(1)) for line in progress
+    ]
     assert steps == [2, 3, 4, 6, 6]  # log records at 2, 4, 6; evaluations at 3 and 6
     assert "val/accuracy" in progress[-1]
 
@@ -109,8 +110,14 @@ def test_quiet_prints_nothing():
 def test_metrics_and_summary_names(gpt_run):
     records = _records(gpt_run)
     train_keys = {k for r in records if "train/loss" in r for k in r}
-    assert train_keys == {"step", "train/loss", "train/loss/ce", "train/lr", "perf/samples_per_second",
-                          "perf/tokens_per_second"}  # no perf/mfu: no peak known on a CPU
+    assert train_keys == {
+        "step",
+        "train/loss",
+        "train/loss/ce",
+        "train/lr",
+        "perf/samples_per_second",
+        "perf/tokens_per_second",
+    }  # no perf/mfu: no peak known on a CPU
     eval_keys = {k for r in records if "val/loss" in r for k in r}
     assert eval_keys == {"step", "val/loss", "val/accuracy"}
     assert [r["step"] for r in records] == [2, 3, 4, 6, 6]
@@ -118,8 +125,12 @@ def test_metrics_and_summary_names(gpt_run):
     assert set(summary) == {"steps", "wall_seconds", "plugins", "metrics"}
     assert summary["steps"] == 6
     hookmix = {"distribution": "hookmix", "version": "0.2.0"}
-    assert summary["plugins"] == {"tinyshakespeare": hookmix, "gpt": hookmix, "adamw": hookmix,
-                                  "cross_entropy": hookmix}
+    assert summary["plugins"] == {
+        "tinyshakespeare": hookmix,
+        "gpt": hookmix,
+        "adamw": hookmix,
+        "cross_entropy": hookmix,
+    }
     assert summary["metrics"]["val/accuracy"] == records[-1]["val/accuracy"]
     assert summary["metrics"]["train/loss"] == records[-2]["train/loss"]
     assert sorted(os.listdir(os.path.join(gpt_run, "checkpoints"))) == ["step-00000003.pt", "step-00000006.pt"]
@@ -160,8 +171,9 @@ def test_existing_run_directory_is_refused_and_left_untouched(gpt_run, capsys, o
     code = main(["train", os.path.join(gpt_run, "recipe.toml")])  # its run.out is gpt_run itself
     line = one_error_line(capsys.readouterr().err)
     assert code == 2
-    assert line == (f"hookmix: error: run directory {gpt_run} already holds a run; pass --out NEW_DIR, "
-                    f"or --resume {gpt_run}")
+    assert line == (
+        f"hookmix: error: run directory {gpt_run} already holds a run; pass --out NEW_DIR, or --resume {gpt_run}"
+    )
     assert snapshot() == before
 
 
@@ -177,7 +189,7 @@ def test_toy_recipe_round_trip_reproduces_metrics():
 def test_records_reach_the_disk_before_every_checkpoint_and_once_a_second(tmp_path, monkeypatch):
     """metrics.jsonl and the event file are buffered (a flush per record costs a small model's step
     ~1 %) but flushed before each checkpoint: what a kill can lose lies after the last checkpoint."""
-    from engine.outputs import MetricsLog
+    from engine.rundir.metrics_log import MetricsLog
 
     monkeypatch.setattr(MetricsLog, "FLUSH_SECONDS", 1e9)  # only the checkpoint flushes
     out = str(tmp_path / "run")

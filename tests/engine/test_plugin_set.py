@@ -7,13 +7,12 @@ import re
 
 import pytest
 
-from engine import BadInput, PluginConflict, Plugin, hookimpl
-from engine.cli import main
+from engine import BadInput, Plugin, PluginConflict, hookimpl
+from engine.cli.main import main
+from engine.config.registry import Registry
 from engine.loop import Trainer
 from engine.manager import order_plugins
-from engine.registry import Registry
 from engine.testing import TOY, TOY_PLUGINS, make_recipe, train
-
 
 # --- exclusive providers ------------------------------------------------------------------------
 
@@ -70,20 +69,27 @@ def _run(names: list[str], extra: dict[str, type[Plugin]], steps: int = 1, **run
 def test_missing_requirement_names_it_and_a_provider():
     with pytest.raises(PluginConflict) as exc:
         _run([*TOY, "needy"], {"needy": Needy, "tutor_source": TutorSource})
-    assert str(exc.value) == ("plugin 'needy' requires 'test_tutor', which no enabled plugin provides; "
-                              "add 'tutor_source' to run.plugins")
+    assert str(exc.value) == (
+        "plugin 'needy' requires 'test_tutor', which no enabled plugin provides; add 'tutor_source' to run.plugins"
+    )
     _run([*TOY, "needy", "tutor_source"], {"needy": Needy, "tutor_source": TutorSource})  # satisfied
 
 
 def test_conflicting_capability_names_both_plugins():
-    with pytest.raises(PluginConflict, match=r"plugins 'loner' and 'toy_sgd' conflict \(loner declares "
-                                             r"conflicts='toy_sgd'\)"):
+    with pytest.raises(
+        PluginConflict,
+        match=r"plugins 'loner' and 'toy_sgd' conflict \(loner declares "
+        r"conflicts='toy_sgd'\)",
+    ):
         _run([*TOY, "loner"], {"loner": Loner})
 
 
 def _named(name: str, before=(), after=()) -> type[Plugin]:
-    return type(name.title(), (Plugin,), {"name": name, "before": tuple(before), "after": tuple(after),
-                                          "__doc__": f"plugin {name}"})
+    return type(
+        name.title(),
+        (Plugin,),
+        {"name": name, "before": tuple(before), "after": tuple(after), "__doc__": f"plugin {name}"},
+    )
 
 
 def test_ordering_cycle_names_the_cycle():
@@ -103,9 +109,16 @@ def test_ordering_cycle_found_when_another_plugin_hangs_off_it():
 
 
 def test_order_is_topological_with_recipe_order_breaking_ties():
-    plugins = {n: c() for n, c in {"late": _named("late", after=["early"]), "free": _named("free"),
-                                   "early": _named("early"), "first": _named("first", before=["early"]),
-                                   "ghost": _named("ghost", before=["not_enabled"])}.items()}
+    plugins = {
+        n: c()
+        for n, c in {
+            "late": _named("late", after=["early"]),
+            "free": _named("free"),
+            "early": _named("early"),
+            "first": _named("first", before=["early"]),
+            "ghost": _named("ghost", before=["not_enabled"]),
+        }.items()
+    }
     assert order_plugins(plugins) == ["free", "first", "early", "late", "ghost"]
 
 
@@ -122,23 +135,43 @@ def _appender(name: str, before=(), after=()) -> type[Plugin]:
         CALLS.append(f"{name}:exit")
         return result
 
-    return type(name.title(), (Plugin,), {
-        "name": name, "before": tuple(before), "after": tuple(after), "__doc__": f"appends {name}",
-        "hookmix_after_optimizer_step": hookimpl(after_step),
-        "hookmix_optimizer_step": hookimpl(wrapper=True)(step_wrapper)})
+    return type(
+        name.title(),
+        (Plugin,),
+        {
+            "name": name,
+            "before": tuple(before),
+            "after": tuple(after),
+            "__doc__": f"appends {name}",
+            "hookmix_after_optimizer_step": hookimpl(after_step),
+            "hookmix_optimizer_step": hookimpl(wrapper=True)(step_wrapper),
+        },
+    )
 
 
 def test_before_after_order_is_the_plan_and_the_call_order():
-    classes = {"late": _appender("late", after=["early"]), "early": _appender("early"),
-               "first": _appender("first", before=["early"])}
+    classes = {
+        "late": _appender("late", after=["early"]),
+        "early": _appender("early"),
+        "first": _appender("first", before=["early"]),
+    }
     CALLS.clear()
     trainer, _ = _run([*TOY, "late", "early", "first"], classes, steps=2)
     assert trainer.manager.order == [*TOY, "first", "early", "late"]
     plan = trainer.stream.getvalue()
     assert "hookmix_after_optimizer_step   first -> early -> late" in plan
     assert "~ hookmix_optimizer_step         first -> early -> late" in plan
-    one_step = ["first:enter", "early:enter", "late:enter", "late:exit", "early:exit", "first:exit",
-                "first", "early", "late"]  # wrappers nest in plugin order; then the ordered fold
+    one_step = [
+        "first:enter",
+        "early:enter",
+        "late:enter",
+        "late:exit",
+        "early:exit",
+        "first:exit",
+        "first",
+        "early",
+        "late",
+    ]  # wrappers nest in plugin order; then the ordered fold
     assert CALLS == one_step * 2
 
 
@@ -182,13 +215,15 @@ def _group_plugin(name: str, group: str) -> type[Plugin]:
     def param_groups(self, model, state):
         return [{"name": group, "params": [model[1].weight], "lr": 0.01}]
 
-    return type(name.title(), (Plugin,), {"name": name, "__doc__": "x",
-                                          "hookmix_param_groups": hookimpl(param_groups)})
+    return type(name.title(), (Plugin,), {"name": name, "__doc__": "x", "hookmix_param_groups": hookimpl(param_groups)})
 
 
 def test_parameter_in_two_groups_names_parameter_groups_and_plugins():
-    with pytest.raises(PluginConflict, match=r"parameter 1\.weight is in param group 'head_a' \(claim_a\) and "
-                                             r"'head_b' \(claim_b\); a parameter may be in one group only"):
+    with pytest.raises(
+        PluginConflict,
+        match=r"parameter 1\.weight is in param group 'head_a' \(claim_a\) and "
+        r"'head_b' \(claim_b\); a parameter may be in one group only",
+    ):
         train([*TOY, _group_plugin("claim_a", "head_a"), _group_plugin("claim_b", "head_b")], steps=1)
 
 
@@ -209,29 +244,45 @@ def _plugin(name: str, **hooks) -> type[Plugin]:
     return type(name.title(), (Plugin,), {"name": name, "__doc__": "x", **hooks})
 
 
-@pytest.mark.parametrize("plugin, expected", [
-    (_plugin("typo", hookmix_los_terms=hookimpl(lambda self, batch: None)),
-     r"plugin 'typo' .*is broken: method hookmix_los_terms is not a hook; did you mean hookmix_loss_terms\?"),
-    (_plugin("plain_eval", hookmix_evaluate=hookimpl(lambda self, model: {})),
-     r"plugin 'plain_eval': hookmix_evaluate must be implemented with wrapper=True"),
-    (_plugin("wrapped_log", hookmix_on_log=hookimpl(wrapper=True)(lambda self, metrics: (yield))),
-     r"plugin 'wrapped_log': hookmix_on_log must be implemented without wrapper=True"),
-    (_plugin("pushy", hookmix_on_log=hookimpl(tryfirst=True)(lambda self, metrics: None)),
-     r"plugin 'pushy' uses tryfirst/trylast on hookmix_on_log; declare before/after"),
-    (_plugin("bad_args", hookmix_on_log=hookimpl(lambda self, metrics, nonsense: None)),
-     r"plugin 'bad_args' has an invalid hook implementation"),
-])
+@pytest.mark.parametrize(
+    "plugin, expected",
+    [
+        (
+            _plugin("typo", hookmix_los_terms=hookimpl(lambda self, batch: None)),
+            r"plugin 'typo' .*is broken: method hookmix_los_terms is not a hook; did you mean hookmix_loss_terms\?",
+        ),
+        (
+            _plugin("plain_eval", hookmix_evaluate=hookimpl(lambda self, model: {})),
+            r"plugin 'plain_eval': hookmix_evaluate must be implemented with wrapper=True",
+        ),
+        (
+            _plugin("wrapped_log", hookmix_on_log=hookimpl(wrapper=True)(lambda self, metrics: (yield))),
+            r"plugin 'wrapped_log': hookmix_on_log must be implemented without wrapper=True",
+        ),
+        (
+            _plugin("pushy", hookmix_on_log=hookimpl(tryfirst=True)(lambda self, metrics: None)),
+            r"plugin 'pushy' uses tryfirst/trylast on hookmix_on_log; declare before/after",
+        ),
+        (
+            _plugin("bad_args", hookmix_on_log=hookimpl(lambda self, metrics, nonsense: None)),
+            r"plugin 'bad_args' has an invalid hook implementation",
+        ),
+    ],
+)
 def test_invalid_hook_implementations_are_bad_input(plugin, expected):
     with pytest.raises(BadInput, match=expected):
         train([*TOY, plugin], steps=1)
 
 
-@pytest.mark.parametrize("plugins, expected", [
-    (["toy_model", "toy_sgd", "toy_ce"], r"no enabled plugin provides data \(hookmix_data\)"),
-    (["toy_data", "toy_sgd", "toy_ce"], r"no enabled plugin provides a model \(hookmix_model\)"),
-    (["toy_data", "toy_model", "toy_ce"], r"no enabled plugin provides an optimizer \(hookmix_optimizer\)"),
-    (["toy_data", "toy_model", "toy_sgd"], r"no enabled plugin returns loss terms; add a loss plugin"),
-])
+@pytest.mark.parametrize(
+    "plugins, expected",
+    [
+        (["toy_model", "toy_sgd", "toy_ce"], r"no enabled plugin provides data \(hookmix_data\)"),
+        (["toy_data", "toy_sgd", "toy_ce"], r"no enabled plugin provides a model \(hookmix_model\)"),
+        (["toy_data", "toy_model", "toy_ce"], r"no enabled plugin provides an optimizer \(hookmix_optimizer\)"),
+        (["toy_data", "toy_model", "toy_sgd"], r"no enabled plugin returns loss terms; add a loss plugin"),
+    ],
+)
 def test_missing_required_provider_is_named(plugins, expected):
     with pytest.raises(BadInput, match=expected):
         train(plugins, steps=1)
@@ -240,7 +291,10 @@ def test_missing_required_provider_is_named(plugins, expected):
 def test_a_name_claimed_by_two_distributions_is_unusable(install_dist):
     install_dist("hookmix-impostor", {"adamw": "hookmix_impostor:AdamW"}, {"hookmix_impostor": ""})
     info = Registry().info("adamw")
-    assert re.fullmatch(r"broken: name claimed by both (hookmix and hookmix-impostor|hookmix-impostor and hookmix); "
-                        r"uninstall one", info.status), info.status
+    assert re.fullmatch(
+        r"broken: name claimed by both (hookmix and hookmix-impostor|hookmix-impostor and hookmix); "
+        r"uninstall one",
+        info.status,
+    ), info.status
     with pytest.raises(BadInput, match=r"plugin 'adamw' .* is broken: name claimed by both"):
         Registry().load("adamw")

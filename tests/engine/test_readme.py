@@ -4,8 +4,8 @@ import pathlib
 import re
 import tomllib
 
-from engine.recipe import resolve
-from engine.registry import Registry
+from engine.config.recipe import resolve
+from engine.config.registry import Registry
 from engine.testing import TOY, train
 
 README = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()

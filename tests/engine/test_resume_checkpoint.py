@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import io
+import json
 import os
 import re
 import uuid
@@ -16,13 +16,13 @@ from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from engine import BadInput, Plugin, hookimpl
+from engine.cli.main import main
+from engine.config.recipe import apply_overrides, read_recipe, resolve
+from engine.config.registry import Registry
 from engine.errors import TrainingFailure
-from engine import checkpoint
-from engine.cli import main
 from engine.loop import Trainer
-from engine.outputs import RunDir
-from engine.recipe import apply_overrides, read_recipe, resolve
-from engine.registry import Registry
+from engine.rundir import checkpoint
+from engine.rundir.directory import RunDir
 from engine.testing import TOY, assert_resumes_exactly, train, without_timings
 
 
@@ -60,10 +60,13 @@ class ForgetfulCounter(Counter):
     hookmix_load_plugin_state = None
 
 
-@pytest.mark.parametrize("run", [
-    dict(eval_interval=2, checkpoint_interval=2),  # split=3 lands between checkpoints
-    dict(eval_interval=3, checkpoint_interval=3, log_interval=4, grad_accum=2),  # metrics pending at the split
-])
+@pytest.mark.parametrize(
+    "run",
+    [
+        dict(eval_interval=2, checkpoint_interval=2),  # split=3 lands between checkpoints
+        dict(eval_interval=3, checkpoint_interval=3, log_interval=4, grad_accum=2),  # metrics pending at the split
+    ],
+)
 def test_toy_resumes_bit_exactly(run):
     assert_resumes_exactly([*TOY, Counter], steps=6, split=3, **run)
 
@@ -76,8 +79,11 @@ def test_resume_check_fails_when_plugin_state_is_not_checkpointed():
 def test_resume_needs_the_same_plugins():
     out = f"memory://hookmix-test-{uuid.uuid4().hex}"
     train([*TOY, Counter], steps=4, out=out, stop_at=2)
-    with pytest.raises(BadInput, match=r"checkpoint was written with plugin 'counter', which this run does not "
-                                       r"enable"):
+    with pytest.raises(
+        BadInput,
+        match=r"checkpoint was written with plugin 'counter', which this run does not "
+        r"enable",
+    ):
         train(TOY, steps=4, out=out, resume=True)
 
 
@@ -149,8 +155,11 @@ def test_crash_while_checkpointing_keeps_the_previous_checkpoint(crash, tmp_path
     out = str(tmp_path / "run")
     with monkeypatch.context() as patch:
         crash(patch, 4)
-        with pytest.raises(TrainingFailure, match=r"^step 4: writing the run directory failed \(.*\); the last good "
-                                                  r"checkpoint \(step 2\) is intact: `hookmix train --resume "):
+        with pytest.raises(
+            TrainingFailure,
+            match=r"^step 4: writing the run directory failed \(.*\); the last good "
+            r"checkpoint \(step 2\) is intact: `hookmix train --resume ",
+        ):
             train(TOY, steps=6, out=out, checkpoint_interval=2)
     assert os.listdir(f"{out}/checkpoints") == ["step-00000002.pt"]  # no partial step-4, no temp file
     payload = checkpoint.load_latest(RunDir(out))
@@ -165,8 +174,9 @@ def test_crash_while_checkpointing_keeps_the_previous_checkpoint(crash, tmp_path
     # TensorBoard purged the steps 3-4 the crashed run had logged after its last checkpoint
     events = EventAccumulator(f"{out}/tensorboard")
     events.Reload()
-    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == \
-        [(r["step"], float(np.float32(r["train/loss"]))) for r in straight.metrics if "train/loss" in r]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (r["step"], float(np.float32(r["train/loss"]))) for r in straight.metrics if "train/loss" in r
+    ]
 
 
 # --- refusing unsafe or damaged checkpoints ---------------------------------------------------
@@ -196,14 +206,23 @@ def _evil_checkpoint() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("data, expected", [
-    (_evil_checkpoint(), r"checkpoint .*/checkpoints/step-00000003\.pt needs unpickling arbitrary Python objects "
-                         r"\(Unsupported global: GLOBAL [\w.]*Evil\); refusing to load it"),
-    (b"garbage, not a checkpoint\n" * 40, r"checkpoint .*step-00000003\.pt is unreadable \(UnpicklingError\); "
-                                          r"it is damaged or not a hookmix checkpoint"),
-    (bytes(range(256)), r"checkpoint .*step-00000003\.pt is unreadable"),
-    (b"", r"checkpoint .*step-00000003\.pt is unreadable \(EOFError\)"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (
+            _evil_checkpoint(),
+            r"checkpoint .*/checkpoints/step-00000003\.pt needs unpickling arbitrary Python objects "
+            r"\(Unsupported global: GLOBAL [\w.]*Evil\); refusing to load it",
+        ),
+        (
+            b"garbage, not a checkpoint\n" * 40,
+            r"checkpoint .*step-00000003\.pt is unreadable \(UnpicklingError\); "
+            r"it is damaged or not a hookmix checkpoint",
+        ),
+        (bytes(range(256)), r"checkpoint .*step-00000003\.pt is unreadable"),
+        (b"", r"checkpoint .*step-00000003\.pt is unreadable \(EOFError\)"),
+    ],
+)
 def test_resume_refuses_unsafe_or_damaged_checkpoints(data, expected, tmp_path, tiny_gpt, capsys, one_error_line):
     out = _run_dir_with_checkpoint(tmp_path, tiny_gpt, data)
     before = sorted(os.listdir(out))

@@ -11,8 +11,20 @@ from engine import Plugin, hookimpl
 from engine.step import step_lines
 from engine.testing import TOY, train
 
-FLAGS = ("prepare", "wrapper", "autocast", "clip", "gather", "scheduler", "wrapped_step", "forward_hook", "aux_outputs",
-         "before_backward", "after_backward", "after_optimizer_step")
+FLAGS = (
+    "prepare",
+    "wrapper",
+    "autocast",
+    "clip",
+    "gather",
+    "scheduler",
+    "wrapped_step",
+    "forward_hook",
+    "aux_outputs",
+    "before_backward",
+    "after_backward",
+    "after_optimizer_step",
+)
 
 
 def test_every_combination_of_settings_writes_a_step_that_compiles_and_binds_every_name_it_uses():

@@ -23,11 +23,39 @@ import attrs
 #: The base command per shipped plugin: a recipe that builds fast, plus what enables the plugin. A new
 #: shipped plugin without an entry here fails test_every_shipped_plugin_is_covered.
 BASE = "mnist1d-mlp"
-PLUGIN_BASE: dict[str, list[str]] = {name: ["run.plugins+=" + name] for name in (
-    "tinyshakespeare", "gpt", "cnn1d", "teacher", "kd", "dkd", "nkd", "uskd", "logit_std", "cifar100",
-    "resnet", "sgd", "lipschitz_gpt", "lipschitz_mlp", "muon", "spectral_normalize", "spectral_hammer",
-    "spectral_soft_cap", "spectral_hard_cap", "spectral_weight_decay", "countdown", "tiny_policy", "hf_policy",
-    "countdown_reward", "format_reward", "grpo", "soft_grpo", "passk")}
+PLUGIN_BASE: dict[str, list[str]] = {
+    name: ["run.plugins+=" + name]
+    for name in (
+        "tinyshakespeare",
+        "gpt",
+        "cnn1d",
+        "teacher",
+        "kd",
+        "dkd",
+        "nkd",
+        "uskd",
+        "logit_std",
+        "cifar100",
+        "resnet",
+        "sgd",
+        "lipschitz_gpt",
+        "lipschitz_mlp",
+        "muon",
+        "spectral_normalize",
+        "spectral_hammer",
+        "spectral_soft_cap",
+        "spectral_hard_cap",
+        "spectral_weight_decay",
+        "countdown",
+        "tiny_policy",
+        "hf_policy",
+        "countdown_reward",
+        "format_reward",
+        "grpo",
+        "soft_grpo",
+        "passk",
+    )
+}
 PLUGIN_BASE.update({name: [] for name in ("mnist1d", "mlp", "adamw", "cross_entropy")})  # already in BASE
 
 _ZERO_OFF = "0 is documented as 'off' / 'use the default' for this field"
@@ -59,8 +87,10 @@ VALID: dict[tuple[str, str], dict[str, str]] = {
     ("uskd", "mu"): {"zero": "a weight of 0 switches the term off"},
     ("uskd", "label_smoothing"): {"zero": _ZERO_OFF},
     ("logit_std", "kinds"): {"long": _FREE_LIST, "item_unknown": "consumer kinds are names chosen by loss plugins"},
-    ("logit_std", "consumers"): {"empty": _EMPTY_OK,
-                                 "item_unknown": "checked against the enabled plugins in hookmix_configure"},
+    ("logit_std", "consumers"): {
+        "empty": _EMPTY_OK,
+        "item_unknown": "checked against the enabled plugins in hookmix_configure",
+    },
     ("logit_std", "roles"): {"short": "one role only"},
     ("cifar100", "padding"): {"zero": "no padding: no crop"},
     ("sgd", "momentum"): {"zero": "plain SGD"},
@@ -73,12 +103,30 @@ VALID: dict[tuple[str, str], dict[str, str]] = {
     ("muon", "adam_weight_decay"): {"zero": _ZERO_OFF},
     ("muon", "warmup_steps"): {"zero": _ZERO_OFF},
     ("muon", "final_lr_ratio"): {"zero": "decay to 0 (the paper's default)"},
-    **{(cap, "head_w_max"): {"zero": _ZERO_OFF}
-       for cap in ("spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap")},
-    **{(cap, "emb_max_rms"): {"zero": _ZERO_OFF} for cap in (
-        "spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap", "spectral_weight_decay")},
-    **{(cap, "groups"): {"short": "a subset of the groups"} for cap in (
-        "spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap", "spectral_weight_decay")},
+    **{
+        (cap, "head_w_max"): {"zero": _ZERO_OFF}
+        for cap in ("spectral_normalize", "spectral_hammer", "spectral_soft_cap", "spectral_hard_cap")
+    },
+    **{
+        (cap, "emb_max_rms"): {"zero": _ZERO_OFF}
+        for cap in (
+            "spectral_normalize",
+            "spectral_hammer",
+            "spectral_soft_cap",
+            "spectral_hard_cap",
+            "spectral_weight_decay",
+        )
+    },
+    **{
+        (cap, "groups"): {"short": "a subset of the groups"}
+        for cap in (
+            "spectral_normalize",
+            "spectral_hammer",
+            "spectral_soft_cap",
+            "spectral_hard_cap",
+            "spectral_weight_decay",
+        )
+    },
     ("spectral_weight_decay", "strength"): {"zero": "no decay"},
     ("countdown", "val_problems"): {"zero": _ZERO_OFF},
     ("countdown", "heldout_seed"): {"zero": "seed 0", "huge": _HUGE_SEED},
@@ -89,25 +137,42 @@ VALID: dict[tuple[str, str], dict[str, str]] = {
     ("tiny_policy", "max_len"): {"zero": _ZERO_OFF},
     ("hf_policy", "intermediate_size"): {"zero": _ZERO_OFF},
     ("hf_policy", "max_positions"): {"zero": _ZERO_OFF},
-    **{(r, "weight"): {"zero": "a weight of 0 switches the reward off", "negative": "a penalty"}
-       for r in ("countdown_reward", "format_reward")},
+    **{
+        (r, "weight"): {"zero": "a weight of 0 switches the reward off", "negative": "a penalty"}
+        for r in ("countdown_reward", "format_reward")
+    },
     ("tiny_policy", "dropout"): {"zero": "no dropout (the RL default)"},
-    **{(rl, key): {"zero": _ZERO_OFF} for rl in ("grpo", "soft_grpo")
-       for key in ("min_p", "think_cap", "clip_eps_high", "dual_clip", "kl_coef", "adv_eps", "seed_offset")},
+    **{
+        (rl, key): {"zero": _ZERO_OFF}
+        for rl in ("grpo", "soft_grpo")
+        for key in ("min_p", "think_cap", "clip_eps_high", "dual_clip", "kl_coef", "adv_eps", "seed_offset")
+    },
     ("soft_grpo", "mask_logq_min"): {"negative": _SIGNED, "zero": _SIGNED},
     **{("soft_grpo", key): {"empty": _EMPTY_OK} for key in ("gumbel_clamp", "likelihood_clamp")},
     ("passk", "ks"): {"long": _FREE_LIST, "short": _FREE_LIST},
     ("passk", "modes"): {"short": "one decoding only"},
-    ("passk", "taus"): {"empty": "no soft decoding (checked with modes in hookmix_configure)",
-                        "short": "no soft decoding (checked with modes in hookmix_configure)", "long": _FREE_LIST},
+    ("passk", "taus"): {
+        "empty": "no soft decoding (checked with modes in hookmix_configure)",
+        "short": "no soft decoding (checked with modes in hookmix_configure)",
+        "long": _FREE_LIST,
+    },
     ("passk", "think_cap"): {"zero": "no thinking tokens"},
     ("passk", "seed"): {"zero": "seed 0"},
     ("sgd", "milestones"): {"empty": _EMPTY_OK, "item_huge": "a milestone after the last step never fires"},
 }
 #: Free-text string fields: any string is accepted at resolve time and checked when used.
-FREE_TEXT = {("tinyshakespeare", "path"), ("teacher", "run"), ("uskd", "feature"), ("cifar100", "path"),
-             ("countdown", "tokenizer"), ("countdown", "think_start"), ("countdown", "think_end"),
-             ("tiny_policy", "init_from"), ("hf_policy", "path"), ("hf_policy", "init_from")}
+FREE_TEXT = {
+    ("tinyshakespeare", "path"),
+    ("teacher", "run"),
+    ("uskd", "feature"),
+    ("cifar100", "path"),
+    ("countdown", "tokenizer"),
+    ("countdown", "think_start"),
+    ("countdown", "think_end"),
+    ("tiny_policy", "init_from"),
+    ("hf_policy", "path"),
+    ("hf_policy", "init_from"),
+}
 
 
 @dataclass(frozen=True)
@@ -151,13 +216,30 @@ def _scalar_cases(t) -> list[tuple[str, str]]:
     if t is bool:
         return [("string", '"yes"'), ("int", "1"), ("list", "[true]")]
     if t is float:
-        return [("nan", "nan"), ("inf", "inf"), ("-inf", "-inf"), ("string", '"abc"'), ("bool", "true"),
-                ("list", "[1.0]"), ("negative", "-1.0"), ("zero", "0.0"), ("huge", "1e300"),
-                ("huge_negative", "-1e300")]
+        return [
+            ("nan", "nan"),
+            ("inf", "inf"),
+            ("-inf", "-inf"),
+            ("string", '"abc"'),
+            ("bool", "true"),
+            ("list", "[1.0]"),
+            ("negative", "-1.0"),
+            ("zero", "0.0"),
+            ("huge", "1e300"),
+            ("huge_negative", "-1e300"),
+        ]
     if t is int:
-        return [("float", "1.5"), ("string", '"abc"'), ("bool", "true"), ("list", "[1]"), ("negative", "-1"),
-                ("zero", "0"), ("huge", str(2**63 - 1)), ("huge_negative", str(-(2**63))),
-                ("beyond_int64", "99999999999999999999999")]
+        return [
+            ("float", "1.5"),
+            ("string", '"abc"'),
+            ("bool", "true"),
+            ("list", "[1]"),
+            ("negative", "-1"),
+            ("zero", "0"),
+            ("huge", str(2**63 - 1)),
+            ("huge_negative", str(-(2**63))),
+            ("beyond_int64", "99999999999999999999999"),
+        ]
     if t is str:
         return [("int", "5"), ("list", '["a"]'), ("bool", "true")]
     raise TypeError(f"no fuzz cases for type {t!r}: extend tests/fuzz/plugin_config_cases.py")
@@ -167,8 +249,13 @@ def _list_cases(t, default: list) -> list[tuple[str, str]]:
     item = (typing.get_args(t) or (str,))[0]
     cases = [("scalar", _scalar_cases(item)[0][1] if item is str else "1"), ("nested", "[[1]]"), ("empty", "[]")]
     if item is str:
-        cases = [("scalar", '"hidden"'), ("nested", '[["a"]]'), ("empty", "[]"), ("item_int", "[5]"),
-                 ("item_unknown", '["no-such-value"]')]
+        cases = [
+            ("scalar", '"hidden"'),
+            ("nested", '[["a"]]'),
+            ("empty", "[]"),
+            ("item_int", "[5]"),
+            ("item_unknown", '["no-such-value"]'),
+        ]
     for kind, value in _scalar_cases(item):
         if kind in ("nan", "inf", "negative", "zero", "huge", "float", "string", "bool"):
             cases.append((f"item_{kind}", f"[{value}]"))

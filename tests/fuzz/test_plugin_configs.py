@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from plugin_config_cases import BASE, FREE_TEXT, PLUGIN_BASE, VALID, Case, expected_valid, generate, shipped_plugins  # noqa: E402
 
-from engine.cli import main  # noqa: E402
+from engine.cli.main import main  # noqa: E402
+from engine.config.recipe import apply_overrides, read_recipe, resolve  # noqa: E402
+from engine.config.registry import Registry  # noqa: E402
 from engine.errors import BadInput  # noqa: E402
-from engine.recipe import apply_overrides, read_recipe, resolve  # noqa: E402
-from engine.registry import Registry  # noqa: E402
 
 PLUGINS = shipped_plugins()
 CASES = generate(PLUGINS)
@@ -64,7 +64,9 @@ def refusal_problem(case: Case, code, stderr: str, out: Path) -> str | None:
 def test_every_shipped_plugin_is_covered():
     assert PLUGINS, "no hookmix.plugins entry point of the hookmix distribution: is the package installed?"
     missing = sorted(set(PLUGINS) - set(PLUGIN_BASE))
-    assert not missing, f"shipped plugins without fuzz coverage: {missing}; add them to tests/fuzz/plugin_config_cases.PLUGIN_BASE"
+    assert not missing, (
+        f"shipped plugins without fuzz coverage: {missing}; add them to tests/fuzz/plugin_config_cases.PLUGIN_BASE"
+    )
     assert not set(PLUGIN_BASE) - set(PLUGINS), "PLUGIN_BASE names plugins that are not shipped"
     for name, cls in PLUGINS.items():
         covered = {c.field for c in BY_PLUGIN[name]}

@@ -6,32 +6,36 @@ import attrs
 import pytest
 
 from engine import validators as v
-from engine.recipe import field
+from engine.config.recipe import field
 
 
 @attrs.define
 class Example:
     lr: float = field(0.1, "a rate", validator=v.finite_positive)
-    betas: list[float] = field([0.9, 0.99], "two betas", validator=v.each(v.in_range(0, 1, high_open=True),
-                                                                           min_items=2, max_items=2))
+    betas: list[float] = field(
+        [0.9, 0.99], "two betas", validator=v.each(v.in_range(0, 1, high_open=True), min_items=2, max_items=2)
+    )
     layers: int = field(2, "a count", validator=v.int_range(1, 1024))
     groups: list[str] = field(["a"], "a subset", validator=v.subset_of("a", "b"))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"lr": math.nan}, "lr=nan must be a number in (0, 1e+06]"),
-    ({"lr": math.inf}, "lr=inf must be a number in (0, 1e+06]"),
-    ({"lr": 0.0}, "lr=0.0 must be"),
-    ({"lr": 2e6}, "lr=2000000.0 must be"),
-    ({"lr": True}, "lr=True must be"),  # a bool is not a number here
-    ({"betas": [0.9]}, "betas=[0.9] must be a list of 2 values, each a number in [0, 1)"),
-    ({"betas": [0.9, 1.0]}, "betas=[0.9, 1.0] must be"),
-    ({"layers": 0}, "layers=0 must be an integer in 1..1024"),
-    ({"layers": 1.0}, "layers=1.0 must be an integer"),
-    ({"groups": []}, "groups=[] must be a non-empty list of distinct values from a, b"),
-    ({"groups": ["a", "a"]}, "must be a non-empty list of distinct values"),
-    ({"groups": ["c"]}, "groups=['c'] must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": math.nan}, "lr=nan must be a number in (0, 1e+06]"),
+        ({"lr": math.inf}, "lr=inf must be a number in (0, 1e+06]"),
+        ({"lr": 0.0}, "lr=0.0 must be"),
+        ({"lr": 2e6}, "lr=2000000.0 must be"),
+        ({"lr": True}, "lr=True must be"),  # a bool is not a number here
+        ({"betas": [0.9]}, "betas=[0.9] must be a list of 2 values, each a number in [0, 1)"),
+        ({"betas": [0.9, 1.0]}, "betas=[0.9, 1.0] must be"),
+        ({"layers": 0}, "layers=0 must be an integer in 1..1024"),
+        ({"layers": 1.0}, "layers=1.0 must be an integer"),
+        ({"groups": []}, "groups=[] must be a non-empty list of distinct values from a, b"),
+        ({"groups": ["a", "a"]}, "must be a non-empty list of distinct values"),
+        ({"groups": ["c"]}, "groups=['c'] must be"),
+    ],
+)
 def test_rules_refuse_with_a_message_naming_field_and_rule(kwargs, message):
     with pytest.raises(ValueError) as exc:
         Example(**kwargs)
@@ -44,8 +48,12 @@ def test_valid_values_pass_and_ints_count_as_numbers():
 
 def test_describe_gives_the_rule_text():
     rules = {f.name: v.describe(f.validator) for f in attrs.fields(Example)}
-    assert rules == {"lr": "a number in (0, 1e+06]", "betas": "a list of 2 values, each a number in [0, 1)",
-                     "layers": "an integer in 1..1024", "groups": "a non-empty list of distinct values from a, b"}
+    assert rules == {
+        "lr": "a number in (0, 1e+06]",
+        "betas": "a list of 2 values, each a number in [0, 1)",
+        "layers": "an integer in 1..1024",
+        "groups": "a non-empty list of distinct values from a, b",
+    }
     assert v.describe(attrs.validators.and_(v.finite, v.at_least(1))) == "a finite number, finite and >= 1"  # and_
     assert v.describe(None) == "" and v.describe(lambda *a: None) == ""  # unknown validators: no text
 

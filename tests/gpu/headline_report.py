@@ -17,8 +17,10 @@ import sys
 
 
 def table(out: str, names: list[str], samples_per_step: int, target: float = 0.60) -> str:
-    lines = ["| run | steps | val acc | certified bound | train s to 60% val acc | tokens/s | MFU |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | steps | val acc | certified bound | train s to 60% val acc | tokens/s | MFU |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         path = os.path.join(out, name, "metrics.jsonl")
         if not os.path.exists(path):
@@ -38,10 +40,12 @@ def table(out: str, names: list[str], samples_per_step: int, target: float = 0.6
         perf = [r for r in records if "perf/samples_per_second" in r][2:]
         tps = [r["perf/tokens_per_second"] for r in perf if "perf/tokens_per_second" in r]
         mfu = [r["perf/mfu"] for r in perf if "perf/mfu" in r]
-        lines.append(f"| {name} | {last.get('step', '-')} | {last.get('val/accuracy', float('nan')):.4f} | "
-                     f"{last.get('lipschitz/bound', float('nan')):.4g} | {reached} | "
-                     f"{sum(tps) / len(tps) if tps else float('nan'):,.0f} | "
-                     f"{sum(mfu) / len(mfu) if mfu else float('nan'):.3f} |")
+        lines.append(
+            f"| {name} | {last.get('step', '-')} | {last.get('val/accuracy', float('nan')):.4f} | "
+            f"{last.get('lipschitz/bound', float('nan')):.4g} | {reached} | "
+            f"{sum(tps) / len(tps) if tps else float('nan'):,.0f} | "
+            f"{sum(mfu) / len(mfu) if mfu else float('nan'):.3f} |"
+        )
     return "\n".join(lines)
 
 

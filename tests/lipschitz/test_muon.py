@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from plugins.lipschitz import spectral as sp
 from plugins.lipschitz import constraint_maps as cm
+from plugins.lipschitz import spectral as sp
 from plugins.lipschitz.models import LipschitzGPT
 from plugins.lipschitz.muon import MuonAdamW, muon_lr_scale
 

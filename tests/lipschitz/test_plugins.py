@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine import BadInput, Plugin, PluginConflict, hookimpl
-from engine.cli import main
+from engine.cli.main import main
 from engine.testing import TOY, assert_resumes_exactly, train
 from plugins.lipschitz import spectral as sp
 from plugins.lipschitz.commands import empirical_estimate
@@ -77,8 +77,13 @@ CAPPED = [
 @pytest.mark.parametrize("method, extra, tol", CAPPED, ids=["soft", "hard", "normalize-exact", "normalize-warm"])
 def test_constraint_invariant_holds_after_every_step(method, extra, tol):
     caps = {"w_max": 0.5, "head_w_max": 0.7, "emb_max_rms": 0.8}
-    result = train([*LM, "muon", method, "cross_entropy", Observer], steps=8, threads=1, eval_interval=4,
-                   config={**DATA, **GPT, **MUON, method: {**caps, **extra}})
+    result = train(
+        [*LM, "muon", method, "cross_entropy", Observer],
+        steps=8,
+        threads=1,
+        eval_interval=4,
+        config={**DATA, **GPT, **MUON, method: {**caps, **extra}},
+    )
     records = observed(result)
     assert [r["step"] for r in records] == list(range(9))  # init + every step
     assert_invariant(records, 0.5, 0.7, 0.8, tol)
@@ -91,15 +96,24 @@ def test_constraint_invariant_holds_after_every_step(method, extra, tol):
 
 
 def test_bf16_run_keeps_the_cap_projection_in_fp32():
-    result = train([*LM, "muon", "spectral_soft_cap", "cross_entropy", Observer], steps=6, threads=1,
-                   precision="bf16", config={**DATA, **GPT, **MUON, "spectral_soft_cap": {"w_max": 0.5}})
+    result = train(
+        [*LM, "muon", "spectral_soft_cap", "cross_entropy", Observer],
+        steps=6,
+        threads=1,
+        precision="bf16",
+        config={**DATA, **GPT, **MUON, "spectral_soft_cap": {"w_max": 0.5}},
+    )
     assert all(p.dtype == torch.float32 for p in result.model.parameters())  # fp32 master weights
     assert_invariant(observed(result), 0.5, 0.5, 1.0, 1e-4)
 
 
 def test_hammer_with_adamw_is_not_a_cap():
-    result = train([*LM, "adamw", "spectral_hammer", "cross_entropy", Observer], steps=4, threads=1,
-                   config={**DATA, **GPT, "adamw": {"lr": 0.01}, "spectral_hammer": {"w_max": 0.5}})
+    result = train(
+        [*LM, "adamw", "spectral_hammer", "cross_entropy", Observer],
+        steps=4,
+        threads=1,
+        config={**DATA, **GPT, "adamw": {"lr": 0.01}, "spectral_hammer": {"w_max": 0.5}},
+    )
     last = observed(result)[-1]
     # the zero-initialised head (rank <= 1 after the hammer) has its top singular value *raised* to w_max
     assert last["head.weight"][1] == pytest.approx(0.5, rel=1e-3)
@@ -109,8 +123,12 @@ def test_hammer_with_adamw_is_not_a_cap():
 
 
 def test_certified_bound_dominates_empirical_after_training():
-    result = train([*LM, "muon", "spectral_soft_cap", "cross_entropy"], steps=10, threads=1,
-                   config={**DATA, **GPT, **MUON, "spectral_soft_cap": {"w_max": 1.5}})
+    result = train(
+        [*LM, "muon", "spectral_soft_cap", "cross_entropy"],
+        steps=10,
+        threads=1,
+        config={**DATA, **GPT, **MUON, "spectral_soft_cap": {"w_max": 1.5}},
+    )
     model = result.model.eval()
     est = empirical_estimate(model, result.state.data, examples=2, iters=8, tokens=2, seq_len=8)
     assert 0 < max(est["jacobian"], est["pairs"]) <= est["certified"]
@@ -118,9 +136,12 @@ def test_certified_bound_dominates_empirical_after_training():
 
 
 def test_lipschitz_mlp_logs_bound_and_dominates_empirical():
-    result = train(["toy_data", "lipschitz_mlp", "muon", "spectral_soft_cap", "toy_ce"], steps=6, threads=1,
-                   config={"lipschitz_mlp": {"hidden": 32}, "muon": {"lr": 0.1},
-                           "spectral_soft_cap": {"w_max": 2.0}})
+    result = train(
+        ["toy_data", "lipschitz_mlp", "muon", "spectral_soft_cap", "toy_ce"],
+        steps=6,
+        threads=1,
+        config={"lipschitz_mlp": {"hidden": 32}, "muon": {"lr": 0.1}, "spectral_soft_cap": {"w_max": 2.0}},
+    )
     last = result.metrics[-1]
     assert last["lipschitz/max_norm/hidden"] <= 2.0 * (1 + 1e-4)
     est = empirical_estimate(result.model.eval(), result.state.data, examples=4, iters=10)
@@ -140,25 +161,40 @@ def test_muon_and_adamw_conflict_names_both():
 
 
 def test_two_caps_conflict_and_spectral_wd_is_ordered_before_caps():
-    with pytest.raises(PluginConflict, match="'spectral_normalize' and 'spectral_hard_cap' conflict \\(spectral_normalize declares conflicts='spectral_cap'\\)"):
-        train([*LM, "muon", "spectral_normalize", "spectral_hard_cap", "cross_entropy"], steps=1,
-              config={**DATA, **GPT})
+    with pytest.raises(
+        PluginConflict,
+        match="'spectral_normalize' and 'spectral_hard_cap' conflict \\(spectral_normalize declares conflicts='spectral_cap'\\)",
+    ):
+        train(
+            [*LM, "muon", "spectral_normalize", "spectral_hard_cap", "cross_entropy"], steps=1, config={**DATA, **GPT}
+        )
     with pytest.raises(PluginConflict, match="spectral_weight_decay.*spectral_hammer"):
-        train([*LM, "adamw", "spectral_hammer", "spectral_weight_decay", "cross_entropy"], steps=1,
-              config={**DATA, **GPT})
-    result = train([*LM, "muon", "spectral_hard_cap", "spectral_weight_decay", "cross_entropy"], steps=1,
-                   threads=1, config={**DATA, **GPT})
+        train(
+            [*LM, "adamw", "spectral_hammer", "spectral_weight_decay", "cross_entropy"], steps=1, config={**DATA, **GPT}
+        )
+    result = train(
+        [*LM, "muon", "spectral_hard_cap", "spectral_weight_decay", "cross_entropy"],
+        steps=1,
+        threads=1,
+        config={**DATA, **GPT},
+    )
     order = result.trainer.manager.order
     assert order.index("spectral_weight_decay") < order.index("spectral_hard_cap")
 
 
 def test_soft_cap_eta_over_w_max_is_bad_input():
     with pytest.raises(BadInput, match=r"eta/w_max .* > 0.3 .*plugins.muon.lr"):
-        train([*LM, "muon", "spectral_soft_cap", "cross_entropy"], steps=1,
-              config={**DATA, **GPT, "muon": {"lr": 0.1}, "spectral_soft_cap": {"w_max": 0.3}})
+        train(
+            [*LM, "muon", "spectral_soft_cap", "cross_entropy"],
+            steps=1,
+            config={**DATA, **GPT, "muon": {"lr": 0.1}, "spectral_soft_cap": {"w_max": 0.3}},
+        )
     with pytest.raises(BadInput, match="head matrices are not updated"):
-        train([*LM, "muon", "spectral_soft_cap", "cross_entropy"], steps=1,
-              config={**DATA, **GPT, "muon": {"claim_head": False}})
+        train(
+            [*LM, "muon", "spectral_soft_cap", "cross_entropy"],
+            steps=1,
+            config={**DATA, **GPT, "muon": {"claim_head": False}},
+        )
 
 
 def test_constraint_needs_weight_groups():
@@ -176,8 +212,12 @@ def test_muon_claims_hidden_matrices_of_any_model():
 
 
 def test_muon_schedule_warmup_then_linear_to_zero():
-    result = train([*LM, "muon", "cross_entropy"], steps=6, threads=1,
-                   config={**DATA, **GPT, "muon": {"lr": 0.06, "warmup_steps": 2}})
+    result = train(
+        [*LM, "muon", "cross_entropy"],
+        steps=6,
+        threads=1,
+        config={**DATA, **GPT, "muon": {"lr": 0.06, "warmup_steps": 2}},
+    )
     # train/lr at step k is the lr of step k + 1 (logged after the scheduler step); the first group is square
     lrs = [r["train/lr"] for r in result.metrics if "train/lr" in r]
     assert lrs == pytest.approx([0.06, 0.06, 0.045, 0.03, 0.015, 0.0])
@@ -185,25 +225,46 @@ def test_muon_schedule_warmup_then_linear_to_zero():
     assert opt.max_update_norm(opt.param_groups[0]["params"][0]) == pytest.approx(0.015 * opt.overshoot * 1.05)
 
 
-@pytest.mark.parametrize("method, extra", [("spectral_soft_cap", {"w_max": 0.6}),
-                                           ("spectral_normalize", {"w_max": 0.6})],
-                         ids=["soft-cap", "normalize-warm"])
+@pytest.mark.parametrize(
+    "method, extra",
+    [("spectral_soft_cap", {"w_max": 0.6}), ("spectral_normalize", {"w_max": 0.6})],
+    ids=["soft-cap", "normalize-warm"],
+)
 def test_resume_is_bit_exact(method, extra):
-    assert_resumes_exactly([*LM, "muon", method, "cross_entropy"], steps=6, threads=1, eval_interval=2,
-                           config={**DATA, **GPT, **MUON, method: extra})
+    assert_resumes_exactly(
+        [*LM, "muon", method, "cross_entropy"],
+        steps=6,
+        threads=1,
+        eval_interval=2,
+        config={**DATA, **GPT, **MUON, method: extra},
+    )
 
 
 def test_lipschitz_check_cli(tmp_path, capsys):
     out = str(tmp_path / "run")
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["train", "shakespeare-lipschitz-cpu", "run.steps=3", "run.threads=1",
-                     "plugins.tinyshakespeare.block_size=16", "plugins.tinyshakespeare.batch_size=4",
-                     "plugins.tinyshakespeare.eval_batches=1", "plugins.lipschitz_gpt.d_model=16",
-                     "plugins.lipschitz_gpt.n_layers=1", "plugins.lipschitz_gpt.n_heads=2",
-                     "--quiet", "--out", out]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "shakespeare-lipschitz-cpu",
+                    "run.steps=3",
+                    "run.threads=1",
+                    "plugins.tinyshakespeare.block_size=16",
+                    "plugins.tinyshakespeare.batch_size=4",
+                    "plugins.tinyshakespeare.eval_batches=1",
+                    "plugins.lipschitz_gpt.d_model=16",
+                    "plugins.lipschitz_gpt.n_layers=1",
+                    "plugins.lipschitz_gpt.n_heads=2",
+                    "--quiet",
+                    "--out",
+                    out,
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
-    assert main(["lipschitz-check", out, "--examples", "1", "--iters", "4", "--tokens", "2",
-                 "--seq-len", "8"]) == 0
+    assert main(["lipschitz-check", out, "--examples", "1", "--iters", "4", "--tokens", "2", "--seq-len", "8"]) == 0
     text = capsys.readouterr().out
     assert "certified bound" in text and "OK: certified >= empirical" in text
     assert main(["lipschitz-check", str(tmp_path / "nope")]) == 2

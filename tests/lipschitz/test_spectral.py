@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.lipschitz import spectral as sp
 from plugins.lipschitz import constraint_maps as cm
+from plugins.lipschitz import spectral as sp
 
 torch.set_num_threads(1)
 

@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine.bench import _discard, _engine
+from engine.bench.overhead import _discard, _engine
 
 
 class Empty:
@@ -65,19 +65,23 @@ def main() -> None:
         state = trainer.state
         adamw = {k: state.optimizer.defaults[k] for k in ("lr", "betas", "eps", "weight_decay", "fused")}
         # the same loop code for both (only the calls differ): engine.bench's plain step differs in detail
-        steps = {n: _step(copy.deepcopy(state.model), adamw, state.data, torch.Generator().manual_seed(0), c)
-                 for n, c in (("plain", 0), ("calls", args.calls))}
+        steps = {
+            n: _step(copy.deepcopy(state.model), adamw, state.data, torch.Generator().manual_seed(0), c)
+            for n, c in (("plain", 0), ("calls", args.calls))
+        }
         times = {n: [] for n in steps}
         for i in range(5 + args.steps):
-            for name, step in (list(steps.items()) if i % 2 else list(steps.items())[::-1]):
+            for name, step in list(steps.items()) if i % 2 else list(steps.items())[::-1]:
                 t0 = time.perf_counter()
                 step()
                 if i >= 5:
                     times[name].append(time.perf_counter() - t0)
         ratios.append(statistics.median(a / b for a, b in zip(times["calls"], times["plain"])))
         _discard(trainer)
-    print(f"{args.calls} empty calls per step: {statistics.median(ratios):.3f}x the plain step "
-          f"(repeats {' '.join(f'{r:.3f}' for r in ratios)}; plain {1e3 * statistics.median(times['plain']):.2f} ms)")
+    print(
+        f"{args.calls} empty calls per step: {statistics.median(ratios):.3f}x the plain step "
+        f"(repeats {' '.join(f'{r:.3f}' for r in ratios)}; plain {1e3 * statistics.median(times['plain']):.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

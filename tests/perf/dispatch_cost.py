@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from engine.bench import _discard, _engine
+from engine.bench.overhead import _discard, _engine
 
 
 def main() -> None:

@@ -41,10 +41,9 @@ import uuid
 import torch
 
 from engine import Plugin, hookimpl
+from engine.config.recipe import apply_overrides, read_recipe, resolve
+from engine.config.registry import Registry
 from engine.loop import Trainer
-from engine.recipe import apply_overrides, read_recipe, resolve
-from engine.registry import Registry
-
 
 #: The factors tried by probe/best_scale: 2^(k/16) from 1/4 to 64.
 SCALES = [2 ** (k / 16) for k in range(-32, 97)]
@@ -74,8 +73,13 @@ class LogitProbe(Plugin):
             rms, std, worst = logit_stats(logits)
             losses = [torch.nn.functional.cross_entropy(s * logits, target).item() for s in SCALES]
             best = min(range(len(SCALES)), key=losses.__getitem__)
-            out = {"probe/logit_rms": rms, "probe/logit_std": std, "probe/max_position_rms": worst,
-                   "probe/best_scale": SCALES[best], "probe/loss_at_best_scale": losses[best]}
+            out = {
+                "probe/logit_rms": rms,
+                "probe/logit_std": std,
+                "probe/max_position_rms": worst,
+                "probe/best_scale": SCALES[best],
+                "probe/loss_at_best_scale": losses[best],
+            }
             teacher = state.frozen_modules.get("teacher")
             if teacher is not None and self.teacher is None:  # frozen: once per run
                 t_rms, t_std, _ = logit_stats(torch.cat([teacher(b["input"]).float() for b in batches]))
@@ -86,14 +90,18 @@ class LogitProbe(Plugin):
 def ngram_baselines() -> dict:
     """Unigram and bigram models counted on the train split, scored on every val position:
     argmax accuracy and cross-entropy (add-one smoothing), the ceilings of context-free models."""
-    from plugins.core.data import CharText, load_text, DEFAULT_TEXT_URL
+    from plugins.core.data import DEFAULT_TEXT_URL, CharText, load_text
 
     data = CharText(load_text(DEFAULT_TEXT_URL), block_size=64, batch_size=1)
     v = len(data.itos)
     tr, va = data.train_data, data.val_data
     uni = torch.bincount(tr, minlength=v).double() + 1
-    bi = torch.zeros(v, v, dtype=torch.float64).index_put_((tr[:-1], tr[1:]), torch.ones(len(tr) - 1, dtype=torch.float64),
-                                                          accumulate=True) + 1
+    bi = (
+        torch.zeros(v, v, dtype=torch.float64).index_put_(
+            (tr[:-1], tr[1:]), torch.ones(len(tr) - 1, dtype=torch.float64), accumulate=True
+        )
+        + 1
+    )
     prev, nxt = va[:-1], va[1:]
     out = {"vocab": v, "val_positions": len(nxt)}
     out["unigram_acc"] = (nxt == uni.argmax()).double().mean().item()
@@ -107,9 +115,18 @@ def ngram_baselines() -> dict:
 
 
 #: The metrics each row prints (those the run has), then every logit_std/* and teacher/* metric.
-ROW_KEYS = ("val/accuracy", "val/loss", "lipschitz/bound", "probe/logit_rms", "probe/logit_std",
-            "probe/max_position_rms", "probe/best_scale", "probe/loss_at_best_scale", "probe/teacher_logit_rms",
-            "probe/teacher_logit_std")
+ROW_KEYS = (
+    "val/accuracy",
+    "val/loss",
+    "lipschitz/bound",
+    "probe/logit_rms",
+    "probe/logit_std",
+    "probe/max_position_rms",
+    "probe/best_scale",
+    "probe/loss_at_best_scale",
+    "probe/teacher_logit_rms",
+    "probe/teacher_logit_std",
+)
 ROW_PREFIXES = ("logit_std/", "teacher/")
 
 
@@ -124,9 +141,13 @@ def train_with_probe(raw: dict, label: dict, jsonl: str = "") -> None:
         trainer.advance()
         step, m = trainer.state.step, trainer.last
         if step % run.eval_interval == 0 or step == run.steps:  # an evaluation just ran: trainer.last holds it
-            row = {**label, "step": step, "cpu_s": round(time.process_time() - t0, 1),
-                   **{k: m[k] for k in ROW_KEYS if k in m},
-                   **{k: v for k, v in sorted(m.items()) if k.startswith(ROW_PREFIXES)}}
+            row = {
+                **label,
+                "step": step,
+                "cpu_s": round(time.process_time() - t0, 1),
+                **{k: m[k] for k in ROW_KEYS if k in m},
+                **{k: v for k, v in sorted(m.items()) if k.startswith(ROW_PREFIXES)},
+            }
             line = json.dumps(row)
             print(line, flush=True)
             if jsonl:
@@ -160,8 +181,13 @@ def main(argv: list[str]) -> int:
     if recipe_mode:
         name, raw = read_recipe(args.recipe, Registry())
         raw["name"] = name
-        raw["run"].update(steps=args.steps, threads=1, eval_interval=every, checkpoint_interval=0,
-                          out=f"memory://lipschitz-cpu-{uuid.uuid4().hex}")  # keeps the recipe's log_interval
+        raw["run"].update(
+            steps=args.steps,
+            threads=1,
+            eval_interval=every,
+            checkpoint_interval=0,
+            out=f"memory://lipschitz-cpu-{uuid.uuid4().hex}",
+        )  # keeps the recipe's log_interval
         label = {"recipe": name}
     else:
         raw = _recipe_raw(args.method, args.value, args.steps, 1)

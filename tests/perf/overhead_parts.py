@@ -5,7 +5,7 @@
 
 Contestants, interleaved in one process like ``hookmix bench overhead`` (turns of one step, or of
 10 consecutive steps with ``--interleave block``, in a new order every round; ratios over blocks of
-10 steps; fresh contestants every repeat; engine/bench.py):
+10 steps; fresh contestants every repeat; engine/bench/overhead.py):
 
 - ``plain``, ``plain copy``: the benchmark's plain loop, twice (the second shows the noise floor);
 - ``+ce plugin``: the plain loop computing its loss through the ``cross_entropy`` plugin's hook
@@ -34,7 +34,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from engine.bench import BLOCK, _discard, _engine, _engine_step, _plain_step, block_ratios, run_round
+from engine.bench.overhead import BLOCK, _discard, _engine, _engine_step, _plain_step, block_ratios, run_round
 from engine.train_log import to_host
 
 
@@ -84,7 +84,7 @@ def written_out(trainer):
         batch = train_batch(generator)
         shapes.append(getattr(batch.get("input"), "shape", None))
         terms = loss_terms(batch, {"logits": model(batch["input"])}, state)
-        (name, loss), = terms.items()
+        ((name, loss),) = terms.items()
         records.append((number, (name,), (loss.detach(),)))
         before_backward(loss, state)
         loss.backward()
@@ -102,13 +102,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--interleave", choices=["step", "block"], default="step",
-                        help="turns of 10 consecutive steps (block) or of one step, as in hookmix bench overhead")
+    parser.add_argument(
+        "--interleave",
+        choices=["step", "block"],
+        default="step",
+        help="turns of 10 consecutive steps (block) or of one step, as in hookmix bench overhead",
+    )
     args = parser.parse_args()
     turn = BLOCK if args.interleave == "block" else 1
     torch.set_num_threads(1)
-    variants = {"+ce plugin": dict(ce_plugin=True), "+records": dict(records=True), "+log records": dict(log=True),
-                "+all three": dict(ce_plugin=True, records=True, log=True)}
+    variants = {
+        "+ce plugin": dict(ce_plugin=True),
+        "+records": dict(records=True),
+        "+log records": dict(log=True),
+        "+all three": dict(ce_plugin=True, records=True, log=True),
+    }
     ratios: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         engine, donor, written = _engine("mlp", 0), _engine("mlp", 0), _engine("mlp", 0)
@@ -118,8 +126,10 @@ def main() -> None:
         def generator() -> torch.Generator:
             return torch.Generator().manual_seed(state.run.seed + 1)
 
-        contestants = {"plain": _plain_step(copy.deepcopy(state.model), adamw, state.data, generator()),
-                       "plain copy": _plain_step(copy.deepcopy(state.model), adamw, state.data, generator())}
+        contestants = {
+            "plain": _plain_step(copy.deepcopy(state.model), adamw, state.data, generator()),
+            "plain copy": _plain_step(copy.deepcopy(state.model), adamw, state.data, generator()),
+        }
         for name, features in variants.items():
             contestants[name] = plain_plus(donor, copy.deepcopy(state.model), adamw, generator(), **features)
         contestants["hookmix"] = _engine_step(engine)
@@ -138,8 +148,10 @@ def main() -> None:
             ratios.setdefault(name, []).append(statistics.median(block_ratios(t, times["plain"], BLOCK // turn)))
         for trainer in (engine, donor, written):
             _discard(trainer)
-    print(f"MLP, {args.repeats} repeats of {args.steps} steps in turns of {turn}; median over repeats of the "
-          f"ratio to plain (median over blocks of {BLOCK} steps):")
+    print(
+        f"MLP, {args.repeats} repeats of {args.steps} steps in turns of {turn}; median over repeats of the "
+        f"ratio to plain (median over blocks of {BLOCK} steps):"
+    )
     for name, values in ratios.items():
         print(f"  {name:<14} {statistics.median(values):.4f}   (repeats: {' '.join(f'{v:.3f}' for v in values)})")
 

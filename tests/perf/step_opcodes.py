@@ -22,8 +22,8 @@ import sys
 
 import torch
 
-from engine.bench import _discard, _engine, _engine_step, _plain_step
-from engine.outputs import MetricsLog
+from engine.bench.overhead import _discard, _engine, _engine_step, _plain_step
+from engine.rundir.metrics_log import MetricsLog
 
 
 def opcodes_per_step(step, steps: int = 30) -> dict[str, float]:
@@ -61,12 +61,19 @@ def main() -> None:
     plain = opcodes_per_step(_plain_step(copy.deepcopy(state.model), adamw, state.data, torch.Generator()))
     hookmix = opcodes_per_step(_engine_step(engine))
     hookmix_n = opcodes_per_step(_engine_step(engine_n))
-    total = {name: sum(c.values()) for name, c in (("plain", plain), ("hookmix", hookmix),
-                                                  (f"hookmix+{args.noop}", hookmix_n))}
-    print(f"bytecode instructions per step ({args.workload}): " + ", ".join(
-        f"{name} {n:.0f}" + (f" (+{n - total['plain']:.0f})" if name != "plain" else "") for name, n in total.items()))
+    total = {
+        name: sum(c.values())
+        for name, c in (("plain", plain), ("hookmix", hookmix), (f"hookmix+{args.noop}", hookmix_n))
+    }
+    print(
+        f"bytecode instructions per step ({args.workload}): "
+        + ", ".join(
+            f"{name} {n:.0f}" + (f" (+{n - total['plain']:.0f})" if name != "plain" else "")
+            for name, n in total.items()
+        )
+    )
     print("functions where hookmix differs most from plain (per step):")
-    for key in sorted(set(plain) | set(hookmix), key=lambda k: -abs(hookmix.get(k, 0) - plain.get(k, 0)))[:args.top]:
+    for key in sorted(set(plain) | set(hookmix), key=lambda k: -abs(hookmix.get(k, 0) - plain.get(k, 0)))[: args.top]:
         print(f"  {hookmix.get(key, 0) - plain.get(key, 0):+8.1f}  {key}")
     _discard(engine)
     _discard(engine_n)

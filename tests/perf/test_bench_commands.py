@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 
 
 def _table_rows(text: str) -> list[list[str]]:
@@ -46,8 +46,9 @@ def test_bench_ddp_reports_efficiency_and_the_no_communication_ceiling(capsys):
     assert main(["bench", "ddp", "--workload", "mlp", "--steps", "2", "--repeats", "1"]) == 0
     header, row = _table_rows(capsys.readouterr().out)
     values = dict(zip(header, row))
-    single, ddp, pair = (float(values[k]) for k in ("1 rank step (ms)", "2 ranks DDP step (ms)",
-                                                      "2 independent ranks at once (ms)"))
+    single, ddp, pair = (
+        float(values[k]) for k in ("1 rank step (ms)", "2 ranks DDP step (ms)", "2 independent ranks at once (ms)")
+    )
     assert single > 0 and ddp > 0 and pair > 0
     # one repeat: the median of the per-repeat ratios is the ratio of the medians
     assert float(values["weak-scaling efficiency"]) == pytest.approx(single / ddp, rel=0.01)
@@ -67,14 +68,15 @@ def test_bench_overhead_interleaves_turns_of_one_step_or_of_a_log_interval(capsy
     assert main(["bench", "overhead", "--workload", "tiny", "--steps", "3", "--noop", "0"]) == 0
     out = capsys.readouterr().out
     assert "turns of 1 step(s)" in out and _table_rows(out)[1][-1] == "0.0e+00"  # the default
-    assert main(["bench", "overhead", "--workload", "tiny", "--steps", "20", "--noop", "0",
-                 "--interleave", "block"]) == 0
+    assert (
+        main(["bench", "overhead", "--workload", "tiny", "--steps", "20", "--noop", "0", "--interleave", "block"]) == 0
+    )
     out = capsys.readouterr().out
     assert "turns of 10 step(s)" in out and _table_rows(out)[1][-1] == "0.0e+00"
 
 
 def test_the_trainers_turn_is_the_sum_of_its_steps_times():
-    from engine.bench import turn_times
+    from engine.bench.overhead import turn_times
 
     step_times = [float(k + 1) for k in range(29)]  # steps 1..29 of a Trainer run of 3 turns of 10 steps
     # round 1 holds steps 10..19, round 2 steps 20..29 (the step after the other contestants' turns first)
@@ -84,8 +86,25 @@ def test_the_trainers_turn_is_the_sum_of_its_steps_times():
 
 def test_bench_overhead_against_lightning_runs_every_contestant(capsys):
     pytest.importorskip("lightning")  # an optional extra (".[bench]"): not installed in CI
-    assert main(["bench", "overhead", "--workload", "tiny", "--steps", "20", "--noop", "1",
-                 "--against", "lightning", "--interleave", "block"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "overhead",
+                "--workload",
+                "tiny",
+                "--steps",
+                "20",
+                "--noop",
+                "1",
+                "--against",
+                "lightning",
+                "--interleave",
+                "block",
+            ]
+        )
+        == 0
+    )
     header, row = _table_rows(capsys.readouterr().out)
     assert header[1:-1] == ["plain", "plain copy", "hookmix", "hookmix+1", "fabric", "trainer"]
     assert row[-1] == "0.0e+00"  # the Trainer's losses too, turn by turn

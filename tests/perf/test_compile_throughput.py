@@ -10,9 +10,9 @@ import torch
 
 from engine import Plugin, hookimpl
 from engine.loop import Trainer
-from engine.outputs import RunDir
+from engine.perf.throughput import model_flops
+from engine.rundir.directory import RunDir
 from engine.testing import TOY, make_recipe, train
-from engine.throughput import model_flops
 
 torch.set_num_threads(1)
 
@@ -22,6 +22,7 @@ def _losses(compile: bool, steps: int = 4) -> tuple[list[float], str]:
     stream = io.StringIO()
     Trainer(recipe, registry, stream=stream).run()
     import json
+
     records = [json.loads(line) for line in RunDir(recipe.run.out).read_text("metrics.jsonl").splitlines()]
     return [r["train/loss"] for r in records if "train/loss" in r], stream.getvalue()
 
@@ -74,6 +75,7 @@ def test_compile_plan_names_forward_hooks_that_break_the_graph():
 
 def _perf_records(run_dir: str) -> list[dict]:
     import json
+
     records = [json.loads(line) for line in RunDir(run_dir).read_text("metrics.jsonl").splitlines()]
     return [r for r in records if "perf/samples_per_second" in r]
 
@@ -106,11 +108,24 @@ def test_no_mfu_without_a_known_peak_and_model_flops_attribute_wins():
 
 @pytest.mark.parametrize("name", ["tokens"])
 def test_token_models_report_tokens_per_second(name, tmp_path, tiny_gpt_overrides):
-    from engine.cli import main
+    from engine.cli.main import main
 
     out = tmp_path / "run"
-    assert main(["train", "shakespeare-gpt", *tiny_gpt_overrides, "run.steps=2", "run.log_interval=1",
-                 "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "shakespeare-gpt",
+                *tiny_gpt_overrides,
+                "run.steps=2",
+                "run.log_interval=1",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     records = _perf_records(str(out))
     assert records
     for r in records:  # 4 windows of 16 characters per step: every position is a token
@@ -119,15 +134,21 @@ def test_token_models_report_tokens_per_second(name, tmp_path, tiny_gpt_override
 
 @pytest.fixture
 def tiny_gpt_overrides() -> list[str]:
-    return ["plugins.gpt.n_layer=1", "plugins.gpt.n_head=2", "plugins.gpt.n_embd=32",
-            "plugins.tinyshakespeare.block_size=16", "plugins.tinyshakespeare.batch_size=4",
-            "plugins.tinyshakespeare.eval_batches=1", "run.threads=1"]
+    return [
+        "plugins.gpt.n_layer=1",
+        "plugins.gpt.n_head=2",
+        "plugins.gpt.n_embd=32",
+        "plugins.tinyshakespeare.block_size=16",
+        "plugins.tinyshakespeare.batch_size=4",
+        "plugins.tinyshakespeare.eval_batches=1",
+        "run.threads=1",
+    ]
 
 
 def test_bench_against_lightning_without_lightning_says_how_to_install(monkeypatch, capsys):
     import sys
 
-    from engine.cli import main
+    from engine.cli.main import main
 
     monkeypatch.setitem(sys.modules, "lightning", None)  # import lightning -> ImportError
     assert main(["bench", "overhead", "--against", "lightning", "--steps", "1"]) == 2

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from engine import Plugin, TrainingFailure, hookimpl
+from engine.config.recipe import read_recipe, resolve
+from engine.config.registry import Registry
 from engine.loop import Trainer
-from engine.outputs import RunDir
-from engine.recipe import read_recipe, resolve
-from engine.registry import Registry
+from engine.rundir.directory import RunDir
 from engine.testing import TOY, make_recipe, nan_term_at
 
 torch.set_num_threads(1)
@@ -77,6 +77,7 @@ class SyncCounter:
             if not caller.startswith(TORCH):
                 self.calls.append(f"{name} from {os.path.relpath(caller, REPO)}:{sys._getframe(1).f_lineno}")
             return original(tensor, *args, **kwargs)
+
         return counted
 
 
@@ -108,10 +109,14 @@ RUNS = {
     # the default loop with gradient clipping and accumulation on the toy setup
     "toy": lambda: _trainer(TOY, steps=12, log_interval=5, grad_clip=1.0, grad_accum=2, eval_interval=6),
     # a shipped recipe, shrunk
-    "shakespeare-gpt": lambda: _shipped("shakespeare-gpt", {
-        "run": {"steps": 12, "log_interval": 5, "eval_interval": 6, "grad_clip": 1.0, "threads": 1},
-        "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 32},
-        "tinyshakespeare": {"block_size": 16, "batch_size": 4, "eval_batches": 1}}),
+    "shakespeare-gpt": lambda: _shipped(
+        "shakespeare-gpt",
+        {
+            "run": {"steps": 12, "log_interval": 5, "eval_interval": 6, "grad_clip": 1.0, "threads": 1},
+            "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 32},
+            "tinyshakespeare": {"block_size": 16, "batch_size": 4, "eval_batches": 1},
+        },
+    ),
 }
 
 

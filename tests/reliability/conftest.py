@@ -29,7 +29,7 @@ def faulty(monkeypatch):
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory) -> str:
     """Directory of one uninterrupted `hookmix train shakespeare-gpt <GPT6>` (do not modify it)."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     out = str(tmp_path_factory.mktemp("straight") / "run")
     with contextlib.redirect_stdout(io.StringIO()):

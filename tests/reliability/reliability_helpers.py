@@ -13,11 +13,23 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # shakespeare-gpt shrunk to about a second of CPU time (the same overrides as tests/engine)
-TINY_GPT = ["plugins.gpt.n_layer=1", "plugins.gpt.n_head=2", "plugins.gpt.n_embd=32",
-            "plugins.tinyshakespeare.block_size=16", "plugins.tinyshakespeare.batch_size=4",
-            "plugins.tinyshakespeare.eval_batches=1", "run.threads=1"]
-GPT6 = [*TINY_GPT, "run.steps=6", "run.checkpoint_interval=2", "run.eval_interval=3", "run.log_interval=1",
-        "run.keep_checkpoints=3"]
+TINY_GPT = [
+    "plugins.gpt.n_layer=1",
+    "plugins.gpt.n_head=2",
+    "plugins.gpt.n_embd=32",
+    "plugins.tinyshakespeare.block_size=16",
+    "plugins.tinyshakespeare.batch_size=4",
+    "plugins.tinyshakespeare.eval_batches=1",
+    "run.threads=1",
+]
+GPT6 = [
+    *TINY_GPT,
+    "run.steps=6",
+    "run.checkpoint_interval=2",
+    "run.eval_interval=3",
+    "run.log_interval=1",
+    "run.keep_checkpoints=3",
+]
 
 
 class FaultyFS(MemoryFileSystem):
@@ -53,7 +65,7 @@ fsspec.register_implementation("faulty", FaultyFS, clobber=True)
 
 def cli(*argv: str, capsys) -> tuple[int, str, str]:
     """Run ``hookmix ARGV`` in this process; return (exit code, stdout, stderr)."""
-    from engine.cli import main
+    from engine.cli.main import main
 
     capsys.readouterr()
     code = main(list(argv))
@@ -72,8 +84,15 @@ def one_line(err: str) -> str:
 def hookmix_process(*argv: str, **kwargs) -> subprocess.Popen:
     """``python -m engine.cli ARGV`` as a real process (signals, kills, concurrent writers)."""
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", *argv], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", *argv],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def snapshot(path: str) -> dict:

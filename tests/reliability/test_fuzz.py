@@ -12,17 +12,19 @@ import attrs
 import pytest
 from reliability_helpers import TINY_GPT, cli, one_line
 
-from engine.recipe import RunConfig
+from engine.config.recipe import RunConfig
 
 attrs.resolve_types(RunConfig)
 # the smallest valid value of each integer field (a zero below it is a generated bad value)
 MIN_INT = {"steps": 1, "grad_accum": 1, "log_interval": 1, "keep_checkpoints": 1}
 # values outside each string field's allowed set
-BAD_STRINGS = {"device": ["meta", "mps", "xla", '""', '"cuda:x"', '"cpu:0"', "CUDA"],
-               "precision": ["fp16", '""', "FP32", "bf16x"],
-               "out": ['"run\\u0000dir"'],
-               "dist_backend": ["mpi", '""', "GLOO", "ucc"],
-               "strategy": ["fsdp2", '""', "DDP", "zero3"]}
+BAD_STRINGS = {
+    "device": ["meta", "mps", "xla", '""', '"cuda:x"', '"cpu:0"', "CUDA"],
+    "precision": ["fp16", '""', "FP32", "bf16x"],
+    "out": ['"run\\u0000dir"'],
+    "dist_backend": ["mpi", '""', "GLOO", "ucc"],
+    "strategy": ["fsdp2", '""', "DDP", "zero3"],
+}
 
 CATEGORIES = {
     int: lambda name: {
@@ -64,17 +66,46 @@ def field_cases() -> list[tuple[str, str, str]]:
     return cases
 
 
-STRUCTURE_CASES = ["run=5", 'run="x"', "run=[1]", "run.steps.x=1", "run.stepz=1", "run.Steps=100",
-                   "run.plugins.x=1", "plugins=5", "plugins.nope.x=1", "plugins.adamw=3", "plugins.adamw.nope=1",
-                   "run.steps+=5", "run.plugins-=nope", "run.plugins+=nope", "foo.bar=1", "=5", "run..steps=5",
-                   "run.steps", "description.x=1"]
+STRUCTURE_CASES = [
+    "run=5",
+    'run="x"',
+    "run=[1]",
+    "run.steps.x=1",
+    "run.stepz=1",
+    "run.Steps=100",
+    "run.plugins.x=1",
+    "plugins=5",
+    "plugins.nope.x=1",
+    "plugins.adamw=3",
+    "plugins.adamw.nope=1",
+    "run.steps+=5",
+    "run.plugins-=nope",
+    "run.plugins+=nope",
+    "foo.bar=1",
+    "=5",
+    "run..steps=5",
+    "run.steps",
+    "description.x=1",
+]
 
 CLI_CASES = [
-    ["train"], ["train", "nope-recipe"], ["train", "missing.toml"], ["train", "shakespeare-gpt", "--bogus"],
-    ["train", "shakespeare-gpt", "--out"], ["train", "--resume", "no/such/run"], ["train", "--resume"],
-    ["train", "--resume", "no/such/run", "--out", "run"], ["train", "shakespeare-gpt", "--resume", "run"],
-    ["bogus-verb"], ["describe", "nope"], ["describe"], ["bench", "nope"], ["bench", "overhead", "--steps", "x"],
-    ["plugins", "--bogus"], ["train", "http://localhost:9/recipe.toml"], ["train", "s3x://bucket/recipe.toml"],
+    ["train"],
+    ["train", "nope-recipe"],
+    ["train", "missing.toml"],
+    ["train", "shakespeare-gpt", "--bogus"],
+    ["train", "shakespeare-gpt", "--out"],
+    ["train", "--resume", "no/such/run"],
+    ["train", "--resume"],
+    ["train", "--resume", "no/such/run", "--out", "run"],
+    ["train", "shakespeare-gpt", "--resume", "run"],
+    ["bogus-verb"],
+    ["describe", "nope"],
+    ["describe"],
+    ["bench", "nope"],
+    ["bench", "overhead", "--steps", "x"],
+    ["plugins", "--bogus"],
+    ["train", "http://localhost:9/recipe.toml"],
+    ["train", "s3x://bucket/recipe.toml"],
 ]
 
 
@@ -83,8 +114,11 @@ def test_every_run_field_has_cases_in_every_category_of_its_type():
     covered = {name for name, _, _ in cases}
     assert covered == {f.name for f in attrs.fields(RunConfig)}
     for f in attrs.fields(RunConfig):
-        empty = [c for c, values in CATEGORIES[f.type](f.name).items() if not values
-                 and not (c == "zero" and MIN_INT.get(f.name, 0) == 0)]
+        empty = [
+            c
+            for c, values in CATEGORIES[f.type](f.name).items()
+            if not values and not (c == "zero" and MIN_INT.get(f.name, 0) == 0)
+        ]
         assert not empty, f"RunConfig.{f.name}: no bad values for {empty}"
     assert typing.get_origin(list[str]) is list
 
@@ -109,8 +143,9 @@ def test_bad_run_value_is_refused(name, category, override, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("override", STRUCTURE_CASES)
 def test_bad_override_structure_is_refused(override, tmp_path, monkeypatch, capsys):
-    _refused(["train", "shakespeare-gpt", *TINY_GPT, override, "--out", str(tmp_path / "run")],
-             tmp_path, monkeypatch, capsys)
+    _refused(
+        ["train", "shakespeare-gpt", *TINY_GPT, override, "--out", str(tmp_path / "run")], tmp_path, monkeypatch, capsys
+    )
 
 
 @pytest.mark.parametrize("argv", CLI_CASES, ids=" ".join)

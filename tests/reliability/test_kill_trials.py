@@ -18,8 +18,14 @@ from reliability_helpers import TINY_GPT, cli, hookmix_process, records
 TRIALS = int(os.environ.get("HOOKMIX_KILL_TRIALS", "3"))
 STEPS = 40 + 50 * TRIALS  # a process trains at most 0.25 s (under 50 steps here) before its kill
 # every step writes a checkpoint and a metrics record, so most kills land in or near a write
-ARGS = [*TINY_GPT, f"run.steps={STEPS}", "run.log_interval=1", "run.checkpoint_interval=1",
-        "run.eval_interval=25", "run.keep_checkpoints=2"]
+ARGS = [
+    *TINY_GPT,
+    f"run.steps={STEPS}",
+    "run.log_interval=1",
+    "run.checkpoint_interval=1",
+    "run.eval_interval=25",
+    "run.keep_checkpoints=2",
+]
 
 
 def _listdir(path: str) -> list[str]:
@@ -31,8 +37,11 @@ def _listdir(path: str) -> list[str]:
 
 def _leftovers(out: str) -> tuple[bool, bool]:
     """(a temporary checkpoint file was left, the metrics file ends in a partial line)."""
-    tmp = any(n.startswith(".tmp-") for n in os.listdir(f"{out}/checkpoints")) if os.path.isdir(
-        f"{out}/checkpoints") else False
+    tmp = (
+        any(n.startswith(".tmp-") for n in os.listdir(f"{out}/checkpoints"))
+        if os.path.isdir(f"{out}/checkpoints")
+        else False
+    )
     try:
         with open(f"{out}/metrics.jsonl", "rb") as f:
             data = f.read()
@@ -48,13 +57,17 @@ def test_kills_at_random_moments_lose_nothing(tmp_path, capsys):
     proc = hookmix_process("train", "shakespeare-gpt", *ARGS, "--quiet", "--out", out)
     for trial in range(TRIALS):
         started = time.time_ns()
-        while proc.poll() is None and not (os.path.exists(f"{out}/metrics.jsonl")
-                                           and os.stat(f"{out}/metrics.jsonl").st_mtime_ns > started):
+        while proc.poll() is None and not (
+            os.path.exists(f"{out}/metrics.jsonl") and os.stat(f"{out}/metrics.jsonl").st_mtime_ns > started
+        ):
             time.sleep(0.01)  # wait until this process trains (it rewrites metrics.jsonl when it starts)
         if trial % 2:  # odd trials: aim at a checkpoint write (kill as soon as its temporary file exists)
             deadline = time.monotonic() + 5
-            while proc.poll() is None and time.monotonic() < deadline and not any(
-                    n.startswith(".tmp-") for n in _listdir(f"{out}/checkpoints")):
+            while (
+                proc.poll() is None
+                and time.monotonic() < deadline
+                and not any(n.startswith(".tmp-") for n in _listdir(f"{out}/checkpoints"))
+            ):
                 time.sleep(0.0005)
         else:  # even trials: a random moment of training
             time.sleep(rng.uniform(0.0, 0.25))
@@ -70,8 +83,10 @@ def test_kills_at_random_moments_lose_nothing(tmp_path, capsys):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     with capsys.disabled():
-        print(f"\nkill trials: {kills} kills, {mid_checkpoint} left a partial checkpoint, {mid_metrics} a partial "
-              f"metrics line; the resumed run equals the uninterrupted one")
+        print(
+            f"\nkill trials: {kills} kills, {mid_checkpoint} left a partial checkpoint, {mid_metrics} a partial "
+            f"metrics line; the resumed run equals the uninterrupted one"
+        )
     assert kills == TRIALS  # the run was long enough for every kill to land during training
 
     straight = str(tmp_path / "straight")

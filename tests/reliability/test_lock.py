@@ -14,8 +14,8 @@ import pytest
 from reliability_helpers import TINY_GPT, cli, hookmix_process, one_line
 
 from engine import BadInput
-from engine.lock import NAME, RunLock
-from engine.outputs import RunDir
+from engine.rundir.directory import RunDir
+from engine.rundir.lock import NAME, RunLock
 
 
 def _dead_pid() -> int:
@@ -30,8 +30,11 @@ def test_second_writer_is_refused_naming_the_holder(url, tmp_path):
     run_dir.makedirs()
     first = RunLock(run_dir)
     first.acquire()
-    with pytest.raises(BadInput, match=rf"^run directory {re.escape(url)} is in use by pid {os.getpid()} on host "
-                                       rf"{re.escape(socket.gethostname())} \(since [\d\-T:+]+\); wait for that run"):
+    with pytest.raises(
+        BadInput,
+        match=rf"^run directory {re.escape(url)} is in use by pid {os.getpid()} on host "
+        rf"{re.escape(socket.gethostname())} \(since [\d\-T:+]+\); wait for that run",
+    ):
         RunLock(run_dir).acquire()
     first.release()
     assert NAME not in run_dir.list("")  # released: the lock file is gone
@@ -49,9 +52,11 @@ def test_lock_left_by_a_killed_process_is_taken_over(url, tmp_path, capsys):
     lock = RunLock(run_dir)
     lock.acquire()
     assert lock.taken_over == f"pid {pid} on host {socket.gethostname()} (since then)"
-    assert one_line(capsys.readouterr().err) == (f"hookmix: note: {url} was locked by pid {pid} on host "
-                                                 f"{socket.gethostname()} (since then), which is gone (killed?); "
-                                                 f"taking the run directory over")
+    assert one_line(capsys.readouterr().err) == (
+        f"hookmix: note: {url} was locked by pid {pid} on host "
+        f"{socket.gethostname()} (since then), which is gone (killed?); "
+        f"taking the run directory over"
+    )
     assert json.loads(run_dir.read_text(NAME))["pid"] == os.getpid()
     lock.release()
 
@@ -60,8 +65,11 @@ def test_lock_of_another_host_on_a_lockless_filesystem_is_respected():
     url = f"memory://lock-{uuid.uuid4().hex}"
     run_dir = RunDir(url)
     run_dir.write_text_atomic(NAME, json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
-    with pytest.raises(BadInput, match=rf"in use by pid 1 on host elsewhere \(since then\); wait for that run to "
-                                       rf"end, or, if it is gone, delete {re.escape(url)}/{NAME} \(this filesystem"):
+    with pytest.raises(
+        BadInput,
+        match=rf"in use by pid 1 on host elsewhere \(since then\); wait for that run to "
+        rf"end, or, if it is gone, delete {re.escape(url)}/{NAME} \(this filesystem",
+    ):
         RunLock(run_dir).acquire()
 
 
@@ -81,8 +89,11 @@ def test_two_processes_racing_for_one_run_directory(tmp_path):
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], results
     loser_err = next(err for code, _, err in results if code == 2)
-    assert re.fullmatch(rf"hookmix: error: run directory {re.escape(out)} (is in use by pid \d+ on host \S+ "
-                        rf"\(since \S+\); wait for that run to end or stop it, or pass another --out|already holds "
-                        rf"a run; pass --out NEW_DIR, or --resume {re.escape(out)})\n", loser_err), loser_err
+    assert re.fullmatch(
+        rf"hookmix: error: run directory {re.escape(out)} (is in use by pid \d+ on host \S+ "
+        rf"\(since \S+\); wait for that run to end or stop it, or pass another --out|already holds "
+        rf"a run; pass --out NEW_DIR, or --resume {re.escape(out)})\n",
+        loser_err,
+    ), loser_err
     steps = [json.loads(line)["step"] for line in open(os.path.join(out, "metrics.jsonl"))]
     assert steps == [*range(1, 41), 40]  # one writer: no interleaved or repeated records (+ the final eval)

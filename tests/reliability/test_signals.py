@@ -19,7 +19,7 @@ from reliability_helpers import TINY_GPT, cli, hookmix_process, records
 from engine import Plugin, field, hookimpl
 from engine.errors import Interrupted
 from engine.loop import Trainer
-from engine.outputs import RunDir
+from engine.rundir.directory import RunDir
 from engine.testing import TOY, make_recipe
 
 # checkpoint only at the end; long enough that the first metrics (written a second after the start) come early
@@ -51,8 +51,11 @@ def test_signal_during_training_checkpoints_first_and_the_run_resumes_exactly(si
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum
     name = signal.Signals(signum).name
-    match = re.fullmatch(rf"hookmix: interrupted by {name} at step (\d+); checkpoint saved: continue with "
-                         rf"`hookmix train --resume {re.escape(out)}`\n", err)
+    match = re.fullmatch(
+        rf"hookmix: interrupted by {name} at step (\d+); checkpoint saved: continue with "
+        rf"`hookmix train --resume {re.escape(out)}`\n",
+        err,
+    )
     assert match, err
     step = int(match.group(1))
     assert os.listdir(f"{out}/checkpoints") == [f"step-{step:08d}.pt"]  # written on the signal, not by interval
@@ -82,8 +85,9 @@ def test_signal_during_start_up_is_one_line(signum, tmp_path):
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err
-    assert err == (f"hookmix: interrupted by {signal.Signals(signum).name} before training started; "
-                   f"nothing was trained\n")
+    assert err == (
+        f"hookmix: interrupted by {signal.Signals(signum).name} before training started; nothing was trained\n"
+    )
     assert not os.path.exists(out)
 
 
@@ -115,8 +119,7 @@ def test_a_signal_after_the_last_step_lets_the_run_finish_and_says_so(hook):
     with pytest.raises(Interrupted) as exc:
         Trainer(recipe, registry, stream=io.StringIO()).run()
     assert exc.value.exit_code == 128 + signal.SIGTERM
-    assert str(exc.value) == (f"interrupted by SIGTERM after the last step; the run is complete "
-                              f"({recipe.run.out})")
+    assert str(exc.value) == (f"interrupted by SIGTERM after the last step; the run is complete ({recipe.run.out})")
     run_dir = RunDir(recipe.run.out)
     assert json.loads(run_dir.read_text("summary.json"))["steps"] == 3  # every file of a finished run
     assert [json.loads(line)["step"] for line in run_dir.read_text("metrics.jsonl").splitlines()][-1] == 3

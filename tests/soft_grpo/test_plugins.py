@@ -11,7 +11,7 @@ import torch
 torch.set_num_threads(1)
 
 from engine import BadInput, Plugin, PluginConflict, hookimpl  # noqa: E402
-from engine.outputs import RunDir  # noqa: E402
+from engine.rundir.directory import RunDir  # noqa: E402
 from engine.testing import assert_resumes_exactly, train  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -37,10 +37,19 @@ class ThinkLengthReward(Plugin):
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sft") / "run")
-    res = train(["countdown", "tiny_policy", "adamw", "cross_entropy", "passk"],
-                config={"countdown": {"mode": "sft", "batch_size": 16, "val_problems": 16, "step_corrupt_rate": 0.1},
-                        "tiny_policy": TINY, "adamw": {"lr": 3e-3}, "passk": PASSK},
-                steps=12, out=out, threads=1, log_interval=4)
+    res = train(
+        ["countdown", "tiny_policy", "adamw", "cross_entropy", "passk"],
+        config={
+            "countdown": {"mode": "sft", "batch_size": 16, "val_problems": 16, "step_corrupt_rate": 0.1},
+            "tiny_policy": TINY,
+            "adamw": {"lr": 3e-3},
+            "passk": PASSK,
+        },
+        steps=12,
+        out=out,
+        threads=1,
+        log_interval=4,
+    )
     last = res.metrics[-1]
     assert {"val/loss", "passk/discrete/pass@1", "passk/soft_t0.1/pass@4", "passk/soft_t0.1/top1_weight"} <= set(last)
     assert 0.0 <= last["passk/discrete/pass@4"] <= 1.0
@@ -51,11 +60,18 @@ def sft_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("arm", ["grpo", "soft_grpo"])
 def test_rl_arm_from_sft_checkpoint(sft_dir, arm):
-    cfg = {"countdown": RL_DATA, "tiny_policy": {**TINY, "init_from": sft_dir}, arm: CAPS,
-           "adamw": {"lr": 1e-3, "schedule": "constant"}, "passk": PASSK}
+    cfg = {
+        "countdown": RL_DATA,
+        "tiny_policy": {**TINY, "init_from": sft_dir},
+        arm: CAPS,
+        "adamw": {"lr": 1e-3, "schedule": "constant"},
+        "passk": PASSK,
+    }
     res = train([*RL, ThinkLengthReward, arm, "passk"], config=cfg, steps=2, threads=1)
     train_recs = [m for m in res.metrics if "train/loss/pg" in m]
-    assert len(train_recs) == 2 and {"train/loss/kl", "train/reward/countdown", "train/reward/format"} <= set(train_recs[0])
+    assert len(train_recs) == 2 and {"train/loss/kl", "train/reward/countdown", "train/reward/format"} <= set(
+        train_recs[0]
+    )
     first = train_recs[0]
     # θ_old is recomputed teacher-forced right after the rollout: the ratio is exactly 1
     assert first["train/rl/ratio_max"] == 1.0 and first["train/rl/ratio_min"] == 1.0
@@ -91,8 +107,14 @@ def test_soft_grpo_mixes_with_ema():
     sys.path.insert(0, os.path.join(ROOT, "contrib", "hookmix-ema"))
     from hookmix_ema import EMA
 
-    cfg = {"countdown": RL_DATA, "tiny_policy": TINY, "soft_grpo": CAPS, "ema": {"decay": 0.5},
-           "adamw": {"lr": 1e-3}, "passk": {**PASSK, "modes": ["soft"]}}
+    cfg = {
+        "countdown": RL_DATA,
+        "tiny_policy": TINY,
+        "soft_grpo": CAPS,
+        "ema": {"decay": 0.5},
+        "adamw": {"lr": 1e-3},
+        "passk": {**PASSK, "modes": ["soft"]},
+    }
     res = train([*RL, ThinkLengthReward, "soft_grpo", EMA, "passk"], config=cfg, steps=2, threads=1)
     last = res.metrics[-1]
     assert last["ema/decay"] == 0.5 and "passk/soft_t0.1/pass@1" in last and "passk/discrete/pass@1" not in last
@@ -102,14 +124,23 @@ def test_soft_grpo_mixes_with_ema():
 
 def test_soft_grpo_resumes_bit_exactly_with_a_rollout_buffer():
     # two optimizer steps per rollout batch: the checkpoint at step 1 holds the unused half of the rollouts
-    cfg = {"countdown": RL_DATA, "tiny_policy": TINY, "soft_grpo": {**CAPS, "minibatches": 2},
-           "adamw": {"lr": 1e-3}, "passk": {**PASSK, "problems": 2}}
+    cfg = {
+        "countdown": RL_DATA,
+        "tiny_policy": TINY,
+        "soft_grpo": {**CAPS, "minibatches": 2},
+        "adamw": {"lr": 1e-3},
+        "passk": {**PASSK, "problems": 2},
+    }
     assert_resumes_exactly([*RL, ThinkLengthReward, "soft_grpo", "passk"], config=cfg, steps=3, split=1, threads=1)
 
 
 def test_second_minibatch_is_off_policy():
-    cfg = {"countdown": RL_DATA, "tiny_policy": TINY, "grpo": {**CAPS, "minibatches": 2, "kl_coef": 0.0},
-           "adamw": {"lr": 1e-2}}
+    cfg = {
+        "countdown": RL_DATA,
+        "tiny_policy": TINY,
+        "grpo": {**CAPS, "minibatches": 2, "kl_coef": 0.0},
+        "adamw": {"lr": 1e-2},
+    }
     res = train([*RL, ThinkLengthReward, "grpo"], config=cfg, steps=2, threads=1, log_interval=1)
     recs = [m for m in res.metrics if "train/rl/ratio_max" in m]
     assert recs[0]["train/rl/ratio_max"] == 1.0 and recs[1]["train/rl/ratio_max"] != 1.0
@@ -126,13 +157,23 @@ def test_hf_policy_soft_grpo_with_hf_tokenizer(tmp_path):
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tk.decoder = decoders.Fuse()
-    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                            additional_special_tokens=["<think>", "</think>"]).save_pretrained(str(tmp_path))
-    cfg = {"countdown": {**RL_DATA, "tokenizer": str(tmp_path)},
-           "hf_policy": {"arch": "llama", "hidden_size": 32, "layers": 1, "heads": 2},
-           "soft_grpo": CAPS, "adamw": {"lr": 1e-3}, "passk": {**PASSK, "problems": 2}}
-    res = train(["countdown", "hf_policy", "countdown_reward", "soft_grpo", "adamw", "passk"], config=cfg, steps=2,
-                threads=1)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        additional_special_tokens=["<think>", "</think>"],
+    ).save_pretrained(str(tmp_path))
+    cfg = {
+        "countdown": {**RL_DATA, "tokenizer": str(tmp_path)},
+        "hf_policy": {"arch": "llama", "hidden_size": 32, "layers": 1, "heads": 2},
+        "soft_grpo": CAPS,
+        "adamw": {"lr": 1e-3},
+        "passk": {**PASSK, "problems": 2},
+    }
+    res = train(
+        ["countdown", "hf_policy", "countdown_reward", "soft_grpo", "adamw", "passk"], config=cfg, steps=2, threads=1
+    )
     first = [m for m in res.metrics if "train/loss/pg" in m][0]
     assert first["train/rl/ratio_max"] == 1.0 and first["train/rl/top1_weight"] > 0
     assert "passk/soft_t0.1/pass@1" in res.metrics[-1]
@@ -147,15 +188,36 @@ def test_bench_rollouts_runs_both_modes_to_the_same_length():
 
 
 def test_countdown_compare_command_writes_the_table(tmp_path):
-    from engine.cli import main
+    from engine.cli.main import main
 
     shrink = ["plugins.tiny_policy.d_model=32", "plugins.tiny_policy.n_layers=1", "plugins.tiny_policy.n_heads=2"]
-    rl = [*shrink, "run.steps=1", "plugins.countdown.batch_size=2", "plugins.grpo.group_size=2",
-          "plugins.soft_grpo.group_size=2"]
+    rl = [
+        *shrink,
+        "run.steps=1",
+        "plugins.countdown.batch_size=2",
+        "plugins.grpo.group_size=2",
+        "plugins.soft_grpo.group_size=2",
+    ]
     doc = str(tmp_path / "report.md")
-    args = ["countdown-compare", "--out", str(tmp_path / "runs"), "--seeds", "0", "--taus", "0.1",
-            "--problems", "2", "--samples", "4", "--doc", doc, "--sft-set", "run.steps=2",
-            "--sft-set", "plugins.countdown.batch_size=4"]
+    args = [
+        "countdown-compare",
+        "--out",
+        str(tmp_path / "runs"),
+        "--seeds",
+        "0",
+        "--taus",
+        "0.1",
+        "--problems",
+        "2",
+        "--samples",
+        "4",
+        "--doc",
+        doc,
+        "--sft-set",
+        "run.steps=2",
+        "--sft-set",
+        "plugins.countdown.batch_size=4",
+    ]
     for s in shrink:
         args += ["--sft-set", s]
     for s in rl:

@@ -42,8 +42,15 @@ def _policy(seed=0, sharpen=30.0):
 def soft_rollout():
     pol = _policy()
     prompts = [TOK.encode(cd.prompt_text(p)) for p in cd.generate_problems(6, seed=1)]
-    r = generate_rollouts(pol, prompts, SamplingConfig(think_cap=10, answer_cap=8), think_end_id=TOK.think_end_id,
-                          eos_id=TOK.eos_id, generator=torch.Generator().manual_seed(0), keep_debug=True)
+    r = generate_rollouts(
+        pol,
+        prompts,
+        SamplingConfig(think_cap=10, answer_cap=8),
+        think_end_id=TOK.think_end_id,
+        eos_id=TOK.eos_id,
+        generator=torch.Generator().manual_seed(0),
+        keep_debug=True,
+    )
     assert r.is_soft.sum() >= 10
     return pol, r
 
@@ -65,8 +72,14 @@ def test_recovered_noise_equals_sampled_noise_at_theta_old(soft_rollout):
     with torch.no_grad():
         lg = teacher_forced_logits(pol, r)[:, :-1]
     soft = r.is_soft[:, 1:]
-    z, _ = recovered_noise(lg[soft], r.topk_ids[:, 1:][soft], r.topk_gumbel[:, 1:][soft], r.slot_mask[:, 1:][soft],
-                           r.temperature, r.noise_factor)
+    z, _ = recovered_noise(
+        lg[soft],
+        r.topk_ids[:, 1:][soft],
+        r.topk_gumbel[:, 1:][soft],
+        r.slot_mask[:, 1:][soft],
+        r.temperature,
+        r.noise_factor,
+    )
     keep = r.slot_mask[:, 1:][soft]
     assert (z - r.noise[:, 1:][soft])[keep].abs().max() < 1e-5
 
@@ -155,8 +168,13 @@ def test_zero_mean_score_unclamped():
     logits[:, 1:6] = q.log()
     logits.requires_grad_(True)
     ids = torch.arange(1, 6).expand(N, K)
-    ll = soft_loglik(logits, ids, torch.log(q + 1e-6) + g, torch.ones(N, K, dtype=torch.bool),
-                     cfg=LikelihoodConfig(soft_density="sum", clamp=None))
+    ll = soft_loglik(
+        logits,
+        ids,
+        torch.log(q + 1e-6) + g,
+        torch.ones(N, K, dtype=torch.bool),
+        cfg=LikelihoodConfig(soft_density="sum", clamp=None),
+    )
     ll.sum().backward()
     assert logits.grad[:, 1:6].mean(0).abs().max() < 0.05
 

@@ -40,14 +40,16 @@ def test_advantages_zero_mean_unit_std_and_equal_groups_zero():
     a3 = group_advantages(torch.full((3,), 0.1), group_size=3)
     assert torch.equal(a3, torch.zeros(3))
     # Dr. GRPO: no std scaling
-    assert torch.allclose(group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4, scale=False),
-                          torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    assert torch.allclose(
+        group_advantages(torch.tensor([1.0, 0, 0, 0]), group_size=4, scale=False),
+        torch.tensor([0.75, -0.25, -0.25, -0.25]),
+    )
 
 
 def test_equal_reward_groups_have_zero_policy_gradient():
     torch.manual_seed(0)
     logp = (torch.randn(8, 6) * 0.1 - 1).requires_grad_(True)
-    old = (logp.detach() + 0.05 * torch.randn(8, 6))
+    old = logp.detach() + 0.05 * torch.randn(8, 6)
     adv = group_advantages(torch.tensor([1.0, 1, 1, 1, 1, 0, 0, 1]), group_size=4)
     mask = torch.ones(8, 6, dtype=torch.bool)
     loss, _ = policy_loss(logp, old, adv, mask, ObjectiveConfig(kl_coef=0.0))
@@ -63,8 +65,7 @@ def test_equal_reward_groups_have_zero_policy_gradient():
 
 @pytest.mark.parametrize(
     "ratio,adv,zero_grad",
-    [(1.5, 1.0, True), (0.5, 1.0, False), (0.5, -1.0, True), (1.5, -1.0, False), (1.1, 1.0, False),
-     (5.0, -1.0, True)],
+    [(1.5, 1.0, True), (0.5, 1.0, False), (0.5, -1.0, True), (1.5, -1.0, False), (1.1, 1.0, False), (5.0, -1.0, True)],
 )
 def test_ppo_clip_gradients(ratio, adv, zero_grad):
     logp = torch.tensor([float(torch.log(torch.tensor(ratio)))], requires_grad=True)
@@ -124,10 +125,18 @@ def test_one_soft_grpo_step_end_to_end():
     problems = cd.generate_problems(2, seed=0)
     G = 4
     prompts = [tok.encode(cd.prompt_text(p)) for p in problems for _ in range(G)]
-    r = generate_rollouts(pol, prompts, SamplingConfig(think_cap=8, answer_cap=8), think_end_id=tok.think_end_id,
-                          eos_id=tok.eos_id, generator=torch.Generator().manual_seed(0), decode=tok.decode)
-    rewards = torch.tensor([cd.answer_reward(problems[i // G], r.answer_text[i], bool(r.finished[i]))
-                            for i in range(len(prompts))])
+    r = generate_rollouts(
+        pol,
+        prompts,
+        SamplingConfig(think_cap=8, answer_cap=8),
+        think_end_id=tok.think_end_id,
+        eos_id=tok.eos_id,
+        generator=torch.Generator().manual_seed(0),
+        decode=tok.decode,
+    )
+    rewards = torch.tensor(
+        [cd.answer_reward(problems[i // G], r.answer_text[i], bool(r.finished[i])) for i in range(len(prompts))]
+    )
     rewards[0] = 1.0  # a random policy never solves; inject a success so the group has signal
     adv = group_advantages(rewards, group_size=G)
     with torch.no_grad():

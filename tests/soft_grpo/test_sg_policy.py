@@ -76,13 +76,18 @@ class _FakeHFModel(torch.nn.Module):
     def get_input_embeddings(self):
         return self.inner.tok_emb
 
-    def forward(self, inputs_embeds=None, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False):
+    def forward(
+        self, inputs_embeds=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False
+    ):
         cache = past_key_values
         if use_cache and cache is None:
             cache = self.inner.new_cache()
-        logits = self.inner(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                            kv_cache=cache if use_cache else None)
+        logits = self.inner(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            kv_cache=cache if use_cache else None,
+        )
         return SimpleNamespace(logits=logits, past_key_values=cache if use_cache else None)
 
 
@@ -100,8 +105,9 @@ def test_hf_adapter_path_gives_identical_rollouts():
     assert torch.equal(r1.topk_ids, r2.topk_ids) and torch.equal(r1.topk_gumbel, r2.topk_gumbel)
     assert torch.allclose(r1.rollout_logprobs, r2.rollout_logprobs)
     ids, mask = left_pad(prompts)
-    assert torch.equal(adapter.forward_embeds(adapter.embed(ids), attention_mask=mask),
-                       pol(input_ids=ids, attention_mask=mask))
+    assert torch.equal(
+        adapter.forward_embeds(adapter.embed(ids), attention_mask=mask), pol(input_ids=ids, attention_mask=mask)
+    )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is not None, reason="transformers is installed")
@@ -119,8 +125,15 @@ def test_hf_tiny_random_llama_rollout():  # pragma: no cover - runs only where t
     tok = cd.CharTokenizer()
     adapter = tiny_random_hf_policy(vocab_size=tok.vocab_size)
     prompts = [tok.encode(cd.prompt_text(p)) for p in cd.generate_problems(3, seed=0)]
-    r = generate_rollouts(adapter, prompts, SamplingConfig(think_cap=4, answer_cap=4), think_end_id=tok.think_end_id,
-                          eos_id=tok.eos_id, generator=torch.Generator().manual_seed(0), keep_debug=True)
+    r = generate_rollouts(
+        adapter,
+        prompts,
+        SamplingConfig(think_cap=4, answer_cap=4),
+        think_end_id=tok.think_end_id,
+        eos_id=tok.eos_id,
+        generator=torch.Generator().manual_seed(0),
+        keep_debug=True,
+    )
     from plugins.soft_grpo.likelihood import rebuild_inputs_embeds, teacher_forced_logits
 
     assert torch.equal(rebuild_inputs_embeds(adapter, r), r.inputs_embeds)

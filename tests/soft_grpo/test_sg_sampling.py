@@ -183,8 +183,9 @@ def _check_structure(r, cfg):
 def test_thinking_ends_at_first_gumbel_max_think_end():
     pol = ScriptedPolicy({5: 0.45, 6: 0.25, TOK.think_end_id: 0.2, TOK.eos_id: 0.1})
     cfg = SamplingConfig(think_cap=12, answer_cap=6)
-    r = generate_rollouts(pol, _prompts(32), cfg, think_end_id=TOK.think_end_id, eos_id=TOK.eos_id,
-                          generator=_gen(7), decode=TOK.decode)
+    r = generate_rollouts(
+        pol, _prompts(32), cfg, think_end_id=TOK.think_end_id, eos_id=TOK.eos_id, generator=_gen(7), decode=TOK.decode
+    )
     _check_structure(r, cfg)
     assert (r.think_lengths < cfg.think_cap).any()  # some rows ended by Gumbel-max </think>
     assert r.finished.any() and r.is_soft.any()
@@ -194,8 +195,7 @@ def test_thinking_ends_at_first_gumbel_max_think_end():
 def test_think_cap_forces_think_end():
     pol = ScriptedPolicy({5: 0.5, 6: 0.3, 7: 0.2})  # </think> has ~0 probability
     cfg = SamplingConfig(think_cap=5, answer_cap=3)
-    r = generate_rollouts(pol, _prompts(6), cfg, think_end_id=TOK.think_end_id, eos_id=TOK.eos_id,
-                          generator=_gen(8))
+    r = generate_rollouts(pol, _prompts(6), cfg, think_end_id=TOK.think_end_id, eos_id=TOK.eos_id, generator=_gen(8))
     _check_structure(r, cfg)
     assert (r.think_lengths == 5).all() and (r.forced_mask.sum(-1) == 1).all()
     assert not (r.loss_mask & r.forced_mask).any()
@@ -221,5 +221,10 @@ def test_discrete_mode_and_determinism():
 def test_context_overflow_is_an_error():
     pol = _embedder()
     with pytest.raises(ValueError, match="context"):
-        generate_rollouts(pol, _prompts(2), SamplingConfig(think_cap=40, answer_cap=20),
-                          think_end_id=TOK.think_end_id, eos_id=TOK.eos_id)
+        generate_rollouts(
+            pol,
+            _prompts(2),
+            SamplingConfig(think_cap=40, answer_cap=20),
+            think_end_id=TOK.think_end_id,
+            eos_id=TOK.eos_id,
+        )

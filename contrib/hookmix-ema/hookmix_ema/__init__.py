@@ -10,8 +10,9 @@ from engine.validators import in_range, int_range
 
 @attrs.define
 class EMAConfig:
-    decay: float = field(0.99, "weight of the old average at each update",
-                         validator=in_range(0, 1, low_open=True, high_open=True))
+    decay: float = field(
+        0.99, "weight of the old average at each update", validator=in_range(0, 1, low_open=True, high_open=True)
+    )
     start_step: int = field(0, "copy the weights (no averaging) until this step", validator=int_range(0, 2**62))
     eval_with_ema: bool = field(True, "evaluate with the averaged weights")
 

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from hookmix_ema import EMA
 
 from engine import BadInput
-from engine.testing import TOY, assert_distributed_matches, assert_resumes_exactly, train
-from hookmix_ema import EMA
+from engine.testing import TOY, assert_resumes_exactly, train
+from engine.testing.distributed import assert_distributed_matches
 
 
 def test_ema_tracks_the_weights_and_evaluates_with_them():
@@ -30,4 +31,3 @@ def test_ema_under_two_ranks_matches_one_process():
     # every step, and the run matches the 1-process run within 1e-5 (toy SGD: the averaged gradient
     # differs from the 1-process batch mean only in the last float32 bits)
     assert_distributed_matches([*TOY, EMA], config={"ema": {"decay": 0.5}}, steps=4, atol=1e-5, eval_interval=2)
-

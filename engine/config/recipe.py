@@ -27,9 +27,9 @@ import cattrs
 import fsspec
 import tomli_w
 
+from engine.config.registry import Registry, did_you_mean, unknown_name_message
 from engine.errors import BadInput
 from engine.validators import Rule, device_name, finite_non_negative, in_range, int_range, no_nul
-from engine.registry import Registry, did_you_mean, unknown_name_message
 
 
 def one_of(*allowed: str) -> Rule:
@@ -64,22 +64,29 @@ class RunConfig:
     grad_accum: int = field(1, "micro-batches per optimizer step", validator=int_range(1, 2**20))
     grad_clip: float = field(0.0, "max global gradient norm; 0 disables clipping", validator=finite_non_negative)
     eval_interval: int = field(0, "evaluate every N steps (0: only at the end)", validator=int_range(0, 2**62))
-    checkpoint_interval: int = field(0, "checkpoint every N steps (0: only at the end)",
-                                     validator=int_range(0, 2**62))
+    checkpoint_interval: int = field(0, "checkpoint every N steps (0: only at the end)", validator=int_range(0, 2**62))
     log_interval: int = field(10, "log train metrics every N steps", validator=int_range(1, 2**62))
     keep_checkpoints: int = field(2, "how many recent checkpoints to keep", validator=int_range(1, 2**62))
     out: str = field("", "run directory URL (default: runs/<recipe>-<time>)", validator=no_nul)
     threads: int = field(0, "torch CPU threads (0: torch's default)", validator=int_range(0, 4096))
-    dist_backend: str = field("auto", "torch.distributed backend under torchrun: auto (nccl on CUDA, gloo on CPU), "
-                                      "gloo or nccl", validator=one_of("auto", "gloo", "nccl"))
-    dist_timeout: float = field(120.0, "seconds a collective waits for a peer before the run fails",
-                                validator=in_range(1.0, 86400.0))
+    dist_backend: str = field(
+        "auto",
+        "torch.distributed backend under torchrun: auto (nccl on CUDA, gloo on CPU), gloo or nccl",
+        validator=one_of("auto", "gloo", "nccl"),
+    )
+    dist_timeout: float = field(
+        120.0, "seconds a collective waits for a peer before the run fails", validator=in_range(1.0, 86400.0)
+    )
     compile: bool = field(False, "compile the model with torch.compile (see docs/performance.md)")
-    peak_flops: float = field(0.0, "device peak FLOP/s for perf/mfu (0: known GPUs only)",
-                              validator=in_range(0.0, 1e21))
-    strategy: str = field("ddp", "multi-process strategy: ddp (replicated weights) or fsdp (FSDP2: weights, "
-                                 "gradients and optimizer state sharded; DCP checkpoints)",
-                          validator=one_of("ddp", "fsdp"))
+    peak_flops: float = field(
+        0.0, "device peak FLOP/s for perf/mfu (0: known GPUs only)", validator=in_range(0.0, 1e21)
+    )
+    strategy: str = field(
+        "ddp",
+        "multi-process strategy: ddp (replicated weights) or fsdp (FSDP2: weights, "
+        "gradients and optimizer state sharded; DCP checkpoints)",
+        validator=one_of("ddp", "fsdp"),
+    )
 
 
 @attrs.define
@@ -113,6 +120,7 @@ def _strict(t: type):
         if type(value) is not t:
             raise TypeError(f"expected {t.__name__}, got {type(value).__name__} {value!r}")
         return value
+
     return structure
 
 
@@ -139,8 +147,10 @@ def structure_table(table: Any, cls: type, where: str) -> Any:
     kwargs = {}
     for key, value in table.items():
         if key not in fields:
-            raise BadInput(f"unknown key {where}.{key}{did_you_mean(key, list(fields))} "
-                           f"(valid keys of {where}: {', '.join(fields) or 'none'})")
+            raise BadInput(
+                f"unknown key {where}.{key}{did_you_mean(key, list(fields))} "
+                f"(valid keys of {where}: {', '.join(fields) or 'none'})"
+            )
         ftype = fields[key].type
         if attrs.has(ftype):
             kwargs[key] = structure_table(value, ftype, f"{where}.{key}")
@@ -202,11 +212,14 @@ def read_recipe(source: str, registry: Registry) -> tuple[str, dict]:
         except FileNotFoundError:
             raise BadInput(f"recipe file {source} not found; check the path or run `hookmix recipes`") from None
         except (OSError, UnicodeDecodeError, ValueError, ImportError) as exc:  # ImportError: fsspec backend missing
-            raise BadInput(f"cannot read recipe {source}: {_first_error(exc)}; pass a readable UTF-8 TOML file") from None
+            raise BadInput(
+                f"cannot read recipe {source}: {_first_error(exc)}; pass a readable UTF-8 TOML file"
+            ) from None
         name = source.rstrip("/").rsplit("/", 1)[-1].removesuffix(".toml")
         return name, parse_toml(text, source)
-    raise BadInput(unknown_name_message("recipe", source, sorted(shipped),
-                                        "pass a .toml path or a name from `hookmix recipes`"))
+    raise BadInput(
+        unknown_name_message("recipe", source, sorted(shipped), "pass a .toml path or a name from `hookmix recipes`")
+    )
 
 
 def shipped_recipes(registry: Registry) -> dict[str, tuple[str, str]]:
@@ -260,16 +273,21 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         items = value if isinstance(value, list) else [value]
         current = node.get(last, [])
         if not isinstance(current, list):
-            raise BadInput(f"override {text!r}: {op} adds to or removes from a list, but {'.'.join(path)} is "
-                           f"{current!r}; write {'.'.join(path)}=VALUE")
+            raise BadInput(
+                f"override {text!r}: {op} adds to or removes from a list, but {'.'.join(path)} is "
+                f"{current!r}; write {'.'.join(path)}=VALUE"
+            )
         current = list(current)
         if op == "+=":
             current += [v for v in items if v not in current]
         else:
             missing = [v for v in items if v not in current]
             if missing:
-                raise BadInput(unknown_name_message(f"entry {'.'.join(path)}-=", str(missing[0]),
-                                                    [str(c) for c in current], "it is not in the list"))
+                raise BadInput(
+                    unknown_name_message(
+                        f"entry {'.'.join(path)}-=", str(missing[0]), [str(c) for c in current], "it is not in the list"
+                    )
+                )
             current = [v for v in current if v not in items]
             if path == ["run", "plugins"] and isinstance(raw.get("plugins"), dict):
                 for name in items:  # disabling a plugin drops its config table with it
@@ -291,11 +309,16 @@ def resolve(name: str, raw: dict, registry: Registry) -> Recipe:
     unknown = set(raw) - {"run", "plugins", "description", "name"}
     if unknown:
         key = sorted(unknown)[0]
-        raise BadInput(unknown_name_message("top-level key", key, ["run", "plugins", "description"],
-                                            "a recipe has [run] and [plugins.NAME] tables"))
+        raise BadInput(
+            unknown_name_message(
+                "top-level key", key, ["run", "plugins", "description"], "a recipe has [run] and [plugins.NAME] tables"
+            )
+        )
     run = structure_table(raw.get("run", {}), RunConfig, "run")
     if not run.plugins:
-        raise BadInput("run.plugins is empty; list the plugins to enable, e.g. plugins = [\"tinyshakespeare\", \"gpt\", \"adamw\", \"cross_entropy\"]")
+        raise BadInput(
+            'run.plugins is empty; list the plugins to enable, e.g. plugins = ["tinyshakespeare", "gpt", "adamw", "cross_entropy"]'
+        )
     dupes = {p for p in run.plugins if run.plugins.count(p) > 1}
     if dupes:
         raise BadInput(f"run.plugins names {sorted(dupes)[0]!r} twice; list each plugin once")
@@ -306,8 +329,10 @@ def resolve(name: str, raw: dict, registry: Registry) -> Recipe:
         if pname not in registry.names():
             registry.info(pname)  # raises the unknown-name error with a suggestion
         if pname not in run.plugins:
-            raise BadInput(f"[plugins.{pname}] configures plugin {pname!r}, which run.plugins does not enable; "
-                           f"enable it with run.plugins+={pname}, or remove the table")
+            raise BadInput(
+                f"[plugins.{pname}] configures plugin {pname!r}, which run.plugins does not enable; "
+                f"enable it with run.plugins+={pname}, or remove the table"
+            )
     configs = {}
     for pname in run.plugins:
         config_cls = registry.load(pname).Config
@@ -318,5 +343,6 @@ def resolve(name: str, raw: dict, registry: Registry) -> Recipe:
             configs[pname] = None
         else:
             configs[pname] = structure_table(table, config_cls, f"plugins.{pname}")
-    return Recipe(name=str(raw.get("name", name)), description=str(raw.get("description", "")),
-                  run=run, plugin_configs=configs)
+    return Recipe(
+        name=str(raw.get("name", name)), description=str(raw.get("description", "")), run=run, plugin_configs=configs
+    )

@@ -22,10 +22,11 @@ import os
 import sys
 import tomllib
 
-from engine import checkpoint
 from engine.errors import BadInput
-from engine.lock import NAME as LOCK_NAME, RunLock, write_error
-from engine.outputs import RunDir
+from engine.rundir import checkpoint
+from engine.rundir.directory import RunDir
+from engine.rundir.lock import NAME as LOCK_NAME
+from engine.rundir.lock import RunLock, write_error
 
 RUN_FILES = ("recipe.toml", "metrics.jsonl", "summary.json", "tensorboard")  # what a failed attempt leaves
 _READ_ONLY = {"http", "https", "github", "zip", "tar", "hf", "data"}
@@ -39,21 +40,26 @@ def open_location(url: str) -> RunDir:
     """The run directory at ``url``, or bad input naming the URL and the fix; writes nothing."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     if protocol in _READ_ONLY:
-        raise BadInput(f"run directory {url}: {protocol}:// is read-only; pass a local path or a writable URL "
-                       f"(e.g. s3://, gs:// with their fsspec packages)")
+        raise BadInput(
+            f"run directory {url}: {protocol}:// is read-only; pass a local path or a writable URL "
+            f"(e.g. s3://, gs:// with their fsspec packages)"
+        )
     try:
         run_dir = RunDir(url)
     except ImportError as exc:
-        raise BadInput(f"run directory {url}: the fsspec backend for {protocol}:// is not installed "
-                       f"({str(exc).splitlines()[0] if str(exc) else 'ImportError'}); install it or pass a local path"
-                       ) from None
+        raise BadInput(
+            f"run directory {url}: the fsspec backend for {protocol}:// is not installed "
+            f"({str(exc).splitlines()[0] if str(exc) else 'ImportError'}); install it or pass a local path"
+        ) from None
     except ValueError as exc:
         raise BadInput(f"run directory {url}: {exc}; pass a local path or an fsspec URL") from None
     if run_dir.is_local:
         path = run_dir.path
         if os.path.islink(path) and not os.path.exists(path):
-            raise BadInput(f"run directory {url} is a symbolic link to {os.readlink(path)}, which does not exist; "
-                           f"create its target or pass another --out")
+            raise BadInput(
+                f"run directory {url} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                f"create its target or pass another --out"
+            )
         if os.path.exists(path) and not os.path.isdir(path):
             raise BadInput(f"run directory {url} is a file; pass a directory (new or a hookmix run)")
         parent = os.path.dirname(os.path.abspath(path))
@@ -89,16 +95,20 @@ class Claim:
             has_checkpoint = bool(checkpoint.list_steps(run_dir))
             if holds_run and has_checkpoint:
                 if not resume:
-                    raise BadInput(f"run directory {run_dir.url()} already holds a run; pass --out NEW_DIR, "
-                                   f"or --resume {run_dir.url()}")
+                    raise BadInput(
+                        f"run directory {run_dir.url()} already holds a run; pass --out NEW_DIR, "
+                        f"or --resume {run_dir.url()}"
+                    )
                 return True
             if holds_run:  # died before its first checkpoint: nothing to resume, nothing to protect
                 self._keep_failed_attempt(resume)
                 return False
             others = [n for n in run_dir.list("") if n != LOCK_NAME]
             if others:
-                raise BadInput(f"run directory {run_dir.url()} is not empty and holds no hookmix run "
-                               f"({others[0]}, ...); pass a new or empty directory as --out")
+                raise BadInput(
+                    f"run directory {run_dir.url()} is not empty and holds no hookmix run "
+                    f"({others[0]}, ...); pass a new or empty directory as --out"
+                )
             return False
         except BaseException:
             self.release(failed=True)
@@ -136,8 +146,10 @@ class Claim:
             if run_dir.exists(name):
                 run_dir.move(name, f"{dest}/{name}")
         how = "its recipe" if resume else "this recipe"
-        note(f"{run_dir.url()} holds a run that stopped before its first checkpoint; starting again from step 0 "
-             f"with {how} (the failed attempt's files are kept in {run_dir.url(dest)})")
+        note(
+            f"{run_dir.url()} holds a run that stopped before its first checkpoint; starting again from step 0 "
+            f"with {how} (the failed attempt's files are kept in {run_dir.url(dest)})"
+        )
 
     def release(self, failed: bool = False) -> None:
         """Drop the lock; after a failed setup also remove the directory this claim created."""
@@ -185,5 +197,7 @@ def record_recipe_change(run_dir: RunDir, new_text: str, step: int) -> None:
     name = f"recipe-history/{len(run_dir.list('recipe-history')) + 1:03d}-until-step-{step:08d}.toml"
     run_dir.write_text_atomic(name, old_text)
     shown = ", ".join(f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in changed[:3])
-    note(f"recipe changed on resume at step {step} ({shown}{', ...' if len(changed) > 3 else ''}); "
-         f"the previous recipe is kept as {run_dir.url(name)}")
+    note(
+        f"recipe changed on resume at step {step} ({shown}{', ...' if len(changed) > 3 else ''}); "
+        f"the previous recipe is kept as {run_dir.url(name)}"
+    )

@@ -34,7 +34,7 @@ import uuid
 
 import torch
 
-PER_RANK_BATCH = {"gpt": 16, "mlp": 100}  # the workloads of engine/bench.py, with this per-rank batch
+PER_RANK_BATCH = {"gpt": 16, "mlp": 100}  # the workloads of engine/bench/overhead.py, with this per-rank batch
 ADAMW = {"lr": 1e-3, "schedule": "constant", "weight_decay": 0.0}
 
 
@@ -51,17 +51,24 @@ def single_process(hide: bool = True):
 
 def _trainer(workload: str, batch: int, distributed_run: bool):
     """A set-up trainer for ``workload``; ``distributed_run=False`` hides the torchrun environment."""
-    from engine.bench import WORKLOADS
+    from engine.bench.overhead import WORKLOADS
+    from engine.config.recipe import resolve
+    from engine.config.registry import Registry
     from engine.loop import Trainer
-    from engine.recipe import resolve
-    from engine.registry import Registry
 
     base, configs = WORKLOADS[workload]
     data = base[0]
     configs = {**configs, data: {**configs.get(data, {}), "batch_size": batch}}
-    raw = {"run": {"plugins": [*base, "adamw", "cross_entropy"], "steps": 10**6, "log_interval": 10**6,
-                   "threads": 1, "out": f"memory://hookmix-bench-{uuid.uuid4().hex}"},
-           "plugins": {**configs, "adamw": ADAMW}}
+    raw = {
+        "run": {
+            "plugins": [*base, "adamw", "cross_entropy"],
+            "steps": 10**6,
+            "log_interval": 10**6,
+            "threads": 1,
+            "out": f"memory://hookmix-bench-{uuid.uuid4().hex}",
+        },
+        "plugins": {**configs, "adamw": ADAMW},
+    }
     registry = Registry()
     with single_process(hide=not distributed_run):
         trainer = Trainer(resolve("bench", raw, registry), registry, quiet=True)
@@ -81,10 +88,11 @@ def _timed_steps(trainer, steps: int) -> list[float]:
 def _worker(out_path: str, workloads: list[str], steps: int, repeats: int, warmup: int) -> None:
     import torch.distributed as dist
 
-    from engine import distributed
+    from engine.distributed.env import read_env
+    from engine.distributed.group import Group
 
     torch.set_num_threads(1)
-    group = distributed.Group(distributed.read_env(), "gloo", 300.0)
+    group = Group(read_env(), "gloo", 300.0)
     rank = group.rank
     rows = []
     try:
@@ -116,10 +124,19 @@ def _worker(out_path: str, workloads: list[str], steps: int, repeats: int, warmu
                 ddp_t, single_t, pair_t = ddp_t + ddp_r, single_t + single_r, pair_t + pair_r
             if rank == 0:
                 d, s, r, p = (statistics.median(x) * 1e3 for x in (ddp_t, single_t, reduce_t, pair_t))
-                rows.append({"workload": name, "per_rank_batch": batch, "params": n_params, "single_ms": s,
-                             "ddp_ms": d, "allreduce_ms": r, "pair_ms": p,
-                             "efficiency": statistics.median(e for e, _ in ratios),
-                             "ceiling": statistics.median(c for _, c in ratios)})
+                rows.append(
+                    {
+                        "workload": name,
+                        "per_rank_batch": batch,
+                        "params": n_params,
+                        "single_ms": s,
+                        "ddp_ms": d,
+                        "allreduce_ms": r,
+                        "pair_ms": p,
+                        "efficiency": statistics.median(e for e, _ in ratios),
+                        "ceiling": statistics.median(c for _, c in ratios),
+                    }
+                )
         if rank == 0:
             with open(out_path, "w") as f:
                 json.dump(rows, f)
@@ -133,8 +150,18 @@ def run_two_ranks(module: str, *args: str):
     work = tempfile.mkdtemp(prefix="hookmix-bench-")
     out = os.path.join(work, "rows.json")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", module, out, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        module,
+        out,
+        *args,
+    ]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -152,16 +179,22 @@ def ddp_bench(steps: int = 20, repeats: int = 5, workload: str = "both", warmup:
     rows = run_two_ranks("engine.bench_ddp", ",".join(workloads), str(steps), str(repeats), str(warmup))
     if rows is None:
         return 1
-    print(f"torch {torch.__version__}, gloo, 1 thread per rank, {repeats} interleaved repeats x {steps} steps; "
-          f"weak scaling: same per-rank batch")
-    print("| workload | per-rank batch | params | 1 rank step (ms) | 2 ranks DDP step (ms) | "
-          "all-reduce of the gradients alone (ms) | 2 independent ranks at once (ms) | weak-scaling efficiency | "
-          "ceiling (no communication) | efficiency / ceiling |")
+    print(
+        f"torch {torch.__version__}, gloo, 1 thread per rank, {repeats} interleaved repeats x {steps} steps; "
+        f"weak scaling: same per-rank batch"
+    )
+    print(
+        "| workload | per-rank batch | params | 1 rank step (ms) | 2 ranks DDP step (ms) | "
+        "all-reduce of the gradients alone (ms) | 2 independent ranks at once (ms) | weak-scaling efficiency | "
+        "ceiling (no communication) | efficiency / ceiling |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workload']} | {r['per_rank_batch']} | {r['params']} | {r['single_ms']:.2f} | {r['ddp_ms']:.2f} | "
-              f"{r['allreduce_ms']:.2f} | {r['pair_ms']:.2f} | {r['efficiency']:.3f} | {r['ceiling']:.3f} | "
-              f"{r['efficiency'] / r['ceiling']:.3f} |")
+        print(
+            f"| {r['workload']} | {r['per_rank_batch']} | {r['params']} | {r['single_ms']:.2f} | {r['ddp_ms']:.2f} | "
+            f"{r['allreduce_ms']:.2f} | {r['pair_ms']:.2f} | {r['efficiency']:.3f} | {r['ceiling']:.3f} | "
+            f"{r['efficiency'] / r['ceiling']:.3f} |"
+        )
     return 0
 
 

@@ -6,7 +6,7 @@ A checkpoint of an FSDP run is two things in ``checkpoints/``:
   rows (DCP's ``FileSystemWriter``). DCP loads them at any world size, and into a plain
   (1-process or DDP) model, because it records every tensor's global shape.
 - ``step-XXXXXXXX.pt``: everything else (optimizer skeleton without tensors, scheduler, RNG, plugin
-  states, per-rank parts), written by :func:`engine.checkpoint.save` *after* the directory. Its
+  states, per-rank parts), written by :func:`engine.rundir.checkpoint.save` *after* the directory. Its
   presence is what makes the checkpoint exist (``checkpoint.list_steps``), so the save is atomic:
   the directory is written under a temporary name and renamed, and an interrupted save leaves
   either no ``.pt`` (the previous checkpoint is loaded) or a complete pair.
@@ -37,15 +37,17 @@ from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
-from engine import checkpoint
 from engine.errors import BadInput
-from engine.outputs import RunDir
+from engine.rundir import checkpoint
+from engine.rundir.directory import RunDir
 
-_ALLOWED = {"torch.distributed.checkpoint.metadata": None,  # None: any class of the module (DCP's dataclasses)
-            "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-            "torch.serialization": {"_get_layout"},
-            "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
-            "collections": {"OrderedDict"}}
+_ALLOWED = {
+    "torch.distributed.checkpoint.metadata": None,  # None: any class of the module (DCP's dataclasses)
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -67,15 +69,21 @@ class SafeReader(FileSystemReader):
             with open(path, "rb") as f:
                 metadata = _MetadataUnpickler(io.BytesIO(f.read())).load()
         except FileNotFoundError:
-            raise BadInput(f"sharded checkpoint {self.path} has no .metadata; it is incomplete: "
-                           f"delete it to resume from the previous checkpoint") from None
+            raise BadInput(
+                f"sharded checkpoint {self.path} has no .metadata; it is incomplete: "
+                f"delete it to resume from the previous checkpoint"
+            ) from None
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as exc:
-            raise BadInput(f"sharded checkpoint {self.path}: {str(exc).splitlines()[0][:160]}; refusing to load it: "
-                           f"only load checkpoints written by hookmix") from None
+            raise BadInput(
+                f"sharded checkpoint {self.path}: {str(exc).splitlines()[0][:160]}; refusing to load it: "
+                f"only load checkpoints written by hookmix"
+            ) from None
         bad = [k for k, v in metadata.state_dict_metadata.items() if not isinstance(v, TensorStorageMetadata)]
         if bad:
-            raise BadInput(f"sharded checkpoint {self.path} holds a non-tensor entry {bad[0]!r} (it would need "
-                           f"arbitrary unpickling); refusing to load it: only load checkpoints written by hookmix")
+            raise BadInput(
+                f"sharded checkpoint {self.path} holds a non-tensor entry {bad[0]!r} (it would need "
+                f"arbitrary unpickling); refusing to load it: only load checkpoints written by hookmix"
+            )
         from torch.distributed.checkpoint.metadata import StorageMeta
 
         if getattr(metadata, "storage_meta", None) is None:
@@ -122,8 +130,10 @@ def dir_name(step: int) -> str:
 
 def check_location(run_dir: RunDir) -> None:
     if not run_dir.is_local:
-        raise BadInput(f"run.strategy='fsdp' writes DCP checkpoint directories on a local or shared file system; "
-                       f"{run_dir.url()} is not one: pass a path for --out")
+        raise BadInput(
+            f"run.strategy='fsdp' writes DCP checkpoint directories on a local or shared file system; "
+            f"{run_dir.url()} is not one: pass a path for --out"
+        )
 
 
 def save(run_dir: RunDir, step: int, payload: dict | None, keep: int, model, modules, optimizer, sharded) -> None:
@@ -138,15 +148,18 @@ def save(run_dir: RunDir, step: int, payload: dict | None, keep: int, model, mod
     sharded.reshard()  # evaluation leaves the root gathered
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(optimizer.state_dict(), "optimizer", tensors)
-    dcp.save({"model": model.state_dict(), "modules": modules.state_dict(), "optimizer": tensors},
-             storage_writer=FileSystemWriter(tmp))
+    dcp.save(
+        {"model": model.state_dict(), "modules": modules.state_dict(), "optimizer": tensors},
+        storage_writer=FileSystemWriter(tmp),
+    )
     dist.barrier()
     if payload is None:
         return
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    checkpoint.save(run_dir, step, {**payload, "model": {}, "modules": {}, "optimizer": skeleton,
-                                    "sharded": dir_name(step)}, keep)
+    checkpoint.save(
+        run_dir, step, {**payload, "model": {}, "modules": {}, "optimizer": skeleton, "sharded": dir_name(step)}, keep
+    )
     kept = {dir_name(s) for s in checkpoint.list_steps(run_dir)}
     for name in run_dir.list("checkpoints"):
         if (name.endswith(".dcp") and name not in kept) or name.endswith(".dcp.tmp"):  # .tmp: interrupted saves
@@ -158,8 +171,10 @@ def load(run_dir: RunDir, payload: dict, model, modules, sharded) -> None:
     (FSDP, any world size) or plain (one process, DDP). The model and modules are loaded in place."""
     path = os.path.join(run_dir.path, "checkpoints", str(payload["sharded"]))
     if not os.path.isdir(path) or "/" in str(payload["sharded"]):
-        raise BadInput(f"checkpoint step {payload['step']} names the sharded directory {payload['sharded']!r}, "
-                       f"which is missing; delete the newest checkpoint to resume from the previous one")
+        raise BadInput(
+            f"checkpoint step {payload['step']} names the sharded directory {payload['sharded']!r}, "
+            f"which is missing; delete the newest checkpoint to resume from the previous one"
+        )
     reader = SafeReader(path)
     saved = reader.read_metadata().state_dict_metadata
     mesh = next((p.device_mesh for p in model.parameters() if isinstance(p, DTensor)), None)
@@ -169,8 +184,9 @@ def load(run_dir: RunDir, payload: dict, model, modules, sharded) -> None:
         if meta is None:
             raise BadInput(f"sharded checkpoint {path} lacks {holder['__dcp__']}; it is damaged: delete it")
         empty = torch.empty(meta.size, dtype=meta.properties.dtype)
-        targets[holder["__dcp__"]] = distribute_tensor(empty, mesh, [Shard(0)]) \
-            if holder["sharded"] and mesh is not None else empty
+        targets[holder["__dcp__"]] = (
+            distribute_tensor(empty, mesh, [Shard(0)]) if holder["sharded"] and mesh is not None else empty
+        )
     if sharded is not None:
         sharded.reshard()
     state = {"model": model.state_dict(), "modules": modules.state_dict(), "optimizer": targets}
@@ -179,8 +195,10 @@ def load(run_dir: RunDir, payload: dict, model, modules, sharded) -> None:
     except BadInput:
         raise
     except Exception as exc:
-        raise BadInput(f"sharded checkpoint {path} does not match this recipe's model/optimizer "
-                       f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe") from None
+        raise BadInput(
+            f"sharded checkpoint {path} does not match this recipe's model/optimizer "
+            f"({str(exc).splitlines()[0][:200]}); resume with the run's own recipe"
+        ) from None
     payload["model"], payload["modules"] = state["model"], state["modules"]
     payload["optimizer"] = _fill(payload["optimizer"], targets)
 
@@ -190,8 +208,10 @@ def _rows_like(full: Any, param: torch.Tensor, what: str) -> Any:
     if not isinstance(param, DTensor) or not torch.is_tensor(full) or isinstance(full, DTensor):
         return full
     if tuple(full.shape) != tuple(param.shape):
-        raise BadInput(f"checkpoint does not match the model/optimizer of this recipe ({what} has shape "
-                       f"{tuple(full.shape)}, this run's {tuple(param.shape)}); resume with the run's own recipe")
+        raise BadInput(
+            f"checkpoint does not match the model/optimizer of this recipe ({what} has shape "
+            f"{tuple(full.shape)}, this run's {tuple(param.shape)}); resume with the run's own recipe"
+        )
     return distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
 
 
@@ -202,8 +222,10 @@ def shard_full(payload: dict, model, modules, optimizer) -> None:
     An optimizer state of another shape (e.g. a factored second moment) has no row layout to follow: refused."""
     for key, part in (("model", model), ("modules", modules)):
         current = part.state_dict()
-        payload[key] = {name: _rows_like(value, current[name], f"{key} {name}") if name in current else value
-                        for name, value in payload[key].items()}
+        payload[key] = {
+            name: _rows_like(value, current[name], f"{key} {name}") if name in current else value
+            for name, value in payload[key].items()
+        }
     saved = payload["optimizer"]
     groups = optimizer.param_groups
     if len(saved.get("param_groups", [])) != len(groups):
@@ -217,7 +239,9 @@ def shard_full(payload: dict, model, modules, optimizer) -> None:
             if not torch.is_tensor(value) or value.dim() == 0:  # a step counter: the same on every rank
                 continue
             if tuple(value.shape) != tuple(param.shape):
-                raise BadInput(f"the checkpoint's optimizer state {name!r} of shape {tuple(value.shape)} has no row "
-                               f"layout on the shards of a {tuple(param.shape)} parameter under run.strategy='fsdp'; "
-                               f"resume this checkpoint with run.strategy=ddp")
+                raise BadInput(
+                    f"the checkpoint's optimizer state {name!r} of shape {tuple(value.shape)} has no row "
+                    f"layout on the shards of a {tuple(param.shape)} parameter under run.strategy='fsdp'; "
+                    f"resume this checkpoint with run.strategy=ddp"
+                )
             entry[name] = _rows_like(value, param, f"optimizer state {name!r}")

@@ -45,9 +45,9 @@ class Registry:
                 dist = ep.dist.name if ep.dist else "?"
                 version = ep.dist.version if ep.dist else "?"
                 if ep.name in self._infos:  # two distributions claim one name: unusable
-                    self._infos[ep.name].error = (
-                        f"name claimed by both {self._infos[ep.name].dist} and {dist}; uninstall one"
-                    )
+                    self._infos[
+                        ep.name
+                    ].error = f"name claimed by both {self._infos[ep.name].dist} and {dist}; uninstall one"
                     continue
                 self._infos[ep.name] = PluginInfo(ep.name, dist, version, ep.value)
                 self._eps[ep.name] = ep
@@ -84,8 +84,10 @@ class Registry:
         """Return the plugin class for a name a recipe enabled; bad input if unknown or broken."""
         info = self.info(name)
         if info.error is not None:
-            raise BadInput(f"plugin {name!r} ({info.dist} {info.version}) is broken: {info.error}; "
-                           f"fix or reinstall it, or remove it from run.plugins")
+            raise BadInput(
+                f"plugin {name!r} ({info.dist} {info.version}) is broken: {info.error}; "
+                f"fix or reinstall it, or remove it from run.plugins"
+            )
         assert info.cls is not None
         return info.cls
 

@@ -31,8 +31,10 @@ def require_lightning():
     try:
         import lightning  # noqa: F401
     except ImportError:
-        raise BadInput("--against lightning needs Lightning, an optional extra: pip install -e \".[bench]\" "
-                       "(or pip install \"lightning>=2.4\")") from None
+        raise BadInput(
+            '--against lightning needs Lightning, an optional extra: pip install -e ".[bench]" '
+            '(or pip install "lightning>=2.4")'
+        ) from None
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)  # "GPU available: False" and friends
     warnings.filterwarnings("ignore", module="lightning")
@@ -61,8 +63,15 @@ def fabric_step(model: torch.nn.Module, adamw: dict, data, generator: torch.Gene
     return step
 
 
-def run_trainer(model: torch.nn.Module, adamw: dict, data, generator: torch.Generator, steps: int,
-                each_step: Callable[[int, torch.Tensor], None], clock=time.perf_counter) -> list[float]:
+def run_trainer(
+    model: torch.nn.Module,
+    adamw: dict,
+    data,
+    generator: torch.Generator,
+    steps: int,
+    each_step: Callable[[int, torch.Tensor], None],
+    clock=time.perf_counter,
+) -> list[float]:
     """Fit with the Lightning Trainer for ``steps`` steps; after each, ``each_step(i, loss)`` (untimed).
 
     Returns the Trainer's own step times (seconds) for steps 1 .. steps - 1 (step 0 has no start mark).
@@ -96,8 +105,17 @@ def run_trainer(model: torch.nn.Module, adamw: dict, data, generator: torch.Gene
             each_step(batch_idx, outputs["loss"].detach())
             left[0] = clock()
 
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, callbacks=[Interleave()])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Interleave()],
+    )
     trainer.fit(Module(), torch.utils.data.DataLoader(Batches(), batch_size=None))
     return times

@@ -19,13 +19,17 @@ import numpy as np
 import torch
 
 from engine.errors import BadInput
-from engine.outputs import RunDir
+from engine.rundir.directory import RunDir
 
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_REFUSED = ("Unsupported global", "Trying to load unsupported GLOBAL", "Trying to call reduce",
-            "Can only build Tensor")  # torch's weights_only refusals, each naming the object
+_REFUSED = (
+    "Unsupported global",
+    "Trying to load unsupported GLOBAL",
+    "Trying to call reduce",
+    "Can only build Tensor",
+)  # torch's weights_only refusals, each naming the object
 
 
 def capture_rng(generator: torch.Generator) -> dict:
@@ -84,18 +88,21 @@ def load_bytes(data: bytes, origin: str) -> dict:
     except pickle.UnpicklingError as exc:
         # torch's message is many lines with ANSI codes; the refused object is on the line that
         # names it. Other unpickling errors (e.g. "Unsupported operand") mean damaged bytes.
-        lines = [_ANSI.sub("", line).strip().removeprefix("WeightsUnpickler error: ")
-                 for line in str(exc).splitlines()]
+        lines = [_ANSI.sub("", line).strip().removeprefix("WeightsUnpickler error: ") for line in str(exc).splitlines()]
         refused = next((line for line in lines if line.startswith(_REFUSED)), None)
         if refused is None:
-            raise Damaged(f"checkpoint {origin} is unreadable (UnpicklingError); "
-                          f"it is damaged or not a hookmix checkpoint") from None
+            raise Damaged(
+                f"checkpoint {origin} is unreadable (UnpicklingError); it is damaged or not a hookmix checkpoint"
+            ) from None
         what = refused.split(" was not an allowed", 1)[0].split(" whose module", 1)[0]
-        raise BadInput(f"checkpoint {origin} needs unpickling arbitrary Python objects ({what[:160]}); "
-                       f"refusing to load it: only load checkpoints written by hookmix") from None
+        raise BadInput(
+            f"checkpoint {origin} needs unpickling arbitrary Python objects ({what[:160]}); "
+            f"refusing to load it: only load checkpoints written by hookmix"
+        ) from None
     except Exception as exc:
-        raise Damaged(f"checkpoint {origin} is unreadable ({type(exc).__name__}); "
-                      f"it is damaged or not a hookmix checkpoint") from None
+        raise Damaged(
+            f"checkpoint {origin} is unreadable ({type(exc).__name__}); it is damaged or not a hookmix checkpoint"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BadInput(f"checkpoint {origin} is not a hookmix checkpoint (format {FORMAT}); pass a run directory")
     return payload
@@ -106,16 +113,28 @@ class Damaged(BadInput):
 
 
 # What the trainer restores from, with the type each entry must have (the loop writes all of them).
-REQUIRED = {"step": int, "model": dict, "modules": dict, "optimizer": dict, "rng": dict, "plugins": dict,
-            "plugin_versions": dict, "pending_metrics": dict, "wall_seconds": (int, float)}
+REQUIRED = {
+    "step": int,
+    "model": dict,
+    "modules": dict,
+    "optimizer": dict,
+    "rng": dict,
+    "plugins": dict,
+    "plugin_versions": dict,
+    "pending_metrics": dict,
+    "wall_seconds": (int, float),
+}
 RNG_KEYS = ("torch", "data", "python", "numpy")
 
 
 def check_run_payload(payload: dict, origin: str, step: int | None = None) -> dict:
     """Bad input unless ``payload`` has every entry a resume needs, with the right types."""
+
     def bad(problem: str) -> BadInput:
-        return BadInput(f"checkpoint {origin} {problem}; it was modified or not written by this hookmix "
-                        f"version: restore it, or delete it to resume from the previous one")
+        return BadInput(
+            f"checkpoint {origin} {problem}; it was modified or not written by this hookmix "
+            f"version: restore it, or delete it to resume from the previous one"
+        )
 
     for key, kind in REQUIRED.items():
         if key not in payload:
@@ -138,8 +157,10 @@ def load_latest(run_dir: RunDir, check: bool = False) -> dict:
     one on filesystems without atomic moves). ``check`` also validates what a resume needs."""
     steps = list_steps(run_dir)
     if not steps:
-        raise BadInput(f"no checkpoint in {run_dir.url('checkpoints')}; "
-                       f"nothing to resume (set run.checkpoint_interval to write some)")
+        raise BadInput(
+            f"no checkpoint in {run_dir.url('checkpoints')}; "
+            f"nothing to resume (set run.checkpoint_interval to write some)"
+        )
     for step in reversed(steps[1:]):
         try:
             return _load_step(run_dir, step, check)
@@ -171,6 +192,8 @@ def resume_changes(payload: dict, versions: dict[str, tuple[str, str]], recipe) 
             old, new = saved.get(name, {}), now.get(name, {})
             for key in sorted(set(old) | set(new)):
                 if old.get(key) != new.get(key):
-                    out.append(f"plugins.{name}.{key}: {old.get(key, '(unset)')!r} when checkpointed, "
-                               f"{new.get(key, '(unset)')!r} now")
+                    out.append(
+                        f"plugins.{name}.{key}: {old.get(key, '(unset)')!r} when checkpointed, "
+                        f"{new.get(key, '(unset)')!r} now"
+                    )
     return out

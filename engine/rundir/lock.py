@@ -24,15 +24,16 @@ import time
 import weakref
 
 from engine.errors import BadInput
-from engine.outputs import RunDir
+from engine.rundir.directory import RunDir
 
 NAME = ".hookmix.lock"
 _HELD: dict[str, weakref.ref] = {}  # advisory locks held by this process: url -> its RunLock
 
 
 def _holder_text() -> str:
-    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    )
 
 
 def _describe(text: str) -> tuple[str, dict]:
@@ -48,8 +49,10 @@ def _describe(text: str) -> tuple[str, dict]:
 def write_error(url: str, exc: OSError) -> BadInput:
     """Bad input naming the run directory that cannot be written and what to do."""
     reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
-    fix = {errno.ENOSPC: "free disk space or choose another --out",
-           errno.EDQUOT: "free quota or choose another --out"}.get(exc.errno, "choose a writable --out")
+    fix = {
+        errno.ENOSPC: "free disk space or choose another --out",
+        errno.EDQUOT: "free quota or choose another --out",
+    }.get(exc.errno, "choose a writable --out")
     return BadInput(f"cannot write to run directory {url} ({reason}); {fix}")
 
 
@@ -69,8 +72,11 @@ class RunLock:
         else:
             self._acquire_advisory()
         if self.taken_over:
-            print(f"hookmix: note: {self.run_dir.url()} was locked by {self.taken_over}, which is gone "
-                  f"(killed?); taking the run directory over", file=sys.stderr)
+            print(
+                f"hookmix: note: {self.run_dir.url()} was locked by {self.taken_over}, which is gone "
+                f"(killed?); taking the run directory over",
+                file=sys.stderr,
+            )
 
     def _acquire_local(self, path: str) -> None:
         for _ in range(10):  # retried only when the holder unlinked the file between our open and flock
@@ -84,8 +90,10 @@ class RunLock:
                 f.seek(0)
                 who, _ = _describe(f.read())
                 f.close()
-                raise BadInput(f"run directory {self.run_dir.url()} is in use by {who}; wait for that run to "
-                               f"end or stop it, or pass another --out") from None
+                raise BadInput(
+                    f"run directory {self.run_dir.url()} is in use by {who}; wait for that run to "
+                    f"end or stop it, or pass another --out"
+                ) from None
             try:
                 same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
             except FileNotFoundError:
@@ -109,8 +117,10 @@ class RunLock:
             self._file = f
             self._finalizer = weakref.finalize(self, _unlink_local, f, path)
             return
-        raise BadInput(f"run directory {self.run_dir.url()} lock file keeps changing; is another run starting "
-                       f"there? pass another --out")
+        raise BadInput(
+            f"run directory {self.run_dir.url()} lock file keeps changing; is another run starting "
+            f"there? pass another --out"
+        )
 
     def _acquire_advisory(self) -> None:
         name = NAME
@@ -120,8 +130,10 @@ class RunLock:
             held_here = (ref := _HELD.get(self.url)) is not None and ref() is not None
             alive = mine and info.get("pid") != os.getpid() and _pid_alive(info.get("pid"))
             if held_here or alive or not mine:
-                raise BadInput(f"run directory {self.run_dir.url()} is in use by {who}; wait for that run to end, "
-                               f"or, if it is gone, delete {self.url} (this filesystem has no locks)")
+                raise BadInput(
+                    f"run directory {self.run_dir.url()} is in use by {who}; wait for that run to end, "
+                    f"or, if it is gone, delete {self.url} (this filesystem has no locks)"
+                )
             self.taken_over = who
         try:
             self.run_dir.write_text_atomic(name, _holder_text() + "\n")

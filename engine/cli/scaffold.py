@@ -137,8 +137,13 @@ def new_plugin(name: str, directory: str | None = None) -> str:
     if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
         raise BadInput(f"{root} already exists and is not an empty directory; pass --dir NEW_DIR")
     major = int(API_VERSION.split(".")[0])
-    values = {"name": name, "dash": dash, "cls": "".join(p.title() for p in name.split("_")),
-              "major": major, "next_major": major + 1}
+    values = {
+        "name": name,
+        "dash": dash,
+        "cls": "".join(p.title() for p in name.split("_")),
+        "major": major,
+        "next_major": major + 1,
+    }
     files = {
         "pyproject.toml": PYPROJECT,
         "README.md": README,

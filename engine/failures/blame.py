@@ -70,8 +70,11 @@ def setup_failure(exc: Exception, what: str, plugins: dict) -> BadInput:
 def built_by(state, manager) -> dict[int, str]:
     """{id(object): the plugin that built it} for the data, every model submodule and the optimizer."""
     built = {}
-    for hook_name, objects in [("hookmix_data", [state.data]), ("hookmix_model", list(state.model.modules())),
-                               ("hookmix_optimizer", [state.optimizer])]:
+    for hook_name, objects in [
+        ("hookmix_data", [state.data]),
+        ("hookmix_model", list(state.model.modules())),
+        ("hookmix_optimizer", [state.optimizer]),
+    ]:
         providers = manager.providers(hook_name)
         if providers:
             built.update({id(o): providers[0] for o in objects})
@@ -94,9 +97,13 @@ def step_failure(exc: Exception, step: int, state, manager) -> str:
 def way_out(url: str, saved_step: int | None) -> str:
     """How to continue after a training failure: named in every such message."""
     if saved_step is None:
-        return f"no checkpoint was written yet: `hookmix train --resume {url} [KEY=VALUE ...]` starts it again from step 0"
-    return (f"the last good checkpoint (step {saved_step}) is intact: "
-            f"`hookmix train --resume {url} [KEY=VALUE ...]` continues from it")
+        return (
+            f"no checkpoint was written yet: `hookmix train --resume {url} [KEY=VALUE ...]` starts it again from step 0"
+        )
+    return (
+        f"the last good checkpoint (step {saved_step}) is intact: "
+        f"`hookmix train --resume {url} [KEY=VALUE ...]` continues from it"
+    )
 
 
 def training_failure(exc: Exception, state, manager, saved_step: int | None) -> TrainingFailure | None:

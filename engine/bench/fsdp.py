@@ -23,16 +23,16 @@ RECIPE = "shakespeare-gpt"
 
 
 def _trainer(strategy: str, distributed_run: bool, out: str):
+    from engine.bench.ddp import single_process
+    from engine.config.recipe import apply_overrides, read_recipe, resolve
+    from engine.config.registry import Registry
     from engine.loop import Trainer
-    from engine.recipe import apply_overrides, read_recipe, resolve
-    from engine.registry import Registry
-
-    from engine.bench_ddp import single_process
 
     registry = Registry()
     name, raw = read_recipe(RECIPE, registry)
-    raw = apply_overrides(raw, ["run.threads=1", "run.log_interval=1000000", f"run.strategy={strategy}",
-                                f"run.out={out}"])
+    raw = apply_overrides(
+        raw, ["run.threads=1", "run.log_interval=1000000", f"run.strategy={strategy}", f"run.out={out}"]
+    )
     with single_process(hide=not distributed_run):
         trainer = Trainer(resolve(name, raw, registry), registry, quiet=True)
         trainer.setup()
@@ -65,6 +65,7 @@ def _optimizer_tensors(optimizer):
         elif isinstance(node, (list, tuple)):
             for v in node:
                 yield from walk(v)
+
     return list(walk(dict(optimizer.state)))
 
 
@@ -76,17 +77,22 @@ def measure(trainer) -> dict:
     state.optimizer.zero_grad = zero_grad
     params = [p for p in state.model.parameters()] + [p for p in state.modules.parameters()]
     grads = [p.grad for p in params if p.grad is not None]
-    return {"params": _bytes(params), "grads": _bytes(grads), "optimizer": _bytes(_optimizer_tensors(state.optimizer)),
-            "numel": sum(p.numel() for p in {id(p): p for p in params}.values())}
+    return {
+        "params": _bytes(params),
+        "grads": _bytes(grads),
+        "optimizer": _bytes(_optimizer_tensors(state.optimizer)),
+        "numel": sum(p.numel() for p in {id(p): p for p in params}.values()),
+    }
 
 
 def _worker(out_path: str) -> None:
     import torch.distributed as dist
 
-    from engine import distributed
+    from engine.distributed.env import read_env
+    from engine.distributed.group import Group
 
     torch.set_num_threads(1)
-    group = distributed.Group(distributed.read_env(), "gloo", 300.0)
+    group = Group(read_env(), "gloo", 300.0)
     work = os.path.dirname(out_path)  # run directories (FSDP writes local ones) go with the rows file
     rows = {}
     try:
@@ -105,21 +111,25 @@ def _worker(out_path: str) -> None:
 
 def fsdp_bench() -> int:
     """Launch the 2-rank measurement and print its table (markdown)."""
-    from engine.bench_ddp import run_two_ranks
+    from engine.bench.ddp import run_two_ranks
 
     rows = run_two_ranks("engine.bench_fsdp")
     if rows is None:
         return 1
     ddp = max(sum(r[k] for k in ("params", "grads", "optimizer")) for r in rows["2 ranks ddp"])
-    print(f"torch {torch.__version__}, recipe {RECIPE} ({rows['1 process'][0]['numel']} parameters), AdamW; "
-          f"bytes held per rank after a step (largest rank)")
+    print(
+        f"torch {torch.__version__}, recipe {RECIPE} ({rows['1 process'][0]['numel']} parameters), AdamW; "
+        f"bytes held per rank after a step (largest rank)"
+    )
     print("| setup | parameters | gradients | optimizer state | total | vs DDP at 2 ranks |")
     print("|---|---|---|---|---|---|")
     for setup, per_rank in rows.items():
         worst = max(per_rank, key=lambda r: r["params"] + r["grads"] + r["optimizer"])
         total = worst["params"] + worst["grads"] + worst["optimizer"]
-        print(f"| {setup} | {worst['params']:,} | {worst['grads']:,} | {worst['optimizer']:,} | {total:,} | "
-              f"{total / ddp:.3f} |")
+        print(
+            f"| {setup} | {worst['params']:,} | {worst['grads']:,} | {worst['optimizer']:,} | {total:,} | "
+            f"{total / ddp:.3f} |"
+        )
     return 0
 
 

@@ -26,8 +26,11 @@ def _raise_at_start(signum, frame):
 
 
 def _raise_now(signum, frame):
-    raise Interrupted(f"interrupted by a second {_name(signum)}; stopped without saving: the last checkpoint "
-                      f"remains, continue with `hookmix train --resume RUN_DIR`", signum)
+    raise Interrupted(
+        f"interrupted by a second {_name(signum)}; stopped without saving: the last checkpoint "
+        f"remains, continue with `hookmix train --resume RUN_DIR`",
+        signum,
+    )
 
 
 def _installable() -> bool:  # signal handlers can only be set from the main thread

@@ -17,23 +17,11 @@ from typing import Any
 import attrs
 import torch
 
+from engine.config.recipe import parse_toml, resolve
+from engine.config.registry import Registry
 from engine.errors import BadInput
-from engine.manager import Manager
-from engine.recipe import Recipe, parse_toml, resolve
-from engine.registry import Registry
+from engine.manager import build_state
 from engine.state import State
-
-
-def build_state(recipe: Recipe, registry: Registry, device: torch.device, *,
-                evaluate=None, profile: bool = False) -> tuple[State, Manager]:
-    """The plugins a recipe enables, configured, validated and ordered, behind a fresh ``State``."""
-    plugins = {}
-    for name in recipe.run.plugins:
-        plugin = registry.load(name)()
-        plugin.config = recipe.plugin_configs.get(name)
-        plugins[name] = plugin
-    manager = Manager(plugins, registry, evaluate=evaluate, profile=profile)
-    return State(recipe, manager, device, registry), manager
 
 
 @attrs.define
@@ -51,7 +39,7 @@ class Run:
     """A hookmix run directory opened for reading: its recipe, checkpoints and weights."""
 
     def __init__(self, url: str, checkpoint_name: str | None = None) -> None:
-        from engine.outputs import RunDir
+        from engine.rundir.directory import RunDir
 
         self.url = url.rstrip("/")
         self.run_dir = RunDir(self.url)
@@ -73,14 +61,16 @@ class Run:
 
     def checkpoint(self) -> dict:
         """The checkpoint this run was opened at (the latest unless a file was named); loaded once."""
-        from engine import checkpoint
+        from engine.rundir import checkpoint
 
         if self._payload is None:
             if self.checkpoint_name is None:
                 steps = checkpoint.list_steps(self.run_dir)
                 if not steps:
-                    raise BadInput(f"{self.url} has no checkpoint in checkpoints/; let the run reach a checkpoint "
-                                   f"(it writes one at its last step) or pass another run")
+                    raise BadInput(
+                        f"{self.url} has no checkpoint in checkpoints/; let the run reach a checkpoint "
+                        f"(it writes one at its last step) or pass another run"
+                    )
                 self.checkpoint_name = f"checkpoints/step-{steps[-1]:08d}.pt"
             self._payload = checkpoint.load(self.run_dir, self.checkpoint_name)
         return self._payload
@@ -100,8 +90,10 @@ class Run:
             return payload["model"]
         saved = payload.get("plugins", {}).get(which, {})
         if not isinstance(saved, dict) or "weights" not in saved:
-            raise BadInput(f"run {self.url} holds no {which!r} weights (plugin {which!r} was not enabled or keeps "
-                           f"none); use the model's weights")
+            raise BadInput(
+                f"run {self.url} holds no {which!r} weights (plugin {which!r} was not enabled or keeps "
+                f"none); use the model's weights"
+            )
         return saved["weights"]
 
     def data_and_model_plugins(self, registry: Registry) -> tuple[str, str]:
@@ -120,14 +112,17 @@ class Run:
                 model = name
         if model is None:
             extra = f" (not installed here: {', '.join(unloadable)})" if unloadable else ""
-            raise BadInput(f"the recipe of {self.url} enables no model plugin that can be loaded{extra}; "
-                           f"install it or pass another run")
+            raise BadInput(
+                f"the recipe of {self.url} enables no model plugin that can be loaded{extra}; "
+                f"install it or pass another run"
+            )
         if data is None:
             raise BadInput(f"the recipe of {self.url} enables no data plugin; pass the directory of a training run")
         return data, model
 
-    def build(self, registry: Registry, device: torch.device, *, weights: str | None = "model",
-              data: Any = None) -> Built:
+    def build(
+        self, registry: Registry, device: torch.device, *, weights: str | None = "model", data: Any = None
+    ) -> Built:
         """Rebuild the run's data and model through their own plugins and load ``weights`` into the model.
 
         Only the data and model plugins are set up (the other plugins of the recipe need not be
@@ -139,8 +134,10 @@ class Run:
         data_name, model_name = self.data_and_model_plugins(registry)
         tables = self.recipe_raw.get("plugins", {})
         tables = tables if isinstance(tables, dict) else {}
-        reduced = {"run": {**self.recipe_raw.get("run", {}), "plugins": [data_name, model_name]},
-                   "plugins": {n: tables[n] for n in (data_name, model_name) if n in tables}}
+        reduced = {
+            "run": {**self.recipe_raw.get("run", {}), "plugins": [data_name, model_name]},
+            "plugins": {n: tables[n] for n in (data_name, model_name) if n in tables},
+        }
         try:
             recipe = resolve(self.name, reduced, registry)
             state, manager = build_state(recipe, registry, device)
@@ -154,8 +151,10 @@ class Run:
             try:
                 model.load_state_dict(self.weights(weights))
             except (RuntimeError, KeyError, ValueError) as exc:
-                raise BadInput(f"the weights of {self.url} do not fit the model its recipe builds here "
-                               f"({str(exc).splitlines()[0][:160]})") from None
+                raise BadInput(
+                    f"the weights of {self.url} do not fit the model its recipe builds here "
+                    f"({str(exc).splitlines()[0][:160]})"
+                ) from None
         state.model = model.to(device)
         return Built(state, state.data, state.model, data_name, model_name)
 
@@ -167,8 +166,10 @@ def open_run(source: str) -> Run:
     if source.endswith(".pt"):
         parent, _, name = source.rstrip("/").rpartition("/checkpoints/")
         if not parent:
-            raise BadInput(f"{source} is not inside a run's checkpoints/ folder; pass RUN/checkpoints/step-N.pt "
-                           f"or the run directory")
+            raise BadInput(
+                f"{source} is not inside a run's checkpoints/ folder; pass RUN/checkpoints/step-N.pt "
+                f"or the run directory"
+            )
         return Run(parent, f"checkpoints/{name}")
     return Run(source)
 

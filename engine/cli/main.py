@@ -6,10 +6,14 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from engine.errors import BadInput, HookmixError, Interrupted
+from engine.errors import BadInput, HookmixError, Interrupted, PluginConflict
+
+if TYPE_CHECKING:
+    from engine.config.registry import Registry
 
 BUILTIN = ("plugins", "describe", "recipes", "train", "bench", "new-plugin")
 
@@ -52,24 +56,40 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory URL (overrides run.out)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR bit-exactly")
     p.add_argument("--quiet", action="store_true", help="no plan or progress output")
-    from engine.distributed import add_launch_arguments
+    from engine.distributed.launch import add_launch_arguments
 
     add_launch_arguments(p)
     p = sub.add_parser("bench", help="benchmarks: overhead, ddp (weak scaling of 2 ranks), fsdp (bytes per rank)")
     p.add_argument("what", choices=["overhead", "ddp", "fsdp"])
-    p.add_argument("--repeats", type=_count, default=None,
-                   help="ddp: interleaved repeats of 1-rank and 2-rank steps (default 5); overhead: fresh "
-                        "contestants this many times, medians over repeats (default 1)")
+    p.add_argument(
+        "--repeats",
+        type=_count,
+        default=None,
+        help="ddp: interleaved repeats of 1-rank and 2-rank steps (default 5); overhead: fresh "
+        "contestants this many times, medians over repeats (default 1)",
+    )
     p.add_argument("--steps", type=_count, default=30, help="timed steps per loop")
     p.add_argument("--noop", type=int, default=8, help="extra no-op plugins in the second comparison")
-    p.add_argument("--workload", choices=["gpt", "mlp", "tiny", "both"], default="both",
-                   help="both: gpt and mlp; tiny: a 40-8-10 MLP on 4 samples (the per-step cost in µs)")
+    p.add_argument(
+        "--workload",
+        choices=["gpt", "mlp", "tiny", "both"],
+        default="both",
+        help="both: gpt and mlp; tiny: a 40-8-10 MLP on 4 samples (the per-step cost in µs)",
+    )
     p.add_argument("--against", choices=["lightning"], help="add Lightning Fabric and Trainer columns")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: this thread's CPU time (1 thread)")
-    p.add_argument("--order", choices=["shuffle", "rotate"], default="shuffle",
-                   help="overhead: the contestants' order in each round (rotate: the earlier method, biased)")
-    p.add_argument("--interleave", choices=["step", "block"], default="step",
-                   help="overhead: each contestant's turn in a round, one step or 10 consecutive steps (block)")
+    p.add_argument(
+        "--order",
+        choices=["shuffle", "rotate"],
+        default="shuffle",
+        help="overhead: the contestants' order in each round (rotate: the earlier method, biased)",
+    )
+    p.add_argument(
+        "--interleave",
+        choices=["step", "block"],
+        default="step",
+        help="overhead: each contestant's turn in a round, one step or 10 consecutive steps (block)",
+    )
     for verb, command in commands.items():
         p = sub.add_parser(verb, help=f"{command.help} (plugin command)")
         command.add_arguments(p)
@@ -77,7 +97,7 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine import interrupts
+    from engine.failures import interrupts
 
     with interrupts.stop_at_once():  # SIGTERM from the first moment (torch imports slowly): one line, exit 143
         return _main(list(sys.argv[1:] if argv is None else argv))
@@ -89,8 +109,8 @@ def _main(argv: list[str]) -> int:
         verb = next((a for a in argv if not a.startswith("-")), None)
         if (verb is None and "--version" not in argv) or (verb is not None and verb not in BUILTIN):
             # plugin commands: for an unknown verb, and for `hookmix` / `hookmix --help` to list them
-            from engine.manager import collect_commands
-            from engine.registry import Registry
+            from engine.config.registry import Registry
+
             commands = collect_commands(Registry())
         args, extra = _build_parser(commands).parse_known_args(argv)
         if args.verb == "train":  # overrides may follow options: train R --out D run.steps=5
@@ -106,10 +126,12 @@ def _main(argv: list[str]) -> int:
             return int(commands[args.verb].run(args) or 0)
         return int(globals()[f"cmd_{args.verb.replace('-', '_')}"](args) or 0)
     except HookmixError as exc:
-        from engine.distributed import rank_prefix
+        from engine.distributed.env import rank_prefix
 
-        print(f"hookmix: error: {rank_prefix()}{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-              file=sys.stderr)
+        print(
+            f"hookmix: error: {rank_prefix()}{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            file=sys.stderr,
+        )
         return exc.exit_code
     except Interrupted as exc:  # SIGTERM, or a signal during training (after its checkpoint)
         print(f"hookmix: {str(exc).splitlines()[0]}", file=sys.stderr)
@@ -121,7 +143,7 @@ def _main(argv: list[str]) -> int:
         sys.stdout = None
         return 0
     except Exception as exc:
-        from engine.distributed import report_crash
+        from engine.distributed.launch import report_crash
 
         if "RANK" not in os.environ:
             raise
@@ -129,14 +151,22 @@ def _main(argv: list[str]) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from engine.registry import Registry
+    from engine.config.registry import Registry
 
     rows = []
     for info in Registry().all():
         hooks = hooks_of(info.cls) if info.cls is not None else []
-        rows.append({"name": info.name, "distribution": info.dist, "version": info.version,
-                     "summary": info.cls.summary() if info.cls else "", "hooks": hooks,
-                     "status": "ok" if info.error is None else "broken", "error": info.error})
+        rows.append(
+            {
+                "name": info.name,
+                "distribution": info.dist,
+                "version": info.version,
+                "summary": info.cls.summary() if info.cls else "",
+                "hooks": hooks,
+                "status": "ok" if info.error is None else "broken",
+                "error": info.error,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -154,17 +184,16 @@ def cmd_plugins(args) -> int:
 def hooks_of(cls) -> list[str]:
     from engine.plugin import Plugin
 
-    return sorted(n for n in dir(cls) if n.startswith("hookmix_")
-                  and getattr(cls, n) is not getattr(Plugin, n, None))
+    return sorted(n for n in dir(cls) if n.startswith("hookmix_") and getattr(cls, n) is not getattr(Plugin, n, None))
 
 
 def cmd_describe(args) -> int:
+    from engine.config.recipe import RunConfig
+    from engine.config.registry import Registry
     from engine.plugin import capability_name
-    from engine.recipe import RunConfig
-    from engine.registry import Registry
 
     if args.name == "run":
-        print("[run]  the run table of every recipe (engine/recipe.py RunConfig)")
+        print("[run]  the run table of every recipe (engine/config/recipe.py RunConfig)")
         _describe_fields(RunConfig, "    ")
         return 0
     registry = Registry()
@@ -194,7 +223,7 @@ def _describe_fields(cls, indent: str) -> None:
     attrs.resolve_types(cls)
     for f in attrs.fields(cls):
         from engine import validators
-        from engine.recipe import _type_name
+        from engine.config.recipe import _type_name
 
         ftype = _type_name(f.type)
         if attrs.has(f.type):
@@ -207,10 +236,8 @@ def _describe_fields(cls, indent: str) -> None:
 
 
 def cmd_recipes(args) -> int:
-    from engine.recipe import parse_toml, shipped_recipes
-    from engine.registry import Registry
-
-    from engine.registry import unknown_name_message
+    from engine.config.recipe import parse_toml, shipped_recipes
+    from engine.config.registry import Registry, unknown_name_message
 
     shipped = shipped_recipes(Registry())
     if args.show:
@@ -225,7 +252,7 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from engine import interrupts
+    from engine.failures import interrupts
 
     with interrupts.stop_at_once():  # SIGTERM before training: one line, exit 143
         return _train(args)
@@ -234,21 +261,22 @@ def cmd_train(args) -> int:
 def _set_out(raw: dict, out: str) -> None:
     run = raw.setdefault("run", {})
     if not isinstance(run, dict):
-        raise BadInput(f"run must be a table, got {type(run).__name__} {run!r}; write [run] with key = value lines "
-                       f"(or overrides like run.steps=50)")
+        raise BadInput(
+            f"run must be a table, got {type(run).__name__} {run!r}; write [run] with key = value lines "
+            f"(or overrides like run.steps=50)"
+        )
     run["out"] = out
 
 
 def _train(args) -> int:
-    from engine.claim import open_location, warn_if_ephemeral
+    from engine.config.recipe import apply_overrides, read_recipe, resolve
+    from engine.config.registry import Registry
+    from engine.distributed import launch
     from engine.loop import Trainer
-    from engine.recipe import apply_overrides, read_recipe, resolve
-    from engine.registry import Registry
-
-    from engine import distributed
+    from engine.rundir.claim import open_location, warn_if_ephemeral
 
     if args.nproc or args.nnodes > 1:
-        return distributed.launch(args)
+        return launch.launch(args)
     registry = Registry()
     overrides = list(args.overrides)
     if args.resume:
@@ -257,7 +285,7 @@ def _train(args) -> int:
         if args.recipe is not None:  # `train --resume DIR run.steps=20`: the first override lands in `recipe`
             overrides.insert(0, args.recipe)
         open_location(args.resume)  # a location that cannot be read or written: one line, before anything
-        from engine.run import open_run
+        from engine.rundir.open_run import open_run
 
         run = open_run(args.resume)  # one way to open a run: its recipe (and, in the trainer, its checkpoint)
         name, raw = run.name, apply_overrides(run.recipe_raw, overrides)
@@ -270,47 +298,84 @@ def _train(args) -> int:
         if args.out:
             _set_out(raw, args.out)
     recipe = resolve(name, raw, registry)
-    resume, restart = distributed.elastic_resume(recipe.run.out, bool(args.resume))
+    resume, restart = launch.elastic_resume(recipe.run.out, bool(args.resume))
     trainer = Trainer(recipe, registry, resume=resume, quiet=args.quiet, restart=restart)
     trainer.setup()
     warn_if_ephemeral(trainer.state.run_dir)
     summary = trainer.run()
     if not trainer.state.is_main:
         return 0
-    shown = {k: round(v, 4) for k, v in summary["metrics"].items()
-             if k in ("train/loss", "val/loss", "val/accuracy") or k.count("/") == 1 and not k.startswith("train/")}
-    print(f"done: {summary['steps']} steps in {summary['wall_seconds']:.1f}s; "
-          + ", ".join(f"{k} {v}" for k, v in shown.items())
-          + f"; outputs in {trainer.state.run_dir.url()}")
+    shown = {
+        k: round(v, 4)
+        for k, v in summary["metrics"].items()
+        if k in ("train/loss", "val/loss", "val/accuracy") or k.count("/") == 1 and not k.startswith("train/")
+    }
+    print(
+        f"done: {summary['steps']} steps in {summary['wall_seconds']:.1f}s; "
+        + ", ".join(f"{k} {v}" for k, v in shown.items())
+        + f"; outputs in {trainer.state.run_dir.url()}"
+    )
     return 0
 
 
 def cmd_new_plugin(args) -> int:
-    from engine.scaffold import new_plugin
+    from engine.cli.scaffold import new_plugin
 
     path = new_plugin(args.name, args.dir)
-    print(f"wrote {path}: cd there, `pip install -e .`, `python -m pytest`, then "
-          f"`hookmix train {args.name}-mnist1d` (its shipped recipe)")
+    print(
+        f"wrote {path}: cd there, `pip install -e .`, `python -m pytest`, then "
+        f"`hookmix train {args.name}-mnist1d` (its shipped recipe)"
+    )
     return 0
 
 
 def cmd_bench(args) -> int:
-    from engine.bench import overhead
+    from engine.bench.overhead import overhead
 
     if args.what == "ddp":
-        from engine.bench_ddp import ddp_bench
+        from engine.bench.ddp import ddp_bench
 
         if args.workload == "tiny":
             raise BadInput("bench ddp has the workloads gpt and mlp; use --workload gpt, mlp or both")
         return ddp_bench(steps=args.steps, repeats=args.repeats or 5, workload=args.workload)
     if args.what == "fsdp":
-        from engine.bench_fsdp import fsdp_bench
+        from engine.bench.fsdp import fsdp_bench
 
         return fsdp_bench()
 
-    return overhead(steps=args.steps, noop=args.noop, workload=args.workload, against=args.against,
-                    clock=args.clock, repeats=args.repeats or 1, order=args.order,
-                    interleave=args.interleave)
+    return overhead(
+        steps=args.steps,
+        noop=args.noop,
+        workload=args.workload,
+        against=args.against,
+        clock=args.clock,
+        repeats=args.repeats or 1,
+        order=args.order,
+        interleave=args.interleave,
+    )
+
+
+def collect_commands(registry: Registry) -> dict[str, Any]:
+    """Sub-commands declared by installed plugins (their ``commands`` attribute), for the CLI."""
+    commands: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for info in registry.ok():
+        for verb, command in info.cls.commands.items():
+            if verb in commands:
+                if commands[verb] is command:  # inherited by a subclass: the same command, once
+                    continue
+                raise PluginConflict(f"command {verb!r} provided by both {owner[verb]} and {info.name}; uninstall one")
+            try:  # a verb whose arguments cannot be built is broken; the others still work
+                command.add_arguments(argparse.ArgumentParser(prog=f"hookmix {verb}"))
+            except Exception as exc:
+                print(
+                    f"hookmix: warning: command {verb!r} of plugin {info.name!r} is broken "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); skipped",
+                    file=sys.stderr,
+                )
+                continue
+            commands[verb], owner[verb] = command, info.name
+    return commands
 
 
 if __name__ == "__main__":

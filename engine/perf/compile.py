@@ -28,14 +28,17 @@ def compile_model(model: torch.nn.Module, manager) -> list[str]:
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "c++", "g++")):
         return ["compile: warning: no C++ compiler found, which inductor needs on CPU; running eager"]
     lines = ["compile: model compiled in place with torch.compile (first steps are slower while it compiles)"]
-    hooked = [name or "<model>" for name, m in model.named_modules()
-              if m._forward_hooks or m._forward_pre_hooks]
+    hooked = [name or "<model>" for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
     if hooked:
-        lines.append(f"compile: warning: forward hooks on {', '.join(hooked[:4])} (registered by plugins) "
-                     f"break the graph there; those modules' hooks run eagerly between compiled pieces")
+        lines.append(
+            f"compile: warning: forward hooks on {', '.join(hooked[:4])} (registered by plugins) "
+            f"break the graph there; those modules' hooks run eagerly between compiled pieces"
+        )
     forward = manager.providers("hookmix_forward")
     if forward:
-        lines.append(f"compile: warning: plugin {forward[0]!r} implements hookmix_forward; calls it makes "
-                     f"to submodules instead of model(...) run eagerly")
+        lines.append(
+            f"compile: warning: plugin {forward[0]!r} implements hookmix_forward; calls it makes "
+            f"to submodules instead of model(...) run eagerly"
+        )
     model.compile()
     return lines

@@ -38,8 +38,7 @@ from engine.errors import BadInput
 
 # Hooks that run while the weights are sharded and that the engine does not wrap in a gathered view:
 # a plugin that needs full weights and implements one of them is refused under FSDP.
-UNGATHERED_HOOKS = ("hookmix_before_backward", "hookmix_after_backward", "hookmix_optimizer_step",
-                    "hookmix_evaluate")
+UNGATHERED_HOOKS = ("hookmix_before_backward", "hookmix_after_backward", "hookmix_optimizer_step", "hookmix_evaluate")
 
 
 def units(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -56,8 +55,10 @@ def units(model: torch.nn.Module) -> list[torch.nn.Module]:
     inside = {id(m) for m in model.modules()}
     for unit in found:
         if not isinstance(unit, torch.nn.Module) or id(unit) not in inside or unit is model:
-            raise BadInput(f"model.fsdp_units() returned {type(unit).__name__}, not a sub-module of the model; "
-                           f"return the blocks to shard (e.g. the transformer blocks)")
+            raise BadInput(
+                f"model.fsdp_units() returned {type(unit).__name__}, not a sub-module of the model; "
+                f"return the blocks to shard (e.g. the transformer blocks)"
+            )
     return found
 
 
@@ -79,8 +80,10 @@ class Sharded:
     def add_frozen(self, module: torch.nn.Module) -> None:
         """Shard a frozen model (``state.add_frozen_module``) as a root of its own."""
         if any(isinstance(m, FSDPModule) for m in module.modules()):
-            raise BadInput(f"frozen module {type(module).__name__} is already sharded; register the plain module "
-                           f"with state.add_frozen_module and let the engine shard it")
+            raise BadInput(
+                f"frozen module {type(module).__name__} is already sharded; register the plain module "
+                f"with state.add_frozen_module and let the engine shard it"
+            )
         shard_tree(module, self.policy)
         self.frozen.append(module)
 
@@ -124,11 +127,18 @@ def shard_tree(module: torch.nn.Module, policy: MixedPrecisionPolicy) -> None:
         register_fsdp_forward_method(module, method)
 
 
-def shard(model: torch.nn.Module, modules: torch.nn.ModuleDict, precision: str,
-          frozen: dict[str, torch.nn.Module] | None = None) -> Sharded:
+def shard(
+    model: torch.nn.Module,
+    modules: torch.nn.ModuleDict,
+    precision: str,
+    frozen: dict[str, torch.nn.Module] | None = None,
+) -> Sharded:
     """``fully_shard`` the model's units, the model, every plugin module and every frozen model (in place)."""
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if precision == "bf16" else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision == "bf16"
+        else MixedPrecisionPolicy()
+    )
     shard_tree(model, policy)
     roots = [model]
     for module in modules.values():  # called by their plugins outside the model's forward: roots of their own
@@ -196,9 +206,11 @@ def check_full_weight_plugins(manager) -> list[str]:
     for hook in UNGATHERED_HOOKS:
         for name in manager.providers(hook):
             if name in names:
-                raise BadInput(f"plugin {name!r} needs full weight matrices (needs_full_weights = True) in {hook}, "
-                               f"where run.strategy='fsdp' holds only row shards; use run.strategy=ddp "
-                               f"or remove {name} from run.plugins")
+                raise BadInput(
+                    f"plugin {name!r} needs full weight matrices (needs_full_weights = True) in {hook}, "
+                    f"where run.strategy='fsdp' holds only row shards; use run.strategy=ddp "
+                    f"or remove {name} from run.plugins"
+                )
     return names
 
 

@@ -6,7 +6,7 @@ TensorBoard's own ``SummaryWriter`` queues every event for a background thread t
 CRCs in pure Python and writes it: under the GIL that thread's work lands between the training
 step's kernels, once per log record. Here the
 CRC is google-crc32c's C implementation and the record goes into a buffered file in the calling
-thread, flushed when the metrics file is (:class:`engine.outputs.MetricsLog`). The protos are
+thread, flushed when the metrics file is (:class:`engine.rundir.metrics_log.MetricsLog`). The protos are
 TensorBoard's; files read back with its ``EventAccumulator`` (tests/engine/test_outputs.py).
 """
 
@@ -21,7 +21,6 @@ import time
 import google_crc32c
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
-
 
 _serial = itertools.count()  # two files of one process in one second get different names
 
@@ -55,8 +54,9 @@ class EventFile:
     def _write(self, event: Event) -> None:
         data = event.SerializeToString()
         header = struct.pack("<Q", len(data))
-        self.file.write(header + struct.pack("<I", masked_crc32c(header)) + data
-                        + struct.pack("<I", masked_crc32c(data)))
+        self.file.write(
+            header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+        )
 
     def flush(self) -> None:
         self.file.flush()
