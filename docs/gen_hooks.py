@@ -17,7 +17,27 @@ the order the loop fires them. To write a plugin, start with the tutorial in
 [contrib/hookmix-ema/README.md](../contrib/hookmix-ema/README.md).
 
 ## Calling conventions
+
+Each spec declares its convention (`@spec(kind, ...)` in `engine/hookspecs.py`, recorded on the
+function as `convention`); the manager (validation, hook callers, the plan), the FSDP full-weight
+rule and this page all read that one declaration. The kinds:
 """
+
+
+def describe(convention: hookspecs.Convention) -> str:
+    """The convention line of a hook's section."""
+    text = f"Convention: **{convention.kind}**"
+    if convention.kind == "fold":
+        text += f" over `{convention.into}`"
+    elif convention.kind == "merge":
+        into = f"`{convention.into}`" if convention.into else "one dict"
+        text += f" of named {convention.names}s into {into} (a name returned twice: an error naming both plugins)"
+    text += "."
+    if convention.fsdp_weights == "gathered":
+        text += " Under FSDP: gathered full weights (docs/distributed.md)."
+    elif convention.fsdp_weights == "shards":
+        text += " Under FSDP: row shards only; a plugin with `needs_full_weights = True` may not implement it."
+    return text
 
 
 def main() -> None:
@@ -33,8 +53,7 @@ def main() -> None:
             name = line[4:].split("(")[0]
             fn = getattr(hookspecs, name)
             sig = str(inspect.signature(fn)).replace("'", "")
-            convention = hookspecs.CONVENTIONS[name]
-            parts += [f"### {name}", "", f"`{name}{sig}`", "", f"Convention: **{convention}**.", "",
+            parts += [f"### {name}", "", f"`{name}{sig}`", "", describe(fn.convention), "",
                       inspect.getdoc(fn), ""]
     pathlib.Path(__file__).with_name("hooks.md").write_text("\n".join(parts).rstrip() + "\n")
 

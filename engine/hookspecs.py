@@ -1,20 +1,29 @@
 """Hook specifications: the whole contract between the engine and its plugins.
 
 One section per phase of the loop, in the order the loop fires them (see the pseudocode in
-:mod:`engine.loop`). Every docstring gives one summary line, when the hook fires, its
-arguments, what it returns and its **calling convention**:
+:mod:`engine.loop`). Every spec is declared with :func:`spec`, which records its
+:class:`Convention` on it; the manager (validation, the hook callers, the plan), the FSDP
+full-weight rule and docs/hooks.md all read that one declaration. Every docstring gives one
+summary line naming the convention's kind, when the hook fires, its arguments and what it
+returns. The **calling convention**:
 
-collect-all
-    Every implementation runs, in the plugin order the engine computed; ``None`` results are
-    dropped and the engine combines the rest (sums loss terms, merges dicts, errors on
-    duplicate names).
+notify
+    Every implementation runs, in the plugin order the engine computed; the engine does not use
+    the results (observers, validators, edits in place).
+collect
+    Every implementation runs in order; the engine gets the results that are not ``None``,
+    each with its plugin's name, and combines them itself (e.g. merges param groups).
+merge
+    Every implementation runs in order and returns named results (a dict) or ``None``; the
+    engine merges them into one dict, or into an argument (``outputs``), and fails on a name
+    returned twice, naming both plugins (loss terms are then summed).
+fold
+    Implementations run in plugin order; each receives the previous one's result (``None``
+    means "unchanged").
 exclusive
     At most one plugin may implement it. The engine checks this when the run is set up and
     fails with an error naming both plugins (it never lets pluggy pick a silent winner).
     Where the engine has a built-in behaviour it is used when no plugin implements the hook.
-ordered fold
-    Implementations run in plugin order; each receives the previous one's result (``None``
-    means "unchanged").
 wrapper
     The engine owns the inner behaviour; plugins wrap it with ``@hookimpl(wrapper=True)``,
     run code before ``yield`` and after it, and must return the inner result (possibly
@@ -23,7 +32,11 @@ per plugin
     The engine calls each plugin's implementation separately and keys the result by the
     plugin's name (used for checkpoint state).
 
-The convention of each hook is data (:data:`CONVENTIONS`), read by the manager and the docs.
+Under ``run.strategy = "fsdp"`` a spec also says which weights its hook sees: ``gathered``
+(the engine gathers full weights around it: always for ``hookmix_eval_metrics``, and for
+``hookmix_after_optimizer_step`` while a plugin declares ``needs_full_weights``) or ``shards``
+(row shards only, with no gathered view: a plugin that needs full weights may not implement it).
+
 What a plugin *declares* rather than does — its config class, capabilities, ordering, shipped
 recipes, CLI commands, supported API range — are class attributes of :class:`engine.Plugin`,
 not hooks.
@@ -37,8 +50,9 @@ logit transforms, ``state.provider(capability)`` for the plugin that provides a 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+import attrs
 import pluggy
 
 if TYPE_CHECKING:
@@ -47,48 +61,58 @@ if TYPE_CHECKING:
     from engine.state import State
 
 hookspec = pluggy.HookspecMarker("hookmix")
+F = TypeVar("F", bound=Callable[..., Any])
 
-# The calling convention of every hook, in one place: read by the manager (validation,
-# dispatch, the plan), by docs/gen_hooks.py and by the docs test. A hook missing here fails
-# the test suite; the docstring's summary line must name the same convention.
-CONVENTIONS: dict[str, str] = {
-    "hookmix_configure": "collect-all",
-    "hookmix_data": "exclusive",
-    "hookmix_model": "exclusive",
-    "hookmix_setup_model": "collect-all",
-    "hookmix_param_groups": "collect-all",
-    "hookmix_optimizer": "exclusive",
-    "hookmix_lr_scheduler": "exclusive",
-    "hookmix_on_train_start": "collect-all",
-    "hookmix_generate_rollouts": "exclusive",
-    "hookmix_rewards": "collect-all",
-    "hookmix_advantages": "exclusive",
-    "hookmix_forward": "exclusive",
-    "hookmix_aux_outputs": "collect-all",
-    "hookmix_transform_logits": "ordered fold",
-    "hookmix_loss_terms": "collect-all",
-    "hookmix_before_backward": "collect-all",
-    "hookmix_after_backward": "collect-all",
-    "hookmix_optimizer_step": "wrapper",
-    "hookmix_after_optimizer_step": "collect-all",
-    "hookmix_evaluate": "wrapper",
-    "hookmix_eval_metrics": "collect-all",
-    "hookmix_on_log": "collect-all",
-    "hookmix_on_train_end": "collect-all",
-    "hookmix_plugin_state": "per plugin",
-    "hookmix_load_plugin_state": "per plugin",
-}
-EXCLUSIVE = frozenset(h for h, c in CONVENTIONS.items() if c == "exclusive")
-WRAPPERS = frozenset(h for h, c in CONVENTIONS.items() if c == "wrapper")
-PER_PLUGIN = frozenset(h for h, c in CONVENTIONS.items() if c == "per plugin")
+KINDS = ("notify", "collect", "merge", "fold", "exclusive", "wrapper", "per plugin")
+FSDP_WEIGHTS = ("", "gathered", "shards")
+
+
+@attrs.frozen
+class Convention:
+    """How the engine calls a hook's implementations and what it does with their results (see above)."""
+
+    kind: str = attrs.field(validator=attrs.validators.in_(KINDS))
+    # fold: the argument each result replaces; merge: the argument merged into (None: a new dict)
+    into: str | None = None
+    # merge: what the merged names are, for the error on a name returned twice ("loss term 'ce' ...")
+    names: str = "result"
+    # under run.strategy='fsdp': "gathered", "shards", or "" (no weights, or before sharding); see above
+    fsdp_weights: str = attrs.field(default="", validator=attrs.validators.in_(FSDP_WEIGHTS))
+
+
+def spec(kind: str, *, into: str | None = None, names: str = "result", fsdp_weights: str = "") -> Callable[[F], F]:
+    """Declare a hook: pluggy's spec marker, and its :class:`Convention` as the function's ``convention``."""
+    convention = Convention(kind, into, names, fsdp_weights)
+
+    def declare(fn: F) -> F:
+        fn.convention = convention  # type: ignore[attr-defined]
+        # a wrapper hook's one inner implementation is the engine's: ``yield`` hands wrappers its result itself
+        return hookspec(firstresult=kind == "wrapper")(fn)
+
+    return declare
+
+
+def conventions() -> dict[str, Convention]:
+    """Every hook's convention by hook name, in the order the loop fires them (the order of this module)."""
+    return {name: fn.convention for name, fn in globals().items() if name.startswith("hookmix_")}
+
+
+def hook_names() -> list[str]:
+    """Every hook's name, in the order the loop fires them."""
+    return list(conventions())
+
+
+def convention(hook_name: str) -> Convention:
+    """The convention declared on ``hook_name``'s spec."""
+    return globals()[hook_name].convention
 
 
 # --- Setup ----------------------------------------------------------------------------------
 
 
-@hookspec
+@spec("notify")
 def hookmix_configure(state: State) -> None:
-    """Validate the combination of enabled plugins and their configs (collect-all).
+    """Validate the combination of enabled plugins and their configs (notify).
 
     Fires once, after configs are structured and before anything is built. Raise
     :class:`engine.BadInput` with a one-line message naming the problem and the fix, e.g.
@@ -96,7 +120,7 @@ def hookmix_configure(state: State) -> None:
     """
 
 
-@hookspec
+@spec("exclusive")
 def hookmix_data(state: State) -> Any:
     """Build the data source (exclusive; required for training).
 
@@ -108,7 +132,7 @@ def hookmix_data(state: State) -> Any:
     """
 
 
-@hookspec
+@spec("exclusive")
 def hookmix_model(state: State) -> torch.nn.Module:
     """Build the trained model (exclusive; required for training).
 
@@ -118,9 +142,9 @@ def hookmix_model(state: State) -> torch.nn.Module:
     """
 
 
-@hookspec
+@spec("notify")
 def hookmix_setup_model(model: torch.nn.Module, state: State) -> None:
-    """Prepare the model once it is built and on its device (collect-all).
+    """Prepare the model once it is built and on its device (notify).
 
     Fires before the optimizer is built and before a checkpoint is restored. Use it to add
     plugin-owned trainable modules (``state.add_module(name, module)``: trained, checkpointed,
@@ -131,9 +155,9 @@ def hookmix_setup_model(model: torch.nn.Module, state: State) -> None:
     """
 
 
-@hookspec
+@spec("collect")
 def hookmix_param_groups(model: torch.nn.Module, state: State) -> list[dict] | None:
-    """Claim parameters for optimizer param groups (collect-all, merged).
+    """Claim parameters for optimizer param groups (collect; the engine merges the lists).
 
     Returns a list of dicts ``{"name": str, "params": [Parameter, ...], **options}``. The
     engine merges the lists of all plugins, puts every unclaimed trainable parameter
@@ -142,7 +166,7 @@ def hookmix_param_groups(model: torch.nn.Module, state: State) -> list[dict] | N
     """
 
 
-@hookspec
+@spec("exclusive")
 def hookmix_optimizer(param_groups: list[dict], state: State) -> torch.optim.Optimizer:
     """Build the optimizer from the merged param groups (exclusive; required for training).
 
@@ -153,7 +177,7 @@ def hookmix_optimizer(param_groups: list[dict], state: State) -> torch.optim.Opt
     """
 
 
-@hookspec
+@spec("exclusive")
 def hookmix_lr_scheduler(optimizer: torch.optim.Optimizer, state: State) -> Any:
     """Build the learning-rate scheduler (exclusive; optional).
 
@@ -163,9 +187,9 @@ def hookmix_lr_scheduler(optimizer: torch.optim.Optimizer, state: State) -> Any:
     """
 
 
-@hookspec
+@spec("notify")
 def hookmix_on_train_start(state: State) -> None:
-    """Observe the start of training (collect-all).
+    """Observe the start of training (notify).
 
     Fires after setup and after a resume restored everything, just before the first step.
     ``state.start_step`` is the first step to run (non-zero when resuming).
@@ -175,7 +199,7 @@ def hookmix_on_train_start(state: State) -> None:
 # --- Reinforcement learning: rollouts, rewards, advantages ----------------------------------
 
 
-@hookspec
+@spec("exclusive")
 def hookmix_generate_rollouts(model: torch.nn.Module, batch: dict, state: State) -> dict:
     """Sample rollouts from the policy for a batch of prompts (exclusive; optional).
 
@@ -186,9 +210,9 @@ def hookmix_generate_rollouts(model: torch.nn.Module, batch: dict, state: State)
     """
 
 
-@hookspec
+@spec("merge", names="reward term")
 def hookmix_rewards(rollouts: dict, state: State) -> dict[str, torch.Tensor] | None:
-    """Score rollouts: named, already-weighted reward terms, one value per rollout (collect-all).
+    """Score rollouts: named, already-weighted reward terms, one value per rollout (merge).
 
     Fires after ``hookmix_generate_rollouts``. The engine sums the terms into
     ``rollouts["reward"]``, logs each mean as ``train/reward/<name>`` and fails on a name
@@ -196,7 +220,7 @@ def hookmix_rewards(rollouts: dict, state: State) -> dict[str, torch.Tensor] | N
     """
 
 
-@hookspec
+@spec("exclusive")
 def hookmix_advantages(rollouts: dict, rewards: torch.Tensor, state: State) -> torch.Tensor:
     """Turn summed rewards into per-rollout advantages (exclusive; optional).
 
@@ -208,7 +232,7 @@ def hookmix_advantages(rollouts: dict, rewards: torch.Tensor, state: State) -> t
 # --- Forward and loss -----------------------------------------------------------------------
 
 
-@hookspec
+@spec("exclusive")
 def hookmix_forward(model: torch.nn.Module, batch: dict, state: State) -> dict:
     """Run the model on a (micro-)batch (exclusive; built-in default).
 
@@ -218,9 +242,9 @@ def hookmix_forward(model: torch.nn.Module, batch: dict, state: State) -> dict:
     """
 
 
-@hookspec
+@spec("merge", into="outputs", names="output")
 def hookmix_aux_outputs(model: torch.nn.Module, batch: dict, outputs: dict, state: State) -> dict[str, Any] | None:
-    """Add auxiliary outputs next to the model's: teacher logits, captured features (collect-all).
+    """Add auxiliary outputs next to the model's: teacher logits, captured features (merge into ``outputs``).
 
     Fires after ``hookmix_forward``. Returned keys are merged into ``outputs`` (e.g.
     ``"teacher_logits"``); a key already present or returned by two plugins is an error.
@@ -228,11 +252,11 @@ def hookmix_aux_outputs(model: torch.nn.Module, batch: dict, outputs: dict, stat
     """
 
 
-@hookspec
+@spec("fold", into="logits")
 def hookmix_transform_logits(
     logits: torch.Tensor, role: str, consumer: str, kind: str, state: State
 ) -> torch.Tensor | None:
-    """Transform logits as seen by one loss consumer (ordered fold, scoped per consumer).
+    """Transform logits as seen by one loss consumer (fold, scoped per consumer).
 
     Fires when a loss plugin asks ``state.logits(logits, role=..., consumer=..., kind=...)``,
     never globally: ``role`` is ``"student"`` or ``"teacher"``, ``consumer`` the asking
@@ -243,9 +267,9 @@ def hookmix_transform_logits(
     """
 
 
-@hookspec
+@spec("merge", names="loss term")
 def hookmix_loss_terms(batch: dict, outputs: dict, state: State) -> dict[str, torch.Tensor] | None:
-    """Return named, already-weighted scalar loss terms (collect-all).
+    """Return named, already-weighted scalar loss terms (merge).
 
     Fires once per micro-batch inside autocast. The engine sums all terms, divides by the
     gradient-accumulation factor, logs each as ``train/loss/<name>`` and the sum as
@@ -254,14 +278,14 @@ def hookmix_loss_terms(batch: dict, outputs: dict, state: State) -> dict[str, to
     """
 
 
-@hookspec
+@spec("notify", fsdp_weights="shards")
 def hookmix_before_backward(loss: torch.Tensor, state: State) -> None:
-    """Observe the micro-batch loss just before ``loss.backward()`` (collect-all, read-only)."""
+    """Observe the micro-batch loss just before ``loss.backward()`` (notify, read-only)."""
 
 
-@hookspec
+@spec("notify", fsdp_weights="shards")
 def hookmix_after_backward(model: torch.nn.Module, state: State) -> None:
-    """Inspect or edit gradients after a micro-batch's backward pass (collect-all).
+    """Inspect or edit gradients after a micro-batch's backward pass (notify).
 
     Fires once per micro-batch; after the last one the gradients are complete. Gradient
     clipping (``run.grad_clip``) happens after the last call.
@@ -271,7 +295,7 @@ def hookmix_after_backward(model: torch.nn.Module, state: State) -> None:
 # --- Optimizer step -------------------------------------------------------------------------
 
 
-@hookspec(firstresult=True)  # the engine's own step is the one inner implementation
+@spec("wrapper", fsdp_weights="shards")
 def hookmix_optimizer_step(optimizer: torch.optim.Optimizer, state: State) -> None:
     """Take one real optimizer step (wrapper around the engine's ``optimizer.step()``).
 
@@ -281,9 +305,9 @@ def hookmix_optimizer_step(optimizer: torch.optim.Optimizer, state: State) -> No
     """
 
 
-@hookspec
+@spec("notify", fsdp_weights="gathered")
 def hookmix_after_optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: State) -> None:
-    """Modify weights in place after each real optimizer step (collect-all, ordered).
+    """Modify weights in place after each real optimizer step (notify, in plugin order).
 
     Runs under ``torch.no_grad()``, once per real step (after all accumulation micro-batches),
     before the scheduler step, ``zero_grad``, evaluation and checkpointing. ``state.step`` is
@@ -298,7 +322,7 @@ def hookmix_after_optimizer_step(model: torch.nn.Module, optimizer: torch.optim.
 # --- Evaluation and logging -----------------------------------------------------------------
 
 
-@hookspec(firstresult=True)  # so ``yield`` hands wrappers the metrics dict itself
+@spec("wrapper", fsdp_weights="shards")
 def hookmix_evaluate(model: torch.nn.Module, state: State) -> dict[str, float]:
     """Evaluate the model (wrapper around the engine's evaluation).
 
@@ -310,9 +334,9 @@ def hookmix_evaluate(model: torch.nn.Module, state: State) -> dict[str, float]:
     """
 
 
-@hookspec
+@spec("merge", names="metric", fsdp_weights="gathered")
 def hookmix_eval_metrics(model: torch.nn.Module, state: State) -> dict[str, float] | None:
-    """Return extra evaluation metrics, namespaced by plugin (collect-all).
+    """Return extra evaluation metrics, namespaced by plugin (merge).
 
     Fires inside ``hookmix_evaluate`` in eval mode under ``torch.no_grad()``, e.g.
     ``{"lipschitz/bound": 1.93}``. Duplicate names are an error. Under ``run.strategy = "fsdp"``
@@ -320,23 +344,23 @@ def hookmix_eval_metrics(model: torch.nn.Module, state: State) -> dict[str, floa
     """
 
 
-@hookspec
+@spec("notify")
 def hookmix_on_log(metrics: dict[str, float], state: State) -> None:
-    """Observe a record just written to ``metrics.jsonl`` and TensorBoard (collect-all, read-only).
+    """Observe a record just written to ``metrics.jsonl`` and TensorBoard (notify, read-only).
 
     Fires every ``run.log_interval`` steps and after each evaluation, on the main process only.
     """
 
 
-@hookspec
+@spec("notify")
 def hookmix_on_train_end(state: State, summary: dict) -> None:
-    """Observe the end of a successful run (collect-all); ``summary`` is what ``summary.json`` holds."""
+    """Observe the end of a successful run (notify); ``summary`` is what ``summary.json`` holds."""
 
 
 # --- Checkpoint state -----------------------------------------------------------------------
 
 
-@hookspec
+@spec("per plugin")
 def hookmix_plugin_state(state: State) -> dict | None:
     """Return this plugin's resumable state (per plugin).
 
@@ -345,7 +369,7 @@ def hookmix_plugin_state(state: State) -> dict | None:
     """
 
 
-@hookspec
+@spec("per plugin")
 def hookmix_load_plugin_state(plugin_state: dict, state: State) -> None:
     """Restore what ``hookmix_plugin_state`` returned (per plugin).
 

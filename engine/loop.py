@@ -5,7 +5,7 @@
     setup:
         configure(state)                                  # cross-plugin validation
         state.data   = data(state)                        # exclusive
-        state.model  = model(state); setup_model(model)   # exclusive; collect-all
+        state.model  = model(state); setup_model(model)   # exclusive; notify
         groups       = merge(param_groups(model))         # a parameter in two groups: error
         optimizer    = optimizer(groups); scheduler = lr_scheduler(optimizer)
         [main process: lock the run directory (one writer); engine/rundir/claim.py]
@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import sys
 import time
-from typing import IO, Callable
+from typing import IO, TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -57,11 +58,10 @@ from engine.errors import BadInput, HookmixError, Interrupted
 from engine.evaluation import evaluate_model
 from engine.failures import interrupts
 from engine.failures.blame import setup_failure, training_failure
-from engine.manager import build_state
+from engine.manager import Manager, build_state
 from engine.param_groups import merge_param_groups
 from engine.perf.compile import compile_model
 from engine.perf.throughput import Throughput
-from engine.rollouts import roll_out
 from engine.rundir import checkpoint
 from engine.rundir.claim import Claim, open_location, record_recipe_change
 from engine.rundir.directory import RunDir
@@ -70,6 +70,13 @@ from engine.rundir.metrics_log import MetricsLog, metrics_to_keep
 from engine.rundir.progress import Progress
 from engine.state import State
 from engine.step import bind_step
+
+if TYPE_CHECKING:
+    from engine.distributed.fsdp import Sharded
+
+
+def _not_set_up() -> None:
+    raise RuntimeError("Trainer.train_step() before Trainer.setup(): set the trainer up first")
 
 
 class Trainer:
@@ -87,26 +94,46 @@ class Trainer:
         profile: bool = False,
     ) -> None:
         self.recipe = recipe
-        self.profile_hooks = profile  # per-hook timing (also HOOKMIX_PROFILE=1): see Trainer.profile
-        self.restart = restart  # an elastic restart before the first checkpoint: the run directory is reused
-        self.group: Group | None = None
-        self.wrapper = (
-            None  # DDP or FSDP (engine.distributed.fsdp.Sharded) over the model and plugin modules (distributed runs)
-        )
-        self.sharded = None  # run.strategy='fsdp': the FSDP2 modules (engine.distributed.fsdp.Sharded)
-        self.gather = False  # a plugin needs full weights: post-step hooks run in state.full_weights()
         self.registry = registry
-        self.resume = resume
-        self.stream = stream or sys.stdout
+        self.resume = resume  # continue from the run directory's last checkpoint
+        self.restart = restart  # an elastic restart before the first checkpoint: the run directory is reused
+        self.stream = stream or sys.stdout  # where the plan and the progress are printed
         self.quiet = quiet
-        self.state: State | None = None
-        self.metrics_log: MetricsLog | None = None
-        self.last: dict[str, float] = {}
-        self.wall_before = 0.0
-        self.claim: Claim | None = None
+        self.profile_hooks = profile  # per-hook timing (also HOOKMIX_PROFILE=1): see Trainer.profile
+        # --- built by setup() ---
+        self.group: Group | None = None  # the process group (inactive in one process)
+        self.state: State | None = None  # what the hooks see
+        self.manager: Manager | None = None  # the enabled plugins, ordered, and their hook callers
+        self.versions: dict[str, tuple[str, str]] = {}  # plugin name -> (distribution, version)
+        self.wrapper: torch.nn.Module | Sharded | None = None  # DDP or FSDP over model + plugin modules
+        self.sharded: Sharded | None = None  # run.strategy='fsdp': the FSDP2 modules
+        self.gather = False  # a plugin needs full weights: post-step hooks run in state.full_weights()
+        self.compile_plan: list[str] = []  # run.compile: the plan's lines on what was compiled
+        self.throughput: Throughput | None = None  # counts each micro-batch for the perf/ metrics
+        self.params: list[torch.nn.Parameter] = []  # every optimized parameter (gradient clipping)
+        self.resuming = False  # setup restores a checkpoint of the run directory
+        self.resume_changes: list[str] = []  # what differs from the checkpoint's run (printed on resume)
+        self.kept_metrics: list[str] | None = None  # on resume: metrics.jsonl's records up to the checkpoint
+        self.progress: Progress | None = None  # the progress display (quiet but on the main process)
+        self.claim: Claim | None = None  # the main process's hold on the run directory (its lock)
+        self.metrics_log: MetricsLog | None = None  # metrics.jsonl and TensorBoard (main process)
+        self.train_step: Callable[[], None] = _not_set_up  # one optimizer step of this run (engine/step.py)
+        # --- while training ---
+        self.t0 = 0.0  # perf_counter() at the end of setup: wall_seconds counts from it
+        self.wall_before = 0.0  # wall seconds spent before the resumed checkpoint
+        self.last: dict[str, float] = {}  # the latest value of every metric (summary.json)
         self.saved_step: int | None = None  # step of the newest checkpoint on disk
         self.next_due = 0  # the next step at which a log, evaluation or checkpoint may be due (advance)
-        self.train_step: Callable[[], None]  # one optimizer step, written for this run by setup() (engine/step.py)
+
+    @classmethod
+    def from_recipe(cls, recipe=None, *overrides: str, **options) -> Trainer:
+        """A trainer for ``recipe`` with ``overrides``, for step-by-step control: ``setup()``, then
+        ``advance()`` (or ``train_step()``) per step, or ``run()``. The arguments are :func:`engine.train`'s
+        (``plugins``, ``out``, ``resume``, ``quiet``, ``stream``, ``profile``, ``registry``); bad input
+        raises :class:`engine.BadInput` here or in ``setup()``, before anything is written."""
+        from engine.api import make_trainer
+
+        return make_trainer(cls, recipe, *overrides, **options)
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -131,8 +158,6 @@ class Trainer:
         group = self.group
         torch.manual_seed(run.seed)
         np.random.seed(run.seed % 2**32)
-        import random
-
         random.seed(run.seed)
 
         try:  # everything that can be bad input, on every rank; then every rank agrees (distributed.Group.agree)
@@ -142,7 +167,7 @@ class Trainer:
             error = exc
         group.agree(error)
         state, run_dir = self.state, self.state.run_dir
-        if group.rank > 0 and not state.resumed:  # rank 0 continues the 1-process torch stream (dropout, noise)
+        if group.rank > 0 and not state._resumed:  # rank 0 continues the 1-process torch stream (dropout, noise)
             torch.manual_seed(ddp.rank_seed(run.seed, group.rank))
         if group.active:
             self.wrapper = self.sharded or ddp.wrap(state.model, state.modules, device, run.grad_accum)
@@ -169,13 +194,12 @@ class Trainer:
             self.recipe, self.registry, device, evaluate=self._evaluate, profile=self.profile_hooks
         )
         self.state, self.manager = state, manager
-        state.use_group(self.group)
+        state._use_group(self.group)
         if not manager.has("hookmix_loss_terms"):
             raise BadInput(
                 "no enabled plugin returns loss terms; add a loss plugin (e.g. cross_entropy) to run.plugins"
             )
         self.versions = {n: (self.registry.info(n).dist, self.registry.info(n).version) for n in manager.order}
-        self.resume_changes: list[str] = []
         if self.group.active and not run.out:  # a timestamp differs between ranks and restarts
             raise BadInput(
                 "a distributed run needs its run directory named: pass --out DIR (or run.out); "
@@ -201,15 +225,12 @@ class Trainer:
             )
         self.compile_plan = compile_model(state.model, manager) if run.compile else []
         self.throughput = Throughput(state)
-        groups = hook("build the param groups", self._merge_param_groups)
+        groups = hook(
+            "build the param groups", lambda: merge_param_groups(manager.param_groups(state.model, state), state)
+        )
         state.optimizer = hook("build the optimizer", manager.optimizer, groups, state)
         state.scheduler = hook("build the LR scheduler", manager.lr_scheduler, state.optimizer, state)
         self.params = [p for g in groups for p in g["params"]]
-        self.rl = manager.has("hookmix_generate_rollouts")
-        # In one CPU process a batch is trained on as drawn; otherwise _prepare shards, moves and
-        # rolls it out. Decided once: per-step checks cost more than they look (docs/performance.md).
-        self.prepare = state.world_size > 1 or state.device.type != "cpu" or self.rl
-
         if state.world_size > 1:  # the global batch must split evenly; probe with a copy of the data generator
             probe = torch.Generator().set_state(state.generator.get_state())
             ddp.check_divisible(state.data.train_batch(probe), state.world_size)
@@ -227,21 +248,14 @@ class Trainer:
         self.progress = Progress(run.steps, state.start_step, self.stream, self.quiet or not state.is_main)
         for line in self.resume_changes:
             self.progress.print(f"resume: {line}")
-        self.progress.print(
-            "\n".join(
-                [
-                    manager.plan(self.versions, manager.constraint_overlaps(state.model)),
-                    *self.compile_plan,
-                    self.throughput.plan,
-                ]
-            )
-        )
+        plan = manager.plan(self.versions, manager.constraint_overlaps(state.model))
+        self.progress.print("\n".join([plan, *self.compile_plan, self.throughput.plan]))
         hook("start training", manager.on_train_start, state)
         return state
 
     @property
     def profile(self):
-        """The per-hook timing (``engine.manager.Profile``: ``seconds(hook, plugin)``, ``reset()``,
+        """The per-hook timing (``engine.perf.profile.Profile``: ``seconds(hook, plugin)``, ``reset()``,
         ``table()``) when the trainer was made with ``profile=True`` or HOOKMIX_PROFILE=1, else None."""
         return self.manager.profile
 
@@ -253,9 +267,6 @@ class Trainer:
             raise
         except Exception as exc:
             raise setup_failure(exc, what, self.manager.plugins) from None
-
-    def _merge_param_groups(self) -> list[dict]:
-        return merge_param_groups(self.manager.param_groups(self.state.model, self.state), self.state)
 
     # --- checkpointing ------------------------------------------------------------------------
 
@@ -270,7 +281,7 @@ class Trainer:
             "plugins": self.manager.plugin_states(state),
             "plugin_versions": {n: f"{d} {v}" for n, (d, v) in self.versions.items()},
             "plugin_configs": self.recipe.to_dict().get("plugins", {}),
-            "pending_metrics": state.train_log.pending(),
+            "pending_metrics": state._train_log.pending(),
             "wall_seconds": self.wall_before + time.perf_counter() - self.t0,
         }
 
@@ -309,11 +320,11 @@ class Trainer:
         self._setup_hook(
             "restore its checkpoint state", self.manager.load_plugin_states, payload.get("plugins", {}), state
         )
-        state.train_log.restore(payload["pending_metrics"])
+        state._train_log.restore(payload["pending_metrics"])
         self.resume_changes = checkpoint.resume_changes(payload, self.versions, self.recipe)
         ddp.restore_rank(state, self.manager, payload.get("ranks"), int(payload["step"]))
         state.step = state.start_step = int(payload["step"])
-        state.resumed = True
+        state._resumed = True
         self.wall_before = float(payload.get("wall_seconds", 0.0))
         if state.start_step >= self.recipe.run.steps:
             raise BadInput(
@@ -322,7 +333,7 @@ class Trainer:
             )
 
     def save_checkpoint(self) -> None:
-        self.state.train_log.read()  # the non-finite check: a checkpoint never holds weights trained on one
+        self.state._train_log.read()  # the non-finite check: a checkpoint never holds weights trained on one
         if self.metrics_log is not None:  # the records up to this step survive a kill (later ones are replayed)
             self.metrics_log.flush()
         state = self.state
@@ -331,34 +342,14 @@ class Trainer:
             from engine.distributed import sharded_checkpoint
 
             payload = {**self._payload(), "ranks": ranks} if state.is_main else None
-            sharded_checkpoint.save(
-                state.run_dir,
-                state.step,
-                payload,
-                self.recipe.run.keep_checkpoints,
-                state.model,
-                state.modules,
-                state.optimizer,
-                self.sharded,
-            )
+            trained = (state.model, state.modules, state.optimizer, self.sharded)
+            sharded_checkpoint.save(state.run_dir, state.step, payload, self.recipe.run.keep_checkpoints, *trained)
         elif state.is_main:
             payload = self._payload()
             if ranks is not None:
                 payload["ranks"] = ranks
             checkpoint.save(state.run_dir, state.step, payload, self.recipe.run.keep_checkpoints)
         self.saved_step = state.step
-
-    # --- one step -----------------------------------------------------------------------------
-
-    def _prepare(self, batch: dict) -> dict:
-        """A drawn batch as this rank trains on it: its rows, counted, on the device, rolled out."""
-        state = self.state
-        if state.world_size > 1:  # the global draw is the same on every rank; keep this rank's rows
-            batch = ddp.shard(batch, state.rank, state.world_size)
-        self.throughput.count(batch)
-        if state.device.type != "cpu":  # pinned host memory: the copy overlaps with compute
-            batch = {k: ddp.to_device(v, state.device) for k, v in batch.items()}
-        return roll_out(state.model, batch, state, self.manager) if self.rl else batch
 
     # --- evaluation and logging ---------------------------------------------------------------
 
@@ -376,7 +367,7 @@ class Trainer:
 
     def log_train(self) -> None:
         state = self.state
-        logged = state.train_log.pop_means()  # the one host read of the interval; raises on a non-finite loss term
+        logged = state._train_log.pop_means()  # the one host read of the interval; raises on a non-finite loss term
         if self.group.world_size > 1:  # one collective per log interval: the mean over ranks of each metric
             logged = mean_over_ranks(self.group.gather(logged))
         record = {"step": state.step, **logged}
@@ -387,7 +378,7 @@ class Trainer:
         self._record(record)
 
     def evaluate(self) -> dict:
-        self.state.train_log.read()  # the non-finite check: no evaluation record for weights trained on one
+        self.state._train_log.read()  # the non-finite check: no evaluation record for weights trained on one
         metrics = self.manager.evaluate(self.state.model, self.state)
         self._record({"step": self.state.step, **metrics})
         return metrics
@@ -489,7 +480,7 @@ class Trainer:
     def _close(self, failed: bool) -> None:
         """Close the progress display and metrics; release the run directory (after a failed
         setup, also remove the directory the claim created)."""
-        if getattr(self, "progress", None) is not None:
+        if self.progress is not None:
             self.progress.close()
             self.progress.quiet = True  # closed: a second close() draws nothing
         if self.metrics_log is not None:

@@ -1,9 +1,23 @@
 """The plugin manager: validates a plugin set, orders it, and calls hooks through typed methods.
 
-The loop never touches ``pm.hook``: it calls one method per hook (tox's style), and each method
-states how results are combined. Order is the engine's business: plugins declare ``before`` /
-``after``; the manager sorts them topologically (recipe order breaks ties), fails on cycles,
-and dispatches every hook in that order through callers written for the plan (engine/dispatch.py).
+The loop never touches ``pm.hook``: it calls one method per hook (tox's style). Order is the
+engine's business: plugins declare ``before`` / ``after``; the manager sorts them topologically
+(recipe order breaks ties), fails on cycles, and registers them with pluggy in that order.
+
+How each hook is called follows the convention declared on its spec (engine/hookspecs.py):
+
+- Every hook but the two wrapper hooks goes through a caller written for this run's plan
+  (engine/dispatch.py): one direct call per implementation, in plan order, with the results
+  combined as the convention says (notify, collect, merge, fold, exclusive, per plugin). pluggy
+  checks these implementations when they are registered, but never calls them.
+- The wrapper hooks, ``hookmix_optimizer_step`` and ``hookmix_evaluate``, go through pluggy
+  (``pm.hook``), which nests the plugins' ``wrapper=True`` implementations around the engine's own
+  (:class:`_Builtins`). While no plugin wraps one, the engine's own runs without pluggy.
+
+``HOOKMIX_TRACE=1`` (a line per implementation called) and ``HOOKMIX_PROFILE=1`` (the time of each
+hook by plugin: :class:`engine.perf.profile.Profile`) watch both paths the same way: every plugin's
+implementation, a written caller's callee or a pluggy wrapper alike, is wrapped once at setup
+(:meth:`Manager._watch`), and a run without them calls the plugins' functions themselves.
 """
 
 from __future__ import annotations
@@ -11,7 +25,6 @@ from __future__ import annotations
 import heapq
 import os
 import sys
-import time
 from typing import Any, Callable
 
 import pluggy
@@ -20,36 +33,11 @@ import torch
 from engine import hookspecs
 from engine.config.recipe import Recipe
 from engine.config.registry import Registry
-from engine.dispatch import make_caller
+from engine.dispatch import Impl, make_caller
 from engine.errors import BadInput, PluginConflict
 from engine.plugin import Plugin, capability_name, hookimpl, offers
 from engine.state import State
 
-WRAPPER_HOOKS = hookspecs.WRAPPERS
-# Collect-all hooks whose results the engine does not use: their callers only call.
-NOTIFY = frozenset(
-    {
-        "hookmix_configure",
-        "hookmix_setup_model",
-        "hookmix_on_train_start",
-        "hookmix_before_backward",
-        "hookmix_after_backward",
-        "hookmix_after_optimizer_step",
-        "hookmix_on_log",
-        "hookmix_on_train_end",
-    }
-)
-# How each hook's caller combines the results (engine.dispatch.make_caller); the rest collect a list
-# of (plugin, result). Exclusive hooks: the one provider's result (the plan refuses two providers).
-COMBINE = {
-    **{hook_name: ("exclusive",) for hook_name in hookspecs.EXCLUSIVE},
-    "hookmix_aux_outputs": ("merge", "outputs", "output"),
-    "hookmix_transform_logits": ("fold", "logits"),
-    "hookmix_loss_terms": ("merge", None, "loss term"),
-    "hookmix_rewards": ("merge", None, "reward term"),
-    "hookmix_eval_metrics": ("merge", None, "metric"),
-    **{hook_name: ("call",) for hook_name in NOTIFY},
-}
 ENGINE = "engine"
 
 
@@ -142,59 +130,65 @@ class Manager:
                 self.pm.register(plugins[name], name=name)
             except pluggy.PluginValidationError as exc:
                 raise BadInput(f"plugin {name!r} has an invalid hook implementation: {exc}; fix the plugin") from None
-        self._impls: dict[str, list[tuple[str, Callable, tuple[str, ...]]]] = {}
-        for hook_name in self.hook_names():
+        self.conventions = hookspecs.conventions()
+        self.profile = None  # engine.perf.profile.Profile when profiling (HOOKMIX_PROFILE=1 or profile=True)
+        if profile or os.environ.get("HOOKMIX_PROFILE") == "1":
+            from engine.perf.profile import Profile
+
+            self.profile = Profile()
+        self.trace = os.environ.get("HOOKMIX_TRACE") == "1"
+        self._impls: dict[str, list[Impl]] = {}  # the plain implementations of each hook, in plan order
+        self._wrapped: dict[str, bool] = {}  # each wrapper hook: whether a plugin wraps the engine's own
+        for hook_name, convention in self.conventions.items():
             impls = [i for i in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()) if i.plugin_name != ENGINE]
+            wrapper_hook = convention.kind == "wrapper"
             for impl in impls:
                 if impl.tryfirst or impl.trylast:
                     raise BadInput(
                         f"plugin {impl.plugin_name!r} uses tryfirst/trylast on {hook_name}; "
                         f"declare before/after on the plugin class instead"
                     )
-                is_wrapper = impl.wrapper or impl.hookwrapper
-                if is_wrapper != (hook_name in WRAPPER_HOOKS):
+                if (impl.wrapper or impl.hookwrapper) != wrapper_hook:
                     raise BadInput(
                         f"plugin {impl.plugin_name!r}: {hook_name} must be implemented "
-                        f"{'with' if hook_name in WRAPPER_HOOKS else 'without'} wrapper=True "
+                        f"{'with' if wrapper_hook else 'without'} wrapper=True "
                         f"(see its convention in docs/hooks.md)"
                     )
+            if wrapper_hook:  # pluggy calls these: it is handed the watched function
+                for impl in impls:
+                    impl.function = self._watch(hook_name, impl.plugin_name, impl.function, wrapper=True)
+                self._wrapped[hook_name] = bool(impls)
+                impls = []
             self._impls[hook_name] = [
-                (i.plugin_name, i.function, tuple(i.argnames)) for i in impls if not (i.wrapper or i.hookwrapper)
+                (i.plugin_name, self._watch(hook_name, i.plugin_name, i.function), tuple(i.argnames)) for i in impls
             ]
-        for hook_name in sorted(hookspecs.EXCLUSIVE):
+        for hook_name in sorted(h for h, c in self.conventions.items() if c.kind == "exclusive"):
             providers = self.providers(hook_name)
             if len(providers) > 1:
                 raise PluginConflict(
                     f"plugins {providers[0]!r} and {providers[1]!r} both implement {hook_name}, "
                     f"which takes one provider; remove one of them from run.plugins"
                 )
-        self._wrapped = {
-            h: any(i.wrapper or i.hookwrapper for i in getattr(self.pm.hook, h).get_hookimpls()) for h in WRAPPER_HOOKS
-        }
-        profile = profile or os.environ.get("HOOKMIX_PROFILE") == "1"
-        if profile:
-            from engine.perf.profile import Profile
-
-            self.profile = Profile(self)
-        else:
-            self.profile = None
-        self.trace = os.environ.get("HOOKMIX_TRACE") == "1"
-        if self.trace:
-            self.pm.trace.root.setwriter(sys.stderr.write)
-            self.pm.enable_tracing()
-        # What every hook call runs: a caller written for this plan (engine.dispatch), one direct call
-        # per implementation; tracing/profiling are wrapped in only when asked for, so a run pays
-        # nothing for what it does not use.
+        # What every other hook call runs: a caller written for this plan (engine.dispatch), one
+        # direct call per implementation, combining the results as the hook's convention says.
         self._calls = {
             hook_name: make_caller(
-                hook_name,
-                tuple(getattr(self.pm.hook, hook_name).spec.argnames),
-                [(name, _traced(hook_name, name, fn) if self.trace else fn, argnames) for name, fn, argnames in impls],
-                *COMBINE.get(hook_name, ("collect",)),
+                hook_name, tuple(getattr(self.pm.hook, hook_name).spec.argnames), impls, self.conventions[hook_name]
             )
             for hook_name, impls in self._impls.items()
+            if self.conventions[hook_name].kind != "wrapper"
         }
         self._bind_step_hooks()
+
+    def _watch(self, hook_name: str, plugin: str, fn: Callable, wrapper: bool = False) -> Callable:
+        """``fn``, ``plugin``'s implementation of ``hook_name``, as the run calls it: timed when profiling,
+        announced on stderr when tracing, itself otherwise. ``wrapper``: a generator function that pluggy
+        drives (timed over its own code, before and after its ``yield``, not the calls it wraps)."""
+        if self.profile is not None:
+            fn = (self.profile.timed_wrapper if wrapper else self.profile.timed)(hook_name, plugin, fn)
+        if self.trace:
+            fn = (_traced_wrapper if wrapper else _traced)(hook_name, plugin, fn)
+        return fn
 
     # --- validation and the plan -------------------------------------------------------------
 
@@ -223,7 +217,8 @@ class Manager:
 
     @staticmethod
     def hook_names() -> list[str]:
-        return list(hookspecs.CONVENTIONS)
+        """Every hook, in the order the loop fires them (the order of their specs)."""
+        return hookspecs.hook_names()
 
     def providers(self, hook_name: str) -> list[str]:
         impls = getattr(self.pm.hook, hook_name).get_hookimpls()
@@ -237,12 +232,12 @@ class Manager:
             dist, version = versions.get(name, ("?", "?"))
             lines.append(f"  {name:<{width}}  {dist + ' ' + version:<22} {type(self.plugins[name]).summary()}")
         lines.append("hooks (call order; * = exclusive provider, ~ = wrapper):")
-        for hook_name in self.hook_names():
-            if hook_name in hookspecs.PER_PLUGIN:
+        for hook_name, convention in self.conventions.items():
+            if convention.kind == "per plugin":
                 continue
             names = self.providers(hook_name)
             if names:
-                mark = "*" if hook_name in hookspecs.EXCLUSIVE else "~" if hook_name in WRAPPER_HOOKS else " "
+                mark = {"exclusive": "*", "wrapper": "~"}.get(convention.kind, " ")
                 lines.append(f"  {mark} {hook_name:<30} {' -> '.join(names)}")
         lines += [f"warning: {w}" for w in warnings]
         return "\n".join(lines)
@@ -270,9 +265,8 @@ class Manager:
     # --- dispatch ----------------------------------------------------------------------------
 
     def _call(self, hook_name: str, **kwargs) -> Any:
-        """Call every implementation in order and combine the results as the hook's convention says
-        (``COMBINE``): a list of (plugin name, result) for non-None results, the exclusive provider's
-        result, merged named results, or None for the NOTIFY hooks, whose results the engine does not use."""
+        """Call ``hook_name``'s caller (engine/dispatch.py): every implementation in order, the results
+        combined as the hook's convention says (``self.conventions``)."""
         return self._calls[hook_name](**kwargs)
 
     def _required(self, hook_name: str, what: str, **kwargs) -> Any:
@@ -338,12 +332,12 @@ class Manager:
 
     forward: Callable[..., dict]  # (model, batch, state) -> outputs; exclusive; default {"logits": model(input)}
     aux_outputs: Callable[..., dict]  # (model, batch, outputs, state) -> outputs; merged into outputs
-    transform_logits: Callable[..., torch.Tensor]  # (logits, role, consumer, kind, state) -> logits; ordered fold
+    transform_logits: Callable[..., torch.Tensor]  # (logits, role, consumer, kind, state) -> logits; fold
     loss_terms: Callable[..., dict]  # (batch, outputs, state) -> {name: term}; merged
-    before_backward: Callable[..., None]  # (loss, state); collect-all, results unused
-    after_backward: Callable[..., None]  # (model, state); collect-all, results unused
-    optimizer_step: Callable[..., None]  # (optimizer, state); wrappers around optimizer.step()
-    after_optimizer_step: Callable[..., None]  # (model, optimizer, state); collect-all under no_grad
+    before_backward: Callable[..., None]  # (loss, state); notify
+    after_backward: Callable[..., None]  # (model, state); notify
+    optimizer_step: Callable[..., None]  # (optimizer, state); the plugins' wrappers around optimizer.step()
+    after_optimizer_step: Callable[..., None]  # (model, optimizer, state); notify, under no_grad
 
     def _bind_step_hooks(self) -> None:
         calls, impls = self._calls, self._impls
@@ -354,9 +348,12 @@ class Manager:
         self.before_backward = calls["hookmix_before_backward"]
         self.after_backward = calls["hookmix_after_backward"]
         if self._wrapped["hookmix_optimizer_step"]:
-            self.optimizer_step = lambda optimizer, state: self._wrapper_call(
-                "hookmix_optimizer_step", optimizer=optimizer, state=state
-            )
+            wrapped = self.pm.hook.hookmix_optimizer_step
+
+            def optimizer_step(optimizer, state) -> None:
+                wrapped(optimizer=optimizer, state=state)  # pluggy: the wrappers around the engine's step
+
+            self.optimizer_step = optimizer_step
         else:
             self.optimizer_step = _plain_optimizer_step
         post_step = calls["hookmix_after_optimizer_step"]
@@ -376,17 +373,8 @@ class Manager:
 
     def evaluate(self, model, state) -> dict:
         if self._wrapped["hookmix_evaluate"]:
-            return self._wrapper_call("hookmix_evaluate", model=model, state=state)
+            return self.pm.hook.hookmix_evaluate(model=model, state=state)  # pluggy: the wrappers around it
         return self.builtins.evaluate(model, state)
-
-    def _wrapper_call(self, hook_name: str, **kwargs):
-        if self.profile is None:
-            return getattr(self.pm.hook, hook_name)(**kwargs)
-        t0 = time.perf_counter()
-        try:
-            return getattr(self.pm.hook, hook_name)(**kwargs)
-        finally:
-            self.profile.add(hook_name, "(wrappers + engine)", time.perf_counter() - t0)
 
     def eval_metrics(self, model, state) -> dict:
         return self._call("hookmix_eval_metrics", model=model, state=state)  # merged: a name twice is an error
@@ -423,9 +411,21 @@ def _plain_optimizer_step(optimizer, state) -> None:
 
 
 def _traced(hook_name: str, plugin: str, fn: Callable) -> Callable:
+    """``fn`` announcing each call on stderr (HOOKMIX_TRACE=1)."""
+
     def traced(*args):
         print(f"[hookmix trace] {hook_name} -> {plugin}", file=sys.stderr)
         return fn(*args)
+
+    return traced
+
+
+def _traced_wrapper(hook_name: str, plugin: str, fn: Callable) -> Callable:
+    """A wrapper implementation (a generator function pluggy drives) announcing each call on stderr."""
+
+    def traced(*args, **kwargs):
+        print(f"[hookmix trace] {hook_name} -> {plugin} (wrapper)", file=sys.stderr)
+        return (yield from fn(*args, **kwargs))
 
     return traced
 

@@ -44,7 +44,10 @@ def supports_api(spec: str) -> bool:
 
 @attrs.define
 class Command:
-    """A ``hookmix`` sub-command contributed by a plugin through its ``commands`` attribute."""
+    """A ``hookmix`` sub-command: an entry point of the ``hookmix.commands`` group, or a plugin's ``commands`` entry.
+
+    The CLI calls ``add_arguments`` with the verb's argparse parser and ``run`` with the parsed namespace.
+    """
 
     help: str
     add_arguments: Callable[[Any], None]  # receives the verb's argparse parser
@@ -94,6 +97,8 @@ class Plugin:
         A package (dotted name) whose ``*.toml`` files are recipes shipped with the plugin.
     ``commands``
         ``{verb: engine.Command}``: extra ``hookmix`` sub-commands (inherited like any attribute).
+        Plugin API 1.0, still honoured; a command belongs in the ``hookmix.commands`` entry-point
+        group instead (``verb = "module:attribute"``), where it needs no plugin to carry it.
     ``api``
         The plugin API versions supported, a PEP 440 specifier (default ``">=1.0,<2"``).
     ``needs_full_weights``
@@ -193,7 +198,7 @@ def check_plugin_class(cls: Any, registered_as: str) -> None:
 
 def _check_hooks(cls: type) -> None:
     """Every ``hookmix_*`` attribute is a known hook marked ``@hookimpl`` (else it would never run)."""
-    known = list(hookspecs.CONVENTIONS)
+    known = hookspecs.hook_names()
     for attr in dir(cls):
         if not attr.startswith("hookmix_"):
             continue
@@ -202,7 +207,7 @@ def _check_hooks(cls: type) -> None:
             continue
         close = difflib.get_close_matches(attr, known, n=1)
         hint = f"; did you mean {close[0]}?" if close and close[0] != attr else ""
-        if attr not in hookspecs.CONVENTIONS:
+        if attr not in known:
             raise TypeError(f"method {attr} is not a hook{hint or '; see docs/hooks.md for the hook names'}")
         if not callable(value) or not hasattr(value, "hookmix_impl"):
             raise TypeError(

@@ -30,6 +30,9 @@ class State:
     plugin registry (for plugins that open other runs: :func:`engine.open_run`). Plugins reach
     each other only through :meth:`provider` and hooks, never the manager.
 
+    The members without a leading underscore are the plugins' (docs/authoring.md lists them); the
+    ones with it are the engine's bookkeeping (the train log, the process group, the FSDP views).
+
     Distributed runs (docs/distributed.md): ``rank`` (0..world_size-1), ``world_size``,
     ``local_rank`` (the rank on this node: the GPU index), ``is_main`` (rank 0: the only process that
     writes outputs). ``state.model`` is always the plain module (never the DDP wrapper); each rank
@@ -47,13 +50,13 @@ class State:
             self.logits = _untransformed
         self.registry = registry
         self.device = device
-        self.autocast_dtype = torch.bfloat16 if recipe.run.precision == "bf16" else None
-        self.group: Any = None  # engine.distributed.group.Group of a run under torchrun (set by the trainer)
+        self._autocast_dtype = torch.bfloat16 if recipe.run.precision == "bf16" else None
+        self._group: Any = None  # engine.distributed.group.Group of the run (set by the trainer: _use_group)
         self.rank, self.world_size, self.local_rank, self.is_main = 0, 1, 0, True
         self.step = 0
         self.start_step = 0
         self.micro = 0
-        self.resumed = False
+        self._resumed = False  # restored from a checkpoint (the trainer's RNG seeding depends on it)
         self.data: Any = None
         self.model: torch.nn.Module | None = None
         self.modules = torch.nn.ModuleDict()
@@ -62,10 +65,10 @@ class State:
         self.generator = torch.Generator().manual_seed(recipe.run.seed + 1)  # data order
         self.run_dir: RunDir | None = None
         self.cache_dir = cache_dir_from_env()
-        self.train_log = TrainLog()  # the loop's loss terms and state.log values of the current log interval
-        self.full_view: Any = None  # run.strategy='fsdp': engine.distributed.fsdp.full_weights over the sharded modules
+        self._train_log = TrainLog()  # the loop's loss terms and state.log values of the current log interval
+        self._full_view: Any = None  # run.strategy='fsdp': engine.distributed.fsdp.full_weights over the shards
         self.frozen_modules: dict[str, torch.nn.Module] = {}  # state.add_frozen_module (read-only for plugins)
-        self.shard_frozen: Any = None  # run.strategy='fsdp', after sharding: engine.fsdp shards a late frozen module
+        self._shard_frozen: Any = None  # run.strategy='fsdp', after sharding: shards a late frozen module
 
     def log(self, name: str, value: float | torch.Tensor) -> None:
         """Record a training metric; the engine logs its mean over each log interval.
@@ -73,7 +76,7 @@ class State:
         Values are only collected here (a list append: no arithmetic, no device sync, no tensor built
         for a Python number); they are read and averaged at log time (engine/train_log.py).
         """
-        self.train_log.log(name, value)
+        self._train_log.log(name, value)
 
     @overload
     def provider(self, capability: type[T]) -> T | None: ...
@@ -106,9 +109,9 @@ class State:
         """``model`` run on ``batch`` the way the run's forward does it (``hookmix_forward`` or the default)."""
         return self._manager.forward(model, batch, self)
 
-    def use_group(self, group: Any) -> None:
+    def _use_group(self, group: Any) -> None:
         """Adopt the run's process group (the trainer calls this before any plugin hook)."""
-        self.group = group
+        self._group = group
         self.rank, self.world_size = group.rank, group.world_size
         self.local_rank = group.env.local_rank
         self.is_main = self.rank == 0
@@ -116,11 +119,11 @@ class State:
     def all_reduce_mean(self, value: float | torch.Tensor) -> float | torch.Tensor:
         """The mean of ``value`` over all ranks (a float, or a tensor of the same shape); every rank
         must call it at the same point. In one process it returns ``value`` unchanged."""
-        return value if self.group is None else self.group.all_reduce_mean(value)
+        return value if self._group is None else self._group.all_reduce_mean(value)
 
     def all_reduce_sum(self, value: float | torch.Tensor) -> float | torch.Tensor:
         """The sum of ``value`` over all ranks (see :meth:`all_reduce_mean`)."""
-        return value if self.group is None else self.group.all_reduce_sum(value)
+        return value if self._group is None else self._group.all_reduce_sum(value)
 
     def data_info(self, key: str, *, needed_by: str, what: str) -> Any:
         """``data.info[key]``, or bad input naming the plugin that needs it and what it needs."""
@@ -158,23 +161,23 @@ class State:
             )
         module = module.to(self.device).eval().requires_grad_(False)
         self.frozen_modules[name] = module
-        if self.shard_frozen is not None:  # added after the engine sharded the run (e.g. in hookmix_on_train_start)
-            self.shard_frozen(module)
+        if self._shard_frozen is not None:  # added after the engine sharded the run (e.g. in hookmix_on_train_start)
+            self._shard_frozen(module)
         return module
 
     def full_weights(self, write_back: bool = True):
         """Context manager: under ``run.strategy='fsdp'`` every sharded parameter is gathered and put in
         the model as a plain full tensor (in-place changes are written back to the shards on exit); yields
         ``{name: full tensor}``. A collective: every rank must enter it. Elsewhere a no-op yielding ``{}``."""
-        if self.full_view is None:
+        if self._full_view is None:
             return contextlib.nullcontext({})
-        return self.full_view(write_back)
+        return self._full_view(write_back)
 
     def autocast(self):
         """The autocast context of the run (a no-op in fp32)."""
-        if self.autocast_dtype is None:
+        if self._autocast_dtype is None:
             return NULL_CONTEXT
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
 
 def cache_dir_from_env() -> str:

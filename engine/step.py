@@ -1,38 +1,16 @@
-"""One optimizer step of a run, written out once for what the run fixed at setup.
+"""One optimizer step of a run: the step of the loop's pseudocode (engine/loop.py), as plain Python.
 
-The step is the loop's hottest code: on a small model every Python call and branch in it shows in
-the step time (docs/performance.md). Most of its branches are decided once per run (gradient
-accumulation, the DDP/FSDP wrapper, bf16 autocast, clipping, a scheduler, which hooks some plugin
-implements), so :func:`bind_step` writes the step's text with only the lines this run needs, the
-way engine/dispatch.py writes the hook callers, and binds the model, data, optimizer and hook
-callers as its names. The text is kept as ``trainer.train_step.source``. For a one-process fp32
-run with one loss plugin and nothing else per step it reads::
+:func:`bind_step` returns ``train_step``, a closure over what the run fixed at setup: the model,
+data, optimizer, the hook callers (engine/dispatch.py) and the run's settings (gradient
+accumulation, the DDP/FSDP wrapper, bf16 autocast, clipping, a scheduler, which per-step hooks
+some plugin implements). It hoists them into local names once, as torchtitan and nanoGPT's
+``train.py`` do, so the step reads no attribute chain per call and branches inline on flags that
+never change during the run. A hook no plugin implements is not called.
 
-    def train_step():
-        if not model.training:
-            model.train()
-        step = state.step + 1
-        batch = train_batch(generator)
-        shapes.append(getattr(batch.get("input"), "shape", None))
-        outputs = {"logits": model(batch["input"])}
-        terms = loss_terms(batch, outputs, state)
-        if len(terms) == 1:
-            (name, loss), = terms.items()
-            records.append((step, (name,), (loss.detach(),)))
-        else:
-            if not terms:
-                no_loss_terms(step)
-            loss = sum(terms.values())
-            records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))
-        loss.backward()
-        optimizer.step()
-        state.step = step
-        optimizer.zero_grad(set_to_none=True)
-
-and every line :func:`step_lines` can add is the step of the loop's pseudocode (engine/loop.py).
-The records are each micro-batch's loss terms for the train metrics and the non-finite check, read
-at log time (engine/train_log.py). Everything bound is fixed once setup is done; what changes
-during a run is read from ``state`` (the step counter) or kept in place (the records and shapes lists).
+The records are each micro-batch's loss terms for the train metrics and the non-finite check,
+read at log time (engine/train_log.py); the input shapes counted for the throughput metrics
+likewise (engine/perf/throughput.py). What changes during a run is read from ``state`` (the
+step counter) or kept in place (the records and shapes lists).
 """
 
 from __future__ import annotations
@@ -49,143 +27,115 @@ if TYPE_CHECKING:
 
 
 def bind_step(trainer: Trainer) -> Callable[[], None]:
-    """The function that trains one optimizer step of ``trainer``'s run (set up)."""
+    """The function that trains one optimizer step of ``trainer``'s run (set up, its wrapper included)."""
     state, manager, run = trainer.state, trainer.manager, trainer.recipe.run
-    hooks = {
-        hook: manager.has(f"hookmix_{hook}")
-        for hook in ("aux_outputs", "before_backward", "after_backward", "after_optimizer_step")
-    }
-    if trainer.sharded is not None:  # FSDP: the gradient norm of sharded gradients is a DTensor
-        from engine.distributed.fsdp import plain
-    else:
-        plain = _same
-    names: dict[str, Any] = {
-        "state": state,
-        "model": state.model,
-        "optimizer": state.optimizer,
-        "scheduler": state.scheduler,
-        "train_batch": state.data.train_batch,
-        "generator": state.generator,
-        "forward": manager.forward,
-        "aux_outputs": manager.aux_outputs,
-        "loss_terms": manager.loss_terms,
-        "before_backward": manager.before_backward,
-        "after_backward": manager.after_backward,
-        "after_optimizer_step": manager.after_optimizer_step,
-        "optimizer_step": manager.optimizer_step,
-        "records": state.train_log.terms,  # appended to in place; TrainLog.read empties it in place
-        "shapes": trainer.throughput.shapes,  # appended to in place; Throughput.metrics empties it in place
-        "prepare": trainer._prepare,
-        "wrapper": trainer.wrapper,
-        "accum": run.grad_accum,
-        "clip": run.grad_clip,
-        "params": trainer.params,
-        "plain": plain,
-        "clip_grad_norm_": torch.nn.utils.clip_grad_norm_,
-        "detach": torch.Tensor.detach,
-        "_NULL": NULL_CONTEXT,
-        "no_loss_terms": _no_loss_terms,
-    }
-    lines = step_lines(
-        accum=run.grad_accum,
-        prepare=trainer.prepare,
-        wrapper=trainer.wrapper is not None,
-        autocast=state.autocast_dtype is not None,
-        clip=run.grad_clip > 0,
-        gather=trainer.gather,
-        scheduler=state.scheduler is not None,
-        wrapped_step=manager.wraps("hookmix_optimizer_step"),
-        forward_hook=manager.has("hookmix_forward"),
-        **hooks,
-    )
-    source = "\n".join(lines) + "\n"
-    exec(compile(source, "<hookmix step>", "exec"), names)  # noqa: S102 - text built from the fixed lines below
-    step = names["train_step"]
-    step.source = source
-    return step
+    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
+    train_batch, generator = state.data.train_batch, state.generator
+    prepare_batch = batch_preparation(trainer)  # None: in one CPU process a batch is trained on as drawn
+    count = trainer.throughput.count  # the input's shape for the throughput metrics
+    forward, loss_terms = manager.forward, manager.loss_terms  # forward: a plugin's, or the manager's default
+    # the per-step hooks some plugin implements; None: nobody does, and the step does not call them
+    aux_outputs = manager.aux_outputs if manager.has("hookmix_aux_outputs") else None
+    before_backward = manager.before_backward if manager.has("hookmix_before_backward") else None
+    after_backward = manager.after_backward if manager.has("hookmix_after_backward") else None
+    optimizer_step = manager.optimizer_step if manager.wraps("hookmix_optimizer_step") else None
+    after_optimizer_step = manager.after_optimizer_step if manager.has("hookmix_after_optimizer_step") else None
+    records = state._train_log.terms  # appended to in place; TrainLog.read empties it in place
+    detach = torch.Tensor.detach
+    wrapper = trainer.wrapper  # DDP or FSDP: the forward runs inside it, so that the backward reduces
+    accum, last_micro = run.grad_accum, run.grad_accum - 1
+    autocast = state._autocast_dtype is not None
+    clip, params, clip_grad_norm_ = run.grad_clip, trainer.params, torch.nn.utils.clip_grad_norm_
+    if trainer.sharded is None:
+        as_plain = _as_is
+    else:  # FSDP: the gradient norm of sharded gradients is a DTensor
+        from engine.distributed.fsdp import plain as as_plain
+    gather = trainer.gather  # a plugin needs whole matrices: post-step hooks see gathered weights (FSDP)
+
+    def forward_and_loss_terms(batch: dict) -> dict:
+        """One micro-batch's outputs (the forward, then the auxiliary outputs) and its loss terms."""
+        outputs = forward(model, batch, state)
+        if aux_outputs is not None:
+            outputs = aux_outputs(model, batch, outputs, state)
+        return loss_terms(batch, outputs, state)
+
+    def train_step() -> None:
+        if not model.training:  # train() walks every submodule: too slow to call per step on small models
+            model.train()
+        step = state.step + 1
+        for micro in range(accum):
+            state.micro = micro
+            batch = train_batch(generator)
+            if prepare_batch is None:
+                count(batch)
+            else:  # this rank's rows, counted, on the device, rolled out
+                batch = prepare_batch(batch)
+            # DDP/FSDP with accumulation: gradients are reduced on the last micro-batch only
+            with NULL_CONTEXT if wrapper is None or micro == last_micro else wrapper.no_sync():
+                with state.autocast() if autocast else NULL_CONTEXT:
+                    if wrapper is None:
+                        terms = forward_and_loss_terms(batch)
+                    else:
+                        terms = wrapper(lambda: forward_and_loss_terms(batch))
+                if len(terms) == 1:
+                    ((name, loss),) = terms.items()
+                    records.append((step, (name,), (loss.detach(),)))
+                else:
+                    if not terms:
+                        raise TrainingFailure(
+                            f"step {step}: no plugin returned a loss term for this batch; "
+                            f"check the loss plugins' conditions"
+                        )
+                    loss = sum(terms.values())
+                    records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))
+                if accum > 1:
+                    loss = loss / accum
+                if before_backward is not None:
+                    before_backward(loss, state)
+                loss.backward()
+                if after_backward is not None:
+                    after_backward(model, state)
+        if clip > 0:
+            state.log("train/grad_norm", as_plain(clip_grad_norm_(params, clip)))
+        if optimizer_step is None:
+            optimizer.step()
+        else:  # the plugins' wrappers around optimizer.step()
+            optimizer_step(optimizer, state)
+        state.step = step
+        if after_optimizer_step is not None:
+            with state.full_weights() if gather else NULL_CONTEXT:
+                after_optimizer_step(model, optimizer, state)
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
 
 
-def step_lines(
-    *,
-    accum: int,
-    prepare: bool,
-    wrapper: bool,
-    autocast: bool,
-    clip: bool,
-    gather: bool,
-    scheduler: bool,
-    wrapped_step: bool,
-    forward_hook: bool,
-    aux_outputs: bool,
-    before_backward: bool,
-    after_backward: bool,
-    after_optimizer_step: bool,
-) -> list[str]:
-    """The text of ``train_step`` for a run with these settings (only fixed lines; no value is written in)."""
-    forward = [
-        "outputs = forward(model, batch, state)"
-        if forward_hook  # a plugin's forward, or the body
-        else 'outputs = {"logits": model(batch["input"])}',  # of the manager's default (_default_forward)
-        *(["outputs = aux_outputs(model, batch, outputs, state)"] if aux_outputs else []),
-        "terms = loss_terms(batch, outputs, state)",
-    ]
-    if wrapper:  # DDP: the forward inside its wrapper, so that the backward reduces
-        forward = ["def terms_of():", *_indent(forward), "    return terms", "terms = wrapper(terms_of)"]
-    if autocast:
-        forward = ["with state.autocast():", *_indent(forward)]
-    train = [
-        *forward,
-        "if len(terms) == 1:",
-        "    (name, loss), = terms.items()",
-        "    records.append((step, (name,), (loss.detach(),)))",
-        "else:",
-        "    if not terms:",
-        "        no_loss_terms(step)",
-        "    loss = sum(terms.values())",
-        "    records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))",
-        *(["loss = loss / accum"] if accum > 1 else []),
-        *(["before_backward(loss, state)"] if before_backward else []),
-        "loss.backward()",
-        *(["after_backward(model, state)"] if after_backward else []),
-    ]
-    if wrapper and accum > 1:  # DDP/FSDP: gradients are reduced on the last micro-batch only
-        train = ["with wrapper.no_sync() if micro < accum - 1 else _NULL:", *_indent(train)]
-    micro_batch = [
-        *(["state.micro = micro"] if accum > 1 else []),  # else always 0, as State starts it
-        "batch = train_batch(generator)",
-        # the input's shape for the throughput metrics (engine.perf.throughput.Throughput.count)
-        "batch = prepare(batch)" if prepare else 'shapes.append(getattr(batch.get("input"), "shape", None))',
-        *train,
-    ]
-    if accum > 1:
-        micro_batch = ["for micro in range(accum):", *_indent(micro_batch)]
-    post_step = ["after_optimizer_step(model, optimizer, state)"] if after_optimizer_step else []
-    if post_step and gather:  # a plugin needs whole matrices: post-step hooks see gathered weights (FSDP)
-        post_step = ["with state.full_weights():", *_indent(post_step)]
-    body = [
-        "if not model.training:",  # train() walks every submodule: ~0.1 ms, too much per step on small models
-        "    model.train()",
-        "step = state.step + 1",
-        *micro_batch,
-        *(["state.log('train/grad_norm', plain(clip_grad_norm_(params, clip)))"] if clip else []),
-        "optimizer_step(optimizer, state)" if wrapped_step else "optimizer.step()",  # wrappers: plugins around it
-        "state.step = step",
-        *post_step,
-        *(["scheduler.step()"] if scheduler else []),
-        "optimizer.zero_grad(set_to_none=True)",
-    ]
-    return ["def train_step():", *_indent(body)]
+def batch_preparation(trainer: Trainer) -> Callable[[dict], dict] | None:
+    """What a drawn batch goes through before it is trained on, or None where it is trained on as drawn
+    (one CPU process, no rollouts). Decided once: per-step checks cost more than they look."""
+    state, manager = trainer.state, trainer.manager
+    model, rank, world_size, device = state.model, state.rank, state.world_size, state.device
+    rl = manager.has("hookmix_generate_rollouts")
+    if world_size == 1 and device.type == "cpu" and not rl:
+        return None
+    from engine.distributed import ddp
+    from engine.rollouts import roll_out
+
+    count = trainer.throughput.count
+
+    def prepare_batch(batch: dict) -> dict:
+        """A drawn batch as this rank trains on it: its rows, counted, on the device, rolled out."""
+        if world_size > 1:  # the global draw is the same on every rank; keep this rank's rows
+            batch = ddp.shard(batch, rank, world_size)
+        count(batch)
+        if device.type != "cpu":  # pinned host memory: the copy overlaps with compute
+            batch = {k: ddp.to_device(v, device) for k, v in batch.items()}
+        return roll_out(model, batch, state, manager) if rl else batch
+
+    return prepare_batch
 
 
-def _same(value: Any) -> Any:
+def _as_is(value: Any) -> Any:
     return value
-
-
-def _indent(lines: list[str]) -> list[str]:
-    return ["    " + line for line in lines]
-
-
-def _no_loss_terms(step: int) -> None:
-    raise TrainingFailure(
-        f"step {step}: no plugin returned a loss term for this batch; check the loss plugins' conditions"
-    )

@@ -52,14 +52,13 @@ def single_process(hide: bool = True):
 def _trainer(workload: str, batch: int, distributed_run: bool):
     """A set-up trainer for ``workload``; ``distributed_run=False`` hides the torchrun environment."""
     from engine.bench.overhead import WORKLOADS
-    from engine.config.recipe import resolve
-    from engine.config.registry import Registry
     from engine.loop import Trainer
 
     base, configs = WORKLOADS[workload]
     data = base[0]
     configs = {**configs, data: {**configs.get(data, {}), "batch_size": batch}}
     raw = {
+        "name": "bench",
         "run": {
             "plugins": [*base, "adamw", "cross_entropy"],
             "steps": 10**6,
@@ -69,9 +68,8 @@ def _trainer(workload: str, batch: int, distributed_run: bool):
         },
         "plugins": {**configs, "adamw": ADAMW},
     }
-    registry = Registry()
     with single_process(hide=not distributed_run):
-        trainer = Trainer(resolve("bench", raw, registry), registry, quiet=True)
+        trainer = Trainer.from_recipe(raw, quiet=True)
         trainer.setup()
     return trainer
 
@@ -176,7 +174,7 @@ def run_two_ranks(module: str, *args: str):
 def ddp_bench(steps: int = 20, repeats: int = 5, workload: str = "both", warmup: int = 5) -> int:
     """Launch the 2-rank benchmark and print its table (markdown)."""
     workloads = ["gpt", "mlp"] if workload == "both" else [workload]
-    rows = run_two_ranks("engine.bench_ddp", ",".join(workloads), str(steps), str(repeats), str(warmup))
+    rows = run_two_ranks("engine.bench.ddp", ",".join(workloads), str(steps), str(repeats), str(warmup))
     if rows is None:
         return 1
     print(

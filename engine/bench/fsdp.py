@@ -24,17 +24,11 @@ RECIPE = "shakespeare-gpt"
 
 def _trainer(strategy: str, distributed_run: bool, out: str):
     from engine.bench.ddp import single_process
-    from engine.config.recipe import apply_overrides, read_recipe, resolve
-    from engine.config.registry import Registry
     from engine.loop import Trainer
 
-    registry = Registry()
-    name, raw = read_recipe(RECIPE, registry)
-    raw = apply_overrides(
-        raw, ["run.threads=1", "run.log_interval=1000000", f"run.strategy={strategy}", f"run.out={out}"]
-    )
+    overrides = ["run.threads=1", "run.log_interval=1000000", f"run.strategy={strategy}"]
     with single_process(hide=not distributed_run):
-        trainer = Trainer(resolve(name, raw, registry), registry, quiet=True)
+        trainer = Trainer.from_recipe(RECIPE, *overrides, out=out, quiet=True)
         trainer.setup()
     return trainer
 
@@ -113,7 +107,7 @@ def fsdp_bench() -> int:
     """Launch the 2-rank measurement and print its table (markdown)."""
     from engine.bench.ddp import run_two_ranks
 
-    rows = run_two_ranks("engine.bench_fsdp")
+    rows = run_two_ranks("engine.bench.fsdp")
     if rows is None:
         return 1
     ddp = max(sum(r[k] for k in ("params", "grads", "optimizer")) for r in rows["2 ranks ddp"])

@@ -33,8 +33,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine.config.recipe import resolve
-from engine.config.registry import Registry
 from engine.loop import Trainer
 from engine.plugin import Plugin, hookimpl
 
@@ -103,8 +101,8 @@ def _engine(workload: str, noop: int) -> Trainer:
     as a real run does; :func:`_discard` removes it."""
     base, configs = WORKLOADS[workload]
     noops = {cls.name: cls for cls in (_noop_plugin(i) for i in range(noop))}
-    registry = Registry({**noops, "loss_probe": LossProbe})
     raw = {
+        "name": "bench",
         "run": {
             "plugins": [*base, "adamw", "cross_entropy", "loss_probe", *noops],
             "steps": 10**6,
@@ -113,7 +111,7 @@ def _engine(workload: str, noop: int) -> Trainer:
         },
         "plugins": {**configs, "adamw": ADAMW},
     }
-    trainer = Trainer(resolve("bench", raw, registry), registry, quiet=True)
+    trainer = Trainer.from_recipe(raw, plugins=[*noops.values(), LossProbe], quiet=True)
     trainer.setup()
     return trainer
 

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from engine.config.registry import Registry
 
 BUILTIN = ("plugins", "describe", "recipes", "train", "bench", "new-plugin")
+#: The entry-point group of ``hookmix`` sub-commands: ``verb = "module:attribute"``, an :class:`engine.Command`.
+COMMANDS_GROUP = "hookmix.commands"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -258,48 +260,24 @@ def cmd_train(args) -> int:
         return _train(args)
 
 
-def _set_out(raw: dict, out: str) -> None:
-    run = raw.setdefault("run", {})
-    if not isinstance(run, dict):
-        raise BadInput(
-            f"run must be a table, got {type(run).__name__} {run!r}; write [run] with key = value lines "
-            f"(or overrides like run.steps=50)"
-        )
-    run["out"] = out
-
-
 def _train(args) -> int:
-    from engine.config.recipe import apply_overrides, read_recipe, resolve
-    from engine.config.registry import Registry
     from engine.distributed import launch
     from engine.loop import Trainer
-    from engine.rundir.claim import open_location, warn_if_ephemeral
+    from engine.rundir.claim import warn_if_ephemeral
 
     if args.nproc or args.nnodes > 1:
         return launch.launch(args)
-    registry = Registry()
     overrides = list(args.overrides)
     if args.resume:
         if args.out:
             raise BadInput("--resume continues in RUN_DIR itself; drop --out (copy the directory to branch a run)")
         if args.recipe is not None:  # `train --resume DIR run.steps=20`: the first override lands in `recipe`
             overrides.insert(0, args.recipe)
-        open_location(args.resume)  # a location that cannot be read or written: one line, before anything
-        from engine.rundir.open_run import open_run
-
-        run = open_run(args.resume)  # one way to open a run: its recipe (and, in the trainer, its checkpoint)
-        name, raw = run.name, apply_overrides(run.recipe_raw, overrides)
-        _set_out(raw, args.resume)
+        trainer = Trainer.from_recipe(None, *overrides, resume=args.resume, quiet=args.quiet)
     else:
         if args.recipe is None:
             raise BadInput("train needs a RECIPE (a .toml path or a name from `hookmix recipes`) or --resume RUN_DIR")
-        name, raw = read_recipe(args.recipe, registry)
-        raw = apply_overrides(raw, overrides)
-        if args.out:
-            _set_out(raw, args.out)
-    recipe = resolve(name, raw, registry)
-    resume, restart = launch.elastic_resume(recipe.run.out, bool(args.resume))
-    trainer = Trainer(recipe, registry, resume=resume, quiet=args.quiet, restart=restart)
+        trainer = Trainer.from_recipe(args.recipe, *overrides, out=args.out, quiet=args.quiet)
     trainer.setup()
     warn_if_ephemeral(trainer.state.run_dir)
     summary = trainer.run()
@@ -356,26 +334,67 @@ def cmd_bench(args) -> int:
 
 
 def collect_commands(registry: Registry) -> dict[str, Any]:
-    """Sub-commands declared by installed plugins (their ``commands`` attribute), for the CLI."""
-    commands: dict[str, Any] = {}
-    owner: dict[str, str] = {}
+    """Sub-commands for the CLI: the ``hookmix.commands`` entry points, then the plugins' ``commands`` attribute.
+
+    The entry-point group is where commands belong (``verb = "module:attribute"``, an :class:`engine.Command`);
+    the attribute is plugin API 1.0 and still works. A command that fails to import, is not a ``Command``,
+    shadows a built-in verb or cannot build its arguments is reported on stderr and skipped, so the other
+    verbs keep working. A verb claimed twice is a :class:`PluginConflict` naming both claimants.
+    """
+    from importlib import metadata
+
+    from engine.plugin import Command
+
+    commands: dict[str, Any] = {}  # the usable ones
+    owner: dict[str, tuple[str, Any]] = {}  # every claimed verb: (who claims it, the command), usable or not
+    for ep in metadata.entry_points(group=COMMANDS_GROUP):
+        claimant = f"distribution {ep.dist.name if ep.dist else '?'}"
+        if ep.name in owner:
+            raise PluginConflict(
+                f"command {ep.name!r} provided by both {owner[ep.name][0]} and {claimant}; uninstall one"
+            )
+        owner[ep.name] = (claimant, None)
+        try:  # importing the command's module: any error there is that command's, not the CLI's
+            command = ep.load()
+        except Exception as exc:
+            _skip_command(ep.name, claimant, f"{type(exc).__name__}: {_first_line(exc)}")
+            continue
+        if not isinstance(command, Command):
+            _skip_command(ep.name, claimant, f"{ep.value} is a {type(command).__name__}, not an engine.Command")
+        elif ep.name in BUILTIN:
+            _skip_command(ep.name, claimant, "it has the name of a built-in command")
+        elif _builds_arguments(ep.name, command, claimant):
+            commands[ep.name] = command
     for info in registry.ok():
         for verb, command in info.cls.commands.items():
-            if verb in commands:
-                if commands[verb] is command:  # inherited by a subclass: the same command, once
+            if verb in owner:
+                if owner[verb][1] is command:  # inherited by a subclass: the same command, once
                     continue
-                raise PluginConflict(f"command {verb!r} provided by both {owner[verb]} and {info.name}; uninstall one")
-            try:  # a verb whose arguments cannot be built is broken; the others still work
-                command.add_arguments(argparse.ArgumentParser(prog=f"hookmix {verb}"))
-            except Exception as exc:
-                print(
-                    f"hookmix: warning: command {verb!r} of plugin {info.name!r} is broken "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); skipped",
-                    file=sys.stderr,
+                raise PluginConflict(
+                    f"command {verb!r} provided by both {owner[verb][0]} and {info.name}; uninstall one"
                 )
-                continue
-            commands[verb], owner[verb] = command, info.name
+            owner[verb] = (info.name, command)
+            if _builds_arguments(verb, command, f"plugin {info.name!r}"):
+                commands[verb] = command
     return commands
+
+
+def _builds_arguments(verb: str, command: Any, claimant: str) -> bool:
+    """Whether the command can add its arguments to a parser; a verb that cannot is broken and skipped."""
+    try:
+        command.add_arguments(argparse.ArgumentParser(prog=f"hookmix {verb}"))
+    except Exception as exc:
+        _skip_command(verb, claimant, f"{type(exc).__name__}: {_first_line(exc)}")
+        return False
+    return True
+
+
+def _skip_command(verb: str, claimant: str, reason: str) -> None:
+    print(f"hookmix: warning: command {verb!r} of {claimant} is broken ({reason}); skipped", file=sys.stderr)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 if __name__ == "__main__":

@@ -103,13 +103,13 @@ def rank_payload(state, manager) -> dict:
     metrics logged since the last log and, only when they differ between ranks (RL: rollout buffers and
     noise generators), the plugin states. A collective: every rank calls it."""
     plugins = manager.plugin_states(state)
-    same = len(set(state.group.gather(digest(plugins)))) == 1
+    same = len(set(state._group.gather(digest(plugins)))) == 1
     cuda = {"cuda": torch.cuda.get_rng_state(state.device)} if state.device.type == "cuda" else {}
     return {
         "torch": torch.get_rng_state(),
         **cuda,
         **({} if same else {"plugins": plugins}),
-        "pending_metrics": state.train_log.pending(),
+        "pending_metrics": state._train_log.pending(),
     }
 
 
@@ -122,9 +122,9 @@ def restore_rank(state, manager, ranks: list | None, step: int) -> None:
         torch.set_rng_state(mine["torch"])
         if "cuda" in mine and state.device.type == "cuda":
             torch.cuda.set_rng_state(mine["cuda"], state.device)
-        state.train_log.restore(mine["pending_metrics"])
+        state._train_log.restore(mine["pending_metrics"])
         if "plugins" in mine:
             manager.load_plugin_states(mine["plugins"], state)
     elif state.rank > 0:
         torch.manual_seed(rank_seed(state.run.seed + step, state.rank))
-        state.train_log.restore({})
+        state._train_log.restore({})

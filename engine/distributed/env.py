@@ -8,10 +8,12 @@ bad values are :class:`BadInput`.
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from engine.errors import BadInput
+
+if TYPE_CHECKING:  # torch is imported where a device is made: `hookmix --version` and `--help` import no torch
+    import torch
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -77,6 +79,8 @@ def pick_backend(requested: str, device: torch.device) -> str:
 
 def resolve_device(name: str) -> torch.device:
     """``run.device`` as a torch device (``auto``: CUDA when available); bad input when unusable."""
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -92,6 +96,8 @@ def pin_device(device: torch.device, env: Env) -> torch.device:
     """Each rank on its own GPU: ``cuda`` becomes ``cuda:LOCAL_RANK`` (CPU stays CPU)."""
     if device.type != "cuda" or not env.launched:
         return device
+    import torch
+
     count = torch.cuda.device_count()
     if env.local_rank >= count:
         raise BadInput(

@@ -36,10 +36,6 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from engine.errors import BadInput
 
-# Hooks that run while the weights are sharded and that the engine does not wrap in a gathered view:
-# a plugin that needs full weights and implements one of them is refused under FSDP.
-UNGATHERED_HOOKS = ("hookmix_before_backward", "hookmix_after_backward", "hookmix_optimizer_step", "hookmix_evaluate")
-
 
 def units(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The sub-modules a model asks to be sharded as separate units (``model.fsdp_units()``).
@@ -200,10 +196,13 @@ def needs_full(plugin: Any) -> bool:
 
 
 def check_full_weight_plugins(manager) -> list[str]:
-    """The enabled plugins that need full weights; bad input when one implements a hook that runs on
-    sharded weights outside the engine's gathered view (see docs/distributed.md, the full-matrix contract)."""
+    """The enabled plugins that need full weights; bad input when one implements a hook whose spec says it
+    sees row shards only (``fsdp_weights="shards"``: no gathered view; see docs/distributed.md, the
+    full-matrix contract)."""
     names = [n for n, p in manager.plugins.items() if needs_full(p)]
-    for hook in UNGATHERED_HOOKS:
+    for hook, convention in manager.conventions.items():
+        if convention.fsdp_weights != "shards":
+            continue
         for name in manager.providers(hook):
             if name in names:
                 raise BadInput(
@@ -225,6 +224,6 @@ def setup(state, manager, precision: str) -> tuple[Sharded, bool]:
     evaluation-metric hooks (some enabled plugin needs full weights)."""
     names = check_full_weight_plugins(manager)
     sharded = shard(state.model, state.modules, precision, state.frozen_modules)
-    state.full_view = lambda write_back=True: full_weights(sharded, write_back)
-    state.shard_frozen = sharded.add_frozen  # a frozen module added later (hookmix_on_train_start) is sharded at once
+    state._full_view = lambda write_back=True: full_weights(sharded, write_back)
+    state._shard_frozen = sharded.add_frozen  # a frozen module added later (hookmix_on_train_start) is sharded at once
     return sharded, bool(names)

@@ -8,41 +8,65 @@ message mentions one, the config key.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import traceback
+import types
 
 import attrs
 
 from engine.errors import BadInput, HookmixError, TrainingFailure
 
-_MANAGER = os.path.join("engine", "manager.py")
-_OUTPUTS = tuple(os.path.join("engine", f) for f in ("outputs.py", "checkpoint.py"))  # what writes the run dir
+_RUN_DIR = os.path.join("engine", "rundir", "")  # the modules that write the run directory
 
 
 def _writing_outputs(exc: BaseException) -> bool:
-    return any(frame.f_code.co_filename.endswith(_OUTPUTS) for frame, _ in traceback.walk_tb(exc.__traceback__))
+    return any(_RUN_DIR in frame.f_code.co_filename for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
 def failing_plugin(exc: BaseException, plugins: dict, built: dict | None = None) -> str | None:
     """The plugin (of ``plugins``) whose hook raised ``exc``: the outermost hook call in the traceback.
 
-    Where the manager calls implementations itself (e.g. ``load_plugin_states``) the plugin's name
-    is its local ``name``; the hook callers (engine/dispatch.py) call the plugins' methods, whose
-    ``self`` names the plugin. Outermost, because a hook may run another run's plugins (a teacher
-    builds its model). Outside hooks (the loop calls ``state.data.train_batch``, ``model(...)``), a
-    method of an object in ``built`` ({id(object): plugin that built it}) names its plugin.
+    A hook call is a frame running the code of one of the plugins' hook implementations, however it
+    was called (a written caller, pluggy, the manager itself); where two enabled plugins share that
+    code (one class under two names), the frame's ``self`` says which. Outermost, because a hook may
+    run another run's plugins (a teacher builds its model). Outside hooks (the loop calls
+    ``state.data.train_batch``, ``model(...)``), a method of an object in ``built`` ({id(object):
+    plugin that built it}) or of a plugin names its plugin.
     """
     frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    hooks = _hook_code(plugins)
+    by_id = {id(plugin): name for name, plugin in plugins.items()}
     for frame in frames:
-        if frame.f_code.co_filename.endswith(_MANAGER) and frame.f_locals.get("name") in plugins:
-            return frame.f_locals["name"]
-    owners = {id(plugin): name for name, plugin in plugins.items()} | (built or {})
-    for frame in frames:  # a hook called directly, or a method of what a plugin built
+        names = hooks.get(frame.f_code, ())
+        if len(names) > 1:
+            names = [n for n in names if by_id.get(id(frame.f_locals.get("self"))) == n]
+        if len(names) == 1:
+            return names[0]
+    owners = by_id | (built or {})
+    for frame in frames:  # a method of what a plugin built, or of a plugin outside its hooks
         owner = frame.f_locals.get("self")
         if owner is not None and id(owner) in owners:
             return owners[id(owner)]
     return None
+
+
+def _hook_code(plugins: dict) -> dict[types.CodeType, list[str]]:
+    """{code object of a hook implementation: the plugins that implement a hook with it} (the function
+    as declared and, for a decorated one, the function it wraps)."""
+    code: dict[types.CodeType, list[str]] = {}
+    for name, plugin in plugins.items():
+        for attr in dir(type(plugin)):
+            method = getattr(plugin, attr) if attr.startswith("hookmix_") else None
+            if not callable(method):  # not a hook, or switched off (``hookmix_x = None``)
+                continue
+            function = getattr(method, "__func__", method)
+            for each in {function, inspect.unwrap(function)}:
+                names = code.setdefault(each.__code__, []) if hasattr(each, "__code__") else [name]
+                if name not in names:
+                    names.append(name)
+    return code
 
 
 def mentioned_key(message: str, config) -> str | None:

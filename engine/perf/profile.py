@@ -3,33 +3,59 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    from engine.manager import Manager
+from typing import Callable
 
 
 class Profile:
     """Per-hook, per-plugin wall time (``HOOKMIX_PROFILE=1``), printed as a table at the end of a run.
 
-    Timing wraps each implementation once at setup, so a run without the variable pays nothing.
-    Times include the work a hook starts on the device only where it synchronises.
+    The manager hands every plugin's implementation to :meth:`timed` (or, for a wrapper of a wrapper
+    hook, :meth:`timed_wrapper`) once at setup and calls what it gets back, so a run without
+    profiling pays nothing. Times include the work a hook starts on the device only where it
+    synchronises.
     """
 
-    def __init__(self, manager: Manager) -> None:
-        self.totals: dict[tuple[str, str], list[float]] = {}
-        for hook_name, impls in manager._impls.items():
-            manager._impls[hook_name] = [
-                (name, self._timed(hook_name, name, fn), argnames) for name, fn, argnames in impls
-            ]
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str], list[float]] = {}  # (hook, plugin) -> [calls, seconds]
 
-    def _timed(self, hook_name: str, plugin: str, fn: Callable) -> Callable:
+    def timed(self, hook_name: str, plugin: str, fn: Callable) -> Callable:
+        """``fn`` (``plugin``'s implementation of ``hook_name``) adding the time of each call to the table."""
+
         def timed(*args):
             t0 = time.perf_counter()
             try:
                 return fn(*args)
             finally:
                 self.add(hook_name, plugin, time.perf_counter() - t0)
+
+        return timed
+
+    def timed_wrapper(self, hook_name: str, plugin: str, fn: Callable) -> Callable:
+        """``fn`` (a ``wrapper=True`` implementation: a generator function pluggy drives) timed over its own
+        code, before its ``yield`` and after it; the calls it wraps are not counted as its time."""
+
+        def timed(*args, **kwargs):
+            wrapper = fn(*args, **kwargs)
+            resume, value = wrapper.send, None  # the first send(None) runs it up to its yield
+            seconds = 0.0
+            try:
+                while True:  # once for a well-behaved wrapper: it yields once
+                    t0 = time.perf_counter()
+                    try:
+                        request = resume(value)
+                    except StopIteration as stop:
+                        return stop.value
+                    finally:
+                        seconds += time.perf_counter() - t0
+                    try:
+                        value, resume = (yield request), wrapper.send  # the inner calls run here
+                    except GeneratorExit:
+                        wrapper.close()
+                        raise
+                    except BaseException as exc:  # the inner calls failed: the wrapper sees the exception
+                        value, resume = exc, wrapper.throw
+            finally:
+                self.add(hook_name, plugin, seconds)
 
         return timed
 

@@ -19,18 +19,14 @@ Plugins are given by name (installed entry points, or the toy plugins below) or 
 from __future__ import annotations
 
 import io
-import json
 import uuid
 from typing import Any
 
 import attrs
 import torch
 
-from engine.config.recipe import field, resolve
-from engine.config.registry import Registry
-from engine.loop import Trainer
-from engine.plugin import Plugin, hookimpl
-from engine.rundir.directory import RunDir
+import engine
+from engine import Plugin, Registry, Result, field, hookimpl
 
 # --- toy plugins: a complete tiny classification setup without first-party plugins -----------
 
@@ -145,33 +141,6 @@ TOY = ["toy_data", "toy_model", "toy_sgd", "toy_ce"]
 # --- running ---------------------------------------------------------------------------------
 
 
-@attrs.define
-class Result:
-    """What a test run produced.
-
-    ``summary`` (what summary.json holds), ``metrics`` (the metrics.jsonl records, in order),
-    ``run_dir`` (its URL), ``state`` (the run's :class:`engine.State`), ``model``, and
-    ``plugins`` (the enabled plugin instances by name, for tests that inspect their own plugin).
-    """
-
-    summary: dict
-    metrics: list[dict]
-    trainer: Trainer
-    run_dir: str
-
-    @property
-    def state(self):
-        return self.trainer.state
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.trainer.state.model
-
-    @property
-    def plugins(self) -> dict[str, Plugin]:
-        return dict(self.trainer.manager.plugins)
-
-
 def make_recipe(
     plugins: list[Any],
     config: dict | None = None,
@@ -181,26 +150,8 @@ def make_recipe(
     **run: Any,
 ):
     """Build a resolved recipe and its registry from plugin names/classes and config tables."""
-    local = dict(TOY_PLUGINS)
-    names = []
-    for p in plugins:
-        if isinstance(p, type):
-            local[p.name] = p
-            names.append(p.name)
-        else:
-            names.append(p)
-    registry = registry or Registry(local)
-    raw = {
-        "run": {
-            "plugins": names,
-            "steps": steps,
-            "log_interval": 1,
-            "out": out or f"memory://hookmix-test-{uuid.uuid4().hex}",
-            **run,
-        },
-        "plugins": dict(config or {}),
-    }
-    return resolve("test", raw, registry), registry
+    names, registry = _plugin_set(plugins, registry)
+    return engine.load_recipe(_recipe_tables(names, config, steps, out, run), registry=registry), registry
 
 
 def train(
@@ -212,16 +163,50 @@ def train(
     stop_at: int | None = None,
     **run: Any,
 ) -> Result:
-    """Train ``plugins`` for ``steps`` steps in memory and return the :class:`Result`.
+    """Train ``plugins`` for ``steps`` steps in memory and return the :class:`Result` (:func:`engine.train`'s,
+    with ``metrics`` :func:`without_timings`).
 
     ``stop_at`` stops early with a checkpoint, as an interrupted run would.
     """
-    recipe, registry = make_recipe(plugins, config, steps, out, **run)
-    trainer = Trainer(recipe, registry, resume=resume, stream=io.StringIO())
-    summary = trainer.run(stop_at=stop_at)
-    run_dir = RunDir(recipe.run.out)
-    metrics = [json.loads(line) for line in run_dir.read_text("metrics.jsonl").splitlines() if line.strip()]
-    return Result(summary, without_timings(metrics), trainer, recipe.run.out)
+    names, registry = _plugin_set(plugins, None)
+    result = engine.train(
+        _recipe_tables(names, config, steps, out, run),
+        registry=registry,
+        resume=resume,
+        stream=io.StringIO(),
+        stop_at=stop_at,
+    )
+    result.metrics = without_timings(result.metrics)
+    return result
+
+
+def _plugin_set(plugins: list[Any], registry: Registry | None) -> tuple[list[str], Registry]:
+    """The names a test's ``run.plugins`` lists, and the registry they resolve in: ``registry``, or the
+    installed plugins plus the toy plugins and the classes among ``plugins`` (registered under their ``name``)."""
+    local = dict(TOY_PLUGINS)
+    names = []
+    for p in plugins:
+        if isinstance(p, type):
+            local[p.name] = p
+            names.append(p.name)
+        else:
+            names.append(p)
+    return names, registry or Registry(local)
+
+
+def _recipe_tables(names: list[str], config: dict | None, steps: int, out: str | None, run: dict) -> dict:
+    """The recipe of a test run: ``log_interval=1``, outputs in ``memory://`` unless ``out`` is given."""
+    return {
+        "name": "test",
+        "run": {
+            "plugins": names,
+            "steps": steps,
+            "log_interval": 1,
+            "out": out or f"memory://hookmix-test-{uuid.uuid4().hex}",
+            **run,
+        },
+        "plugins": dict(config or {}),
+    }
 
 
 def without_timings(records: list[dict]) -> list[dict]:

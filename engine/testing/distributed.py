@@ -13,10 +13,9 @@ from typing import Any
 
 import torch
 
-from engine.loop import Trainer
-from engine.plugin import Plugin, hookimpl
-from engine.rundir.directory import RunDir
-from engine.testing import make_recipe, train, without_timings
+from engine import Plugin, Trainer, hookimpl
+from engine.api import read_metrics
+from engine.testing import _plugin_set, _recipe_tables, train, without_timings
 
 # --- distributed: a plugin under several ranks (torch.distributed.run, gloo on CPU) -----------
 
@@ -38,7 +37,7 @@ class RankAgreement(Plugin):
             tree = [model.state_dict(), state.modules.state_dict()]
             if self.with_plugin_states:
                 tree.append(state.plugin_states())
-        hashes = state.group.gather(digest(tree)) if state.group is not None else [digest(tree)]
+        hashes = state._group.gather(digest(tree)) if state._group is not None else [digest(tree)]
         if len(set(hashes)) != 1:
             from engine.errors import TrainingFailure
 
@@ -174,13 +173,12 @@ def assert_close_results(a: dict, b: dict, atol: float) -> None:
 
 
 def _worker(work: str) -> None:
-    """One rank of :func:`run_distributed` (``python -m engine.testing.distributed WORK`` under torch.distributed.run)."""
+    """One rank of :func:`run_distributed` (``python -m engine.testing.distributed WORK`` under torchrun)."""
     import importlib
     import os
 
     from engine.distributed.env import read_env
     from engine.distributed.group import Group
-    from engine.distributed.launch import elastic_resume
     from engine.errors import HookmixError
 
     group = Group(read_env(), "gloo", 120.0)  # shared by the cases; closed at the end
@@ -204,11 +202,10 @@ def _worker(work: str) -> None:
             )
             RankAgreement.checks = 0
             resume, stop_at = case.pop("resume", False), case.pop("stop_at", None)
-            recipe, registry = make_recipe(
-                [*plugins, checker], case.pop("config", None), case.pop("steps", 3), case.pop("out"), **case
-            )
-            resume, restart = elastic_resume(recipe.run.out, resume)  # as `hookmix train` does
-            trainer = Trainer(recipe, registry, resume=resume, stream=io.StringIO(), restart=restart)
+            names, registry = _plugin_set([*plugins, checker], None)
+            tables = _recipe_tables(names, case.pop("config", None), case.pop("steps", 3), case.pop("out"), case)
+            # an elastic restart continues from the run directory, as `hookmix train` does
+            trainer = Trainer.from_recipe(tables, registry=registry, resume=resume, stream=io.StringIO())
             try:
                 trainer.run(stop_at=stop_at)
             except HookmixError as exc:  # name the case
@@ -219,10 +216,7 @@ def _worker(work: str) -> None:
                     for part, m in (("model", trainer.state.model), ("modules", trainer.state.modules))
                 }
             if group.rank == 0:
-                run_dir = RunDir(recipe.run.out)
-                metrics = without_timings(
-                    [json.loads(line) for line in run_dir.read_text("metrics.jsonl").splitlines() if line]
-                )
+                metrics = without_timings(read_metrics(trainer.state.run_dir.read_text("metrics.jsonl")))
                 torch.save(
                     {**weights, "metrics": metrics, "checks": RankAgreement.checks}, os.path.join(work, f"result{i}.pt")
                 )

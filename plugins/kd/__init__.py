@@ -1,9 +1,10 @@
-"""hookmix KD plugin package -- engine-independent core (docs: ``docs/distillation.md``).
+"""Logit distillation: vanilla KD and DKD, the frozen teacher, and the MNIST-1D experiment (docs/distillation.md).
 
-Modules:
-* :mod:`.losses`   -- vanilla KD (KL / CE form) and DKD (TCKD / NCKD, warm-up), presets.
-* :mod:`.cifar100` -- CIFAR-100 python-archive loader (restricted unpickler, fsspec), augmentation.
-* :mod:`.resnet`   -- CIFAR ResNets ``resnet8x4`` / ``resnet32x4``.
+* :mod:`.losses` -- vanilla KD (KL / CE form) and DKD (TCKD / NCKD, warm-up), presets; no engine import.
+* :mod:`.distill_inputs` -- what a distillation loss plugin reads (shared with :mod:`plugins.nkd`).
+* :mod:`.loss_plugins` -- plugins ``kd`` and ``dkd``.
+* :mod:`.teacher` -- plugin ``teacher``: a frozen model rebuilt from a hookmix run.
+* :mod:`.experiment` -- ``hookmix distill-mnist1d``, registered in :mod:`.commands`.
 
-Nothing here imports the engine; hook wiring lives elsewhere.
+``recipes/`` holds the distillation recipes (MNIST-1D, CIFAR-100, the Lipschitz students).
 """

@@ -49,23 +49,14 @@ def add_arguments(parser) -> None:
 
 def _train(recipe_name: str, out: str, overrides: list[str], log) -> dict:
     """Train (or resume, or reuse) one run; return its accuracy curve and wall time."""
-    from engine.config.recipe import apply_overrides, read_recipe, resolve
-    from engine.config.registry import Registry
-    from engine.loop import Trainer
-    from engine.rundir.directory import RunDir
+    import engine
 
-    run_dir = RunDir(out)
-    if not run_dir.exists("summary.json"):
-        registry = Registry()
-        name, raw = read_recipe(recipe_name, registry)
-        raw = apply_overrides(raw, overrides + [f"run.out={json.dumps(out)}"])
-        resume = run_dir.exists("recipe.toml")
-        trainer = Trainer(resolve(name, raw, registry), registry, resume=resume, quiet=True)
+    if not _exists(out, "summary.json"):
         t0 = time.perf_counter()
-        trainer.run()
+        engine.train(recipe_name, *overrides, out=out, resume=_exists(out, "recipe.toml"), quiet=True)
         log(f"  {out}: {time.perf_counter() - t0:.1f}s")
-    summary = json.loads(run_dir.read_text("summary.json"))
-    records = [json.loads(line) for line in run_dir.read_text("metrics.jsonl").splitlines() if line.strip()]
+    summary = json.loads(_text(out, "summary.json"))
+    records = [json.loads(line) for line in _text(out, "metrics.jsonl").splitlines() if line.strip()]
     curve = [(r["step"], r["val/accuracy"]) for r in records if "val/accuracy" in r]
     return {
         "curve": curve,
@@ -74,6 +65,21 @@ def _train(recipe_name: str, out: str, overrides: list[str], log) -> dict:
         "wall": summary["wall_seconds"],
         "metrics": summary["metrics"],
     }
+
+
+def _exists(run_dir: str, name: str) -> bool:
+    """Whether the run directory ``run_dir`` (any fsspec URL) holds the file ``name``."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(run_dir.rstrip("/"))
+    return fs.exists(f"{path}/{name}")
+
+
+def _text(run_dir: str, name: str) -> str:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(run_dir.rstrip("/"))
+    return fs.cat_file(f"{path}/{name}").decode("utf-8")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -190,8 +196,7 @@ def render(results: dict, teacher: dict, args, command: str) -> str:
 
 
 def run(args) -> int:
-    from engine.errors import BadInput
-    from engine.rundir.directory import RunDir
+    from engine import BadInput
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
@@ -209,7 +214,7 @@ def run(args) -> int:
     teacher_dir = args.teacher or f"{out}/teacher"
     log(f"teacher: {teacher_dir}")
     teacher_overrides = common + ([f"run.steps={args.teacher_steps}"] if args.teacher_steps else [])
-    if args.teacher and not RunDir(teacher_dir).exists("summary.json"):
+    if args.teacher and not _exists(teacher_dir, "summary.json"):
         raise BadInput(f"--teacher {teacher_dir} holds no finished run; train {TEACHER} first or drop --teacher")
     teacher = _train(TEACHER, teacher_dir, teacher_overrides, log)
     log(f"  teacher test accuracy: best {teacher['best']:.4f}, last {teacher['last']:.4f}")

@@ -11,8 +11,7 @@ from typing import Any, Literal
 import attrs
 import torch
 
-from engine import BadInput, Command, Plugin, field, hookimpl, open_run
-from engine.rundir.open_run import implements
+from engine import BadInput, Plugin, field, hookimpl, load_recipe, open_run
 
 from .distill_inputs import sample_batch, student_logits_of
 
@@ -49,13 +48,6 @@ class Teacher(Plugin):
     name = "teacher"
     Config = TeacherConfig
     recipes = RECIPES
-    commands = {
-        "distill-mnist1d": Command.lazy(
-            "MNIST-1D distillation table: CNN teacher, MLP student arms, seeds",
-            "plugins.kd.experiment:add_arguments",
-            "plugins.kd.experiment:run",
-        )
-    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,7 +78,7 @@ class Teacher(Plugin):
                 cls = registry.load(name)
             except BadInput:
                 continue  # not installed here: only the data and model plugins are rebuilt
-            if implements(cls, "hookmix_forward"):
+            if callable(getattr(cls, "hookmix_forward", None)):  # its own implementation or an inherited one
                 raise BadInput(
                     f"the teacher's recipe uses a custom forward (plugin {name!r}); only teachers whose "
                     f"forward is model(batch['input']) are supported"
@@ -94,22 +86,20 @@ class Teacher(Plugin):
 
     def _student_data_if_same(self, state, run, data_name: str):
         """The student's data when the student enables the teacher's data plugin with the same config."""
-        from engine.config.recipe import converter
-
         if data_name not in state.recipe.run.plugins:
             return None
-        mine = converter.unstructure(state.recipe.plugin_configs.get(data_name))
+        mine = state.recipe.plugin_configs[data_name]
+        if mine is None:  # a data plugin without a Config: nothing says the two data sets are the same
+            return None
         tables = run.recipe_raw.get("plugins", {})
-        theirs = tables.get(data_name, {}) if isinstance(tables, dict) else {}
-        config_cls = state.registry.load(data_name).Config
-        if config_cls is not None:
-            from engine.config.recipe import structure_table
-
-            try:
-                theirs = converter.unstructure(structure_table(theirs, config_cls, f"plugins.{data_name}"))
-            except BadInput:
-                return None
-        return state.data if mine == theirs else None
+        table = tables.get(data_name, {}) if isinstance(tables, dict) else {}
+        try:  # the teacher's table structured as the student's is (every default filled in)
+            theirs = load_recipe(
+                {"run": {"plugins": [data_name]}, "plugins": {data_name: table}}, registry=state.registry
+            )
+        except BadInput:
+            return None
+        return state.data if mine == theirs.plugin_configs[data_name] else None
 
     def _check_info(self, teacher_info: dict, student_info: dict) -> None:
         for key in _INFO_KEYS:

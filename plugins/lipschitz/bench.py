@@ -100,12 +100,9 @@ def bench_matrices(shapes, repeats: int) -> list[dict]:
 
 
 def bench_training(steps: int, threads: int) -> list[dict]:
-    from engine.config.recipe import read_recipe, resolve
-    from engine.config.registry import Registry
-    from engine.loop import Trainer
+    from engine import Trainer, load_recipe
 
-    registry = Registry()
-    _, raw = read_recipe(RECIPE, registry)
+    raw = load_recipe(RECIPE).to_dict()  # the shipped recipe's tables, every default filled in
     variants = [
         ("spectral_soft_cap (recipe)", "muon", "spectral_soft_cap", {}),
         ("spectral_hard_cap", "muon", "spectral_hard_cap", {"w_max": 2.0}),
@@ -127,9 +124,8 @@ def bench_training(steps: int, threads: int) -> list[dict]:
             log_interval=10**6,
             out=f"memory://lipschitz-bench-{uuid.uuid4().hex}",
         )
-        trainer = Trainer(
-            resolve("bench", {"run": run, "plugins": tables}, registry), registry, quiet=True, profile=True
-        )  # the engine times every hook: no patching
+        recipe = {"name": "bench", "run": run, "plugins": tables}
+        trainer = Trainer.from_recipe(recipe, quiet=True, profile=True)  # the engine times every hook: no patching
         trainer.setup()
         for _ in range(3):  # warm-up
             trainer.train_step()

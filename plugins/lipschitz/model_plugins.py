@@ -1,5 +1,5 @@
 """The Lipschitz model plugins ``lipschitz_gpt`` and ``lipschitz_mlp``: they log the certified bound at every
-evaluation and ship the ``hookmix lipschitz-check / lipschitz-sweep / lipschitz-bench`` commands."""
+evaluation (the ``hookmix lipschitz-*`` commands are in :mod:`.commands`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 import attrs
 import torch
 
-from engine import BadInput, Command, Plugin, field, hookimpl
+from engine import BadInput, Plugin, field, hookimpl
 from engine.validators import MAX_WIDTH, check_parameter_count, finite_positive, int_range, width
 
 from . import spectral as sp
@@ -66,23 +66,6 @@ class LipschitzGPTModel(_CertifiedModel):
     name = "lipschitz_gpt"
     Config = LipschitzGPTConfig
     recipes = RECIPES
-    commands = {
-        "lipschitz-check": Command.lazy(
-            "compare a run's certified Lipschitz bound with an empirical estimate",
-            "plugins.lipschitz.commands:check_arguments",
-            "plugins.lipschitz.commands:check",
-        ),
-        "lipschitz-sweep": Command.lazy(
-            "sweep constraint methods on the CPU recipe; plot accuracy vs bound",
-            "plugins.lipschitz.commands:sweep_arguments",
-            "plugins.lipschitz.commands:sweep",
-        ),
-        "lipschitz-bench": Command.lazy(
-            "cost of each weight constraint vs an SVD clip and a Muon step",
-            "plugins.lipschitz.commands:bench_arguments",
-            "plugins.lipschitz.commands:bench",
-        ),
-    }
 
     @hookimpl
     def hookmix_configure(self, state):

@@ -64,10 +64,9 @@ def add_arguments(p) -> None:
 
 
 def _recipe_raw(label: str, value: float, steps: int, threads: int) -> dict:
-    from engine.config.recipe import read_recipe
-    from engine.config.registry import Registry
+    from engine import load_recipe
 
-    _, raw = read_recipe(RECIPE, Registry())
+    raw = load_recipe(RECIPE).to_dict()  # the shipped recipe's tables, every default filled in
     plugins, swept, key, _, extra = METHODS[label]
     tables = {k: dict(v) for k, v in raw.get("plugins", {}).items() if k in BASE or k in plugins}
     for name, table in extra.items():
@@ -87,13 +86,9 @@ def _recipe_raw(label: str, value: float, steps: int, threads: int) -> dict:
 
 
 def run_one(label: str, value: float, steps: int, threads: int) -> dict:
-    from engine.config.recipe import resolve
-    from engine.config.registry import Registry
-    from engine.loop import Trainer
+    from engine import Trainer
 
-    registry = Registry()
-    raw = _recipe_raw(label, value, steps, threads)
-    trainer = Trainer(resolve(raw["name"], raw, registry), registry, quiet=True)
+    trainer = Trainer.from_recipe(_recipe_raw(label, value, steps, threads), quiet=True)
     t0 = time.process_time()
     summary = trainer.run()
     m = summary["metrics"]

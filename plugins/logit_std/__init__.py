@@ -1,6 +1,5 @@
-"""hookmix logit-standardization plugin package -- engine-independent core (spec §9).
+"""Logit standardization for distillation losses (docs/distillation.md).
 
-* :mod:`.transform` -- ``standardize_logits`` (per-row Z-score, Bessel std + eps, guarded backward).
-
-Nothing here imports the engine; hook wiring lives elsewhere.
+* :mod:`.transform` -- ``standardize_logits`` (per-row Z-score, Bessel std + eps, guarded backward); no engine import.
+* :mod:`.plugin` -- plugin ``logit_std``.
 """

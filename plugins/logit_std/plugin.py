@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import attrs
 
-from engine import BadInput, Plugin, field, hookimpl
-from engine.config.registry import unknown_name_message
+from engine import BadInput, Plugin, field, hookimpl, unknown_name_message
 from engine.validators import Rule, each, finite_positive, subset_of
 
 ROLES = ("student", "teacher")

@@ -1,6 +1,5 @@
-"""hookmix NKD / USKD plugin package -- engine-independent core (docs: ``docs/distillation.md``).
+"""Normalized KD and universal self-KD (docs/distillation.md).
 
-* :mod:`.losses` -- ``nkd_loss``, ``uskd_loss``, ``zipf_labels``, ``USKDHead`` / ``USKDLoss``, presets.
-
-Nothing here imports the engine; hook wiring lives elsewhere.
+* :mod:`.losses` -- ``nkd_loss``, ``uskd_loss``, ``zipf_labels``, ``USKDHead`` / ``USKDLoss``, presets; no engine import.
+* :mod:`.plugin` -- plugins ``nkd`` and ``uskd`` (their recipes ship with :mod:`plugins.kd`).
 """

@@ -11,8 +11,7 @@ from typing import Literal
 import attrs
 import torch
 
-from engine import BadInput, Plugin, field, hookimpl
-from engine.config.registry import unknown_name_message
+from engine import BadInput, Plugin, field, hookimpl, unknown_name_message
 from engine.validators import finite_non_negative, finite_positive, in_range
 from plugins.kd.distill_inputs import distill_inputs, need_target, sample_batch, student_logits_of
 

@@ -1,22 +1,23 @@
-"""SofT-GRPO plugin package: pure-PyTorch core (engine-independent).
+"""SofT-GRPO: Gumbel-reparameterised soft-thinking policy optimisation, and its GRPO baseline (docs/soft-grpo.md).
 
-Modules
--------
-* :mod:`.countdown`: Countdown task, solver, safe verifier/reward, tokenizer, prompts, split.
-* :mod:`.sft_traces`: gold scratchpad traces (optionally corrupted) and their collation for SFT.
-* :mod:`.policy`: :class:`SoftPolicy` protocol, :class:`TinyPolicy` (pre-LN decoder, KV cache).
-* :mod:`.hf_adapter`: Hugging Face causal-LM adapter (``transformers`` optional, imported lazily).
-* :mod:`.record`: :class:`Rollout` record and shared soft-token helpers.
-* :mod:`.sampling`: discrete and soft-thinking (Gumbel) rollouts.
-* :mod:`.likelihood`: input rebuild and per-position log-likelihood (Gumbel density / categorical).
-* :mod:`.objective`: group advantages, PPO-clip + dual clip, k3 KL, aggregation.
-* :mod:`.passk`: unbiased and first-k pass@k, paired bootstrap.
+* :mod:`.record` -- the :class:`Rollout` record and shared soft-token helpers.
+* :mod:`.sampling` -- discrete and soft-thinking (Gumbel) rollouts.
+* :mod:`.likelihood` -- input rebuild and per-position log-likelihood (Gumbel density / categorical).
+* :mod:`.objective` -- group advantages, PPO-clip + dual clip, k3 KL, aggregation.
+* :mod:`.passk` -- unbiased and first-k pass@k, paired bootstrap.
+* :mod:`.rl_plugins` -- plugins ``grpo`` and ``soft_grpo``.
+* :mod:`.passk_plugin` -- plugin ``passk`` (pass@k evaluation on held-out Countdown problems).
+* :mod:`.compare` -- ``hookmix countdown-compare``: SFT, GRPO vs SofT-GRPO over seeds, the pass@k report.
+* :mod:`.bench_rollouts` -- ``hookmix bench-rollouts``: soft vs discrete rollout throughput.
+* :mod:`.commands` -- the two commands' entries of the ``hookmix.commands`` group.
+
+The task is :mod:`plugins.countdown`, the policies :mod:`plugins.policies`; ``recipes/`` holds the recipes.
+The names below are the pure-PyTorch core (no engine import).
 """
 
 from .likelihood import LikelihoodConfig, position_loglik, rebuild_inputs_embeds, sequence_logprobs, soft_loglik
 from .objective import ObjectiveConfig, group_advantages, k3_kl, policy_loss, rollout_loss
 from .passk import first_k_pass, pass_at_k, pass_at_k_table
-from .policy import SoftPolicy, TinyPolicy, TinyPolicyConfig, as_soft_policy
 from .record import Rollout
 from .sampling import SamplingConfig, generate_rollouts
 
@@ -25,10 +26,6 @@ __all__ = [
     "ObjectiveConfig",
     "Rollout",
     "SamplingConfig",
-    "SoftPolicy",
-    "TinyPolicy",
-    "TinyPolicyConfig",
-    "as_soft_policy",
     "first_k_pass",
     "generate_rollouts",
     "group_advantages",

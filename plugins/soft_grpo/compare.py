@@ -1,8 +1,7 @@
-"""``hookmix countdown-compare`` (SFT once, GRPO vs SofT-GRPO over seeds, pass@k table) and
-``hookmix bench-rollouts`` (soft-thinking vs discrete rollout throughput, side by side).
+"""``hookmix countdown-compare``: SFT once, GRPO vs SofT-GRPO over seeds, pass@k table.
 
-Both are plugin commands (the ``commands`` of the ``passk`` plugin). Every training run goes through
-the engine (:class:`engine.loop.Trainer`) with the shipped recipes plus overrides; the pass@k numbers are
+Registered in the ``hookmix.commands`` entry-point group (:mod:`.commands`). Every training run goes through
+the engine (:func:`engine.train`) with the shipped recipes plus overrides; the pass@k numbers are
 the ``passk`` plugin's end-of-run evaluation, read back from ``RUN/passk/step-*.json``.
 """
 
@@ -14,7 +13,6 @@ import os
 import shutil
 import statistics
 import time
-from typing import Any
 
 import numpy as np
 
@@ -30,33 +28,26 @@ KS = (1, 4, 16, 32)
 
 def _train(recipe: str, overrides: list[str], out: str, log) -> dict:
     """Train ``recipe`` with ``overrides`` into ``out`` (skipped when ``out`` already holds a finished run)."""
-    from engine.config.recipe import apply_overrides, read_recipe, resolve
-    from engine.config.registry import Registry
-    from engine.loop import Trainer
+    import engine
 
     if os.path.exists(os.path.join(out, "summary.json")):
         log(f"  reuse {out}")
         return json.load(open(os.path.join(out, "summary.json")))
     if os.path.exists(out):
         shutil.rmtree(out)  # an interrupted run of this command: start it again
-    registry = Registry()
-    name, raw = read_recipe(recipe, registry)
     # `--set` applies to every RL arm: a plugins.X.key override reaches the arms that enable X
-    enabled = raw.get("run", {}).get("plugins", [])
+    enabled = engine.load_recipe(recipe).run.plugins
     overrides = [o for o in overrides if not o.startswith("plugins.") or o.split(".")[1] in enabled]
-    raw = apply_overrides(raw, [*overrides, f'run.out="{out}"'])
     t0 = time.perf_counter()
-    summary = Trainer(resolve(name, raw, registry), registry, quiet=True, stream=io.StringIO()).run()
+    summary = engine.train(recipe, *overrides, out=out, quiet=True, stream=io.StringIO()).summary
     log(f"  {out}: {summary['steps']} steps in {time.perf_counter() - t0:.0f}s")
     return summary
 
 
 def _policy_plugin(recipe: str) -> str:
-    from engine.config.recipe import read_recipe
-    from engine.config.registry import Registry
+    from engine import load_recipe
 
-    _, raw = read_recipe(recipe, Registry())
-    plugins = raw.get("run", {}).get("plugins", [])
+    plugins = load_recipe(recipe).run.plugins
     for name in ("tiny_policy", "hf_policy"):
         if name in plugins:
             return name
@@ -461,160 +452,3 @@ def compare_arguments(p) -> None:
         help="skip optional runs (control, τ sweep) that would overrun (0: none)",
     )
     p.add_argument("--doc", default="docs/soft-grpo-countdown.md", help="where the report is written")
-
-
-# --- rollout throughput ----------------------------------------------------------------------
-
-
-def bench_rollouts(
-    rows: int = 256,
-    d_model: int = 64,
-    n_layers: int = 2,
-    n_heads: int = 4,
-    think_cap: int = 24,
-    answer_cap: int = 14,
-    repeats: int = 5,
-    device: str = "cpu",
-    threads: int = 1,
-    tau: float = 0.1,
-) -> dict[str, Any]:
-    """Median wall time of discrete and soft rollouts of the same model, prompts and lengths, interleaved.
-
-    ``</think>`` and ``<eos>`` are suppressed so that every row of both modes runs exactly
-    ``think_cap + 1 + answer_cap`` steps (the cap forces ``</think>``).
-    """
-    import torch
-
-    from . import countdown as cd
-    from .policy import TinyPolicy, TinyPolicyConfig
-    from .sampling import SamplingConfig, generate_rollouts
-
-    if threads:
-        torch.set_num_threads(threads)
-    tok = cd.CharTokenizer()
-    problems = cd.generate_problems(64, 0, "test", unique=True)
-    prompts = [tok.encode(cd.prompt_text(problems[i % len(problems)])) for i in range(rows)]
-    torch.manual_seed(0)
-    model = (
-        TinyPolicy(
-            TinyPolicyConfig(vocab_size=tok.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_len=64)
-        )
-        .to(device)
-        .eval()
-    )
-    suppress = (tok.pad_id, tok.think_end_id, tok.eos_id)
-    cfgs = {
-        m: SamplingConfig(mode=m, think_cap=think_cap, answer_cap=answer_cap, tau=tau, suppress_ids=suppress)
-        for m in ("discrete", "soft")
-    }
-    times: dict[str, list[float]] = {m: [] for m in cfgs}
-    tokens: dict[str, int] = {}
-
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    for rep in range(repeats + 1):  # the first round is a warm-up
-        for m, cfg in cfgs.items() if rep % 2 == 0 else reversed(list(cfgs.items())):
-            gen = torch.Generator(device=device).manual_seed(rep)
-            sync()
-            t0 = time.perf_counter()
-            r = generate_rollouts(model, prompts, cfg, think_end_id=tok.think_end_id, eos_id=tok.eos_id, generator=gen)
-            sync()
-            if rep:
-                times[m].append(time.perf_counter() - t0)
-            tokens[m] = int(r.response_mask.sum())
-    out: dict[str, Any] = {
-        "rows": rows,
-        "d_model": d_model,
-        "n_layers": n_layers,
-        "steps": think_cap + 1 + answer_cap,
-        "device": device,
-        "threads": threads,
-        "repeats": repeats,
-    }
-    for m in cfgs:
-        med = statistics.median(times[m])
-        out[m] = {"median_s": med, "tokens": tokens[m], "tokens_per_s": tokens[m] / med}
-    out["ratio"] = out["soft"]["tokens_per_s"] / out["discrete"]["tokens_per_s"]
-    return out
-
-
-def bench_arguments(p) -> None:
-    p.add_argument("--rows", default="64,256,1024", help="rollouts per generation call, comma-separated")
-    p.add_argument("--sizes", default="64x2,128x4", help="model sizes d_model x layers, comma-separated")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--doc", default="", help="append/replace the '## SofT-GRPO rollouts' section of this markdown file")
-
-
-def run_bench(args) -> int:
-    results = []
-    print("| device | model (d × layers) | rows | steps | discrete tok/s | soft tok/s | soft / discrete |")
-    print("|---|---|---|---|---|---|---|")
-    for size in args.sizes.split(","):
-        d, n = (int(x) for x in size.lower().split("x"))
-        for rows in (int(r) for r in args.rows.split(",")):
-            r = bench_rollouts(
-                rows=rows,
-                d_model=d,
-                n_layers=n,
-                n_heads=4,
-                repeats=args.repeats,
-                device=args.device,
-                threads=args.threads,
-            )
-            results.append(r)
-            print(
-                f"| {r['device']} | {d} × {n} | {rows} | {r['steps']} | {r['discrete']['tokens_per_s']:,.0f} | "
-                f"{r['soft']['tokens_per_s']:,.0f} | {r['ratio']:.2f}× |",
-                flush=True,
-            )
-    if args.doc:
-        write_perf_section(args.doc, results, args)
-    return 0
-
-
-def write_perf_section(path: str, results: list[dict], args) -> None:
-    cmd = (
-        f"hookmix bench-rollouts --rows {args.rows} --sizes {args.sizes} --repeats {args.repeats} "
-        f"--device {args.device} --threads {args.threads} --doc {path}"
-    )
-    lines = [
-        "## SofT-GRPO rollouts",
-        "",
-        "Soft-thinking rollouts (top-k 5 filtering, Gumbel noise, Gumbel-Softmax weights, mixture embeddings, "
-        "per-step likelihood) against discrete sampling of the same tiny policy, the same prompts and the same "
-        "lengths (`</think>` and `<eos>` suppressed so every row runs the caps: 24 thinking + 1 + 14 answer "
-        "steps), KV-cached, interleaved in one process; median of the repeats after a warm-up. Goal: soft ≥ 0.8× "
-        "discrete. The sampler draws only for the phases some row is in and reuses the soft step's filtered "
-        "distribution for answer tokens; before that change soft rollouts ran at 0.70× discrete (64 rows, "
-        "d 64). Absolute tokens/s depend on the load of the shared machine (2–3× between runs here); the "
-        "interleaved ratio much less, except in the smallest, Python-bound case (64 rows, d 64), which moved "
-        "between 0.73× on the loaded machine and 0.93× on the idle one.",
-        "",
-        "```bash",
-        cmd,
-        "```",
-        "",
-        "| device | model (d × layers) | rows | steps | discrete tok/s | soft tok/s | soft / discrete |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['device']} ({r['threads']} thread) | {r['d_model']} × {r['n_layers']} | {r['rows']} | "
-            f"{r['steps']} | {r['discrete']['tokens_per_s']:,.0f} | {r['soft']['tokens_per_s']:,.0f} | "
-            f"{r['ratio']:.2f}× |"
-        )
-    section = "\n".join(lines) + "\n\n"
-    text = open(path).read() if os.path.exists(path) else "# Performance\n"
-    marker = "## SofT-GRPO rollouts"
-    if marker in text:
-        start = text.index(marker)
-        nxt = text.find("\n## ", start + len(marker))
-        text = text[:start] + section + ("" if nxt < 0 else text[nxt + 1 :])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .policy import as_soft_policy
+from plugins.policies.policy import as_soft_policy
+
 from .record import Rollout, mixture_embeds, slot_log_probs, soft_weights
 
 __all__ = [

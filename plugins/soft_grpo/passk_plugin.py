@@ -9,15 +9,15 @@ from typing import Any
 import attrs
 import torch
 
-from engine import BadInput, Command, Plugin, field, hookimpl
+from engine import BadInput, Plugin, field, hookimpl
 from engine.validators import each, finite_positive, in_range, int_range, subset_of
+from plugins.countdown import task as cd
+from plugins.countdown.capabilities import CountdownTask
+from plugins.countdown.data_plugin import CountdownSource, check_context
+from plugins.countdown.tokenizers import suppress_ids_for
 
-from . import countdown as cd
-from .capabilities import CountdownTask
-from .data_plugins import CountdownSource, check_context
 from .passk import pass_at_k_table
 from .sampling import SamplingConfig, generate_rollouts
-from .tokenizers import suppress_ids_for
 
 RECIPES = "plugins.soft_grpo.recipes"
 
@@ -119,18 +119,6 @@ class PassK(Plugin):
     Config = PassKConfig
     requires = (CountdownTask,)
     recipes = RECIPES
-    commands = {
-        "countdown-compare": Command.lazy(
-            "Countdown: SFT once, GRPO vs SofT-GRPO over seeds, pass@k table (docs/soft-grpo-countdown.md)",
-            "plugins.soft_grpo.compare:compare_arguments",
-            "plugins.soft_grpo.compare:run_compare",
-        ),
-        "bench-rollouts": Command.lazy(
-            "soft-thinking vs discrete rollout throughput, same model and lengths, side by side",
-            "plugins.soft_grpo.compare:bench_arguments",
-            "plugins.soft_grpo.compare:run_bench",
-        ),
-    }
 
     @hookimpl
     def hookmix_configure(self, state):

@@ -28,15 +28,16 @@ import torch
 
 from engine import BadInput, Plugin, WeightConstraint, field, hookimpl
 from engine.validators import MAX_MAGNITUDE, Rule, bounded, finite_non_negative, finite_positive, in_range, int_range
+from plugins.countdown import task as cd
+from plugins.countdown.capabilities import RL, CountdownTask
+from plugins.countdown.data_plugin import check_context
+from plugins.countdown.tokenizers import suppress_ids_for
+from plugins.policies.capabilities import POLICY
 
-from . import countdown as cd
-from .capabilities import POLICY, RL, CountdownTask
-from .data_plugins import check_context
 from .likelihood import LikelihoodConfig, sequence_logprobs
 from .objective import ObjectiveConfig, aggregate, group_advantages, k3_kl, policy_loss
 from .record import Rollout
 from .sampling import SamplingConfig, generate_rollouts
-from .tokenizers import suppress_ids_for
 
 RECIPES = "plugins.soft_grpo.recipes"
 dual_clip_rule = Rule(f"0 (off) or a number in (1, {MAX_MAGNITUDE:g}]", lambda v: v == 0 or 1 < v <= MAX_MAGNITUDE)

@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from plugins.policies.policy import as_soft_policy, left_pad
+
 from .likelihood import LikelihoodConfig, position_loglik
-from .policy import as_soft_policy
 from .record import Rollout, mixture_embeds, slot_log_probs, soft_weights
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "soft_token_step",
     "discrete_token_step",
     "generate_rollouts",
-    "left_pad",
 ]
 
 
@@ -160,19 +160,6 @@ def discrete_token_step(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, 
     ids, pbar, _ = filter_probs(logits, temperature, top_k, top_p, min_p, suppress_ids)
     j = torch.multinomial(pbar, 1, generator=generator)
     return ids.gather(-1, j).squeeze(-1)
-
-
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into ``(ids, mask)``, both ``(B, P)``."""
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), P), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError("empty prompt")
-        ids[i, P - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
-        mask[i, P - len(p) :] = True
-    return ids, mask
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from plugins.kd.cifar100 import (
+from plugins.cifar.cifar100 import (
     CIFAR100_MEAN,
     CIFAR100_STD,
     UnsafePickleError,

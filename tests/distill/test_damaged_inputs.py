@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli.main import main
-from plugins.kd.cifar100 import write_synthetic_cifar100
+from plugins.cifar.cifar100 import write_synthetic_cifar100
 
 
 def _tar_with(path: Path, members: dict) -> None:

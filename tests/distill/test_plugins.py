@@ -262,7 +262,7 @@ def test_language_model_distillation_flattens_logits_and_features(tmp_path):
 
 
 def test_cifar100_resnet_sgd_train_on_a_synthetic_archive(tmp_path):
-    from plugins.kd.cifar100 import write_synthetic_cifar100
+    from plugins.cifar.cifar100 import write_synthetic_cifar100
 
     archive = str(tmp_path / "cifar-100-python.tar.gz")
     write_synthetic_cifar100(archive, n_train=8, n_test=4)

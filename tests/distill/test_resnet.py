@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from plugins.kd.resnet import BasicBlock, CifarResNet, resnet8x4, resnet32x4
+from plugins.cifar.resnet import BasicBlock, CifarResNet, resnet8x4, resnet32x4
 
 
 @pytest.mark.parametrize("factory,blocks,params_m", [(resnet8x4, 3, 1.23), (resnet32x4, 15, 7.43)])

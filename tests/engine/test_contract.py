@@ -408,21 +408,93 @@ def test_open_run_reads_recipe_step_weights_and_rebuilds_the_model(tmp_path):
 # --- 11. no back doors; profiling ----------------------------------------------------------------
 
 
-def test_plugins_use_no_engine_back_doors():
-    bad = re.compile(
-        r"state\.manager|state\._|\._manager|run_dir\._p|from engine\.manager import|\.pm\.hook|"
-        r"\.builtins\b"
-    )
+def _public_names() -> dict[str, set[str] | None]:
+    """The public modules a plugin may import, and the names each offers (None: every name)."""
+    import engine
+    import engine.testing
+
+    return {
+        "engine": {*engine.__all__, "testing"},
+        "engine.testing": set(engine.testing.__all__),
+        "engine.validators": None,
+    }
+
+
+def _private_uses(path: str, public: dict[str, set[str] | None]) -> list[str]:
+    """Each use of the engine in a Python file outside its public surface: an import of another engine module
+    or of a name the public module does not export, ``engine.X`` of such a name, ``state._x``, ``._manager``."""
+    import ast
+
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node, a.name) for a in node.names if a.name.split(".")[0] == "engine" and a.name not in public]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "engine":
+            names = public.get(node.module, set())
+            if node.module not in public:
+                found.append((node, f"from {node.module} import ..."))
+            elif names is not None:
+                found += [(node, f"from {node.module} import {a.name}") for a in node.names if a.name not in names]
+        elif isinstance(node, ast.Attribute):
+            base = node.value
+            if isinstance(base, ast.Name) and base.id == "engine" and node.attr not in public["engine"]:
+                found.append((node, f"engine.{node.attr}"))
+            private = node.attr.startswith("_") and not node.attr.startswith("__")
+            of_state = (isinstance(base, ast.Name) and base.id == "state") or (
+                isinstance(base, ast.Attribute) and base.attr == "state"
+            )
+            if private and (of_state or node.attr == "_manager"):
+                found.append((node, f"state.{node.attr}" if of_state else f".{node.attr}"))
+    return [f"{os.path.relpath(path, ROOT)}:{node.lineno}: {what}" for node, what in found]
+
+
+def test_plugins_use_only_the_public_surface():
+    """plugins/ and contrib/ import only ``engine`` (its ``__all__``), ``engine.validators`` and ``engine.testing``
+    (its ``__all__``), and touch no private member of ``state``: the surface docs/authoring.md lists."""
+    public = _public_names()
     offenders = []
     for top in ("plugins", "contrib"):
         for folder, _, files in os.walk(os.path.join(ROOT, top)):
-            for file in files:
-                if file.endswith(".py"):
-                    path = os.path.join(folder, file)
-                    for i, line in enumerate(open(path, encoding="utf-8"), 1):
-                        if bad.search(line):
-                            offenders.append(f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()}")
-    assert not offenders, "plugins reach into the engine's internals:\n" + "\n".join(offenders)
+            offenders += [u for f in files if f.endswith(".py") for u in _private_uses(os.path.join(folder, f), public)]
+    assert not offenders, "plugins use engine internals (make it public in engine/__init__.py, or stop):\n" + (
+        "\n".join(offenders)
+    )
+
+
+def test_the_surface_check_sees_every_kind_of_back_door(tmp_path):
+    path = tmp_path / "plugin.py"
+    path.write_text(
+        "import engine.loop\nfrom engine.manager import Manager\nfrom engine import Plugin, build_state\n"
+        "from engine.testing import TOY, _tree_equal\nfrom engine.validators import anything\nimport engine\n"
+        "engine.Trainer, engine.dispatch\nstate._train_log, self.state._group, state.log, x._manager\n"
+    )
+    uses = {u.split(": ", 1)[1] for u in _private_uses(str(path), _public_names())}
+    assert uses == {
+        "engine.loop",
+        "from engine.manager import ...",
+        "from engine import build_state",
+        "from engine.testing import _tree_equal",
+        "engine.dispatch",
+        "state._train_log",
+        "state._group",
+        "._manager",
+    }
+
+
+def test_every_public_name_exists_and_authoring_md_lists_exactly_them():
+    import engine
+
+    for name in engine.__all__:
+        assert getattr(engine, name) is not None, name
+    text = open(os.path.join(ROOT, "docs", "authoring.md"), encoding="utf-8").read()
+    section = text.split("## The public surface", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `engine\.(\w+)`", section, flags=re.M))
+    assert listed == set(engine.__all__), (
+        f"docs/authoring.md lists {sorted(listed - set(engine.__all__))} that engine does not export, "
+        f"and misses {sorted(set(engine.__all__) - listed)}"
+    )
 
 
 def test_state_forward_is_the_runs_forward():

@@ -11,7 +11,7 @@ from engine import BadInput, Plugin, PluginConflict, hookimpl
 from engine.cli.main import main
 from engine.testing import TOY, assert_resumes_exactly, train
 from plugins.lipschitz import spectral as sp
-from plugins.lipschitz.commands import empirical_estimate
+from plugins.lipschitz.check import empirical_estimate
 from plugins.lipschitz.constraints import CAPS
 
 torch.set_num_threads(1)

@@ -15,13 +15,14 @@ Contestants, interleaved in one process like ``hookmix bench overhead`` (turns o
 - ``+log records``: the plain loop writing the engine's metrics record every 10 steps
   (``Trainer.log_train``: the read, throughput, metrics.jsonl and TensorBoard queue, ``on_log``);
 - ``+all three``; ``hookmix``: ``Trainer.advance()``, everything the engine does;
-- ``written out``: the engine's step for exactly this run written by hand as one function
+- ``written out``: the engine's step specialised to exactly this run, by hand, as one function
   (counting, the loss through the hook caller and the plugin, the record, the probe's hook,
-  backward, optimizer step, the engine's metrics record every 10 steps; no ``advance`` and no
-  checks of values): what a step written per run (engine/step.py) should cost.
+  backward, optimizer step, the engine's metrics record every 10 steps; no ``advance``, no branch
+  on a setting, no check of values): what the general step (engine/step.py), which branches on
+  the run's settings and calls the default forward and the throughput count, costs beyond it.
 
 Prints the median over repeats of each contestant's ratio to ``plain``; the difference between
-``hookmix`` and ``+all three`` is the engine's own machinery (hook callers, the bound step, counting).
+``hookmix`` and ``+all three`` is the engine's own machinery (hook callers, the step, counting).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def plain_plus(trainer, model, adamw: dict, generator, ce_plugin=False, records=
         steps[0] += 1
         if steps[0] % BLOCK == 0:  # the engine's log interval in the benchmark
             if log:  # the engine's record, fed this interval's losses
-                state.train_log.terms.extend((steps[0], ("ce",), (t,)) for t in kept or [loss.detach()])
+                state._train_log.terms.extend((steps[0], ("ce",), (t,)) for t in kept or [loss.detach()])
                 trainer.log_train()
             elif records:
                 to_host(kept)
@@ -72,11 +73,11 @@ def plain_plus(trainer, model, adamw: dict, generator, ce_plugin=False, records=
 
 
 def written_out(trainer):
-    """The engine's step for this run (MLP, one process, fp32, one loss plugin, no other hooks) as one function."""
+    """The engine's step specialised to this run (MLP, one process, fp32, one loss plugin, the probe's hook)."""
     state, manager = trainer.state, trainer.manager
     model, optimizer, train_batch, generator = state.model, state.optimizer, state.data.train_batch, state.generator
     loss_terms, before_backward = manager.loss_terms, manager.before_backward
-    records, shapes = state.train_log.terms, trainer.throughput.shapes
+    records, shapes = state._train_log.terms, trainer.throughput.shapes
     probe = manager.plugins["loss_probe"]
 
     def step() -> torch.Tensor:

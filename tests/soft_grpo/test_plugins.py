@@ -180,7 +180,7 @@ def test_hf_policy_soft_grpo_with_hf_tokenizer(tmp_path):
 
 
 def test_bench_rollouts_runs_both_modes_to_the_same_length():
-    from plugins.soft_grpo.compare import bench_rollouts
+    from plugins.soft_grpo.bench_rollouts import bench_rollouts
 
     r = bench_rollouts(rows=8, d_model=16, n_layers=1, n_heads=2, think_cap=4, answer_cap=3, repeats=1)
     assert r["soft"]["tokens"] == r["discrete"]["tokens"] == 8 * 8

@@ -11,8 +11,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from plugins.soft_grpo import countdown as cd  # noqa: E402
-from plugins.soft_grpo import sft_traces as sft  # noqa: E402
+from plugins.countdown import sft_traces as sft  # noqa: E402
+from plugins.countdown import task as cd  # noqa: E402
 
 
 def test_tokenizer_layout_and_round_trip():

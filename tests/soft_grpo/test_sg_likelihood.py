@@ -10,7 +10,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from plugins.soft_grpo import countdown as cd  # noqa: E402
+from plugins.countdown import task as cd  # noqa: E402
+from plugins.policies.policy import TinyPolicy, TinyPolicyConfig  # noqa: E402
 from plugins.soft_grpo.likelihood import (  # noqa: E402
     LikelihoodConfig,
     gumbel_log_density,
@@ -22,7 +23,6 @@ from plugins.soft_grpo.likelihood import (  # noqa: E402
     teacher_forced_logits,
 )
 from plugins.soft_grpo.objective import ObjectiveConfig, policy_loss  # noqa: E402
-from plugins.soft_grpo.policy import TinyPolicy, TinyPolicyConfig  # noqa: E402
 from plugins.soft_grpo.sampling import SamplingConfig, generate_rollouts  # noqa: E402
 
 TOK = cd.CharTokenizer()

@@ -10,7 +10,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from plugins.soft_grpo import countdown as cd  # noqa: E402
+from plugins.countdown import task as cd  # noqa: E402
+from plugins.policies.policy import TinyPolicy, TinyPolicyConfig  # noqa: E402
 from plugins.soft_grpo.likelihood import sequence_logprobs  # noqa: E402
 from plugins.soft_grpo.objective import (  # noqa: E402
     ObjectiveConfig,
@@ -21,7 +22,6 @@ from plugins.soft_grpo.objective import (  # noqa: E402
     ppo_clip_token_losses,
     rollout_loss,
 )
-from plugins.soft_grpo.policy import TinyPolicy, TinyPolicyConfig  # noqa: E402
 from plugins.soft_grpo.sampling import SamplingConfig, generate_rollouts  # noqa: E402
 
 

@@ -12,10 +12,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from plugins.soft_grpo import countdown as cd  # noqa: E402
-from plugins.soft_grpo.hf_adapter import HFCausalLMAdapter, require_transformers, tiny_random_hf_policy  # noqa: E402
-from plugins.soft_grpo.policy import SoftPolicy, TinyPolicy, TinyPolicyConfig, as_soft_policy  # noqa: E402
-from plugins.soft_grpo.sampling import SamplingConfig, generate_rollouts, left_pad  # noqa: E402
+from plugins.countdown import task as cd  # noqa: E402
+from plugins.policies.hf_adapter import HFCausalLMAdapter, require_transformers, tiny_random_hf_policy  # noqa: E402
+from plugins.policies.policy import SoftPolicy, TinyPolicy, TinyPolicyConfig, as_soft_policy, left_pad  # noqa: E402
+from plugins.soft_grpo.sampling import SamplingConfig, generate_rollouts  # noqa: E402
 
 
 def _policy(seed=0, **kw):

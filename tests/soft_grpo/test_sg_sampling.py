@@ -11,8 +11,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from plugins.soft_grpo import countdown as cd  # noqa: E402
-from plugins.soft_grpo.policy import TinyPolicy, TinyPolicyConfig  # noqa: E402
+from plugins.countdown import task as cd  # noqa: E402
+from plugins.policies.policy import TinyPolicy, TinyPolicyConfig  # noqa: E402
 from plugins.soft_grpo.record import mixture_embeds  # noqa: E402
 from plugins.soft_grpo.sampling import (  # noqa: E402
     SamplingConfig,

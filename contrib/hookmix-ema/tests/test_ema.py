@@ -5,8 +5,7 @@ import torch
 from hookmix_ema import EMA
 
 from engine import BadInput
-from engine.testing import TOY, assert_resumes_exactly, train
-from engine.testing.distributed import assert_distributed_matches
+from engine.testing import TOY, assert_distributed_matches, assert_resumes_exactly, train
 
 
 def test_ema_tracks_the_weights_and_evaluates_with_them():

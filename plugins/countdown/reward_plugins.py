@@ -8,10 +8,9 @@ import torch
 from engine import Plugin, field, hookimpl
 from engine.validators import bounded
 
-from . import countdown as cd
+from . import task as cd
 from .capabilities import RL
-from .data_plugins import problems_from
-from .record import Rollout
+from .data_plugin import problems_from
 
 
 @attrs.define
@@ -28,7 +27,7 @@ class CountdownReward(Plugin):
 
     @hookimpl
     def hookmix_rewards(self, rollouts, state):
-        r: Rollout = rollouts["rollout"]
+        r = rollouts["rollout"]  # the rollout record: its decoded answers and whether each finished
         vals = [
             cd.answer_reward(p, a, f) for p, a, f in zip(problems_from(rollouts), r.answer_text, r.finished.tolist())
         ]
@@ -57,6 +56,6 @@ class FormatReward(Plugin):
 
     @hookimpl
     def hookmix_rewards(self, rollouts, state):
-        r: Rollout = rollouts["rollout"]
+        r = rollouts["rollout"]
         vals = [float(f and self._parses(a)) for a, f in zip(r.answer_text, r.finished.tolist())]
         return {"format": self.config.weight * torch.tensor(vals, dtype=torch.float32)}

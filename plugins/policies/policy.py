@@ -1,6 +1,6 @@
 """Tiny decoder-only policy and the minimal policy protocol used by the soft-thinking code.
 
-The sampler (:mod:`.sampling`) and the likelihood (:mod:`.likelihood`) only talk to a
+The sampler (:mod:`plugins.soft_grpo.sampling`) and the likelihood (:mod:`plugins.soft_grpo.likelihood`) only talk to a
 :class:`SoftPolicy`:
 
 * ``embed(ids) -> (..., d)``: input embeddings of token ids (what the model would feed itself);
@@ -14,14 +14,14 @@ tokens and 0/False for (left) padding.  ``position_ids`` default to the running 
 so left-padded prompts get the same positions as unpadded ones.
 
 :class:`TinyPolicy` implements the protocol natively; :func:`as_soft_policy` wraps Hugging Face causal
-LMs through :mod:`.hf_adapter`.
+LMs through :mod:`.hf_adapter`. :func:`left_pad` batches prompts the way the protocol reads them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ __all__ = [
     "KVCache",
     "as_soft_policy",
     "default_position_ids",
+    "left_pad",
 ]
 
 
@@ -240,3 +241,16 @@ def as_soft_policy(model: Any) -> SoftPolicy:
 
         return HFCausalLMAdapter(model)
     raise TypeError(f"{type(model).__name__} implements neither SoftPolicy nor the HF causal-LM interface")
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``(ids, mask)``, both ``(B, P)``."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), P), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError("empty prompt")
+        ids[i, P - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, P - len(p) :] = True
+    return ids, mask

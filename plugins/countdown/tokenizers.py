@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from engine import BadInput
 
-from . import countdown as cd
+from . import task as cd
 
 
 class HFCountdownTokenizer:
-    """A Hugging Face tokenizer behind the :class:`~.countdown.CharTokenizer` interface.
+    """A Hugging Face tokenizer behind the :class:`~.task.CharTokenizer` interface.
 
     ``<bos>`` maps to the tokenizer's BOS (dropped when it has none), ``<think>`` to the text
     ``think_start`` (any number of tokens), ``</think>`` to ``think_end`` (must be one token) and
@@ -16,7 +16,7 @@ class HFCountdownTokenizer:
     """
 
     def __init__(self, path: str, think_start: str = "<think>", think_end: str = "</think>") -> None:
-        from .hf_adapter import require_transformers
+        from plugins.policies.hf_adapter import require_transformers
 
         tr = require_transformers()
         try:

@@ -1,6 +1,6 @@
 """Countdown SFT traces: gold scratchpads (optionally corrupted) for supervised warm-up, and their collation.
 
-Built on the task in :mod:`plugins.soft_grpo.countdown` (problems, solver, verifier, tokenizer).
+Built on the task in :mod:`plugins.countdown.task` (problems, solver, verifier, tokenizer).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .countdown import EOS, THINK_END, CharTokenizer, Problem, _render, prompt_text, solve, verify
+from .task import EOS, THINK_END, CharTokenizer, Problem, _render, prompt_text, solve, verify
 
 __all__ = ["gold_trace", "SFTExample", "make_sft_example", "collate_sft"]
 

@@ -10,14 +10,13 @@ import torch
 
 from engine import BadInput, Plugin, field, hookimpl
 from engine.validators import Rule, each, in_range, int_range, seed
+from plugins.policies.policy import left_pad
 
-from . import countdown as cd
 from . import sft_traces as sft
+from . import task as cd
 from .capabilities import RL, CountdownTask
-from .sampling import left_pad
 from .tokenizers import HFCountdownTokenizer
 
-RECIPES = "plugins.soft_grpo.recipes"
 operators = Rule(
     "a non-empty string of distinct operators from +-*/",
     lambda v: isinstance(v, str) and bool(v) and len(set(v)) == len(v) and set(v) <= set("+-*/"),
@@ -159,7 +158,6 @@ class Countdown(Plugin):
     name = "countdown"
     Config = CountdownDataConfig
     provides = (CountdownTask,)
-    recipes = RECIPES
 
     # CountdownTask: what the RL plugins may ask of this plugin
 

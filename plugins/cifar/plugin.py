@@ -1,4 +1,4 @@
-"""The CIFAR-100 protocol's data and model plugins: ``cifar100`` (official python archive) and ``resnet``.
+"""The CIFAR-100 data and model plugins: ``cifar100`` (official python archive) and ``resnet``.
 
 The CRD / mdistiller CIFAR-100 protocol (docs/distillation.md), for users with a GPU and the official archive.
 """
@@ -13,14 +13,12 @@ import torch
 from engine import BadInput, Plugin, field, hookimpl
 from engine.validators import int_range
 
-RECIPES = "plugins.kd.recipes"
-
 
 class CIFAR100Batches:
     """CIFAR-100 batches: random crop + flip from the engine's generator for training; the test split for val."""
 
     def __init__(self, path: str, batch_size: int, eval_batch_size: int, augment: bool, padding: int) -> None:
-        from plugins.kd.cifar100 import NUM_CLASSES, load_cifar100
+        from plugins.cifar.cifar100 import NUM_CLASSES, load_cifar100
 
         train_x, train_y = load_cifar100(path, "train")
         test_x, test_y = load_cifar100(path, "test")
@@ -33,7 +31,7 @@ class CIFAR100Batches:
         self.info = {"task": "classification", "num_classes": NUM_CLASSES, "channels": 3, "image_size": 32}
 
     def train_batch(self, generator: torch.Generator) -> dict:
-        from plugins.kd.cifar100 import normalize_cifar100, random_crop_flip
+        from plugins.cifar.cifar100 import normalize_cifar100, random_crop_flip
 
         idx = torch.randperm(len(self.train_y), generator=generator)[: self.batch_size]
         images = self.train_x[idx]
@@ -42,7 +40,7 @@ class CIFAR100Batches:
         return {"input": normalize_cifar100(images), "target": self.train_y[idx]}
 
     def val_batches(self):
-        from plugins.kd.cifar100 import normalize_cifar100
+        from plugins.cifar.cifar100 import normalize_cifar100
 
         for start in range(0, len(self.test_y), self.eval_batch_size):
             end = start + self.eval_batch_size
@@ -63,11 +61,10 @@ class CIFAR100Data(Plugin):
 
     name = "cifar100"
     Config = CIFAR100Config
-    recipes = RECIPES
 
     @hookimpl
     def hookmix_data(self, state):
-        from plugins.kd.cifar100 import UnsafePickleError
+        from plugins.cifar.cifar100 import UnsafePickleError
 
         c = self.config
         if not c.path:
@@ -99,7 +96,7 @@ class ResNet(Plugin):
 
     @hookimpl
     def hookmix_model(self, state):
-        from plugins.kd import resnet
+        from plugins.cifar import resnet
 
         info = getattr(state.data, "info", {}) or {}
         if "num_classes" not in info or info.get("channels", 3) != 3:

@@ -1,13 +1,11 @@
-"""The capabilities the SofT-GRPO plugins share (docs/capabilities.md)."""
+"""The capabilities between the Countdown plugins and the rollout plugins that use them (docs/capabilities.md)."""
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-#: Provided by the rollout plugins (grpo, soft_grpo): reward plugins and RL-mode data require it.
+#: Provided by the rollout plugins (grpo, soft_grpo): the Countdown reward plugins and RL-mode data require it.
 RL = "rl"
-#: Provided by model plugins whose model speaks the soft-policy protocol (plugins/soft_grpo/policy.py).
-POLICY = "policy"
 
 
 @runtime_checkable

@@ -1,0 +1,20 @@
+"""The SofT-GRPO experiment commands, registered in the ``hookmix.commands`` entry-point group.
+
+Each is an :class:`engine.Command` whose functions are imported only when its verb runs, so
+``hookmix --help`` lists them without importing the drivers.
+"""
+
+from __future__ import annotations
+
+from engine import Command
+
+countdown_compare = Command.lazy(
+    "Countdown: SFT once, GRPO vs SofT-GRPO over seeds, pass@k table (docs/soft-grpo-countdown.md)",
+    "plugins.soft_grpo.compare:compare_arguments",
+    "plugins.soft_grpo.compare:run_compare",
+)
+bench_rollouts = Command.lazy(
+    "soft-thinking vs discrete rollout throughput, same model and lengths, side by side",
+    "plugins.soft_grpo.bench_rollouts:bench_arguments",
+    "plugins.soft_grpo.bench_rollouts:run_bench",
+)
