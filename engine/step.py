@@ -59,6 +59,37 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
             outputs = aux_outputs(model, batch, outputs, state)
         return loss_terms(batch, outputs, state)
 
+    def inside_wrapper(batch: dict) -> dict:
+        """DDP/FSDP: the forward runs inside the wrapper, so that the backward reduces."""
+        return wrapper(lambda: forward_and_loss_terms(batch))
+
+    compute_terms = forward_and_loss_terms if wrapper is None else inside_wrapper
+
+    def micro_batch(batch: dict, step: int) -> None:
+        """Forward (under autocast), the loss terms recorded, and backward, for one micro-batch."""
+        if autocast:
+            with state.autocast():
+                terms = compute_terms(batch)
+        else:
+            terms = compute_terms(batch)
+        if len(terms) == 1:
+            ((name, loss),) = terms.items()
+            records.append((step, (name,), (loss.detach(),)))
+        else:
+            if not terms:
+                raise TrainingFailure(
+                    f"step {step}: no plugin returned a loss term for this batch; check the loss plugins' conditions"
+                )
+            loss = sum(terms.values())
+            records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))
+        if accum > 1:
+            loss = loss / accum
+        if before_backward is not None:
+            before_backward(loss, state)
+        loss.backward()
+        if after_backward is not None:
+            after_backward(model, state)
+
     def train_step() -> None:
         if not model.training:  # train() walks every submodule: too slow to call per step on small models
             model.train()
@@ -70,31 +101,11 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
                 count(batch)
             else:  # this rank's rows, counted, on the device, rolled out
                 batch = prepare_batch(batch)
-            # DDP/FSDP with accumulation: gradients are reduced on the last micro-batch only
-            with NULL_CONTEXT if wrapper is None or micro == last_micro else wrapper.no_sync():
-                with state.autocast() if autocast else NULL_CONTEXT:
-                    if wrapper is None:
-                        terms = forward_and_loss_terms(batch)
-                    else:
-                        terms = wrapper(lambda: forward_and_loss_terms(batch))
-                if len(terms) == 1:
-                    ((name, loss),) = terms.items()
-                    records.append((step, (name,), (loss.detach(),)))
-                else:
-                    if not terms:
-                        raise TrainingFailure(
-                            f"step {step}: no plugin returned a loss term for this batch; "
-                            f"check the loss plugins' conditions"
-                        )
-                    loss = sum(terms.values())
-                    records.append((step, tuple(terms), (*map(detach, terms.values()), loss.detach())))
-                if accum > 1:
-                    loss = loss / accum
-                if before_backward is not None:
-                    before_backward(loss, state)
-                loss.backward()
-                if after_backward is not None:
-                    after_backward(model, state)
+            if wrapper is not None and micro < last_micro:  # accumulating under DDP/FSDP: reduce on the last only
+                with wrapper.no_sync():
+                    micro_batch(batch, step)
+            else:
+                micro_batch(batch, step)
         if clip > 0:
             state.log("train/grad_norm", as_plain(clip_grad_norm_(params, clip)))
         if optimizer_step is None:

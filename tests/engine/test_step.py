@@ -245,6 +245,7 @@ def test_a_traceback_through_the_step_shows_the_steps_source_lines():
         trainer.train_step()
     frames = traceback.extract_tb(failure.value.__traceback__)
     step = [f for f in frames if f.filename.endswith("engine/step.py")]
-    assert [f.name for f in step] == ["train_step", "forward_and_loss_terms"]
-    assert step[0].line == "terms = forward_and_loss_terms(batch)"
-    assert step[1].line == "return loss_terms(batch, outputs, state)"
+    assert [f.name for f in step] == ["train_step", "micro_batch", "forward_and_loss_terms"]
+    assert step[0].line == "micro_batch(batch, step)"
+    assert step[1].line == "terms = compute_terms(batch)"
+    assert step[2].line == "return loss_terms(batch, outputs, state)"
