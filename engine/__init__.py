@@ -17,23 +17,26 @@ entry-point group.
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
-from engine import validators  # generic config validators: finite, in_range, length, each, width, ...
-from engine.config.recipe import field, non_negative, one_of, positive
-from engine.config.registry import Registry, unknown_name_message
-from engine.errors import BadInput, HookmixError, PluginConflict, TrainingFailure
-from engine.plugin import API_VERSION, Command, Plugin, hookimpl
-
-try:
-    __version__ = metadata.version("hookmix")
-except metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
-
-# These need torch (engine.api imports it when a run is made): imported on first use, so that `hookmix`
-# is inside its error and Ctrl-C handling (engine.cli.main) before the slow torch import starts.
+# Every name is imported on first use: `import engine` costs nothing, so that the `hookmix` command is
+# inside its signal handling (engine.cli.main, first statement) before any slow import starts (attrs,
+# pluggy, importlib.metadata, and later torch), and `hookmix --version` answers at once.
 _LAZY = {
+    "field": "engine.config.recipe",
+    "non_negative": "engine.config.recipe",
+    "one_of": "engine.config.recipe",
+    "positive": "engine.config.recipe",
+    "Registry": "engine.config.registry",
+    "unknown_name_message": "engine.config.registry",
+    "BadInput": "engine.errors",
+    "HookmixError": "engine.errors",
+    "PluginConflict": "engine.errors",
+    "TrainingFailure": "engine.errors",
+    "API_VERSION": "engine.plugin",
+    "Command": "engine.plugin",
+    "Plugin": "engine.plugin",
+    "hookimpl": "engine.plugin",
     "Result": "engine.api",
     "State": "engine.state",
     "Trainer": "engine.loop",
@@ -46,11 +49,26 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "__version__":
+        from importlib import metadata
+
+        try:
+            return metadata.version("hookmix")
+        except metadata.PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
+    if name == "validators":  # a submodule: generic config validators (finite, in_range, length, each, ...)
+        return importlib.import_module("engine.validators")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # the next access is a plain attribute
+        return value
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 __all__ = [

@@ -152,16 +152,14 @@ def make_trainer(
 ) -> Trainer:
     """``Trainer.from_recipe``: the recipe resolved, and a trainer made for it (not yet set up).
 
-    Under torchrun an elastic restart of the worker group continues from the run directory (its newest
-    checkpoint, or step 0 when it has none yet), as ``hookmix train`` does.
+    Under torchrun an elastic restart of the worker group continues the run directory that an earlier
+    attempt of the same launch claimed (decided in ``Trainer.setup``), as ``hookmix train`` does.
     """
-    from engine.distributed.launch import elastic_resume
+    from engine.failures import interrupts
 
     resolved, registry = resolve_run(recipe, overrides, plugins=plugins, out=out, resume=resume, registry=registry)
-    resuming, restart = elastic_resume(resolved.run.out, bool(resume))
-    return trainer_class(
-        resolved, registry, resume=resuming, stream=stream, quiet=quiet, restart=restart, profile=profile
-    )
+    interrupts.check()  # a safe point of start-up (the CLI records signals until here)
+    return trainer_class(resolved, registry, resume=bool(resume), stream=stream, quiet=quiet, profile=profile)
 
 
 def resolve_run(

@@ -90,13 +90,11 @@ class Trainer:
         resume: bool = False,
         stream: IO[str] | None = None,
         quiet: bool = False,
-        restart: bool = False,
         profile: bool = False,
     ) -> None:
         self.recipe = recipe
         self.registry = registry
         self.resume = resume  # continue from the run directory's last checkpoint
-        self.restart = restart  # an elastic restart before the first checkpoint: the run directory is reused
         self.stream = stream or sys.stdout  # where the plan and the progress are printed
         self.quiet = quiet
         self.profile_hooks = profile  # per-hook timing (also HOOKMIX_PROFILE=1): see Trainer.profile
@@ -144,6 +142,7 @@ class Trainer:
             if run.threads:
                 torch.set_num_threads(run.threads)
             env = read_env()
+            interrupts.check()
             device = pin_device(resolve_device(run.device), env)
             backend = pick_backend(run.dist_backend, device) if env.launched else ""
             self.group = Group(env, backend, run.dist_timeout)
@@ -162,8 +161,9 @@ class Trainer:
 
         try:  # everything that can be bad input, on every rank; then every rank agrees (distributed.Group.agree)
             self._build(run, device)
+            interrupts.check()  # a start-up signal, at the agreement: every rank stops here together
             error = None
-        except BadInput as exc:
+        except (BadInput, Interrupted) as exc:
             error = exc
         group.agree(error)
         state, run_dir = self.state, self.state.run_dir
@@ -235,11 +235,15 @@ class Trainer:
             probe = torch.Generator().set_state(state.generator.get_state())
             ddp.check_divisible(state.data.train_batch(probe), state.world_size)
 
-        # an elastic restart resumes from the run directory (its last checkpoint, or step 0 when it has none)
-        resume = (self.resume or self.restart) and bool(checkpoint.list_steps(run_dir))
+        # an elastic restart of a launch that claimed this directory continues it (its last checkpoint, or
+        # step 0 when it has none); any other command means what it says, restarted or not
+        restart = self.group.claimed(run_dir.url())
+        resume = (self.resume or restart) and bool(checkpoint.list_steps(run_dir))
         if state.is_main:  # one writer per run directory; everything below runs under its lock
+            interrupts.check()  # the last moment a start-up signal leaves nothing behind
             self.claim = Claim(run_dir)
-            resume = self.claim.take(self.resume or self.restart)
+            resume = self.claim.take(self.resume or restart)
+            self.group.record_claim(run_dir.url())
         self.resuming = resume
         if resume:
             self._restore(checkpoint.load_latest(run_dir, check=True))
@@ -261,6 +265,7 @@ class Trainer:
 
     def _setup_hook(self, what: str, call, *args):
         """``call(*args)``; an error that is not already one line becomes bad input naming the plugin."""
+        interrupts.check()  # between start-up phases: a signal recorded in the last one stops here
         try:
             return call(*args)
         except HookmixError:
@@ -444,8 +449,9 @@ class Trainer:
     def _train(self, stop_at: int | None, pending: interrupts.Pending) -> dict:
         state, run = self.state, self.recipe.run
         try:
-            while state.step < min(run.steps, stop_at or run.steps):
+            while (running := state.step + 1) <= (last := min(run.steps, stop_at or run.steps)):
                 self.advance(stop_at)
+                pending.signum = self.group.first_signal(pending.signum)  # every rank stops after the same step
                 if pending.signum is not None and state.step < run.steps:  # at the end: finish, then say so
                     if self.saved_step != state.step:
                         self.save_checkpoint()
@@ -455,8 +461,8 @@ class Trainer:
                         pending.signum,
                     )
             return self._finish()
-        except Exception as exc:
-            failure = training_failure(exc, state, self.manager, self.saved_step)
+        except Exception as exc:  # named: the step being run (hooks after its optimizer step see it counted)
+            failure = training_failure(exc, state, self.manager, self.saved_step, min(running, last))
             if failure is None:
                 raise
             raise failure from (None if isinstance(exc, (HookmixError, OSError)) else exc)

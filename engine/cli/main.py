@@ -21,6 +21,10 @@ COMMANDS_GROUP = "hookmix.commands"
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # `--npro 2` is a typo to report, not --nproc
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2, like every other bad input
         raise BadInput(f"{message}; see `{self.prog} --help`")
 
@@ -33,6 +37,17 @@ def _count(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _count0(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
     return value
 
 
@@ -71,7 +86,7 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
         "contestants this many times, medians over repeats (default 1)",
     )
     p.add_argument("--steps", type=_count, default=30, help="timed steps per loop")
-    p.add_argument("--noop", type=int, default=8, help="extra no-op plugins in the second comparison")
+    p.add_argument("--noop", type=_count0, default=8, help="extra no-op plugins in the second comparison")
     p.add_argument(
         "--workload",
         choices=["gpt", "mlp", "tiny", "both"],
@@ -101,11 +116,16 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from engine.failures import interrupts
 
-    with interrupts.stop_at_once():  # SIGTERM from the first moment (torch imports slowly): one line, exit 143
+    with interrupts.start_up():  # a signal is recorded (never lost), and acted on at the next safe point
         return _main(list(sys.argv[1:] if argv is None else argv))
 
 
 def _main(argv: list[str]) -> int:
+    from engine.distributed.launch import refused_before, say
+    from engine.failures import interrupts
+
+    if refused_before():  # a restarted worker of a launch whose input was refused: refuse again, silently
+        return 2
     try:
         commands = {}
         verb = next((a for a in argv if not a.startswith("-")), None)
@@ -123,23 +143,25 @@ def _main(argv: list[str]) -> int:
         if args.verb is None:
             _build_parser(commands).print_help()
             return 2
+        interrupts.check()
         args.argv = argv  # `train --nproc N` re-launches itself through torch.distributed.run
         if args.verb in commands:
-            return int(commands[args.verb].run(args) or 0)
-        return int(globals()[f"cmd_{args.verb.replace('-', '_')}"](args) or 0)
+            code = int(commands[args.verb].run(args) or 0)
+        else:
+            code = int(globals()[f"cmd_{args.verb.replace('-', '_')}"](args) or 0)
+        interrupts.check(finished=True)  # a signal that came after the work: say so, and exit with its code
+        return code
     except HookmixError as exc:
         from engine.distributed.env import rank_prefix
 
-        print(
-            f"hookmix: error: {rank_prefix()}{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            file=sys.stderr,
-        )
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        say(f"hookmix: error: {rank_prefix()}{text}", exc.exit_code)
         return exc.exit_code
-    except Interrupted as exc:  # SIGTERM, or a signal during training (after its checkpoint)
-        print(f"hookmix: {str(exc).splitlines()[0]}", file=sys.stderr)
+    except Interrupted as exc:  # a signal at start-up, or during training (after its checkpoint)
+        say(f"hookmix: {str(exc).splitlines()[0]}", exc.exit_code)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("hookmix: interrupted by SIGINT before training started; nothing was trained", file=sys.stderr)
+    except KeyboardInterrupt:  # a SIGINT raised by a handler other than ours (a plugin's, a library's)
+        say("hookmix: interrupted by SIGINT; stopped", 130)
         return 130
     except BrokenPipeError:  # `hookmix plugins | head`
         sys.stdout = None
@@ -254,29 +276,22 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from engine.failures import interrupts
-
-    with interrupts.stop_at_once():  # SIGTERM before training: one line, exit 143
-        return _train(args)
-
-
-def _train(args) -> int:
     from engine.distributed import launch
     from engine.loop import Trainer
     from engine.rundir.claim import warn_if_ephemeral
 
-    if args.nproc or args.nnodes > 1:
+    if args.resume and args.out:
+        raise BadInput("--resume continues in RUN_DIR itself; drop --out (copy the directory to branch a run)")
+    if not args.resume and args.recipe is None:
+        raise BadInput("train needs a RECIPE (a .toml path or a name from `hookmix recipes`) or --resume RUN_DIR")
+    if launch.wants_launch(args):
         return launch.launch(args)
     overrides = list(args.overrides)
     if args.resume:
-        if args.out:
-            raise BadInput("--resume continues in RUN_DIR itself; drop --out (copy the directory to branch a run)")
         if args.recipe is not None:  # `train --resume DIR run.steps=20`: the first override lands in `recipe`
             overrides.insert(0, args.recipe)
         trainer = Trainer.from_recipe(None, *overrides, resume=args.resume, quiet=args.quiet)
     else:
-        if args.recipe is None:
-            raise BadInput("train needs a RECIPE (a .toml path or a name from `hookmix recipes`) or --resume RUN_DIR")
         trainer = Trainer.from_recipe(args.recipe, *overrides, out=args.out, quiet=args.quiet)
     trainer.setup()
     warn_if_ephemeral(trainer.state.run_dir)

@@ -60,6 +60,11 @@ def read_env(environ=None) -> Env:
             f"or unset RANK and WORLD_SIZE"
         )
     rank, world = _int_env("RANK", environ), _int_env("WORLD_SIZE", environ)
+    port = _int_env("MASTER_PORT", environ)
+    if not 0 < port < 65536:
+        raise BadInput(f"MASTER_PORT={port} is not a port in 1..65535; fix the launcher's environment")
+    if not environ["MASTER_ADDR"].strip():
+        raise BadInput("MASTER_ADDR is empty; set it to rank 0's host name or address (torchrun does)")
     local = _int_env("LOCAL_RANK", environ) if "LOCAL_RANK" in environ else rank
     if world < 1 or not 0 <= rank < world:
         raise BadInput(f"RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world}); fix the launcher's environment")

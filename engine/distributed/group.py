@@ -13,7 +13,9 @@ import torch
 import torch.distributed as dist
 
 from engine.distributed.env import Env
-from engine.errors import BadInput
+from engine.errors import BadInput, Interrupted
+
+_launch: dist.Store | None = None  # torchrun's store, shared by every attempt of one launch (see Group.claimed)
 
 
 class Group:
@@ -28,13 +30,32 @@ class Group:
             timeout = datetime.timedelta(seconds=timeout_s)
             # torchrun's store outlives a restart of the worker group: the keys of the dead attempt (its
             # ranks' addresses) would be read by the new one, so every attempt gets its own key prefix
-            store, _, _ = next(dist.rendezvous("env://", env.rank, env.world_size, timeout=timeout))
+            store = _rendezvous(env, timeout)
+            global _launch
+            _launch = dist.PrefixStore("hookmix/launch", store)  # what every attempt of this launch reads
             store = dist.PrefixStore(f"hookmix/attempt{env.restart_count}", store)
             dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout)
             self.owned = True
         self.active = env.launched and dist.is_initialized()
 
     failed_together = False  # set by agree(): every rank is failing setup at the same point
+
+    # --- fresh run or resume, decided once per launch ----------------------------------------------
+    # A restarted worker group (TORCHELASTIC_RESTART_COUNT > 0) continues a run directory only if an
+    # earlier attempt of the *same launch* claimed it: torchrun's store outlives the attempts of one
+    # launch and no other. So a refused command (its directory already held a run) is refused again
+    # when restarted, and a stray TORCHELASTIC_RESTART_COUNT in a plain shell changes nothing.
+
+    def claimed(self, url: str) -> bool:
+        """Whether an earlier attempt of this launch claimed the run directory ``url``."""
+        if not self.active or self.env.restart_count == 0 or _launch is None:
+            return False
+        return _launch.check([f"claimed:{url}"])
+
+    def record_claim(self, url: str) -> None:
+        """Rank 0 has claimed ``url``: a restart of this launch continues it."""
+        if self.active and _launch is not None:
+            _launch.set(f"claimed:{url}", "1")
 
     def close(self, sync: bool = False) -> None:
         """Destroy the group this run created (at the end and on errors).
@@ -86,7 +107,10 @@ class Group:
             if error is not None:
                 raise error
             return
-        msg = None if error is None else (type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        kind = type(error).__name__
+        if isinstance(error, Interrupted):
+            kind = f"Interrupted:{error.exit_code - 128}"
+        msg = None if error is None else (kind, str(error).splitlines()[0] if str(error) else "")
         failures = [(r, m) for r, m in enumerate(self.gather(msg)) if m is not None]
         if failures:  # every rank raises here, together: they can also tear the group down together
             self.failed_together = True
@@ -95,11 +119,77 @@ class Group:
         if not failures:
             return
         rank, (kind, text) = failures[0]
+        if kind.startswith("Interrupted:"):  # a signal at start-up: every rank stops, as the one that got it
+            raise Interrupted(text, int(kind.partition(":")[2]))
         raise (
             BadInput(f"rank {rank} failed setup: {text}")
             if kind in ("BadInput", "PluginConflict")
             else RuntimeError(f"rank {rank} failed setup: {kind}: {text}")
         )
+
+    def first_signal(self, signum: int | None) -> int | None:
+        """The signal any rank has pending (the same answer on every rank), so all stop after the same step.
+
+        One small all-reduce per optimizer step at world size > 1: a rank that got SIGTERM a moment after
+        its peers checked would otherwise run one more step than they do, and the group would deadlock.
+        """
+        if not self.active or self.world_size == 1:
+            return signum
+        t = torch.tensor([signum or 0], dtype=torch.int64)
+        if self.backend == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t) or None
+
+
+def _rendezvous(env: Env, timeout: datetime.timedelta) -> dist.Store:
+    """torchrun's store (``env://``: MASTER_ADDR, MASTER_PORT); what goes wrong here is the environment's."""
+    import os
+
+    where = f"MASTER_ADDR={os.environ.get('MASTER_ADDR')} MASTER_PORT={os.environ.get('MASTER_PORT')}"
+    if env.rank > 0:  # probe first: torch's client retries log C++ stack traces while rank 0 is missing
+        _wait_for_master(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout.total_seconds(), where)
+    try:
+        store, _, _ = next(dist.rendezvous("env://", env.rank, env.world_size, timeout=timeout))
+    except dist.DistNetworkError as exc:
+        if "EADDRINUSE" in str(exc) or "address already in use" in str(exc):
+            raise BadInput(
+                f"{where}: the port is already in use on this host (another run?); pick a free MASTER_PORT, "
+                f"or start with `hookmix train --nproc N`, which picks one"
+            ) from None
+        raise BadInput(
+            f"cannot reach the rendezvous at {where} ({_first_line(exc)}); fix MASTER_ADDR/MASTER_PORT"
+        ) from None
+    except dist.DistStoreError as exc:
+        seconds = timeout.total_seconds()
+        raise BadInput(
+            f"the {env.world_size} processes of WORLD_SIZE={env.world_size} did not all meet at {where} within "
+            f"run.dist_timeout={seconds:g} s ({_first_line(exc)}); start every rank (torchrun or "
+            f"`hookmix train --nproc N` does), or fix WORLD_SIZE"
+        ) from None
+    return store
+
+
+def _wait_for_master(host: str, port: int, seconds: float, where: str) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise BadInput(
+                    f"nothing listens at {where} after run.dist_timeout={seconds:g} s ({exc.strerror or exc}); "
+                    f"start rank 0 there (torchrun or `hookmix train --nproc N` does), or fix MASTER_ADDR/MASTER_PORT"
+                ) from None
+            time.sleep(0.2)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
 
 
 def mean_over_ranks(logged: list[dict[str, float]]) -> dict[str, float]:

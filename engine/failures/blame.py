@@ -130,9 +130,17 @@ def way_out(url: str, saved_step: int | None) -> str:
     )
 
 
-def training_failure(exc: Exception, state, manager, saved_step: int | None) -> TrainingFailure | None:
-    """The one-line failure for ``exc`` raised while training, ending with the way out; ``None`` for
-    errors that are already one line of another kind (bad input found mid-run)."""
+def training_failure(
+    exc: Exception, state, manager, saved_step: int | None, step: int | None = None
+) -> TrainingFailure | None:
+    """The one-line failure for ``exc`` raised while training step ``step`` (1-based: the step being run,
+    its logging, evaluation and checkpoint included), ending with the way out; ``None`` for errors that
+    are already one line of another kind (bad input found mid-run).
+
+    ``step`` defaults to ``state.step + 1``, which is right only before the optimizer step: from
+    ``hookmix_after_optimizer_step`` on, ``state.step`` already counts the step, so the loop passes it.
+    """
+    step = state.step + 1 if step is None else step
     out = way_out(state.run_dir.url(), saved_step)
     if isinstance(exc, TrainingFailure):
         return TrainingFailure(f"{str(exc).splitlines()[0]}; {out}")
@@ -141,5 +149,5 @@ def training_failure(exc: Exception, state, manager, saved_step: int | None) -> 
     if isinstance(exc, OSError) and _writing_outputs(exc):  # disk full, a vanished mount: checkpoints are atomic
         reason = exc.strerror or str(exc) or type(exc).__name__
         where = f": {exc.filename}" if exc.filename else ""
-        return TrainingFailure(f"step {state.step}: writing the run directory failed ({reason}{where}); {out}")
-    return TrainingFailure(f"{step_failure(exc, state.step + 1, state, manager)}; {out}")
+        return TrainingFailure(f"step {step}: writing the run directory failed ({reason}{where}); {out}")
+    return TrainingFailure(f"{step_failure(exc, step, state, manager)}; {out}")

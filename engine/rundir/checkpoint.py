@@ -86,17 +86,13 @@ def load_bytes(data: bytes, origin: str) -> dict:
             warnings.simplefilter("ignore")
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message is many lines with ANSI codes; the refused object is on the line that
-        # names it. Other unpickling errors (e.g. "Unsupported operand") mean damaged bytes.
-        lines = [_ANSI.sub("", line).strip().removeprefix("WeightsUnpickler error: ") for line in str(exc).splitlines()]
-        refused = next((line for line in lines if line.startswith(_REFUSED)), None)
-        if refused is None:
+        what = refused_object(exc)
+        if what is None:  # other unpickling errors (e.g. "Unsupported operand") mean damaged bytes
             raise Damaged(
                 f"checkpoint {origin} is unreadable (UnpicklingError); it is damaged or not a hookmix checkpoint"
             ) from None
-        what = refused.split(" was not an allowed", 1)[0].split(" whose module", 1)[0]
         raise BadInput(
-            f"checkpoint {origin} needs unpickling arbitrary Python objects ({what[:160]}); "
+            f"checkpoint {origin} needs unpickling arbitrary Python objects ({what}); "
             f"refusing to load it: only load checkpoints written by hookmix"
         ) from None
     except Exception as exc:
@@ -106,6 +102,18 @@ def load_bytes(data: bytes, origin: str) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise BadInput(f"checkpoint {origin} is not a hookmix checkpoint (format {FORMAT}); pass a run directory")
     return payload
+
+
+def refused_object(exc: BaseException) -> str | None:
+    """What torch's ``weights_only`` unpickler refused (``Unsupported global: GLOBAL os.system``), or None
+    when ``exc`` is not such a refusal. Also used for the tensors of sharded checkpoints, which DCP loads
+    with ``weights_only=True``."""
+    if not isinstance(exc, pickle.UnpicklingError):
+        return None
+    # torch's message is many lines with ANSI codes; the refused object is on the line that names it
+    lines = [_ANSI.sub("", line).strip().removeprefix("WeightsUnpickler error: ") for line in str(exc).splitlines()]
+    refused = next((line for line in lines if line.startswith(_REFUSED)), None)
+    return None if refused is None else refused.split(" was not an allowed", 1)[0].split(" whose module", 1)[0][:160]
 
 
 class Damaged(BadInput):
@@ -152,10 +160,12 @@ def check_run_payload(payload: dict, origin: str, step: int | None = None) -> di
     return payload
 
 
-def load_latest(run_dir: RunDir, check: bool = False) -> dict:
+def load_latest(run_dir: RunDir, check: bool = False, before: int | None = None) -> dict:
     """The newest readable checkpoint; a damaged newer one is skipped with a note (a crash can leave
-    one on filesystems without atomic moves). ``check`` also validates what a resume needs."""
-    steps = list_steps(run_dir)
+    one on filesystems without atomic moves). ``check`` also validates what a resume needs.
+    ``before``: the newest one before that step (a sharded checkpoint whose shards are damaged falls
+    back through this: engine.distributed.sharded_checkpoint.load)."""
+    steps = [s for s in list_steps(run_dir) if before is None or s < before]
     if not steps:
         raise BadInput(
             f"no checkpoint in {run_dir.url('checkpoints')}; "

@@ -11,6 +11,12 @@ lock, decides what the directory may be used for:
   directory that is not a run is refused;
 - resume: a run with a checkpoint; without one it starts again from step 0, as above.
 
+A directory it will use is checked for names taken by the wrong kind of entry (a file named
+``recipe-history``, a folder named ``summary.json``): one line naming it and the fix for the
+command (a fresh run: another ``--out``; a resume: move it away and resume again), instead of a
+write failing later. Numbered entries (``failed-attempts/N``, ``recipe-history/NNN-...``) count on
+from the highest number present and never replace an existing entry.
+
 Leftover ``.tmp-*`` files of a write interrupted by a kill are removed under the lock (no live
 writer can own them then). If setup fails after the claim, ``release(failed=True)`` removes the
 lock and the directory it created, so bad input leaves nothing behind.
@@ -19,6 +25,7 @@ lock and the directory it created, so bad input leaves nothing behind.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tomllib
 
@@ -26,9 +33,12 @@ from engine.errors import BadInput
 from engine.rundir import checkpoint
 from engine.rundir.directory import RunDir
 from engine.rundir.lock import NAME as LOCK_NAME
-from engine.rundir.lock import RunLock, write_error
+from engine.rundir.lock import RunLock, again, write_error
 
 RUN_FILES = ("recipe.toml", "metrics.jsonl", "summary.json", "tensorboard")  # what a failed attempt leaves
+_DIRS = ("checkpoints", "tensorboard", "recipe-history", "failed-attempts")  # what the run keeps as folders
+_FILES = ("recipe.toml", "metrics.jsonl", "summary.json")  # and as files
+_NUMBERED = re.compile(r"(\d+)(-|$)")  # failed-attempts/N, recipe-history/NNN-until-step-S.toml
 _READ_ONLY = {"http", "https", "github", "zip", "tar", "hf", "data"}
 
 
@@ -86,35 +96,59 @@ class Claim:
 
     def take(self, resume: bool) -> bool:
         """Lock the directory; return whether to resume from a checkpoint (False: start at step 0)."""
-        run_dir = self.run_dir
-        self._makedirs()
-        self.lock.acquire()
+        self._makedirs(resume)
+        self.lock.acquire(resume)
         try:
             self._remove_temporaries()
-            holds_run = run_dir.exists("recipe.toml")
-            has_checkpoint = bool(checkpoint.list_steps(run_dir))
-            if holds_run and has_checkpoint:
-                if not resume:
-                    raise BadInput(
-                        f"run directory {run_dir.url()} already holds a run; pass --out NEW_DIR, "
-                        f"or --resume {run_dir.url()}"
-                    )
-                return True
-            if holds_run:  # died before its first checkpoint: nothing to resume, nothing to protect
+            holds_run, has_checkpoint = self.check(resume)
+            if holds_run and not has_checkpoint:  # died before its first checkpoint: nothing to resume or protect
                 self._keep_failed_attempt(resume)
-                return False
-            others = [n for n in run_dir.list("") if n != LOCK_NAME]
-            if others:
-                raise BadInput(
-                    f"run directory {run_dir.url()} is not empty and holds no hookmix run "
-                    f"({others[0]}, ...); pass a new or empty directory as --out"
-                )
-            return False
+            return holds_run and has_checkpoint
         except BaseException:
             self.release(failed=True)
             raise
 
-    def _makedirs(self) -> None:
+    def check(self, resume: bool) -> tuple[bool, bool]:
+        """What :meth:`take` refuses, found without locking or writing (also ``--nproc``'s pre-flight).
+
+        Returns (the directory holds a run, it has a checkpoint).
+        """
+        run_dir = self.run_dir
+        holds_run = run_dir.exists("recipe.toml")
+        has_checkpoint = bool(checkpoint.list_steps(run_dir))
+        if holds_run and has_checkpoint and not resume:
+            raise BadInput(
+                f"run directory {run_dir.url()} already holds a run; pass --out NEW_DIR, or --resume {run_dir.url()}"
+            )
+        if holds_run:
+            self._check_layout(resume)
+            return holds_run, has_checkpoint
+        others = [n for n in run_dir.list("") if n != LOCK_NAME and not n.startswith(".tmp-")]
+        if others:
+            raise BadInput(
+                f"run directory {run_dir.url()} is not empty and holds no hookmix run "
+                f"({others[0]}, ...); pass a new or empty directory as --out"
+            )
+        return False, False
+
+    def _check_layout(self, resume: bool) -> None:
+        """Bad input when a name the run writes is taken by the wrong kind of entry (a file where a
+        folder belongs, or the reverse): found now, under the lock, not as a failed write mid-run."""
+        run_dir = self.run_dir
+        for name in _DIRS:
+            if run_dir.exists(name) and not run_dir.isdir(name):
+                raise BadInput(
+                    f"run directory {run_dir.url()}: {run_dir.url(name)} is a file where hookmix keeps "
+                    f"its {name}/ directory; move the file away, {again(run_dir.url(), resume)}"
+                )
+        for name in _FILES:
+            if run_dir.isdir(name):
+                raise BadInput(
+                    f"run directory {run_dir.url()}: {run_dir.url(name)} is a directory where hookmix "
+                    f"writes its {name} file; move the directory away, {again(run_dir.url(), resume)}"
+                )
+
+    def _makedirs(self, resume: bool) -> None:
         run_dir = self.run_dir
         if run_dir.is_local:
             top = os.path.abspath(run_dir.path)
@@ -125,11 +159,11 @@ class Claim:
         try:
             run_dir.makedirs()
         except OSError as exc:
-            raise write_error(run_dir.url(), exc) from None
+            raise write_error(run_dir.url(), exc, resume) from None
 
     def _remove_temporaries(self) -> None:
         removed = 0
-        for sub in ("", "checkpoints"):
+        for sub in ("", "checkpoints", "recipe-history"):
             for name in self.run_dir.list(sub):
                 if name.startswith(".tmp-"):
                     self.run_dir.remove(f"{sub}/{name}" if sub else name)
@@ -139,7 +173,9 @@ class Claim:
 
     def _keep_failed_attempt(self, resume: bool) -> None:
         run_dir = self.run_dir
-        n = len(run_dir.list("failed-attempts")) + 1
+        n = next_number(run_dir.list("failed-attempts"))
+        while run_dir.exists(f"failed-attempts/{n}"):  # never move into an earlier attempt's folder
+            n += 1
         dest = f"failed-attempts/{n}"
         run_dir.makedirs(dest)
         for name in RUN_FILES:
@@ -194,10 +230,23 @@ def record_recipe_change(run_dir: RunDir, new_text: str, step: int) -> None:
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if not changed:
         return
-    name = f"recipe-history/{len(run_dir.list('recipe-history')) + 1:03d}-until-step-{step:08d}.toml"
-    run_dir.write_text_atomic(name, old_text)
+    name = f"recipe-history/{next_number(run_dir.list('recipe-history')):03d}-until-step-{step:08d}.toml"
+    run_dir.write_text_new(name, old_text)  # exclusive: an earlier recipe is never replaced
     shown = ", ".join(f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in changed[:3])
     note(
         f"recipe changed on resume at step {step} ({shown}{', ...' if len(changed) > 3 else ''}); "
         f"the previous recipe is kept as {run_dir.url(name)}"
     )
+
+
+def next_number(names: list[str]) -> int:
+    """One more than the highest number that starts a name (1 for none); other names are not hookmix's
+    and are ignored. Counting the names instead would reuse a number after one was deleted."""
+    numbers = [int(m.group(1)) for name in names if (m := _NUMBERED.match(name))]
+    return max(numbers, default=0) + 1
+
+
+def check_claimable(run_dir: RunDir, resume: bool) -> None:
+    """What :meth:`Claim.take` would refuse, checked without writing or locking (``--nproc``'s pre-flight)."""
+    if run_dir.exists(""):
+        Claim(run_dir).check(resume)

@@ -9,8 +9,9 @@ The archive ``cifar-100-python.tar.gz`` (or its extracted folder ``cifar-100-pyt
 ``b"fine_labels"`` (0-99), ``b"coarse_labels"`` (0-19); ``meta`` holds ``b"fine_label_names"``.
 
 Unpickling runs code named by the file, so the plain unpickler is never used: ``RestrictedUnpickler``
-resolves only the globals numpy needs to rebuild arrays (plus a few plain builtin containers) and raises
-``UnsafePickleError`` naming any other global. The decoded content is validated (dtype, shapes, label range).
+resolves only exact (module, name) pairs: the globals numpy needs to rebuild arrays, plus the few that pickle
+writes for sets, bytearrays and bytes, and raises ``UnsafePickleError`` naming any other global (a dotted name
+too). The decoded content is validated (dtype, shapes, label range).
 """
 
 from __future__ import annotations
@@ -82,19 +83,24 @@ def _numpy_globals() -> Dict[Tuple[str, str], Any]:
     return allowed
 
 
+#: Exact (module, qualified name) pairs and the objects they resolve to: nothing is imported or looked up by a
+#: name the file chose. Besides numpy's array rebuilding, what pickle itself writes for plain values:
+#: sets, frozensets and bytearrays are REDUCE calls of their type at protocols 0-2 (``__builtin__`` names
+#: below protocol 3), and ``bytes`` at protocol 2 are ``_codecs.encode(str, "latin1")``.
 _ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = _numpy_globals()
 _ALLOWED_GLOBALS.update(
     {
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
-        ("builtins", "list"): list,
-        ("builtins", "dict"): dict,
-        ("builtins", "tuple"): tuple,
         ("builtins", "bytearray"): bytearray,
         ("_codecs", "encode"): _latin1_encode,
     }
 )
 _PY2_MODULES = {"__builtin__": "builtins"}
+
+
+def _shown(text: Any) -> str:
+    return ascii(str(text))[1:-1][:80]  # chosen by the file: printable, one line, bounded
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -105,17 +111,17 @@ class RestrictedUnpickler(pickle.Unpickler):
     """
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        # a dotted name is refused before the lookup: protocol 4 would walk it through the module's imports
         key = (_PY2_MODULES.get(module, module), name)
-        try:
+        if "." not in name and key in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[key]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to unpickle global '{module}.{name}': only numpy array reconstruction and plain "
-                "builtin containers are allowed in a CIFAR-100 archive"
-            ) from None
+        raise UnsafePickleError(
+            f"refusing to unpickle global '{_shown(module)}.{_shown(name)}': only numpy array reconstruction and "
+            "plain builtin containers are allowed in a CIFAR-100 archive"
+        )
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"refusing persistent id {pid!r}")
+        raise UnsafePickleError(f"refusing persistent id {_shown(repr(pid))}")
 
 
 def restricted_loads(data: bytes, encoding: str = "bytes") -> Any:

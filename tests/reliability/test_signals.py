@@ -85,10 +85,13 @@ def test_signal_during_start_up_is_one_line(signum, tmp_path):
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err
-    assert err == (
-        f"hookmix: interrupted by {signal.Signals(signum).name} before training started; nothing was trained\n"
-    )
-    assert not os.path.exists(out)
+    # the signal lands in start-up (a loaded machine may delay it past the last start-up check: then it is
+    # the training loop's, a checkpoint after one step); every moment is swept in test_signal_sweep.py
+    name = signal.Signals(signum).name
+    if err == f"hookmix: interrupted by {name} before training started; nothing was trained\n":
+        assert not os.path.exists(out)
+    else:
+        assert re.fullmatch(rf"hookmix: interrupted by {name} at step 1; checkpoint saved: .*\n", err), err
 
 
 @attrs.define
