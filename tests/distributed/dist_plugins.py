@@ -11,6 +11,15 @@ from engine import Plugin, TrainingFailure, WeightConstraint, field, hookimpl
 
 #: The MNIST-1D settings of the distributed tests (and of the shared teacher in conftest.py).
 MNIST1D_DATA = {"num_train": 400, "num_test": 100, "batch_size": 50}
+# the same small MLP run as `hookmix train mnist1d-mlp` overrides (the CLI tests of launching)
+MLP_CLI = [
+    "plugins.mnist1d.num_train=400",
+    "plugins.mnist1d.num_test=100",
+    "plugins.mlp.hidden=[32]",
+    "run.threads=1",
+    "run.steps=4",
+    "run.log_interval=2",
+]
 
 
 @attrs.define

@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from dist_plugins import MLP_CLI
 
 from engine.distributed import ddp
 from engine.distributed.env import read_env
@@ -23,14 +24,7 @@ MLP = dict(
     plugins=["mnist1d", "mlp", "adamw", "cross_entropy"],
     config={"mnist1d": DATA, "mlp": {"hidden": [32]}, "adamw": {"lr": 1e-2}},
 )
-SMALL = [
-    "plugins.mnist1d.num_train=400",
-    "plugins.mnist1d.num_test=100",
-    "plugins.mlp.hidden=[32]",
-    "run.threads=1",
-    "run.steps=4",
-    "run.log_interval=2",
-]
+SMALL = MLP_CLI
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

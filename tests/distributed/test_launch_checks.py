@@ -13,21 +13,14 @@ import time
 
 import pytest
 import torch
+from dist_plugins import MLP_CLI
 
 from engine.distributed import launch
 from engine.distributed.env import read_env
 from engine.errors import BadInput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL = [
-    "plugins.mnist1d.num_train=400",
-    "plugins.mnist1d.num_test=100",
-    "plugins.mlp.hidden=[32]",
-    "run.threads=1",
-    "run.steps=4",
-    "run.log_interval=2",
-    "--quiet",
-]
+SMALL = [*MLP_CLI, "--quiet"]
 
 
 def hookmix(*argv: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

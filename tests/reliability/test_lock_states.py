@@ -138,20 +138,6 @@ def _tree(path: str) -> dict:
     return entries
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> str:
-    """A 2-step run to resume (copied per case; `run.steps=3` resumes it for one more step)."""
-    import contextlib
-    import io
-
-    from engine.cli.main import main
-
-    out = str(tmp_path_factory.mktemp("finished") / "run")
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["train", "shakespeare-gpt", *TINY_GPT, "run.steps=2", "--quiet", "--out", out]) == 0
-    return out
-
-
 @pytest.mark.parametrize("mode", ["fresh", "resume"])
 @pytest.mark.parametrize("state", list(LOCAL_STATES))
 def test_lock_file_state(state, mode, finished_run, tmp_path, capsys):

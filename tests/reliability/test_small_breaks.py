@@ -171,19 +171,6 @@ def test_failed_attempts_after_a_deleted_one_overwrite_nothing(tmp_path, capsys)
 # --- a file where the run keeps a folder (and the reverse): named, with the fix for the command ----
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> str:
-    import contextlib
-    import io
-
-    from engine.cli.main import main
-
-    out = str(tmp_path_factory.mktemp("finished") / "run")
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["train", "shakespeare-gpt", *TINY_GPT, "run.steps=2", "--quiet", "--out", out]) == 0
-    return out
-
-
 @pytest.mark.parametrize(
     "name, kind", [("recipe-history", "file"), ("tensorboard", "file"), ("failed-attempts", "file")]
 )
