@@ -47,6 +47,25 @@ Impl = tuple[str, Callable, tuple[str, ...]]  # (plugin name, function, the argu
 _OWN_NAMES = frozenset({"r", "results", "merged", "owners", "merge_into", "what"})
 
 
+def choose_provider(hook_name: str, impls: list[Impl], default_hooks: dict[str, tuple]) -> tuple[list[Impl], list[str]]:
+    """The implementations an exclusive hook's caller calls, and the default providers set aside (plugin API 1.1).
+
+    ``default_hooks``: each implementing plugin's ``default_hooks``. One implementation that is not a default
+    replaces the defaults; otherwise more than one implementation is a :class:`PluginConflict` naming two of
+    them, the explicit ones first (two explicit providers are refused even beside a default).
+    """
+    explicit = [i for i in impls if hook_name not in default_hooks[i[0]]]
+    if len(explicit) == 1 and len(impls) > 1:
+        return explicit, [i[0] for i in impls if i is not explicit[0]]
+    if len(impls) > 1:  # two explicit providers, or two defaults and nothing to replace them
+        a, b = [i[0] for i in (explicit if len(explicit) > 1 else impls)][:2]
+        raise PluginConflict(
+            f"plugins {a!r} and {b!r} both implement {hook_name}, which takes one provider; "
+            f"remove one of them from run.plugins"
+        )
+    return impls, []
+
+
 def make_caller(hook_name: str, params: tuple[str, ...], impls: list[Impl], convention: Convention) -> Callable:
     """The caller of ``hook_name`` (spec arguments ``params``); what it returns follows ``convention.kind``:
 

@@ -24,6 +24,10 @@ exclusive
     At most one plugin may implement it. The engine checks this when the run is set up and
     fails with an error naming both plugins (it never lets pluggy pick a silent winner).
     Where the engine has a built-in behaviour it is used when no plugin implements the hook.
+    A plugin may declare its implementation a default (``default_hooks``, plugin API 1.1):
+    another enabled plugin that implements the hook then replaces it, and the plan says so
+    (``hookmix_advantages  my_adv (replaces grpo's default)``). Two implementations that are
+    not defaults, or two defaults with nothing to replace them, are still refused, naming both.
 wrapper
     The engine owns the inner behaviour; plugins wrap it with ``@hookimpl(wrapper=True)``,
     run code before ``yield`` and after it, and must return the inner result (possibly
@@ -225,7 +229,8 @@ def hookmix_advantages(rollouts: dict, rewards: torch.Tensor, state: State) -> t
     """Turn summed rewards into per-rollout advantages (exclusive; optional).
 
     Fires after ``hookmix_rewards``; the result is stored as ``rollouts["advantages"]``.
-    Without a provider the rewards themselves are used.
+    Without a provider the rewards themselves are used. ``grpo`` and ``soft_grpo`` implement it
+    as a default (group advantages): an advantage estimator of another plugin replaces theirs.
     """
 
 
@@ -278,6 +283,19 @@ def hookmix_loss_terms(batch: dict, outputs: dict, state: State) -> dict[str, to
     """
 
 
+@spec("notify")
+def hookmix_on_train_batch(batch: dict, outputs: dict, state: State) -> None:
+    """Observe one training micro-batch and its outputs (notify, read-only; plugin API 1.1).
+
+    Fires once per micro-batch, right after ``hookmix_loss_terms``, inside autocast and under
+    ``torch.no_grad()``, with the batch the step trains on (this rank's rows, rolled out) and the
+    outputs the loss terms saw (aux outputs merged). Only the step's first evaluation is shown:
+    the loss closure's re-evaluations (SAM's perturbed point, LBFGS's line search) are not. A
+    plugin that watches the data or the predictions implements this, not a loss term returning
+    nothing.
+    """
+
+
 @spec("notify", fsdp_weights="shards")
 def hookmix_before_backward(loss: torch.Tensor, state: State) -> None:
     """Observe the micro-batch loss just before ``loss.backward()`` (notify, read-only)."""
@@ -296,12 +314,20 @@ def hookmix_after_backward(model: torch.nn.Module, state: State) -> None:
 
 
 @spec("wrapper", fsdp_weights="shards")
-def hookmix_optimizer_step(optimizer: torch.optim.Optimizer, state: State) -> None:
+def hookmix_optimizer_step(optimizer: torch.optim.Optimizer, state: State, closure: Callable[[], torch.Tensor]) -> None:
     """Take one real optimizer step (wrapper around the engine's ``optimizer.step()``).
 
     Fires once per real step, never per micro-batch. Implement with
     ``@hookimpl(wrapper=True)``: code before ``yield`` runs before the step, code after it
     runs after (e.g. SAM-style perturb/restore, step timing). Only wrappers are allowed.
+    ``closure`` (plugin API 1.1; a 1.0 wrapper leaves it out) is torch's loss closure: each
+    call zeroes the gradients, re-runs forward, aux outputs, loss terms and backward on the
+    step's own micro-batches (under autocast and the DDP/FSDP wrapper), clips them when
+    ``run.grad_clip`` is set, and returns the step's loss. The engine's inner step is
+    ``optimizer.step()``, or ``optimizer.step(closure)`` for an optimizer whose ``step`` requires
+    its closure (LBFGS: the engine then runs no pass of its own and the first call is the step's
+    first evaluation). Only the first evaluation records loss terms, ``state.log`` values,
+    ``hookmix_on_train_batch`` and throughput; a re-evaluation logs nothing.
     """
 
 

@@ -23,11 +23,11 @@
                 outputs = forward(model, batch)                       # default: model(batch["input"])
                 outputs |= aux_outputs(model, batch, outputs)         # teacher logits, features
                 terms = loss_terms(batch, outputs)                    # state.logits() -> transform_logits
+                on_train_batch(batch, outputs)                        # observers; no_grad; first evaluation only
             loss = sum(terms) / grad_accum                            # terms recorded for the non-finite check
             before_backward(loss); loss.backward(); after_backward(model)
         clip gradients (run.grad_clip)
-        optimizer_step(optimizer)                                     # wrappers around optimizer.step()
-        step += 1
+        optimizer_step(optimizer, closure); step += 1                 # wrappers; closure() re-runs the micro-batches
         with no_grad: after_optimizer_step(model, optimizer)          # constraints, EMA
         scheduler.step(); optimizer.zero_grad()
         log / eval / checkpoint due: non-finite check (one sync, shared with the log's; names the first bad step and term)

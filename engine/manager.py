@@ -32,11 +32,12 @@ import torch
 
 from engine import hookspecs
 from engine.config.recipe import Recipe
-from engine.config.registry import Registry
-from engine.dispatch import Impl, make_caller
+from engine.config.registry import Registry, unknown_declarations
+from engine.dispatch import Impl, choose_provider, make_caller
 from engine.errors import BadInput, PluginConflict
-from engine.plugin import Plugin, capability_name, hookimpl, offers
+from engine.plugin import Plugin, base_name, capability_name, hookimpl, offers
 from engine.state import State
+from engine.step import needs_closure
 
 ENGINE = "engine"
 
@@ -48,8 +49,8 @@ class _Builtins:
         self.evaluate = evaluate or (lambda model, state: {})
 
     @hookimpl
-    def hookmix_optimizer_step(self, optimizer):
-        optimizer.step()
+    def hookmix_optimizer_step(self, optimizer, closure):
+        _plain_optimizer_step(optimizer, None, closure)
 
     @hookimpl
     def hookmix_evaluate(self, model, state):
@@ -162,13 +163,13 @@ class Manager:
             self._impls[hook_name] = [
                 (i.plugin_name, self._watch(hook_name, i.plugin_name, i.function), tuple(i.argnames)) for i in impls
             ]
+        # exclusive hooks: one provider; an explicit one replaces a plugin's default (API 1.1), two are refused
+        self.replaced: dict[str, list[str]] = {}  # exclusive hook -> the default providers set aside
+        defaults = {n: p.default_hooks for n, p in plugins.items()}
         for hook_name in sorted(h for h, c in self.conventions.items() if c.kind == "exclusive"):
-            providers = self.providers(hook_name)
-            if len(providers) > 1:
-                raise PluginConflict(
-                    f"plugins {providers[0]!r} and {providers[1]!r} both implement {hook_name}, "
-                    f"which takes one provider; remove one of them from run.plugins"
-                )
+            self._impls[hook_name], replaced = choose_provider(hook_name, self._impls[hook_name], defaults)
+            if replaced:
+                self.replaced[hook_name] = replaced
         # What every other hook call runs: a caller written for this plan (engine.dispatch), one
         # direct call per implementation, combining the results as the hook's convention says.
         self._calls = {
@@ -195,9 +196,12 @@ class Manager:
     def _check_declarations(self, registry: Registry | None) -> None:
         # capability name -> the first plugin (in order) providing it; every plugin provides its own name
         self.capabilities = capability = {}
-        for name in self.order:
-            for cap in (name, *self.plugins[name].provides):
+        for name in self.order:  # an instance (teacher@large) is also the plugin it is an instance of
+            for cap in (name, base_name(name), *self.plugins[name].provides):
                 capability.setdefault(capability_name(cap), name)
+        # names in conflicts/before/after that nothing installed declares do nothing: the plan says so
+        self.warnings = unknown_declarations(self.plugins, set(capability), registry)
+        self.notes: list[str] = []  # the recipe's notes (build_state): settings dropped or moved
         for name in self.order:
             p = self.plugins[name]
             for req in map(capability_name, p.requires):
@@ -221,8 +225,10 @@ class Manager:
         return hookspecs.hook_names()
 
     def providers(self, hook_name: str) -> list[str]:
+        """The plugins whose implementation of ``hook_name`` runs, in order (a replaced default does not)."""
         impls = getattr(self.pm.hook, hook_name).get_hookimpls()
-        return [i.plugin_name for i in reversed(impls) if i.plugin_name != ENGINE]
+        replaced = self.replaced.get(hook_name, ())
+        return [i.plugin_name for i in reversed(impls) if i.plugin_name not in (ENGINE, *replaced)]
 
     def plan(self, versions: dict[str, tuple[str, str]], warnings: list[str] = ()) -> str:
         """The lines printed at the start of each run: plugins, distributions, order per hook, warnings."""
@@ -238,8 +244,10 @@ class Manager:
             names = self.providers(hook_name)
             if names:
                 mark = {"exclusive": "*", "wrapper": "~"}.get(convention.kind, " ")
-                lines.append(f"  {mark} {hook_name:<30} {' -> '.join(names)}")
-        lines += [f"warning: {w}" for w in warnings]
+                yielded = " and ".join(f"{n}'s" for n in self.replaced.get(hook_name, ()))
+                replaces = f" (replaces {yielded} default)" if yielded else ""
+                lines.append(f"  {mark} {hook_name:<30} {' -> '.join(names)}{replaces}")
+        lines += [f"warning: {w}" for w in [*warnings, *self.warnings]] + [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def constraint_overlaps(self, model: torch.nn.Module) -> list[str]:
@@ -286,6 +294,12 @@ class Manager:
     def wraps(self, hook_name: str) -> bool:
         """Whether a plugin wraps the engine's ``hook_name`` (``hookmix_optimizer_step``, ``hookmix_evaluate``)."""
         return self._wrapped[hook_name]
+
+    def takes(self, hook_name: str, argument: str) -> bool:
+        """Whether an enabled plugin's implementation of ``hook_name`` takes ``argument`` (one written for an
+        older plugin API leaves a newer argument out: ``closure`` of ``hookmix_optimizer_step``, API 1.1)."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        return any(argument in i.argnames for i in impls if i.plugin_name != ENGINE)
 
     # setup
 
@@ -334,9 +348,10 @@ class Manager:
     aux_outputs: Callable[..., dict]  # (model, batch, outputs, state) -> outputs; merged into outputs
     transform_logits: Callable[..., torch.Tensor]  # (logits, role, consumer, kind, state) -> logits; fold
     loss_terms: Callable[..., dict]  # (batch, outputs, state) -> {name: term}; merged
+    on_train_batch: Callable[..., None]  # (batch, outputs, state); notify, under no_grad, first evaluation only
     before_backward: Callable[..., None]  # (loss, state); notify
     after_backward: Callable[..., None]  # (model, state); notify
-    optimizer_step: Callable[..., None]  # (optimizer, state); the plugins' wrappers around optimizer.step()
+    optimizer_step: Callable[..., None]  # (optimizer, state, closure); the plugins' wrappers around the step
     after_optimizer_step: Callable[..., None]  # (model, optimizer, state); notify, under no_grad
 
     def _bind_step_hooks(self) -> None:
@@ -345,13 +360,15 @@ class Manager:
         self.aux_outputs = calls["hookmix_aux_outputs"]
         self.transform_logits = calls["hookmix_transform_logits"]
         self.loss_terms = calls["hookmix_loss_terms"]
+        self.on_train_batch = calls["hookmix_on_train_batch"]
         self.before_backward = calls["hookmix_before_backward"]
         self.after_backward = calls["hookmix_after_backward"]
         if self._wrapped["hookmix_optimizer_step"]:
             wrapped = self.pm.hook.hookmix_optimizer_step
 
-            def optimizer_step(optimizer, state) -> None:
-                wrapped(optimizer=optimizer, state=state)  # pluggy: the wrappers around the engine's step
+            def optimizer_step(optimizer, state, closure=None) -> None:
+                # pluggy: the wrappers around the engine's step (those written for API 1.0 leave closure out)
+                wrapped(optimizer=optimizer, state=state, closure=closure)
 
             self.optimizer_step = optimizer_step
         else:
@@ -406,8 +423,12 @@ def _default_forward(model, batch, state) -> dict:
 _set_grad_enabled = getattr(torch._C, "_set_grad_enabled", torch.set_grad_enabled)
 
 
-def _plain_optimizer_step(optimizer, state) -> None:
-    optimizer.step()
+def _plain_optimizer_step(optimizer, state, closure=None) -> None:
+    # an optimizer that requires the loss closure (LBFGS) gets it; any other steps on the gradients it has
+    if closure is not None and needs_closure(optimizer):
+        optimizer.step(closure)
+    else:
+        optimizer.step()
 
 
 def _traced(hook_name: str, plugin: str, fn: Callable) -> Callable:
@@ -436,8 +457,15 @@ def build_state(
     """The plugins a recipe enables, configured, validated and ordered, behind a fresh ``State``."""
     plugins = {}
     for name in recipe.run.plugins:
-        plugin = registry.load(name)()
+        cls = registry.load(name)
+        if name == cls.name:
+            plugin = cls()
+        else:  # an instance, NAME@LABEL (API 1.1): its own object, named before __init__ runs
+            plugin = cls.__new__(cls)
+            plugin.name = name
+            plugin.__init__()
         plugin.config = recipe.plugin_configs.get(name)
         plugins[name] = plugin
     manager = Manager(plugins, registry, evaluate=evaluate, profile=profile)
+    manager.notes = list(recipe.notes)
     return State(recipe, manager, device, registry), manager

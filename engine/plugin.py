@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 import tomllib
 from importlib import resources
 from typing import Any, Callable, ClassVar
@@ -27,9 +28,14 @@ from engine import hookspecs
 
 hookimpl = pluggy.HookimplMarker("hookmix")
 
+#: What separates a plugin's name from an instance label: ``teacher@large`` is plugin ``teacher`` enabled again
+#: under its own name (plugin API 1.1; see :attr:`Plugin.multi_instance`).
+INSTANCE_SEPARATOR = "@"
+_LABEL = re.compile(r"[A-Za-z0-9_]+")
+
 #: The plugin API this engine implements. A plugin declares the range it supports in ``api``;
 #: the major number changes only when a change would break a plugin written for the last one.
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 
 
 def supports_api(spec: str) -> bool:
@@ -109,6 +115,18 @@ class Plugin:
         a hook that sees sharded weights (``before_backward``, ``after_backward``, ``optimizer_step``,
         the ``evaluate`` wrapper).
         See docs/distributed.md, "The full-matrix contract".
+    ``default_hooks`` (plugin API 1.1)
+        Exclusive hooks this plugin implements only as a default: another enabled plugin that
+        implements one of them replaces this plugin's implementation (the plan says so) instead of
+        being refused as a second provider. Two implementations that are not defaults are still
+        refused, naming both. E.g. ``grpo`` declares ``("hookmix_advantages",)``.
+    ``multi_instance`` (plugin API 1.1)
+        ``True`` when a recipe may enable the plugin more than once, as ``NAME@LABEL`` (``teacher@large``),
+        each instance with its own ``[plugins."NAME@LABEL"]`` table, checkpoint state and names. An
+        instance's ``self.name`` is its instance name (already in ``__init__``); it keeps the names it
+        gives apart with ``self.name`` (``kd@t2`` as a loss term, ``teacher@large/val_accuracy``) or
+        :meth:`scoped` (``teacher_logits@large``). Default ``False``: a 1.0 plugin may use fixed names
+        that two instances would share, so ``NAME@LABEL`` is refused for it.
     """
 
     name: ClassVar[str] = ""
@@ -122,9 +140,22 @@ class Plugin:
     commands: ClassVar[dict[str, Command]] = {}
     api: ClassVar[str] = ">=1.0,<2"
     needs_full_weights: ClassVar[bool] = False
+    default_hooks: ClassVar[tuple[str, ...]] = ()
+    multi_instance: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.config = self.Config() if self.Config is not None else None
+
+    @property
+    def instance(self) -> str:
+        """This instance's label (``"large"`` for ``teacher@large``); ``""`` for the plugin under its own name."""
+        return split_instance(self.name)[1]
+
+    def scoped(self, key: str) -> str:
+        """``key`` for the plugin under its own name, ``key@LABEL`` for an instance: an output, term or metric
+        name that two instances must not share (``teacher_logits`` -> ``teacher_logits@large``)."""
+        label = self.instance
+        return f"{key}{INSTANCE_SEPARATOR}{label}" if label else key
 
     @classmethod
     def summary(cls) -> str:
@@ -133,15 +164,40 @@ class Plugin:
         return doc.splitlines()[0] if doc else ""
 
 
+def split_instance(name: str) -> tuple[str, str]:
+    """``"teacher@large"`` -> ``("teacher", "large")``; a plain plugin name -> ``(name, "")``."""
+    base, _, label = name.partition(INSTANCE_SEPARATOR)
+    return base, label
+
+
+def base_name(name: str) -> str:
+    """The plugin an enabled name stands for: ``teacher`` for ``teacher@large`` and for ``teacher``."""
+    return split_instance(name)[0]
+
+
+def check_instance_name(name: str) -> None:
+    """Raise ``ValueError`` with a one-line reason when ``NAME@LABEL`` is malformed."""
+    base, label = split_instance(name)
+    if not base or not _LABEL.fullmatch(label):
+        raise ValueError(
+            f"{name!r} is not an instance name; write NAME{INSTANCE_SEPARATOR}LABEL with a LABEL of letters, "
+            f"digits and _ (e.g. teacher{INSTANCE_SEPARATOR}large)"
+        )
+
+
 def capability_name(cap: Any) -> str:
     """The name a capability goes by in messages, the plan and docs: a string, or a Protocol's name."""
     return cap if isinstance(cap, str) else getattr(cap, "__name__", repr(cap))
 
 
 def offers(name: str, cls: type, capability: Any) -> bool:
-    """Whether the plugin ``name`` (class ``cls``) is, or provides, ``capability`` (a name or a Protocol)."""
+    """Whether the plugin ``name`` (class ``cls``) is, or provides, ``capability`` (a name or a Protocol).
+
+    An instance ``teacher@large`` is ``teacher@large`` and also ``teacher``: a declaration naming the
+    plugin (``requires = ("teacher",)``, ``after = ("teacher",)``) covers every instance of it.
+    """
     key = capability_name(capability)
-    return name == key or key in map(capability_name, cls.provides)
+    return key in (name, base_name(name)) or key in map(capability_name, cls.provides)
 
 
 def is_protocol(cap: Any) -> bool:
@@ -169,6 +225,8 @@ def check_plugin_class(cls: Any, registered_as: str) -> None:
         raise TypeError(f"{cls!r} is not a subclass of engine.Plugin")
     if cls.name != registered_as:
         raise TypeError(f"class {cls.__name__} declares name {cls.name!r} but is registered as {registered_as!r}")
+    if INSTANCE_SEPARATOR in cls.name:  # NAME@LABEL names an instance of NAME in a recipe
+        raise TypeError(f"name {cls.name!r} contains {INSTANCE_SEPARATOR!r}, which separates an instance label")
     if not supports_api(cls.api):
         raise TypeError(
             f"supports plugin API {cls.api!r}, this engine implements {API_VERSION}; upgrade the plugin (or hookmix)"
@@ -185,9 +243,11 @@ def check_plugin_class(cls: Any, registered_as: str) -> None:
             raise TypeError(
                 f"provides {proto.__name__} but lacks {', '.join(missing)}; implement it or remove it from provides"
             )
-    if not isinstance(cls.needs_full_weights, bool):
-        raise TypeError(f"needs_full_weights must be True or False, got {cls.needs_full_weights!r}")
+    for label in ("needs_full_weights", "multi_instance"):
+        if not isinstance(getattr(cls, label), bool):
+            raise TypeError(f"{label} must be True or False, got {getattr(cls, label)!r}")
     _check_hooks(cls)
+    _check_default_hooks(cls)
     _check_recipes(cls)
     commands = cls.commands
     if not isinstance(commands, dict) or not all(
@@ -214,6 +274,21 @@ def _check_hooks(cls: type) -> None:
                 f"method {attr} is named like a hook but lacks @hookimpl, so it would never run; "
                 f"decorate it with @engine.hookimpl"
             )
+
+
+def _check_default_hooks(cls: type) -> None:
+    """``default_hooks`` lists exclusive hooks the class implements (a default of anything else means nothing)."""
+    hooks = cls.default_hooks
+    if not isinstance(hooks, tuple) or not all(isinstance(h, str) for h in hooks):
+        raise TypeError(f"default_hooks must be a tuple of hook names, got {hooks!r}")
+    for hook in hooks:
+        if hook not in hookspecs.hook_names() or hookspecs.convention(hook).kind != "exclusive":
+            raise TypeError(
+                f"default_hooks lists {hook}, which is not an exclusive hook; only an exclusive hook's "
+                f"implementation can yield to another plugin's (see docs/hooks.md)"
+            )
+        if not callable(getattr(cls, hook, None)):
+            raise TypeError(f"default_hooks lists {hook}, which the plugin does not implement; implement it or drop it")
 
 
 def _check_recipes(cls: type) -> None:

@@ -125,6 +125,17 @@ class State:
         """The sum of ``value`` over all ranks (see :meth:`all_reduce_mean`)."""
         return value if self._group is None else self._group.all_reduce_sum(value)
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` concatenated along dim 0, rank 0's rows first: the global batch of a
+        batch-coupled loss (plugin API 1.1). Differentiable: each rank's rows get the gradient of every rank's
+        loss, so a loss computed on the result exactly as one process computes it needs no rescaling under
+        DDP (docs/distributed.md, "Batch-coupled losses"). Ranks may hold different numbers of rows; the
+        other dims must agree. A collective: every rank calls it at the same point. In one process it
+        returns ``tensor`` itself."""
+        if tensor.dim() == 0:
+            raise ValueError("state.all_gather concatenates along dim 0; pass a tensor with at least one dimension")
+        return tensor if self._group is None else self._group.all_gather(tensor)
+
     def data_info(self, key: str, *, needed_by: str, what: str) -> Any:
         """``data.info[key]``, or bad input naming the plugin that needs it and what it needs."""
         from engine.errors import BadInput

@@ -67,6 +67,9 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     p = sub.add_parser("new-plugin", help="write a ready plugin package (pyproject, plugin, recipe, tests)")
     p.add_argument("name", help="plugin name (a Python identifier, e.g. zloss)")
     p.add_argument("--dir", help="where to create the package (default: ./hookmix-NAME)")
+    p.add_argument(
+        "--plugins", metavar="A,B", help="several plugins in one distribution NAME, each in its own submodule"
+    )
     p = sub.add_parser("train", help="train a recipe (TOML path/URL or shipped recipe name)")
     p.add_argument("recipe", nargs="?", help="recipe file, URL or shipped name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. run.steps=50 plugins.adamw.lr=3e-4")
@@ -224,6 +227,10 @@ def cmd_describe(args) -> int:
     info = registry.info(args.name)
     cls = registry.load(args.name)
     print(f"{info.name}  ({info.dist} {info.version}; plugin API {cls.api})")
+    if "@" in args.name:  # NAME@LABEL: a second (third, ...) copy of a plugin, with its own table and state
+        base, label = args.name.split("@", 1)
+        print(f'  an instance of plugin {base!r} (label {label!r}): its own [plugins."{args.name}"] table,')
+        print("  checkpoint state and metric names; see docs/authoring.md, 'Plugin instances'")
     print(f"  {cls.summary()}")
     for label in ("provides", "requires", "conflicts", "before", "after"):
         values = getattr(cls, label)
@@ -314,10 +321,11 @@ def cmd_train(args) -> int:
 def cmd_new_plugin(args) -> int:
     from engine.cli.scaffold import new_plugin
 
-    path = new_plugin(args.name, args.dir)
+    plugins = [name.strip() for name in args.plugins.split(",")] if args.plugins else None
+    path = new_plugin(args.name, args.dir, plugins)
     print(
         f"wrote {path}: cd there, `pip install -e .`, `python -m pytest`, then "
-        f"`hookmix train {args.name}-mnist1d` (its shipped recipe)"
+        f"`hookmix train {(plugins or [args.name])[0]}-mnist1d` (its shipped recipe)"
     )
     return 0
 

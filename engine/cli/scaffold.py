@@ -3,11 +3,17 @@
 The package is the smallest complete example of the contract: an entry point, a plugin with a
 typed and validated config, a loss term it contributes, a shipped recipe, a README, and tests
 that use the engine's test kit (:mod:`engine.testing`).
+
+Several plugins in one distribution (``new_plugin(NAME, plugins=["a", "b"])``, ``--plugins a,b``): each
+plugin is its own submodule (``hookmix_NAME/a.py``) named by its own entry point, and the package's
+``__init__.py`` imports nothing, so enabling one plugin imports only its module (and a broken one breaks
+only itself). Its recipes share ``hookmix_NAME.recipes``; its tests include that isolation check.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import keyword
 import os
 import re
@@ -26,15 +32,16 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "hookmix-{dash}"
 version = "0.1.0"
-description = "A hookmix plugin: {name}."
+description = "{description}"
 requires-python = ">=3.11"
 dependencies = ["hookmix>=0.2"]
 
+# One line per plugin: NAME = "MODULE:CLASS", NAME equal to the class's `name`. {layout}
 [project.entry-points."hookmix.plugins"]
-{name} = "hookmix_{name}:{cls}"
+{entry_points}
 
 [tool.setuptools.packages.find]
-include = ["hookmix_{name}*"]
+include = ["hookmix_{pkg}*"]
 
 [tool.setuptools.package-data]
 "*" = ["*.toml"]
@@ -63,7 +70,7 @@ class {cls}(Plugin):
 
     name = "{name}"
     Config = {cls}Config
-    recipes = "hookmix_{name}.recipes"
+    recipes = "hookmix_{pkg}.recipes"
     api = ">={major}.0,<{next_major}"
 
     @hookimpl
@@ -94,7 +101,7 @@ import torch
 from engine import BadInput
 from engine.testing import TOY, assert_resumes_exactly, train
 
-from hookmix_{name} import {cls}
+from {module} import {cls}
 
 
 def test_it_adds_its_term_and_trains():
@@ -128,22 +135,86 @@ hookmix train mnist1d-mlp run.plugins+={name} plugins.{name}.weight=1e-2
 
 Edit `hookmix_{name}/__init__.py`: the hooks you can implement are listed in hookmix's
 docs/hooks.md, the plugin declarations in docs/authoring.md.
+
+More plugins in this distribution: put each in its own submodule (`hookmix_{name}/other.py`) with its own
+entry point in pyproject.toml (`other = "hookmix_{name}.other:Other"`), and move this one to
+`hookmix_{name}/{name}.py` (entry point `"hookmix_{name}.{name}:{cls}"`), leaving `__init__.py` without imports:
+enabling one plugin then imports only its module. `hookmix new-plugin NAME --plugins a,b` writes that layout.
 """
 
+MULTI_README = """\
+# hookmix-{dash}
+
+[hookmix](https://pypi.org/project/hookmix/) plugins written by `hookmix new-plugin {dist} --plugins {names}`.
+
+```bash
+pip install -e .                 # registers one entry point per plugin
+python -m pytest                 # their tests, with the engine's test kit, and the isolation check
+hookmix describe {first}  # a plugin's config, validated
+hookmix train {first}-mnist1d  # a recipe it ships (one per plugin)
+```
+
+Each plugin lives in its own submodule, `hookmix_{dist}/PLUGIN.py`, named by its own entry point in
+pyproject.toml (`PLUGIN = "hookmix_{dist}.PLUGIN:Class"`), and `hookmix_{dist}/__init__.py` imports nothing.
+Enabling one plugin therefore imports only its module: a heavy dependency of one (a tokenizer, a CUDA
+extension) costs nothing to runs of the others, and one that fails to import is reported as broken alone
+(`hookmix plugins`) while the others work. `tests/test_isolation.py` checks it. To add a plugin, add
+`hookmix_{dist}/NEW.py`, its line under `[project.entry-points."hookmix.plugins"]`, and `pip install -e .` again
+(entry points are read from the installed metadata). The hooks you can implement are listed in hookmix's
+docs/hooks.md, the plugin declarations in docs/authoring.md.
+"""
+
+ISOLATION = '''\
+"""Each plugin of hookmix-{dash} imports only its own submodule (the package's __init__ imports nothing)."""
+
+import subprocess
+import sys
+
+import pytest
+
+PLUGINS = {plugin_classes}
+
+
+@pytest.mark.parametrize("name", sorted(PLUGINS))
+def test_importing_one_plugin_imports_no_other(name):
+    others = [f"hookmix_{dist}.{{other}}" for other in PLUGINS if other != name]
+    code = (
+        f"import sys; import hookmix_{dist}.{{name}} as m; "
+        f"assert m.{{PLUGINS[name]}}.name == {{name!r}}; "
+        f"loaded = [o for o in {{others!r}} if o in sys.modules]; assert not loaded, loaded"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+'''
 
 # the longest file name made from NAME: pip's editable-install finder (hookmix_NAME-0.1.0.dist-info is shorter)
 _LONGEST = "__editable___hookmix_{name}_0_1_0_finder.py"
+# ... and from a plugin name of a distribution with several: its test module's pytest cache entry
+_LONGEST_PLUGIN = "test_{name}.cpython-311-pytest-9.0.0.pyc"
+_RESERVED = ("recipes",)  # hookmix_NAME/recipes/ is the recipes package: no plugin submodule may take its name
 
 
-def new_plugin(name: str, directory: str | None = None) -> str:
+def new_plugin(name: str, directory: str | None = None, plugins: list[str] | None = None) -> str:
     """Write the package for plugin ``name``; return its directory. Refuses to overwrite anything.
+
+    ``plugins``: several plugins in one distribution ``hookmix-NAME``, each in its own submodule
+    ``hookmix_NAME/PLUGIN.py`` with its own entry point (module docstring). Without it (or with ``[name]``)
+    the package holds the one plugin ``name`` in ``hookmix_NAME/__init__.py``.
 
     Everything that can be checked is checked before anything is written; the files are then
     written into a temporary directory beside the destination and renamed into place, so a
     refusal or a failed write leaves nothing behind (the rename is atomic on one filesystem).
     """
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name or "") or keyword.iskeyword(name):
-        raise BadInput(f"plugin name {_shown(name)!r} must be a lowercase Python identifier (e.g. zloss); pick another")
+    several = plugins is not None and list(plugins) != [name]
+    _check_identifier(name, "distribution name" if several else "plugin name")
+    names = list(plugins) if several else [name]
+    for plugin in names:
+        _check_identifier(plugin, "plugin name")
+    if several:
+        if not names or len(set(names)) != len(names):
+            raise BadInput(f"--plugins {','.join(names)!r} must name each plugin once (e.g. --plugins zloss,ema)")
+        if reserved := sorted(set(names) & set(_RESERVED)):
+            raise BadInput(f"plugin name {reserved[0]!r} is the package's recipes folder; pick another")
     dash = name.replace("_", "-")
     root = os.path.abspath(directory or f"hookmix-{dash}")
     if os.path.islink(root):  # the package goes where the link points; the rename below would replace the link
@@ -157,12 +228,18 @@ def new_plugin(name: str, directory: str | None = None) -> str:
             f"({_LONGEST.format(name='NAME')}) would pass the filesystem's {limit}-character limit; pick a "
             f"name of at most {limit - len(longest) + len(name)} characters"
         )
+    for plugin in names if several else ():
+        if len(_LONGEST_PLUGIN.format(name=plugin)) > limit:
+            raise BadInput(
+                f"plugin name {_shown(plugin)!r} ({len(plugin)} characters) is too long: file names made from it "
+                f"({_LONGEST_PLUGIN.format(name='NAME')}) would pass the filesystem's {limit}-character limit"
+            )
     for part in [os.path.basename(root), *created]:
         if len(os.fsencode(part)) > limit:
             raise BadInput(f"{root}: {_shown(part)!r} is longer than {limit} bytes, the filesystem's limit; pass --dir")
     if os.path.lexists(root) and (not os.path.isdir(root) or os.listdir(root)):
         raise BadInput(f"{root} already exists and is not an empty directory; pass --dir NEW_DIR")
-    files = _files(name, dash)
+    files = _files(name, dash, names if several else None)
     made = None  # the topmost missing parent this call created (removed again on failure)
     tmp = None
     try:
@@ -190,25 +267,55 @@ def new_plugin(name: str, directory: str | None = None) -> str:
     return root
 
 
-def _files(name: str, dash: str) -> dict[str, str]:
-    """{path relative to the package root: text} of the package for plugin ``name``."""
+def _files(name: str, dash: str, plugins: list[str] | None = None) -> dict[str, str]:
+    """{path relative to the package root: text} of the package ``hookmix-NAME``: the one plugin ``name`` in
+    ``hookmix_NAME/__init__.py``, or (``plugins``) each plugin in its own submodule."""
     major = int(API_VERSION.split(".")[0])
-    values = {
-        "name": name,
-        "dash": dash,
-        "cls": "".join(p.title() for p in name.split("_")),
-        "major": major,
-        "next_major": major + 1,
+    classes = {p: "".join(part.title() for part in p.split("_")) for p in plugins or [name]}
+    common = {"dash": dash, "pkg": name, "dist": name, "major": major, "next_major": major + 1}
+    common["names"] = ",".join(classes)
+    several = "the hookmix plugins " + ", ".join(classes)
+    common["description"] = f"A hookmix plugin: {name}." if plugins is None else f"{several.capitalize()}."
+    common["layout"] = (
+        "Each plugin is its own submodule\n# (hookmix_{0}/NAME.py) and hookmix_{0}/__init__.py imports nothing, so that enabling one "
+        "plugin imports only\n# its own module; add one with its module and its line here (then pip install -e . again)."
+        if plugins
+        else "More plugins in this distribution: give\n# each its own submodule (hookmix_{0}/other.py: other = "
+        '"hookmix_{0}.other:Other"), move this one to hookmix_{0}/{0}.py\n# and leave __init__.py without '
+        "imports, so that enabling one plugin imports only its own module (README.md)."
+    ).format(name)
+    if plugins is None:
+        module = {name: f"hookmix_{name}"}
+        common["entry_points"] = f'{name} = "hookmix_{name}:{classes[name]}"'
+    else:
+        module = {p: f"hookmix_{name}.{p}" for p in plugins}
+        common["entry_points"] = "\n".join(f'{p} = "hookmix_{name}.{p}:{cls}"' for p, cls in classes.items())
+    render = lambda template, **extra: textwrap.dedent(template).format(**common, **extra)  # noqa: E731
+    files = {
+        "pyproject.toml": render(PYPROJECT, name=name),
+        f"hookmix_{name}/recipes/__init__.py": '"""Recipes shipped with the plugins (see `hookmix recipes`)."""\n',
     }
-    templates = {
-        "pyproject.toml": PYPROJECT,
-        "README.md": README,
-        f"hookmix_{name}/__init__.py": PLUGIN,
-        f"hookmix_{name}/recipes/__init__.py": '"""Recipes shipped with the plugin (see `hookmix recipes`)."""\n',
-        f"hookmix_{name}/recipes/{name}-mnist1d.toml": RECIPE,
-        "tests/test_plugin.py": TESTS,
-    }
-    return {rel: textwrap.dedent(template).format(**values) for rel, template in templates.items()}
+    for plugin, cls in classes.items():
+        one = {"name": plugin, "cls": cls, "module": module[plugin]}
+        source = f"hookmix_{name}/__init__.py" if plugins is None else f"hookmix_{name}/{plugin}.py"
+        files[source] = render(PLUGIN, **one)
+        files[f"hookmix_{name}/recipes/{plugin}-mnist1d.toml"] = render(RECIPE, **one)
+        files["tests/test_plugin.py" if plugins is None else f"tests/test_{plugin}.py"] = render(TESTS, **one)
+    if plugins is None:
+        files["README.md"] = render(README, name=name, cls=classes[name])
+    else:
+        # the package itself imports nothing: an entry point imports only its own submodule
+        files[f"hookmix_{name}/__init__.py"] = (
+            f'"""hookmix-{dash}: {several}, one submodule each (each imported only when enabled)."""\n'
+        )
+        files["README.md"] = render(MULTI_README, first=plugins[0])
+        files["tests/test_isolation.py"] = render(ISOLATION, plugin_classes=json.dumps(classes))
+    return files
+
+
+def _check_identifier(name: str, what: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name or "") or keyword.iskeyword(name):
+        raise BadInput(f"{what} {_shown(name)!r} must be a lowercase Python identifier (e.g. zloss); pick another")
 
 
 def _parent_of(root: str) -> tuple[str, list[str]]:

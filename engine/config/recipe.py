@@ -14,6 +14,12 @@ Command-line overrides use dotted keys and TOML values: ``run.steps=50``,
 Every table is structured with cattrs into an attrs class; unknown keys and wrong types are
 bad input naming the key and the valid choices. The resolved recipe (every default filled in)
 is saved in the run directory and is all that is needed to reproduce the run.
+
+Plugin API 1.1: ``run.plugins`` may name a plugin that declares ``multi_instance`` more than once, as
+``NAME@LABEL`` (``[plugins."teacher@large"]``). A table's ``from = "X"`` starts it from X's table (the
+keys the plugin accepts; its own keys win), X's table dropped by ``run.plugins-=X`` included:
+``run.plugins-=grpo run.plugins+=soft_grpo plugins.soft_grpo.from=grpo``. A table ``run.plugins-=X`` drops
+and no ``from`` takes is named in a note of the plan (:attr:`Recipe.notes`).
 """
 
 from __future__ import annotations
@@ -97,6 +103,9 @@ class Recipe:
     description: str
     run: RunConfig
     plugin_configs: dict[str, Any]  # enabled plugin name -> its Config instance (or None)
+    # what resolving did with settings that the user may not expect (a dropped table, keys moved by
+    # `from`): printed as "note:" lines of the plan; not part of the recipe (never saved, never compared)
+    notes: list[str] = attrs.field(factory=list, eq=False, repr=False)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"name": self.name, "description": self.description}
@@ -255,8 +264,19 @@ def parse_override(text: str) -> tuple[list[str], str, Any]:
     return path, op, value
 
 
+class RawRecipe(dict):
+    """A raw recipe after overrides: the tables, plus what ``run.plugins-=X`` dropped (``dropped``: X -> its
+    table, for ``from = "X"`` and the plan's note) and which plugins ``run.plugins+=`` added (``added``).
+    Equal to the plain dict of its tables."""
+
+    def __init__(self, tables: dict, dropped: dict | None = None, added: list | None = None) -> None:
+        super().__init__(tables)
+        self.dropped: dict[str, dict] = dict(dropped or {})
+        self.added: list[str] = list(added or [])
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    raw = _deepcopy(raw)
+    raw = RawRecipe(_deepcopy(raw), getattr(raw, "dropped", None), getattr(raw, "added", None))
     for text in overrides:
         path, op, value = parse_override(text)
         if path[0] not in ("run", "plugins", "description"):
@@ -279,6 +299,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             )
         current = list(current)
         if op == "+=":
+            if path == ["run", "plugins"]:
+                raw.added += [str(v) for v in items if v not in current]
             current += [v for v in items if v not in current]
         else:
             missing = [v for v in items if v not in current]
@@ -290,8 +312,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 )
             current = [v for v in current if v not in items]
             if path == ["run", "plugins"] and isinstance(raw.get("plugins"), dict):
-                for name in items:  # disabling a plugin drops its config table with it
-                    raw["plugins"].pop(name, None)
+                for name in items:  # disabling a plugin drops its config table with it: kept for `from`
+                    table = raw["plugins"].pop(name, None)
+                    if isinstance(table, dict) and table:
+                        raw.dropped[str(name)] = table
         node[last] = current
     return raw
 
@@ -333,6 +357,8 @@ def resolve(name: str, raw: dict, registry: Registry) -> Recipe:
                 f"[plugins.{pname}] configures plugin {pname!r}, which run.plugins does not enable; "
                 f"enable it with run.plugins+={pname}, or remove the table"
             )
+    notes: list[str] = []
+    tables = _take_from(tables, getattr(raw, "dropped", {}), getattr(raw, "added", []), registry, notes)
     configs = {}
     for pname in run.plugins:
         config_cls = registry.load(pname).Config
@@ -344,5 +370,72 @@ def resolve(name: str, raw: dict, registry: Registry) -> Recipe:
         else:
             configs[pname] = structure_table(table, config_cls, f"plugins.{pname}")
     return Recipe(
-        name=str(raw.get("name", name)), description=str(raw.get("description", "")), run=run, plugin_configs=configs
+        name=str(raw.get("name", name)),
+        description=str(raw.get("description", "")),
+        run=run,
+        plugin_configs=configs,
+        notes=notes,
     )
+
+
+FROM = "from"  # the key of a table that starts from another plugin's table; a Python keyword: no config field
+
+
+def _take_from(tables: dict, dropped: dict, added: list, registry: Registry, notes: list[str]) -> dict:
+    """``tables`` with every ``from = "X"`` replaced by the keys of X's table the plugin accepts (its own keys
+    win); a note for each move, and for each table ``run.plugins-=X`` dropped that no ``from`` took."""
+    done: dict[str, Any] = {}  # target -> its table resolved (a chain a <- b <- c resolves b once)
+    taken: set[str] = set()
+
+    def source(target: str, name: Any, seen: tuple[str, ...]) -> dict:
+        if not isinstance(name, str):
+            raise BadInput(f'plugins.{target}.from must be a plugin name (a string), got {name!r}; e.g. from = "grpo"')
+        if name in seen:
+            raise BadInput(
+                f"plugins.{target}.from: the tables take each other's keys ({' -> '.join((*seen, name))}); "
+                f"break the cycle"
+            )
+        if name in tables and name != target:
+            table = resolved(name, seen)
+        elif name in dropped:
+            taken.add(name)
+            table = dropped[name]
+        else:
+            registry.info(name)  # unknown: bad input with a close match; known without a table: nothing to take
+            table = {}
+        if not isinstance(table, dict):
+            raise BadInput(f"plugins.{name} must be a table, got {type(table).__name__}; fix the recipe")
+        return table
+
+    def resolved(target: str, seen: tuple[str, ...] = ()) -> Any:
+        if target in done:
+            return done[target]
+        table = tables[target]
+        if isinstance(table, dict) and FROM in table:
+            origin = table[FROM]
+            theirs = source(target, origin, (*seen, target))
+            config_cls = registry.load(target).Config
+            accepted = {f.name for f in attrs.fields(config_cls)} if config_cls is not None else set()
+            own = {k: v for k, v in table.items() if k != FROM}
+            moved = {k: v for k, v in theirs.items() if k in accepted and k not in own}
+            left = sorted(k for k in theirs if k not in accepted)
+            if moved or left:
+                notes.append(
+                    f"[plugins.{target}] takes {', '.join(moved) or 'no key'} from [plugins.{origin}]"
+                    + (f"; not keys of {target}, left out: {', '.join(left)}" if left else "")
+                )
+            table = {**moved, **own}
+        done[target] = table
+        return table
+
+    out = {target: resolved(target) for target in tables}
+    for name, table in dropped.items():
+        if name in taken or name in tables:
+            continue
+        note = f"run.plugins-={name} dropped the settings of [plugins.{name}] ({', '.join(table)})"
+        new = [a for a in added if a != name]
+        if new:  # a plugin was enabled in its place, maybe a variant that should have them
+            heir = new[0] if len(new) == 1 else "NAME"
+            note += f"; to give them to {heir}: plugins.{heir}.from={name}"
+        notes.append(note)
+    return out

@@ -13,7 +13,7 @@ from importlib import metadata
 import attrs
 
 from engine.errors import BadInput
-from engine.plugin import Plugin, check_plugin_class
+from engine.plugin import INSTANCE_SEPARATOR, Plugin, check_instance_name, check_plugin_class, split_instance
 
 GROUP = "hookmix.plugins"
 
@@ -63,7 +63,13 @@ class Registry:
         return sorted(self._infos)
 
     def info(self, name: str) -> PluginInfo:
-        """Return the plugin's info, importing its class on first use."""
+        """Return the plugin's info, importing its class on first use.
+
+        An instance name ``NAME@LABEL`` (plugin API 1.1) gives NAME's info under the instance's name; bad
+        input when the label is malformed or NAME does not declare ``multi_instance = True``.
+        """
+        if INSTANCE_SEPARATOR in name:
+            return self._instance_info(name)
         if name not in self._infos:
             raise BadInput(unknown_name_message("plugin", name, self.names(), "see `hookmix plugins`"))
         info = self._infos[name]
@@ -79,6 +85,21 @@ class Registry:
             except TypeError as exc:
                 info.error = str(exc).splitlines()[0]
         return info
+
+    def _instance_info(self, name: str) -> PluginInfo:
+        try:
+            check_instance_name(name)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        base, label = split_instance(name)
+        info = self.info(base)  # an unknown plugin: the usual message, with a close match
+        if info.cls is not None and not info.cls.multi_instance:
+            # a 1.0 plugin may keep fixed names (a loss term, a metric) that a second instance would share
+            raise BadInput(
+                f"{name!r} would enable plugin {base!r} a second time (instance {label!r}), but {base} does not "
+                f"declare multi_instance = True; enable it once, as {base!r} (docs/authoring.md, Plugin instances)"
+            )
+        return attrs.evolve(info, name=name)
 
     def load(self, name: str) -> type[Plugin]:
         """Return the plugin class for a name a recipe enabled; bad input if unknown or broken."""
@@ -103,6 +124,34 @@ class Registry:
         from engine.plugin import offers
 
         return [i.name for i in self.ok() if offers(i.name, i.cls, capability)]
+
+
+def unknown_declarations(plugins: dict[str, Plugin], known: set[str], registry: Registry | None) -> list[str]:
+    """Plan warnings for the names in ``conflicts`` / ``before`` / ``after`` that no installed plugin is or provides.
+
+    Such a declaration does nothing (a typo, or a capability its provider stopped declaring), yet the plugin it
+    means may simply not be installed here: a warning, never an error. ``known``: what the enabled plugins are
+    and provide. Installed plugins are imported to read their ``provides`` only when a name is not otherwise known.
+    """
+    from engine.plugin import base_name, capability_name
+
+    if registry is None:
+        return []
+    installed, declared, out = set(registry.names()), None, []
+    for name, plugin in plugins.items():
+        for label in ("conflicts", "before", "after"):
+            for entry in (e for e in getattr(plugin, label) if isinstance(e, str)):  # a Protocol is never a typo
+                if entry in known or base_name(entry) in installed:
+                    continue
+                if declared is None:
+                    declared = {capability_name(c) for info in registry.ok() for c in info.cls.provides}
+                if entry not in declared:
+                    close = did_you_mean(entry, sorted(installed | declared | known))
+                    out.append(
+                        f"plugin {name!r} declares {label}={entry!r}, which no installed plugin is or provides, "
+                        f"so it does nothing{close}"
+                    )
+    return out
 
 
 def did_you_mean(name: str, valid: list[str]) -> str:

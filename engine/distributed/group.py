@@ -97,6 +97,32 @@ class Group:
         dist.all_gather_object(out, obj)
         return out
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` concatenated along dim 0 in rank order, differentiable (``state.all_gather``).
+
+        One small all-gather of the shapes first, so ranks may hold different numbers of rows (a masked
+        language-model batch) and a mismatch beyond dim 0 fails on every rank alike instead of hanging.
+        The backward is the gather's adjoint (:class:`_GatherRows`): see docs/distributed.md, "Batch-coupled
+        losses", for why a loss computed on the result needs no rescaling under DDP.
+        """
+        if tensor.dim() > _MAX_DIMS:  # checked in one process too: a plugin fails the same way on any world size
+            raise ValueError(f"all_gather takes tensors of at most {_MAX_DIMS} dimensions, got {tensor.dim()}")
+        if not self.active or self.world_size == 1:
+            return tensor
+        nccl = self.backend == "nccl"
+        # NCCL talks to the GPU, gloo here to the host; `.to` is differentiable, so gradients find their way back
+        local = (tensor if tensor.is_cuda else tensor.cuda()) if nccl else tensor.cpu()
+        meta = torch.full((_MAX_DIMS + 1,), -1, dtype=torch.int64)
+        meta[0], meta[1 : tensor.dim() + 1] = tensor.dim(), torch.tensor(tensor.shape, dtype=torch.int64)
+        meta = meta.to(local.device)
+        metas = meta.new_empty(self.world_size * meta.numel())  # concatenated: gloo takes no stacked output
+        _all_gather(metas, meta)
+        shapes = [tuple(m[1 : m[0] + 1]) for m in metas.view(self.world_size, -1).tolist()]
+        if len({s[1:] for s in shapes}) != 1 or len({len(s) for s in shapes}) != 1:
+            raise ValueError(f"all_gather: the ranks' tensors differ beyond dim 0 (shapes by rank: {shapes})")
+        rows = [s[0] for s in shapes]
+        return _GatherRows.apply(local, rows, self.rank, nccl).to(tensor.device)
+
     def agree(self, error: BaseException | None) -> None:
         """A safe point: if any rank failed setup, every rank raises the first failure, naming its rank.
 
@@ -140,6 +166,53 @@ class Group:
             t = t.cuda()
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return int(t) or None
+
+
+_MAX_DIMS = 8  # the shape exchange of Group.all_gather is a fixed-size tensor: ndim, then up to 8 sizes
+# torch 2.13 renamed all_gather_into_tensor and reduce_scatter_tensor (which now warn) to *_single; older torch
+# has only the first names
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 (rows of rank r after those of ranks < r); the backward is its adjoint.
+
+    The transpose of "concatenate every rank's rows" is "sum, over ranks, the gradient each rank holds for
+    my rows" (a reduce-scatter with SUM): a rank's rows influence the loss of every rank that uses the
+    gathered tensor, so each of those losses sends its share back. Ranks with fewer rows are padded
+    with zeros for the collective (torch's gathers need equal sizes) and the padding is cut off again.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, rows: list[int], rank: int, nccl: bool) -> torch.Tensor:
+        ctx.rows, ctx.rank, ctx.nccl = rows, rank, nccl
+        most = max(rows)
+        out = tensor.new_empty((len(rows) * most, *tensor.shape[1:]))
+        _all_gather(out, _pad_rows(tensor.contiguous(), most))
+        if min(rows) == most:
+            return out
+        return torch.cat([out[r * most : r * most + n] for r, n in enumerate(rows)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, rank, most = ctx.rows, ctx.rank, max(ctx.rows)
+        # a fresh contiguous buffer: the collectives below write into it, autograd's grad must stay untouched
+        grad = torch.cat([_pad_rows(part, most) for part in grad.split(rows)])
+        if ctx.nccl:
+            mine = grad.new_empty((most, *grad.shape[1:]))
+            _reduce_scatter(mine, grad)
+        else:  # gloo: reduce-scatter is not in every torch this engine supports; all-reduce and keep our rows
+            dist.all_reduce(grad)
+            mine = grad[rank * most : (rank + 1) * most]
+        return mine[: rows[rank]], None, None, None
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` with zero rows appended up to ``rows`` (``t`` itself when it has them all)."""
+    if t.shape[0] == rows:
+        return t
+    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
 
 
 def _rendezvous(env: Env, timeout: datetime.timedelta) -> dist.Store:

@@ -14,6 +14,10 @@
 
 Plugins are given by name (installed entry points, or the toy plugins below) or as classes
 (registered locally under their ``name``). Outputs go to ``memory://`` unless ``out`` is given.
+
+Several ranks (:mod:`engine.testing.distributed`, exported here): ``assert_distributed_matches`` trains on 2 real
+ranks and compares with one process; ``run_distributed`` runs several cases in one launch. Every name, the case
+and result formats and how to choose a tolerance: docs/authoring.md, "The test kit".
 """
 
 from __future__ import annotations

@@ -84,11 +84,19 @@ def read_results(work: str, n: int) -> list[dict]:
 
 
 def run_distributed(cases: list[dict], nproc: int = 2, timeout: float = 600.0, max_restarts: int = 0) -> list[dict]:
-    """Run ``cases`` (dicts of :func:`train` arguments: ``plugins``, ``config``, ``steps``, ``out``,
-    ``resume``, ``stop_at``, run fields) one after the other in ``nproc`` processes started by
-    ``torch.distributed.run --standalone`` (one launch: startup is paid once). Each case also checks
-    that the weights are bit-identical on every rank after every step. Returns, per case, rank 0's
-    final ``model``/``modules`` state dicts, ``metrics`` records and the number of rank ``checks``."""
+    """Run ``cases`` one after the other in ``nproc`` processes started by ``torch.distributed.run --standalone``
+    (one launch: startup is paid once); docs/authoring.md, "The test kit", section "Several ranks".
+
+    A case is a dict of :func:`train` arguments: ``plugins`` (names, or classes the workers import by
+    ``module:qualname``: a module on ``sys.path``, which is passed on as ``PYTHONPATH``), ``config``, ``steps``,
+    ``out`` (default: a fresh folder per case; a later case with the same ``out`` and ``resume=True``
+    continues it), ``resume``, ``stop_at``, ``agree_plugin_states`` (default ``True``; ``False`` leaves the
+    plugin states out of the rank check) and any ``[run]`` key. Each case also checks (:class:`RankAgreement`)
+    that the weights are bit-identical on every rank after every step.
+
+    Returns, per case, a dict from rank 0: ``model`` and ``modules`` (the final state dicts; full tensors
+    under FSDP), ``metrics`` (the ``metrics.jsonl`` records without ``perf/`` keys) and ``checks`` (the steps
+    this case ran, each checked). A failed launch raises ``AssertionError`` with the end of the workers' output."""
     work = write_cases(cases)
     proc = launch_cases(work, ["--standalone", "--nproc-per-node", str(nproc), "--max-restarts", str(max_restarts)])
     _, err = proc.communicate(timeout=timeout)

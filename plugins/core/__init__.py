@@ -6,6 +6,7 @@
 * :mod:`.data_plugins` -- plugins ``tinyshakespeare`` and ``mnist1d``.
 * :mod:`.model_plugins` -- plugins ``gpt``, ``mlp`` and ``cnn1d``.
 * :mod:`.optim_plugins` -- plugins ``adamw`` and ``sgd``.
+* :mod:`.lbfgs_plugin` -- plugin ``lbfgs`` (``torch.optim.LBFGS``, stepped with the engine's loss closure).
 * :mod:`.loss_plugins` -- plugin ``cross_entropy``.
 
 ``corpora/`` holds the bundled text, ``recipes/`` the recipes (``hookmix recipes``).

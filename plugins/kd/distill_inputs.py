@@ -12,6 +12,38 @@ import torch
 from engine import BadInput, Plugin
 
 DISTILLATION = "distillation"  # the `kind` every distillation consumer passes to state.logits
+TEACHER = "teacher"  # the teacher plugin's name; an instance is teacher@LABEL (plugin API 1.1)
+LOGITS = "teacher_logits"  # the output the teacher adds; teacher@LABEL adds teacher_logits@LABEL
+
+
+def teacher_logits_key(teacher: str) -> str:
+    """The output the teacher (instance) named ``teacher`` adds: ``teacher_logits`` for ``teacher``,
+    ``teacher_logits@large`` for ``teacher@large`` (what ``Plugin.scoped`` gives that instance)."""
+    _, sep, label = teacher.partition("@")
+    return f"{LOGITS}{sep}{label}"
+
+
+def default_teachers(plugin: Plugin) -> tuple[str, ...]:
+    """The teacher a distillation consumer reads when its config names none: the one with its instance label
+    (``kd`` reads ``teacher``, ``kd@large`` reads ``teacher@large``)."""
+    return (f"{TEACHER}@{plugin.instance}" if plugin.instance else TEACHER,)
+
+
+def check_teachers(plugin: Plugin, teachers: tuple[str, ...], state, key: str = "teachers") -> None:
+    """Bad input, at configure time, when a teacher ``plugin`` reads is not enabled (naming the enabled ones).
+
+    A teacher is an enabled ``teacher`` instance, or (``teacher`` itself) any plugin that provides ``"teacher"``
+    and adds ``outputs["teacher_logits"]``, as an API 1.0 third-party teacher may.
+    """
+    enabled = [n for n in state.plugin_names if n.partition("@")[0] == TEACHER]
+    for name in teachers:
+        if state.provider(name) is None:
+            default = "" if getattr(plugin.config, key, None) else f" (plugins.{plugin.name}.{key} = [] reads it)"
+            raise BadInput(
+                f"{plugin.name} reads teacher {name!r}{default}, which run.plugins does not enable "
+                f"(enabled teachers: {', '.join(enabled) or 'none'}); enable it, or set plugins.{plugin.name}.{key} "
+                f'to the teachers to read, e.g. ["{enabled[0] if enabled else TEACHER}"]'
+            )
 
 
 def sample_batch(state) -> dict:
@@ -37,12 +69,14 @@ def student_logits_of(model: torch.nn.Module, batch: dict, state) -> torch.Tenso
         model.train(was_training)
 
 
-def distill_inputs(plugin: Plugin, batch: dict, outputs: dict, state, *, teacher: bool = True):
+def distill_inputs(plugin: Plugin, batch: dict, outputs: dict, state, *, teacher: bool = True, teachers=()):
     """Student (and teacher) logits as ``plugin`` should see them, flattened to (N, C), plus (N,) targets.
 
     Logits go through ``state.logits(role=..., consumer=plugin.name, kind="distillation")`` before
     flattening; language-model logits (B, T, V) become (B*T, V). Positions whose target is negative (the usual
-    ``-100`` ignore index) are dropped from all three tensors.
+    ``-100`` ignore index) are dropped from all three tensors. ``teachers``: the teacher instances to read
+    (default: :func:`default_teachers`); with several, each one's logits go through ``state.logits`` (so
+    ``logit_std`` standardizes each teacher with its own statistics) and the results are averaged.
     """
     student = state.logits(outputs["logits"], role="student", consumer=plugin.name, kind=DISTILLATION)
     width = student.shape[-1]
@@ -50,9 +84,13 @@ def distill_inputs(plugin: Plugin, batch: dict, outputs: dict, state, *, teacher
     target = batch["target"].reshape(-1) if "target" in batch else None
     t = None
     if teacher:
-        if "teacher_logits" not in outputs:
-            raise BadInput(f"{plugin.name} needs outputs['teacher_logits']; add 'teacher' to run.plugins")
-        t = state.logits(outputs["teacher_logits"], role="teacher", consumer=plugin.name, kind=DISTILLATION)
+        seen = []
+        for name in teachers or default_teachers(plugin):
+            key = teacher_logits_key(name)
+            if key not in outputs:
+                raise BadInput(f"{plugin.name} needs outputs[{key!r}]; add {name!r} to run.plugins")
+            seen.append(state.logits(outputs[key], role="teacher", consumer=plugin.name, kind=DISTILLATION))
+        t = seen[0] if len(seen) == 1 else torch.stack(seen).mean(0)  # averaged-logit multi-teacher KD
         t = t.reshape(-1, t.shape[-1])
         if t.shape != student.shape:
             raise BadInput(

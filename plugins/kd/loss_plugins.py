@@ -3,6 +3,10 @@
 They return named, weighted loss terms and read logits only through ``state.logits(..., kind="distillation")``
 (:mod:`plugins.kd.distill_inputs`), so a transform such as ``logit_std`` reaches them while the supervised
 ``cross_entropy`` term keeps the raw logits.
+
+Both may be enabled several times (plugin API 1.1 instances: ``kd@cnn``, ``kd@t2``). An instance names its terms
+after itself (``kd@cnn``; ``tckd@cnn``, ``nckd@cnn``) and reads the teachers of its ``teachers`` key, by default
+the teacher with its own label (``kd@cnn`` reads ``teacher@cnn``); several teachers: their logits averaged.
 """
 
 from __future__ import annotations
@@ -12,11 +16,33 @@ from typing import Literal
 import attrs
 
 from engine import Plugin, field, hookimpl
-from engine.validators import finite_non_negative, finite_positive, int_range
+from engine.validators import Rule, each, finite_non_negative, finite_positive, int_range
 
-from .distill_inputs import distill_inputs, need_target
+from .distill_inputs import TEACHER, check_teachers, default_teachers, distill_inputs, need_target
 
 RECIPES = "plugins.kd.recipes"
+teacher_name = Rule(
+    f'"{TEACHER}" or "{TEACHER}@LABEL"',
+    lambda v: isinstance(v, str) and (v == TEACHER or (v.startswith(f"{TEACHER}@") and len(v) > len(TEACHER) + 1)),
+)
+TEACHERS_HELP = (
+    "the teacher instances this term distils from; several: their logits, each transformed for this "
+    "consumer (logit_std), are averaged; []: the teacher with this instance's label (kd -> teacher, "
+    "kd@x -> teacher@x)"
+)
+
+
+class _Distiller(Plugin):
+    """What kd and dkd share: their teachers (the config's `teachers`, or the one with their label), checked early."""
+
+    multi_instance = True  # kd@t2 and kd@t4, kd@cnn and kd@mlp: terms named after the instance
+
+    def teachers(self) -> tuple[str, ...]:
+        return tuple(self.config.teachers) or default_teachers(self)
+
+    @hookimpl
+    def hookmix_configure(self, state):
+        check_teachers(self, self.teachers(), state)  # before any data or teacher is built
 
 
 @attrs.define
@@ -34,10 +60,11 @@ class KDConfig:
     form: Literal["kl", "ce"] = field(
         "kl", "kl: T^2 KL(p_t||p_s), zero at identical logits; ce: T^2 CE(p_t, p_s) (same gradient)"
     )
+    teachers: list[str] = field([], TEACHERS_HELP, validator=each(teacher_name))
 
 
-class KD(Plugin):
-    """Hinton knowledge distillation: the loss term `kd` = weight * T^2 * KL(p_teacher(T) || p_student(T))."""
+class KD(_Distiller):
+    """Hinton knowledge distillation: the loss term `kd` (`kd@x`) = weight * T^2 * KL(p_teacher(T) || p_student(T))."""
 
     name = "kd"
     Config = KDConfig
@@ -50,8 +77,8 @@ class KD(Plugin):
         from plugins.kd.losses import kd_loss
 
         c = self.config
-        student, teacher, _ = distill_inputs(self, batch, outputs, state)
-        return {"kd": c.weight * kd_loss(student, teacher, c.temperature, form=c.form)}
+        student, teacher, _ = distill_inputs(self, batch, outputs, state, teachers=self.teachers())
+        return {self.name: c.weight * kd_loss(student, teacher, c.temperature, form=c.form)}  # kd, or kd@x
 
 
 @attrs.define
@@ -69,10 +96,11 @@ class DKDConfig:
         "of run.steps (mdistiller's 20 of 240 epochs); 0: none",
         validator=int_range(-1, 2**62),
     )
+    teachers: list[str] = field([], TEACHERS_HELP, validator=each(teacher_name))
 
 
-class DKD(Plugin):
-    """Decoupled KD: the terms `tckd` = alpha T^2 TCKD and `nckd` = beta T^2 NCKD, with a linear warm-up."""
+class DKD(_Distiller):
+    """Decoupled KD: the terms `tckd` = alpha T^2 TCKD and `nckd` = beta T^2 NCKD (`tckd@x`...), with a warm-up."""
 
     name = "dkd"
     Config = DKDConfig
@@ -88,10 +116,10 @@ class DKD(Plugin):
         from plugins.kd.losses import dkd_loss, dkd_warmup_factor
 
         c = self.config
-        student, teacher, target = distill_inputs(self, batch, outputs, state)
+        student, teacher, target = distill_inputs(self, batch, outputs, state, teachers=self.teachers())
         target = need_target(self, target)
         # the step being taken, counted from 1 like mdistiller's epochs: the first step is already > 0
         factor = dkd_warmup_factor(state.step + 1, self.warmup(state))
         _, parts = dkd_loss(student, teacher, target, c.alpha, c.beta, c.temperature)
-        state.log("dkd/warmup", factor)
-        return {"tckd": factor * parts["tckd"], "nckd": factor * parts["nckd"]}
+        state.log(f"{self.name}/warmup", factor)  # dkd/warmup, or dkd@x/warmup
+        return {self.scoped(k): factor * parts[k] for k in ("tckd", "nckd")}

@@ -2,6 +2,10 @@
 
 It adds ``outputs["teacher_logits"]`` (``hookmix_aux_outputs``). It is never trained, never in the optimizer and
 never saved in checkpoints: the recipe's ``plugins.teacher.run`` is its source.
+
+Several teachers (plugin API 1.1 instances): ``teacher@cnn`` has its own ``[plugins."teacher@cnn"]`` table and adds
+``outputs["teacher_logits@cnn"]``, its frozen module and its metric ``teacher@cnn/val_accuracy`` carry its name, and
+its checkpoint state is kept under it; a distillation term reads it by name (``plugins."kd@cnn".teachers``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 
 from engine import BadInput, Plugin, field, hookimpl, load_recipe, open_run
 
-from .distill_inputs import sample_batch, student_logits_of
+from .distill_inputs import LOGITS, sample_batch, student_logits_of
 
 RECIPES = "plugins.kd.recipes"
 
@@ -43,11 +47,12 @@ def _short(value: Any) -> str:
 
 
 class Teacher(Plugin):
-    """A frozen teacher rebuilt from a hookmix run; adds outputs['teacher_logits'] (no grad, eval mode)."""
+    """A frozen teacher rebuilt from a hookmix run; adds outputs['teacher_logits'] (teacher@x: ['teacher_logits@x'])."""
 
     name = "teacher"
     Config = TeacherConfig
     recipes = RECIPES
+    multi_instance = True  # teacher@cnn, teacher@mlp: multi-teacher distillation
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,14 +66,14 @@ class Teacher(Plugin):
         url = self.config.run.strip().rstrip("/")
         if not url:
             raise BadInput(
-                "plugins.teacher.run is empty; set it to a trained teacher's run directory, "
-                "e.g. plugins.teacher.run=runs/mnist1d-teacher-cnn"
+                f"plugins.{self.name}.run is empty; set it to a trained teacher's run directory, "
+                f"e.g. plugins.{self.name}.run=runs/mnist1d-teacher-cnn"
             )
         try:
             return open_run(url)
         except BadInput as exc:
             raise BadInput(
-                f"plugins.teacher.run={url}: {exc} (train one first, e.g. hookmix train "
+                f"plugins.{self.name}.run={url}: {exc} (train one first, e.g. hookmix train "
                 f"mnist1d-teacher-cnn --out runs/mnist1d-teacher-cnn)"
             ) from None
 
@@ -135,8 +140,8 @@ class Teacher(Plugin):
             weights = run.weights(self.config.weights)
         except BadInput:
             raise BadInput(
-                f"plugins.teacher.weights={self.config.weights} but the teacher run {self.config.run} "
-                f"has no {self.config.weights} weights; set plugins.teacher.weights=model"
+                f"plugins.{self.name}.weights={self.config.weights} but the teacher run {self.config.run} "
+                f"has no {self.config.weights} weights; set plugins.{self.name}.weights=model"
             ) from None
         try:
             built.model.load_state_dict(weights)
@@ -175,13 +180,13 @@ class Teacher(Plugin):
     @hookimpl
     def hookmix_setup_model(self, model, state):
         # frozen: under run.strategy='fsdp' the engine shards it (docs/distributed.md, "Frozen models")
-        self.model = state.add_frozen_module("teacher", self.build(state))
+        self.model = state.add_frozen_module(self.name, self.build(state))  # teacher, or teacher@x
         self._check_shapes(state)
 
     @hookimpl
     def hookmix_aux_outputs(self, batch, state):
         with torch.no_grad():
-            return {"teacher_logits": self.model(batch["input"])}
+            return {self.scoped(LOGITS): self.model(batch["input"])}  # teacher_logits, or teacher_logits@x
 
     @hookimpl
     def hookmix_eval_metrics(self, state):
@@ -203,7 +208,7 @@ class Teacher(Plugin):
                     counts += torch.tensor([float((pred == target).sum()), float(target.numel())], dtype=torch.float64)
             correct, total = state.all_reduce_sum(counts).tolist()
             self._accuracy = correct / total if total else float("nan")
-        return {"teacher/val_accuracy": self._accuracy}
+        return {f"{self.name}/val_accuracy": self._accuracy}  # teacher/..., or teacher@x/...
 
     @hookimpl
     def hookmix_plugin_state(self, state):
@@ -214,6 +219,6 @@ class Teacher(Plugin):
         if plugin_state.get("step") != self.step:
             raise BadInput(
                 f"the teacher changed since this run was checkpointed (step {plugin_state.get('step')} "
-                f"then, {self.step} now); set plugins.teacher.run to RUN/checkpoints/"
+                f"then, {self.step} now); set plugins.{self.name}.run to RUN/checkpoints/"
                 f"step-{plugin_state.get('step'):08d}.pt to resume exactly"
             )

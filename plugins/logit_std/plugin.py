@@ -56,6 +56,7 @@ class LogitStd(Plugin):
 
     name = "logit_std"
     Config = LogitStdConfig
+    multi_instance = True  # e.g. logit_std@a with consumers ["kd@a"]: its metrics are logit_std@a/std_<role>
 
     @hookimpl
     def hookmix_configure(self, state):
@@ -70,7 +71,7 @@ class LogitStd(Plugin):
             if consumer not in state.plugin_names:
                 raise BadInput(
                     unknown_name_message(
-                        "plugins.logit_std.consumers entry",
+                        f"plugins.{self.name}.consumers entry",
                         consumer,
                         sorted(state.plugin_names),
                         "it must be an enabled plugin",
@@ -85,5 +86,5 @@ class LogitStd(Plugin):
         if kind not in c.kinds or role not in c.roles or (c.consumers and consumer not in c.consumers):
             return None
         if c.log_std:
-            state.log(f"logit_std/std_{role}", logit_std(logits.detach().float(), c.unbiased).mean())
+            state.log(f"{self.name}/std_{role}", logit_std(logits.detach().float(), c.unbiased).mean())
         return standardize_logits(logits, c.eps, c.base_temperature, c.unbiased)

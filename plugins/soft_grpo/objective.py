@@ -57,6 +57,8 @@ def group_advantages(
 
     Groups are consecutive blocks of ``group_size`` (the layout of ``repeat_interleave``d prompts) or
     given by integer ``group_ids``.  ``scale=False`` gives Dr. GRPO's mean-only baseline.
+    The ``grpo`` and ``soft_grpo`` plugins return it from ``hookmix_advantages`` as a default: an enabled
+    plugin that implements that hook replaces it (docs/authoring.md, "Replacing a default").
     """
     r = rewards.detach().to(torch.float64).flatten()
     if group_ids is None:

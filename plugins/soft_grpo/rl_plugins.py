@@ -6,7 +6,8 @@ How the RL step maps onto the engine hooks (see ``engine/loop.py``)::
     rollouts = grpo|soft_grpo.generate_rollouts(...)  # G samples per prompt (discrete | soft+Gumbel),
                                                       # θ_old and reference log-likelihoods, teacher-forced
     rewards = countdown_reward + format_reward        # named, weighted, summed by the engine
-    advantages = grpo|soft_grpo.advantages(...)       # group-normalised (Bessel std + 1e-6)
+    advantages = grpo|soft_grpo.advantages(...)       # group-normalised (Bessel std + 1e-6); a default:
+                                                      # any plugin implementing hookmix_advantages replaces it
     outputs = grpo|soft_grpo.forward(...)             # teacher-forced log-likelihood under θ
     terms = grpo|soft_grpo.loss_terms(...)            # {"pg": PPO-clip + dual clip, "kl": β·k3}
 
@@ -130,6 +131,9 @@ class GRPO(Plugin):
     # the frozen reference is copied in setup_model: after any plugin that projects the initial weights
     after = (WeightConstraint,)
     recipes = RECIPES
+    # group advantages are a default (plugin API 1.1): an enabled plugin that implements hookmix_advantages
+    # (another estimator, a third-party package) replaces them, and the plan says so; SoftGRPO inherits this
+    default_hooks = ("hookmix_advantages",)
     mode = "discrete"
 
     # configs of the pure code
@@ -261,6 +265,7 @@ class GRPO(Plugin):
 
     @hookimpl
     def hookmix_advantages(self, rollouts, rewards, state):
+        # the default estimator (default_hooks): rollouts["group_size"] is what a replacement reads too
         G = rollouts["group_size"]
         r = rewards.detach().float().cpu()
         adv = group_advantages(r, group_size=G, eps=self.config.adv_eps, scale=self.config.scale_advantages)

@@ -256,7 +256,7 @@ def test_version_flag(capsys):
 @pytest.mark.parametrize(
     "api, reason",
     [
-        (">=2.0", "supports plugin API '>=2.0', this engine implements 1.0; upgrade the plugin (or hookmix)"),
+        (">=2.0", "supports plugin API '>=2.0', this engine implements 1.1; upgrade the plugin (or hookmix)"),
         ("version one", "api = 'version one' is not a version specifier"),
     ],
 )

@@ -54,9 +54,12 @@ PLUGIN_BASE: dict[str, list[str]] = {
         "grpo",
         "soft_grpo",
         "passk",
+        "sam",
+        "dist_kd",
     )
 }
 PLUGIN_BASE.update({name: [] for name in ("mnist1d", "mlp", "adamw", "cross_entropy")})  # already in BASE
+PLUGIN_BASE["lbfgs"] = ["run.plugins-=adamw", "run.plugins+=lbfgs"]  # an optimizer: replaces adamw
 
 _ZERO_OFF = "0 is documented as 'off' / 'use the default' for this field"
 _SIGNED = "any finite value is meaningful here"
@@ -68,6 +71,10 @@ _EMPTY_OK = "the empty list is documented (no milestones / no clamp / every cons
 #: (plugin, field) -> {case: reason} for generated values that are valid for that field.
 VALID: dict[tuple[str, str], dict[str, str]] = {
     ("gpt", "block_size"): {"zero": _ZERO_OFF},
+    ("dist_kd", "beta"): {"zero": "a weight of 0 switches the term off"},
+    ("dist_kd", "gamma"): {"zero": "a weight of 0 switches the term off"},
+    ("dist_kd", "weight"): {"zero": "a weight of 0 switches the term off"},
+    ("lbfgs", "max_eval"): {"zero": "0 is documented as max_iter * 5 / 4 (torch's default)"},
     ("mlp", "hidden"): {"empty": "no hidden layer: a linear classifier", "short": _FREE_LIST},
     ("gpt", "dropout"): {"zero": "no dropout"},
     ("mnist1d", "seed"): {"zero": "seed 0"},
@@ -77,6 +84,8 @@ VALID: dict[tuple[str, str], dict[str, str]] = {
     ("cross_entropy", "weight"): {"zero": "a weight of 0 switches the term off"},
     ("cross_entropy", "label_smoothing"): {"zero": _ZERO_OFF},
     ("kd", "weight"): {"zero": "a weight of 0 switches the term off"},
+    ("kd", "teachers"): {"empty": "the default: the teacher of the same instance label"},
+    ("dkd", "teachers"): {"empty": "the default: the teacher of the same instance label"},
     ("dkd", "alpha"): {"zero": "a weight of 0 switches the term off"},
     ("dkd", "beta"): {"zero": "a weight of 0 switches the term off"},
     ("dkd", "warmup_steps"): {"zero": _ZERO_OFF, "negative": "-1 means 1/12 of run.steps"},

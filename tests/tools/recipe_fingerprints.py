@@ -26,6 +26,7 @@ STEPS = 4
 # the runs that recipes name (teachers, starting points), trained first under these names
 PREREQUISITES = {
     "runs/mnist1d-teacher-cnn": "mnist1d-teacher-cnn",
+    "runs/mnist1d-teacher-mlp": "mnist1d-teacher-mlp",
     "runs/shakespeare-gpt": "shakespeare-gpt",
     "runs/countdown-sft": "countdown-sft",
     "runs/countdown-sft-gpu": "countdown-sft-gpu",

@@ -10,7 +10,7 @@ from engine.testing import TOY, assert_distributed_matches, assert_resumes_exact
 
 def test_ema_tracks_the_weights_and_evaluates_with_them():
     result = train([*TOY, EMA], config={"ema": {"decay": 0.5}}, steps=4)
-    ema = result.trainer.manager.plugins["ema"]
+    ema = result.plugins["ema"]  # the enabled plugin instances by name (engine.Result.plugins)
     weight = result.model.state_dict()["1.weight"]
     assert not torch.equal(ema.shadow["1.weight"], weight)  # an average, not a copy
     assert result.metrics[-1]["ema/decay"] == 0.5

@@ -1,0 +1,9 @@
+"""DIST: knowledge distillation from a stronger teacher by relations (Huang et al., NeurIPS 2022).
+
+* :mod:`.losses` -- ``dist_loss`` (inter-class + intra-class Pearson relations, the official conventions); no engine
+  import.
+* :mod:`.plugin` -- plugin ``dist_kd``: the loss on the global batch (``state.all_gather``), so that W ranks
+  compute what one process computes.
+
+``recipes/`` holds ``mnist1d-dist-kd`` (the MNIST-1D student of :mod:`plugins.kd`'s recipes, distilled with DIST).
+"""

@@ -1,0 +1,1 @@
+"""Recipes shipped with the DIST plugin (see `hookmix recipes`)."""

@@ -1,0 +1,1 @@
+"""Recipes shipped with the ``sam`` plugin (``hookmix recipes``)."""
