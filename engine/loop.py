@@ -451,8 +451,8 @@ class Trainer:
         try:
             while (running := state.step + 1) <= (last := min(run.steps, stop_at or run.steps)):
                 self.advance(stop_at)
-                pending.signum = self.group.first_signal(pending.signum)  # every rank stops after the same step
-                if pending.signum is not None and state.step < run.steps:  # at the end: finish, then say so
+                if (agreed := self.group.first_signal(pending.signum)) and state.step < run.steps:  # at the end: finish
+                    pending.signum = agreed  # the same on every rank: one landing after the agreement waits a step
                     if self.saved_step != state.step:
                         self.save_checkpoint()
                     raise Interrupted(

@@ -14,6 +14,14 @@ from engine import BadInput, Plugin
 DISTILLATION = "distillation"  # the `kind` every distillation consumer passes to state.logits
 TEACHER = "teacher"  # the teacher plugin's name; an instance is teacher@LABEL (plugin API 1.1)
 LOGITS = "teacher_logits"  # the output the teacher adds; teacher@LABEL adds teacher_logits@LABEL
+TEMPERATURE = "kd_temperature"  # a learned temperature (0-d tensor) the ctkd plugin adds; read by kd, dkd, nkd
+
+
+def temperature_of(outputs: dict, configured: float):
+    """The temperature a distillation loss uses: ``outputs["kd_temperature"]`` when a plugin adds it (``ctkd``: a
+    0-d tensor whose backward trains the temperature), else the loss's configured number, returned as it is so a
+    run without ``ctkd`` computes bit for bit what it did before (docs/distillation.md, "CTKD")."""
+    return outputs.get(TEMPERATURE, configured)
 
 
 def teacher_logits_key(teacher: str) -> str:

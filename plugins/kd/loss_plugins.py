@@ -18,7 +18,7 @@ import attrs
 from engine import Plugin, field, hookimpl
 from engine.validators import Rule, each, finite_non_negative, finite_positive, int_range
 
-from .distill_inputs import TEACHER, check_teachers, default_teachers, distill_inputs, need_target
+from .distill_inputs import TEACHER, check_teachers, default_teachers, distill_inputs, need_target, temperature_of
 
 RECIPES = "plugins.kd.recipes"
 teacher_name = Rule(
@@ -78,7 +78,8 @@ class KD(_Distiller):
 
         c = self.config
         student, teacher, _ = distill_inputs(self, batch, outputs, state, teachers=self.teachers())
-        return {self.name: c.weight * kd_loss(student, teacher, c.temperature, form=c.form)}  # kd, or kd@x
+        temperature = temperature_of(outputs, c.temperature)  # ctkd's learned one when it is enabled
+        return {self.name: c.weight * kd_loss(student, teacher, temperature, form=c.form)}  # kd, or kd@x
 
 
 @attrs.define
@@ -120,6 +121,7 @@ class DKD(_Distiller):
         target = need_target(self, target)
         # the step being taken, counted from 1 like mdistiller's epochs: the first step is already > 0
         factor = dkd_warmup_factor(state.step + 1, self.warmup(state))
-        _, parts = dkd_loss(student, teacher, target, c.alpha, c.beta, c.temperature)
+        temperature = temperature_of(outputs, c.temperature)  # ctkd's learned one when it is enabled
+        _, parts = dkd_loss(student, teacher, target, c.alpha, c.beta, temperature)
         state.log(f"{self.name}/warmup", factor)  # dkd/warmup, or dkd@x/warmup
         return {self.scoped(k): factor * parts[k] for k in ("tckd", "nckd")}

@@ -88,8 +88,9 @@ def _check_target(target: Tensor, n: int, num_classes: int) -> None:
         raise ValueError("target/non-target decomposition needs at least 2 classes")
 
 
-def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:
+def _check_temperature(temperature: Weight) -> None:
+    # a tensor temperature is ctkd's, > 0 by construction (t_start > 0); comparing it would sync the device
+    if not torch.is_tensor(temperature) and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 

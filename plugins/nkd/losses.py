@@ -94,7 +94,8 @@ def nkd_loss(
     n, c = student.shape
     if c < 2:
         raise ValueError("NKD needs at least 2 classes")
-    if not temperature > 0:
+    # a tensor temperature is ctkd's, > 0 by construction (t_start > 0); comparing it would sync the device
+    if not torch.is_tensor(temperature) and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     t_idx = _hard_index(target, n, c)
     if detach_teacher:

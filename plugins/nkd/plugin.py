@@ -13,7 +13,7 @@ import torch
 
 from engine import BadInput, Plugin, field, hookimpl, unknown_name_message
 from engine.validators import finite_non_negative, finite_positive, in_range
-from plugins.kd.distill_inputs import distill_inputs, need_target, sample_batch, student_logits_of
+from plugins.kd.distill_inputs import distill_inputs, need_target, sample_batch, student_logits_of, temperature_of
 
 RECIPES = "plugins.kd.recipes"  # the distillation recipes ship with the kd package
 
@@ -49,7 +49,8 @@ class NKD(Plugin):
 
         c = self.config
         student, teacher, target = distill_inputs(self, batch, outputs, state)
-        _, parts = nkd_loss(student, teacher, need_target(self, target), c.temperature, c.gamma)
+        temperature = temperature_of(outputs, c.temperature)  # ctkd's learned one when it is enabled
+        _, parts = nkd_loss(student, teacher, need_target(self, target), temperature, c.gamma)
         return {name: c.weight * term for name, term in parts.items()}
 
 

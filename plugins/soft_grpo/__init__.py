@@ -3,7 +3,9 @@
 * :mod:`.record` -- the :class:`Rollout` record and shared soft-token helpers.
 * :mod:`.sampling` -- discrete and soft-thinking (Gumbel) rollouts.
 * :mod:`.likelihood` -- input rebuild and per-position log-likelihood (Gumbel density / categorical).
-* :mod:`.objective` -- group advantages, PPO-clip + dual clip, k3 KL, aggregation.
+* :mod:`.objective` -- group advantages (``scale_rewards``), PPO-clip + dual clip, k3 KL, the loss assembled.
+* :mod:`.loss_types` -- TRL's loss types by name (grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo), GSPO's
+  sequence ratio, each type's normaliser.
 * :mod:`.passk` -- unbiased and first-k pass@k, paired bootstrap.
 * :mod:`.rl_plugins` -- plugins ``grpo`` and ``soft_grpo``.
 * :mod:`.passk_plugin` -- plugin ``passk`` (pass@k evaluation on held-out Countdown problems).

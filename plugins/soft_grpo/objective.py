@@ -12,6 +12,10 @@ Conventions follow the official code (verl ``core_algos``):
 * aggregation ``"token-mean"`` (default: mean over every active token of the micro-batch, DAPO-style,
   optionally over a caller-given global token count) or ``"seq-mean"`` (mean over tokens within each
   sequence, then over sequences: GRPO's ``1/|o_i|``).
+
+``ObjectiveConfig.loss_type`` selects any loss of TRL's GRPO family (``loss_types.py``); left at ``None`` it
+follows ``agg``: ``"token-mean"`` is ``"dapo"`` and ``"seq-mean"`` is ``"grpo"``, with the verl guards above
+(dual clip, ±20 log-ratio clamp, k3 clamp) kept, so the pre-``loss_type`` configurations are unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .loss_types import CLIP_TYPES, IS_LEVELS, LOSS_TYPES, normalise, token_losses
+
 __all__ = [
     "ObjectiveConfig",
     "group_advantages",
@@ -27,6 +33,7 @@ __all__ = [
     "k3_kl",
     "aggregate",
     "policy_loss",
+    "policy_loss_terms",
     "rollout_loss",
 ]
 
@@ -37,13 +44,35 @@ class ObjectiveConfig:
     clip_eps_high: float | None = None  # None -> clip_eps (symmetric, as in the official scripts)
     dual_clip_c: float | None = 3.0  # None disables the dual clip
     kl_coef: float = 0.001  # β; 0 disables the KL term
-    agg: str = "token-mean"  # or "seq-mean"
+    agg: str = "token-mean"  # or "seq-mean"; the older name of loss_type "dapo" / "grpo"
+    loss_type: str | None = None  # one of loss_types.LOSS_TYPES; None: from agg
+    importance_sampling_level: str = "token"  # or "sequence" (GSPO)
+    delta: float | None = None  # cap of the unclipped ratio (PPO-clip types only); None: off
+    kl_bias_correction: bool = False  # multiply k3 by the ratio (TRL's use_bias_correction_kl, on there)
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
 
     def __post_init__(self) -> None:
         if self.agg not in ("token-mean", "seq-mean"):
             raise ValueError(f"agg must be 'token-mean' or 'seq-mean', got {self.agg!r}")
         if self.dual_clip_c is not None and self.dual_clip_c <= 1.0:
             raise ValueError("dual_clip_c must be > 1")
+        implied = "dapo" if self.agg == "token-mean" else "grpo"
+        if self.loss_type is None:
+            self.loss_type = implied
+        elif self.agg == "seq-mean" and self.loss_type != implied:
+            # two names for one choice: refuse a contradiction rather than pick one silently
+            raise ValueError(f"agg='seq-mean' is loss_type='grpo'; it contradicts loss_type={self.loss_type!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.importance_sampling_level not in IS_LEVELS:
+            raise ValueError(f"importance_sampling_level must be one of {IS_LEVELS}")
+        if self.delta is not None and self.loss_type not in CLIP_TYPES:
+            # an option that would be silently ignored is refused (TRL applies delta to the clip types only)
+            raise ValueError(f"delta applies to the PPO-clip loss types {CLIP_TYPES}, not {self.loss_type!r}")
+        if self.loss_type == "cispo" and self.clip_eps_high is None:
+            # cispo's epsilon_high is an absolute cap on r: inheriting clip_eps (0.2) would cap r at 0.2
+            raise ValueError("loss_type 'cispo' needs clip_eps_high: an absolute cap on the ratio (e.g. 5)")
 
 
 def group_advantages(
@@ -51,12 +80,14 @@ def group_advantages(
     group_size: int | None = None,
     group_ids: torch.Tensor | None = None,
     eps: float = 1e-6,
-    scale: bool = True,
+    scale: bool | str = True,
 ) -> torch.Tensor:
     """Per-sample advantages ``(N,)`` from rewards ``(N,)``.
 
     Groups are consecutive blocks of ``group_size`` (the layout of ``repeat_interleave``d prompts) or
-    given by integer ``group_ids``.  ``scale=False`` gives Dr. GRPO's mean-only baseline.
+    given by integer ``group_ids``.  ``scale`` is TRL's ``scale_rewards``: ``True`` / ``"group"`` divides by
+    the group's Bessel std + ``eps``, ``"batch"`` by the Bessel std of all ``N`` rewards + ``eps`` (after the
+    per-group centring), ``False`` / ``"none"`` gives Dr. GRPO's mean-only baseline.
     The ``grpo`` and ``soft_grpo`` plugins return it from ``hookmix_advantages`` as a default: an enabled
     plugin that implements that hook replaces it (docs/authoring.md, "Replacing a default").
     """
@@ -80,8 +111,13 @@ def group_advantages(
     rmax = torch.full((G,), float("-inf"), dtype=torch.float64, device=r.device).scatter_reduce(0, inv, r, "amax")
     rmin = torch.full((G,), float("inf"), dtype=torch.float64, device=r.device).scatter_reduce(0, inv, r, "amin")
     adv = r - mean[inv]
-    if scale:
+    if scale not in (True, False, "group", "batch", "none"):
+        raise ValueError(f"scale must be a bool or 'group' | 'batch' | 'none', got {scale!r}")
+    if scale is True or scale == "group":
         adv = adv / (std[inv] + eps)
+    elif scale == "batch":
+        # one std for the whole batch; a single reward has no spread, so it is left unscaled (std 1)
+        adv = adv / ((r.std() if r.numel() > 1 else torch.ones((), dtype=r.dtype)) + eps)
     equal = (rmax == rmin) & ~single
     adv = torch.where(equal[inv], torch.zeros_like(adv), adv)
     return adv.to(torch.float32)
@@ -137,6 +173,66 @@ def aggregate(
     raise ValueError(f"unknown aggregation {agg!r}")
 
 
+def policy_loss_terms(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: ObjectiveConfig | None = None,
+    ref_logp: torch.Tensor | None = None,
+    num_tokens: float | None = None,
+    num_sequences: int | None = None,
+    max_completion_length: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+    """``(pg, kl, stats)``: the normalised surrogate of ``cfg.loss_type`` and the normalised (unweighted) k3.
+
+    ``kl`` is ``None`` without ``ref_logp`` or with ``kl_coef = 0``.  Both use the loss type's normaliser, so
+    ``pg + β·kl`` is TRL's per-token ``β·KL`` added before aggregation.  The optional counts are global ones
+    (see :func:`~.loss_types.normalise`); without them the micro-batch's own counts are used.
+    """
+    cfg = cfg or ObjectiveConfig()
+    mask = mask.bool()
+    old_logp = old_logp.detach()
+    tok_loss, ratio, clipped, dual = token_losses(
+        cfg.loss_type,
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        level=cfg.importance_sampling_level,
+        eps_low=cfg.clip_eps,
+        eps_high=cfg.clip_eps_high,
+        delta=cfg.delta,
+        dual_clip_c=cfg.dual_clip_c,
+        sapo_tau_pos=cfg.sapo_tau_pos,
+        sapo_tau_neg=cfg.sapo_tau_neg,
+    )
+    counts = dict(num_tokens=num_tokens, num_sequences=num_sequences, max_completion_length=max_completion_length)
+    pg = normalise(tok_loss, mask, cfg.loss_type, **counts)
+    n = mask.sum().clamp_min(1)
+    with torch.no_grad():
+        r = ratio.expand_as(logp)  # a sequence-level ratio (B, 1) counts once per token in the stats
+        stats = {
+            "pg_loss": float(pg.detach()),
+            "clip_frac": float((clipped & mask).sum() / n),
+            "dual_clip_frac": float((dual & mask).sum() / n),
+            "ratio_mean": float(torch.where(mask, r, torch.zeros_like(r)).sum() / n),
+            "ratio_max": float(r[mask].max()) if bool(mask.any()) else 1.0,
+            "ratio_min": float(r[mask].min()) if bool(mask.any()) else 1.0,
+            "ppo_kl": float(torch.where(mask, old_logp - logp, torch.zeros_like(logp)).sum() / n),
+            "tokens": float(mask.sum()),
+        }
+    kl = None
+    if ref_logp is not None and cfg.kl_coef != 0.0:
+        kl_tok = k3_kl(logp, ref_logp.detach())
+        if cfg.kl_bias_correction:
+            # TRL multiplies by the (unclipped, undetached) ratio: the importance weight of the off-policy sample
+            kl_tok = kl_tok * ratio
+        kl = normalise(kl_tok, mask, cfg.loss_type, **counts)
+        stats["kl"] = float(kl.detach())
+    return pg, kl, stats
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -145,37 +241,19 @@ def policy_loss(
     cfg: ObjectiveConfig | None = None,
     ref_logp: torch.Tensor | None = None,
     num_tokens: float | None = None,
+    num_sequences: int | None = None,
+    max_completion_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip/dual-clip surrogate plus ``β·k3``; returns ``(loss, stats)``.
+    """Surrogate of ``cfg.loss_type`` (default: PPO-clip/dual-clip, token-mean) plus ``β·k3``; ``(loss, stats)``.
 
     ``logp/old_logp/ref_logp/mask (B, L)``; ``advantages (B,)`` or ``(B, L)``.  ``old_logp`` and
     ``ref_logp`` are treated as constants.
     """
     cfg = cfg or ObjectiveConfig()
-    mask = mask.bool()
-    old_logp = old_logp.detach()
-    tok_loss, ratio, clipped, dual = ppo_clip_token_losses(
-        logp, old_logp, advantages, cfg.clip_eps, cfg.clip_eps_high, cfg.dual_clip_c
+    pg, kl, stats = policy_loss_terms(
+        logp, old_logp, advantages, mask, cfg, ref_logp, num_tokens, num_sequences, max_completion_length
     )
-    pg = aggregate(tok_loss, mask, cfg.agg, num_tokens)
-    loss = pg
-    n = mask.sum().clamp_min(1)
-    with torch.no_grad():
-        stats = {
-            "pg_loss": float(pg.detach()),
-            "clip_frac": float((clipped & mask).sum() / n),
-            "dual_clip_frac": float((dual & mask).sum() / n),
-            "ratio_mean": float(torch.where(mask, ratio, torch.zeros_like(ratio)).sum() / n),
-            "ratio_max": float(ratio[mask].max()) if bool(mask.any()) else 1.0,
-            "ratio_min": float(ratio[mask].min()) if bool(mask.any()) else 1.0,
-            "ppo_kl": float(torch.where(mask, old_logp - logp, torch.zeros_like(logp)).sum() / n),
-            "tokens": float(mask.sum()),
-        }
-    if ref_logp is not None and cfg.kl_coef != 0.0:
-        kl_tok = k3_kl(logp, ref_logp.detach())
-        kl = aggregate(kl_tok, mask, cfg.agg, num_tokens)
-        loss = loss + cfg.kl_coef * kl
-        stats["kl"] = float(kl.detach())
+    loss = pg if kl is None else pg + cfg.kl_coef * kl
     stats["loss"] = float(loss.detach())
     return loss, stats
 

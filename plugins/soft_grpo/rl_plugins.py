@@ -9,7 +9,7 @@ How the RL step maps onto the engine hooks (see ``engine/loop.py``)::
     advantages = grpo|soft_grpo.advantages(...)       # group-normalised (Bessel std + 1e-6); a default:
                                                       # any plugin implementing hookmix_advantages replaces it
     outputs = grpo|soft_grpo.forward(...)             # teacher-forced log-likelihood under θ
-    terms = grpo|soft_grpo.loss_terms(...)            # {"pg": PPO-clip + dual clip, "kl": β·k3}
+    terms = grpo|soft_grpo.loss_terms(...)            # {"pg": the loss_type surrogate, "kl": β·k3}
 
 Every random draw of a run comes from the engine's data generator (problems, SFT traces) or from a
 generator owned by the RL plugin and saved in its checkpoint state (rollout noise), so a resumed run is
@@ -36,12 +36,13 @@ from plugins.countdown.tokenizers import suppress_ids_for
 from plugins.policies.capabilities import POLICY
 
 from .likelihood import LikelihoodConfig, sequence_logprobs
-from .objective import ObjectiveConfig, aggregate, group_advantages, k3_kl, policy_loss
+from .objective import ObjectiveConfig, group_advantages, policy_loss_terms
 from .record import Rollout
 from .sampling import SamplingConfig, generate_rollouts
 
 RECIPES = "plugins.soft_grpo.recipes"
 dual_clip_rule = Rule(f"0 (off) or a number in (1, {MAX_MAGNITUDE:g}]", lambda v: v == 0 or 1 < v <= MAX_MAGNITUDE)
+delta_rule = Rule(f"0 (off) or a number in (1, {MAX_MAGNITUDE:g}]", lambda v: v == 0 or 1 < v <= MAX_MAGNITUDE)
 clamp_rule = Rule(
     "[] (no clamp) or [low, high] with finite low < high",
     lambda v: len(v) == 0 or (len(v) == 2 and all(math.isfinite(x) for x in v) and v[0] < v[1]),
@@ -84,9 +85,23 @@ class GRPOConfig:
         0.001, "β of the k3 KL to the frozen reference (0: no reference model)", validator=finite_non_negative
     )
     agg: Literal["token-mean", "seq-mean"] = field(
-        "token-mean", "token-mean (DAPO / official code) or seq-mean (GRPO 1/|o_i|)"
+        "token-mean", "token-mean (DAPO / official code) or seq-mean (GRPO 1/|o_i|); loss_type's older name"
     )
+    loss_type: Literal["auto", "grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo"] = field(
+        "auto",
+        "TRL's loss_type (docs/soft-grpo.md); auto: from agg (token-mean: dapo, seq-mean: grpo)",
+    )
+    importance_sampling_level: Literal["token", "sequence"] = field(
+        "token", "ratio per token, or per sequence from the mean token log-ratio (GSPO)"
+    )
+    delta: float = field(0.0, "cap of the unclipped ratio, PPO-clip loss types only (0: off)", validator=delta_rule)
+    kl_bias_correction: bool = field(False, "multiply the k3 KL by the ratio (TRL: use_bias_correction_kl, on)")
+    sapo_tau_pos: float = field(1.0, "SAPO gate temperature for A > 0", validator=finite_positive)
+    sapo_tau_neg: float = field(1.05, "SAPO gate temperature for A <= 0", validator=finite_positive)
     scale_advantages: bool = field(True, "divide by the group's Bessel std + adv_eps (false: Dr. GRPO)")
+    scale_rewards: Literal["auto", "group", "batch", "none"] = field(
+        "auto", "TRL's scale_rewards: std of the group / of the batch / none; auto: from scale_advantages"
+    )
     adv_eps: float = field(1e-6, "added to the group std (verl: 1e-6)", validator=finite_non_negative)
     seed_offset: int = field(2, "the rollout generator is seeded with run.seed + this", validator=int_range(0, 2**32))
 
@@ -177,7 +192,26 @@ class GRPO(Plugin):
             dual_clip_c=c.dual_clip or None,
             kl_coef=c.kl_coef,
             agg=c.agg,
+            loss_type=None if c.loss_type == "auto" else c.loss_type,
+            importance_sampling_level=c.importance_sampling_level,
+            delta=c.delta or None,
+            kl_bias_correction=c.kl_bias_correction,
+            sapo_tau_pos=c.sapo_tau_pos,
+            sapo_tau_neg=c.sapo_tau_neg,
         )
+
+    def advantage_scale(self) -> str:
+        """``scale_rewards``, with ``auto`` read from the older ``scale_advantages``."""
+        c = self.config
+        if c.scale_rewards == "auto":
+            return "group" if c.scale_advantages else "none"
+        if not c.scale_advantages and c.scale_rewards != "none":
+            raise ValueError(f"scale_advantages=false is scale_rewards='none'; it contradicts {c.scale_rewards!r}")
+        return c.scale_rewards
+
+    def max_completion_length(self) -> int:
+        # the response budget of a rollout: think tokens, </think>, answer tokens (dr_grpo's constant)
+        return self.config.think_cap + 1 + self.config.answer_cap
 
     # setup
     @hookimpl
@@ -191,6 +225,8 @@ class GRPO(Plugin):
         try:
             self.sampling_config(cd.CharTokenizer())
             self.likelihood_config()
+            self.objective_config()
+            self.advantage_scale()
         except ValueError as exc:
             raise BadInput(f"plugins.{self.name}: {exc}") from None
 
@@ -268,7 +304,10 @@ class GRPO(Plugin):
         # the default estimator (default_hooks): rollouts["group_size"] is what a replacement reads too
         G = rollouts["group_size"]
         r = rewards.detach().float().cpu()
-        adv = group_advantages(r, group_size=G, eps=self.config.adv_eps, scale=self.config.scale_advantages)
+        scale = self.advantage_scale()
+        if scale in ("group", "none"):  # the pre-scale_rewards call, bit for bit
+            scale = scale == "group"
+        adv = group_advantages(r, group_size=G, eps=self.config.adv_eps, scale=scale)
         groups = r.view(-1, G)
         state.log("train/rl/frac_reward_zero_std", (groups.max(1).values == groups.min(1).values).float().mean())
         return adv
@@ -289,13 +328,21 @@ class GRPO(Plugin):
         logp = outputs["logp"].float()
         mask = r.loss_mask
         adv = batch["advantages"].to(logp.device).float()
-        pg_cfg = dataclasses.replace(self.objective, kl_coef=0.0)
-        pg, stats = policy_loss(logp, batch["old_logp"].to(logp.device), adv, mask, pg_cfg)
+        ref = batch["ref_logp"].to(logp.device) if self.ref is not None else None
+        # the normaliser counts are this micro-batch's own (no global num_tokens yet: docs/soft-grpo.md)
+        pg, kl, stats = policy_loss_terms(
+            logp,
+            batch["old_logp"].to(logp.device),
+            adv,
+            mask,
+            self.objective,
+            ref,
+            max_completion_length=self.max_completion_length(),
+        )
         terms = {"pg": pg}
         for key in ("clip_frac", "dual_clip_frac", "ratio_mean", "ratio_max", "ratio_min", "ppo_kl"):
             state.log(f"train/rl/{key}", stats[key])
-        if self.ref is not None:
-            kl = aggregate(k3_kl(logp, batch["ref_logp"].to(logp.device)), mask, self.objective.agg)
+        if kl is not None:
             state.log("train/rl/kl", kl.detach())
             terms["kl"] = self.objective.kl_coef * kl
         return terms

@@ -56,6 +56,7 @@ PLUGIN_BASE: dict[str, list[str]] = {
         "passk",
         "sam",
         "dist_kd",
+        "ctkd",
     )
 }
 PLUGIN_BASE.update({name: [] for name in ("mnist1d", "mlp", "adamw", "cross_entropy")})  # already in BASE
@@ -74,6 +75,14 @@ VALID: dict[tuple[str, str], dict[str, str]] = {
     ("dist_kd", "beta"): {"zero": "a weight of 0 switches the term off"},
     ("dist_kd", "gamma"): {"zero": "a weight of 0 switches the term off"},
     ("dist_kd", "weight"): {"zero": "a weight of 0 switches the term off"},
+    ("ctkd", "t_end"): {"zero": "0 is documented: T stays t_start (nothing to learn)"},
+    ("ctkd", "init"): {"zero": _SIGNED, "negative": _SIGNED},
+    ("ctkd", "decay_steps"): {
+        "zero": "0 is documented: lambda_end from the first step",
+        "negative": "-1 means 1/24 of run.steps",
+    },
+    ("ctkd", "lambda_start"): {"zero": "the official start: no reversal yet", "negative": _SIGNED},
+    ("ctkd", "lambda_end"): {"zero": _SIGNED, "negative": "the official end, -1"},
     ("lbfgs", "max_eval"): {"zero": "0 is documented as max_iter * 5 / 4 (torch's default)"},
     ("mlp", "hidden"): {"empty": "no hidden layer: a linear classifier", "short": _FREE_LIST},
     ("gpt", "dropout"): {"zero": "no dropout"},
@@ -154,7 +163,7 @@ VALID: dict[tuple[str, str], dict[str, str]] = {
     **{
         (rl, key): {"zero": _ZERO_OFF}
         for rl in ("grpo", "soft_grpo")
-        for key in ("min_p", "think_cap", "clip_eps_high", "dual_clip", "kl_coef", "adv_eps", "seed_offset")
+        for key in ("min_p", "think_cap", "clip_eps_high", "dual_clip", "kl_coef", "adv_eps", "seed_offset", "delta")
     },
     ("soft_grpo", "mask_logq_min"): {"negative": _SIGNED, "zero": _SIGNED},
     **{("soft_grpo", key): {"empty": _EMPTY_OK} for key in ("gumbel_clamp", "likelihood_clamp")},

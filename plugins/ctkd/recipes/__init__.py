@@ -1,0 +1,1 @@
+"""Recipes shipped with the CTKD plugin (see `hookmix recipes`)."""
