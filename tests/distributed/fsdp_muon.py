@@ -49,6 +49,11 @@ def main() -> None:
         assert local >= 0.20, f"{shape}: shard-local orthogonalisation differs by only {local:.3f}"
         if rank == 0:
             print(f"shape {shape}: sharded vs unsharded {diff:.4f}, shard-local vs unsharded {local:.4f}", flush=True)
+    # both ranks done before either tears its side down (a rank still talking to a peer that exited can
+    # abort in gloo's teardown: "terminate called without an active exception"); then release the
+    # modules holding the mesh before the group goes
+    dist.barrier()
+    del lin
     dist.destroy_process_group()
 
 
