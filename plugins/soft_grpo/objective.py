@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .loss_types import CLIP_TYPES, IS_LEVELS, LOSS_TYPES, normalise, token_losses
+from .loss_types import CLIP_TYPES, IS_LEVELS, LOSS_TYPES, clipped_token_losses, normalise, token_losses
 
 __all__ = [
     "ObjectiveConfig",
@@ -124,24 +124,13 @@ def group_advantages(
 
 
 def ppo_clip_token_losses(logp, old_logp, advantages, clip_eps=0.2, clip_eps_high=None, dual_clip_c=3.0):
-    """Per-token PPO-clip (+ dual-clip) losses and indicator tensors.
+    """Per-token PPO-clip (+ dual-clip) losses and indicator tensors (the token-level clip of ``loss_types``).
 
     Returns ``(loss, ratio, clipped, dual_clipped)``, all shaped like ``logp``.
     """
-    hi = clip_eps if clip_eps_high is None else clip_eps_high
     adv = advantages if advantages.dim() == logp.dim() else advantages.unsqueeze(-1).expand_as(logp)
-    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
-    ratio = torch.exp(log_ratio)
-    l1 = -adv * ratio
-    l2 = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + hi)
-    loss = torch.maximum(l1, l2)
-    clipped = l2 > l1
-    dual = torch.zeros_like(clipped)
-    if dual_clip_c is not None:
-        l3 = -adv * dual_clip_c
-        capped = torch.minimum(loss, l3)
-        dual = (adv < 0) & (loss > l3)
-        loss = torch.where(adv < 0, capped, loss)
+    ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))
+    loss, clipped, dual = clipped_token_losses(ratio, adv, clip_eps, clip_eps_high, None, dual_clip_c)
     return loss, ratio, clipped, dual
 
 
