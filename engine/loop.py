@@ -15,9 +15,9 @@
     for step in start_step .. run.steps - 1:
         for micro in range(run.grad_accum):
             batch = data.train_batch(generator)
-            if a rollout provider is enabled:                        # RL
-                batch = generate_rollouts(model, batch)               # no_grad, eval mode
-                batch["reward"] = sum(rewards(batch))                 # named terms
+            if a rollout provider is enabled:                        # RL: all micro-batches first, then
+                batch = generate_rollouts(model, batch)               # batch["step_totals"] (engine/step.py)
+                batch["reward"] = sum(rewards(batch))                 # named terms; no_grad, eval mode
                 batch["advantages"] = advantages(batch, reward)       # exclusive
             with autocast:
                 outputs = forward(model, batch)                       # default: model(batch["input"])

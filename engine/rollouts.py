@@ -35,6 +35,11 @@ class Rollouts(TypedDict, total=False):
       (each term is one value per rollout, shape ``(B,)``; the engine refuses any other shape).
     - ``advantages`` (float ``(B,)``): what ``hookmix_advantages`` returned (shape ``(B,)``, checked), or
       ``reward`` when no plugin implements it.
+    - ``loss_mask`` (bool ``(B, L)``, optional, written by the provider): the positions a token-level loss is taken
+      on; the engine counts them into ``step_totals["tokens"]``.
+    - ``step_totals`` (:class:`StepTotals`, written by the engine once the step's micro-batches are all rolled out,
+      before the first forward): what the whole optimizer step holds over its micro-batches and ranks, for losses
+      that normalise by a global count (docs/authoring.md, "Global normalisers").
 
     The shipped providers (``grpo``, ``soft_grpo``) add, for reward plugins of their task (countdown):
 
@@ -43,7 +48,8 @@ class Rollouts(TypedDict, total=False):
       ``think_lengths`` / ``answer_lengths`` int64 ``(B,)``, ...);
     - ``numbers`` int64 ``(B, n)`` (the problem's numbers, 0-padded) and ``targets`` int64 ``(B,)``: equal within
       a group;
-    - ``old_logp`` float32 ``(B, L)``: per-position log-likelihood under the sampling policy (teacher-forced);
+    - ``old_logp`` float32 ``(B, L)``: per-position log-likelihood under the sampling policy (teacher-forced), or
+      ``None`` when the batch is trained on-policy (``minibatches = 1``: the sampling policy is the trained one);
       ``ref_logp``: the same under the frozen reference, or ``None`` (no KL term).
     """
 
@@ -53,12 +59,28 @@ class Rollouts(TypedDict, total=False):
     rollout: Any
     numbers: torch.Tensor
     targets: torch.Tensor
-    old_logp: torch.Tensor
+    old_logp: torch.Tensor | None
     ref_logp: torch.Tensor | None
+    loss_mask: torch.Tensor
+    step_totals: StepTotals
+
+
+class StepTotals(TypedDict):
+    """The optimizer step's rollouts counted over all its micro-batches and all ranks (``batch["step_totals"]``).
+
+    The engine averages the micro-batch losses into the step (each divided by ``run.grad_accum``, then the
+    gradient averaged over ranks), so a loss meant as ``Σ over the step's tokens / tokens`` returns, on each
+    micro-batch, ``Σ over its own tokens / (tokens / micro_batches)``: the same step on 1 rank or W, with or
+    without accumulation (TRL issues #2995, #3256, #6024 are this division done per micro-batch or per rank).
+    """
+
+    sequences: float  # rollouts (rows), all micro-batches of the step, all ranks
+    tokens: float | None  # Σ loss_mask likewise; None when the provider gives no loss_mask
+    micro_batches: int  # the micro-batch losses the engine averages into the step: grad_accum × world_size
 
 
 #: The keys the engine reads or writes on every rollouts batch (the rest is the provider's).
-ENGINE_KEYS = ("group_size", "reward", "advantages")
+ENGINE_KEYS = ("group_size", "reward", "advantages", "step_totals")
 
 
 def roll_out(model: torch.nn.Module, batch: dict, state: State, manager: Manager) -> Rollouts:
@@ -66,11 +88,8 @@ def roll_out(model: torch.nn.Module, batch: dict, state: State, manager: Manager
     with torch.no_grad(), state.autocast():
         rollouts = manager.generate_rollouts(model, batch, state)
     model.train()
-    terms = manager.rewards(rollouts, state)
-    if not terms:
-        raise BadInput("a rollout plugin is enabled but no plugin returns rewards; add a reward plugin")
-    rows = _check_rewards(terms, rollouts.get("group_size"))
-    reward = sum(terms.values())
+    terms, reward = reward_terms(rollouts, state, manager)
+    rows = reward.shape[0]
     for name, term in terms.items():
         state.log(f"train/reward/{name}", term.float().mean())
     state.log("train/reward", reward.float().mean())
@@ -81,6 +100,40 @@ def roll_out(model: torch.nn.Module, batch: dict, state: State, manager: Manager
         raise BadInput(f"hookmix_advantages returned {shape}; it returns one value per rollout, shape ({rows},)")
     rollouts["advantages"] = reward if advantages is None else advantages
     return rollouts
+
+
+def reward_terms(rollouts: Rollouts, state: State, manager: Manager) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The reward plugins' terms for ``rollouts`` (checked: each ``(B,)``) and their sum; logs nothing.
+    ``state.rewards`` is this for a rollout provider that selects by reward before returning."""
+    terms = manager.rewards(rollouts, state)
+    if not terms:
+        raise BadInput("a rollout plugin is enabled but no plugin returns rewards; add a reward plugin")
+    _check_rewards(terms, rollouts.get("group_size"))
+    return terms, sum(terms.values())
+
+
+def add_step_totals(batches: list[Rollouts], state: State) -> StepTotals:
+    """Count the step's rolled-out micro-batches (one all-reduce of two numbers under W ranks) and write the
+    totals into each as ``step_totals``; returns them."""
+    rows, tokens, masked = 0, 0, True
+    for batch in batches:
+        rows += int(batch["reward"].shape[0])
+        mask = batch.get("loss_mask")
+        if mask is None:
+            masked = False
+        else:
+            tokens += int(mask.sum())
+    counts = torch.tensor([rows, tokens], dtype=torch.float64)
+    if state.world_size > 1:  # every rank rolls out the same number of micro-batches: the call points match
+        counts = state.all_reduce_sum(counts)
+    totals = StepTotals(
+        sequences=float(counts[0]),
+        tokens=float(counts[1]) if masked else None,
+        micro_batches=len(batches) * state.world_size,
+    )
+    for batch in batches:
+        batch["step_totals"] = totals
+    return totals
 
 
 def _check_rewards(terms: dict[str, Any], group_size: Any) -> int:

@@ -125,6 +125,15 @@ class State:
         """The sum of ``value`` over all ranks (see :meth:`all_reduce_mean`)."""
         return value if self._group is None else self._group.all_reduce_sum(value)
 
+    def rewards(self, rollouts: dict) -> torch.Tensor:
+        """The reward ``(B,)`` the reward plugins give ``rollouts`` (the sum of their terms, as the engine computes
+        ``rollouts["reward"]``), logging nothing: for a rollout provider that selects rollouts by reward before it
+        returns them (DAPO's dynamic sampling in ``grpo``). ``rollouts`` holds what the reward plugins read (the
+        provider's keys and ``group_size``); the engine scores the returned batch again as usual."""
+        from engine.rollouts import reward_terms
+
+        return reward_terms(rollouts, self, self._manager)[1]
+
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's ``tensor`` concatenated along dim 0, rank 0's rows first: the global batch of a
         batch-coupled loss (plugin API 1.1). Differentiable: each rank's rows get the gradient of every rank's

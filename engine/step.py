@@ -22,6 +22,12 @@ no pass of its own, and the closure's first call is the step's first evaluation)
 ``optimizer_step`` wrapper that takes ``closure`` (SAM). Only the first evaluation is recorded: its
 loss terms, ``state.log`` values, ``hookmix_on_train_batch`` and the throughput count; a
 re-evaluation records nothing and its ``state.log`` calls go nowhere, so no metric counts twice.
+
+A rollout run (a plugin implements ``hookmix_generate_rollouts``) rolls out all the step's micro-batches
+before training on the first, as TRL does with its generation batch, and counts them over micro-batches and
+ranks (``batch["step_totals"]``, engine/rollouts.py): a loss normalised by the step's global token count needs
+that count before its first backward. Nothing trains in between, so the rollouts are the ones the interleaved
+order would give.
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
     batches: list[dict] = []  # this step's micro-batches as trained on (kept: drawn once, re-evaluated as they were)
     evaluated = not driven  # whether this step's first evaluation ran: the engine's own pass, or the closure's first
     discard, distributed = _Discard(), state.world_size > 1
+    rollouts = manager.has("hookmix_generate_rollouts")  # the step's micro-batches are rolled out first
+    if rollouts:
+        from engine.rollouts import add_step_totals
 
     def forward_and_loss_terms(batch: dict) -> dict:
         """One micro-batch's outputs (the forward, then the auxiliary outputs) and its loss terms."""
@@ -154,46 +163,47 @@ def bind_step(trainer: Trainer) -> Callable[[], None]:
                 state._train_log = log
         return state.all_reduce_mean(total) if distributed else total
 
+    def draw(micro: int) -> dict:
+        """Micro-batch ``micro`` of this step as trained on: drawn, and prepared (this rank's rows, rolled out)."""
+        state.micro = micro
+        batch = train_batch(generator)
+        if prepare_batch is None:
+            count(batch)
+            return batch
+        return prepare_batch(batch)
+
     def train_step() -> None:
         nonlocal evaluated
         if not model.training:  # train() walks every submodule: too slow to call per step on small models
             model.train()
         step = state.step + 1
         if driven:  # the optimizer evaluates (LBFGS): the micro-batches drawn now, trained on by its closure calls
-            for micro in range(accum):
-                state.micro = micro
-                batch = train_batch(generator)
-                if prepare_batch is None:
-                    count(batch)
-                else:
-                    batch = prepare_batch(batch)
-                batches.append(batch)
+            batches.extend(draw(micro) for micro in range(accum))
+            if rollouts:
+                add_step_totals(batches, state)
             evaluated = False
         else:
-            for micro in range(accum):
+            if rollouts:  # the step's generation batch first, counted; then trained on (kept for the closure)
+                batches.extend(draw(micro) for micro in range(accum))
+                add_step_totals(batches, state)
+            for micro, batch in enumerate(batches if rollouts else map(draw, range(accum))):
                 state.micro = micro
-                batch = train_batch(generator)
-                if prepare_batch is None:
-                    count(batch)
-                else:  # this rank's rows, counted, on the device, rolled out
-                    batch = prepare_batch(batch)
-                if keep:  # a wrapper may call the closure: it re-evaluates this very batch
+                if keep and not rollouts:  # a wrapper may call the closure: it re-evaluates this very batch
                     batches.append(batch)
                 if wrapper is not None and micro < last_micro:  # accumulating under DDP/FSDP: reduce on the last only
                     with wrapper.no_sync():
                         micro_batch(batch, step)
                 else:
                     micro_batch(batch, step)
-            if clip > 0:
-                state.log("train/grad_norm", as_plain(clip_grad_norm_(params, clip)))
+        if not driven and clip > 0:
+            state.log("train/grad_norm", as_plain(clip_grad_norm_(params, clip)))
         if optimizer_step is not None:  # the plugins' wrappers around the engine's step (manager.py)
             optimizer_step(optimizer, state, closure)
         elif driven:
             optimizer.step(closure)
         else:
             optimizer.step()
-        if keep:
-            batches.clear()
+        batches.clear()
         state.step = step
         if after_optimizer_step is not None:
             with state.full_weights() if gather else NULL_CONTEXT:

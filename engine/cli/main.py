@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 BUILTIN = ("plugins", "describe", "recipes", "train", "bench", "new-plugin")
 #: The entry-point group of ``hookmix`` sub-commands: ``verb = "module:attribute"``, an :class:`engine.Command`.
 COMMANDS_GROUP = "hookmix.commands"
+#: The engine's own benchmarks. ``hookmix bench NAME`` for any other NAME runs the command ``bench-NAME`` of that
+#: group, if one is registered: a benchmark that drives plugins lives with them, and the engine never imports them.
+BENCHES = ("overhead", "ddp", "fsdp")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,8 +82,18 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
     from engine.distributed.launch import add_launch_arguments
 
     add_launch_arguments(p)
-    p = sub.add_parser("bench", help="benchmarks: overhead, ddp (weak scaling of 2 ranks), fsdp (bytes per rank)")
-    p.add_argument("what", choices=["overhead", "ddp", "fsdp"])
+    plugin_benches = {v.removeprefix("bench-"): c for v, c in commands.items() if v.startswith("bench-")}
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: overhead, ddp (weak scaling of 2 ranks), fsdp (bytes per rank)"
+        + "".join(f", {name}" for name in plugin_benches),
+    )
+    p.add_argument(
+        "what",
+        choices=[*BENCHES, *plugin_benches],
+        help="the engine's: overhead, ddp, fsdp; a plugin's NAME runs its command `bench-NAME`, its options after "
+        "NAME (`hookmix bench NAME --help`)" + "".join(f"; {name}: {c.help}" for name, c in plugin_benches.items()),
+    )
     p.add_argument(
         "--repeats",
         type=_count,
@@ -111,7 +124,8 @@ def _build_parser(commands: dict) -> argparse.ArgumentParser:
         help="overhead: each contestant's turn in a round, one step or 10 consecutive steps (block)",
     )
     for verb, command in commands.items():
-        p = sub.add_parser(verb, help=f"{command.help} (plugin command)")
+        prog = {"prog": f"hookmix bench {verb.removeprefix('bench-')}"} if verb.startswith("bench-") else {}
+        p = sub.add_parser(verb, help=f"{command.help} (plugin command)", **prog)
         command.add_arguments(p)
     return parser
 
@@ -137,6 +151,9 @@ def _main(argv: list[str]) -> int:
             from engine.config.registry import Registry
 
             commands = collect_commands(Registry())
+        elif verb == "bench":  # the plugins' benchmarks (`bench-NAME` commands), for `bench NAME` and `bench --help`
+            commands = collect_commands(None, prefix="bench-")
+            argv = _plugin_bench(argv, commands)
         args, extra = _build_parser(commands).parse_known_args(argv)
         if args.verb == "train":  # overrides may follow options: train R --out D run.steps=5
             args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
@@ -330,9 +347,20 @@ def cmd_new_plugin(args) -> int:
     return 0
 
 
+def _plugin_bench(argv: list[str], commands: dict) -> list[str]:
+    """``bench NAME ...`` as ``bench-NAME ...`` when NAME is not the engine's and ``bench-NAME`` is a command."""
+    i = argv.index("bench")
+    name = argv[i + 1] if i + 1 < len(argv) else ""
+    if name in BENCHES or f"bench-{name}" not in commands:
+        return argv
+    return [*argv[:i], f"bench-{name}", *argv[i + 2 :]]
+
+
 def cmd_bench(args) -> int:
     from engine.bench.overhead import overhead
 
+    if args.what not in BENCHES:  # a plugin's benchmark, with an option before its name: `bench --steps 3 rl`
+        raise BadInput(f"put the options of bench {args.what} after its name: hookmix bench {args.what} [OPTIONS]")
     if args.what == "ddp":
         from engine.bench.ddp import ddp_bench
 
@@ -356,8 +384,11 @@ def cmd_bench(args) -> int:
     )
 
 
-def collect_commands(registry: Registry) -> dict[str, Any]:
+def collect_commands(registry: Registry | None, prefix: str = "") -> dict[str, Any]:
     """Sub-commands for the CLI: the ``hookmix.commands`` entry points, then the plugins' ``commands`` attribute.
+
+    ``registry=None``: the entry points only; ``prefix``: only the verbs that start with it (``hookmix bench``
+    loads just the ``bench-*`` entries).
 
     The entry-point group is where commands belong (``verb = "module:attribute"``, an :class:`engine.Command`);
     the attribute is plugin API 1.0 and still works. A command that fails to import, is not a ``Command``,
@@ -371,6 +402,8 @@ def collect_commands(registry: Registry) -> dict[str, Any]:
     commands: dict[str, Any] = {}  # the usable ones
     owner: dict[str, tuple[str, Any]] = {}  # every claimed verb: (who claims it, the command), usable or not
     for ep in metadata.entry_points(group=COMMANDS_GROUP):
+        if not ep.name.startswith(prefix):
+            continue
         claimant = f"distribution {ep.dist.name if ep.dist else '?'}"
         if ep.name in owner:
             raise PluginConflict(
@@ -388,7 +421,7 @@ def collect_commands(registry: Registry) -> dict[str, Any]:
             _skip_command(ep.name, claimant, "it has the name of a built-in command")
         elif _builds_arguments(ep.name, command, claimant):
             commands[ep.name] = command
-    for info in registry.ok():
+    for info in registry.ok() if registry is not None else ():
         for verb, command in info.cls.commands.items():
             if verb in owner:
                 if owner[verb][1] is command:  # inherited by a subclass: the same command, once

@@ -5,5 +5,6 @@
 * :mod:`.plugin` -- plugin ``ctkd``: owns the temperature (``state.add_module``) and hands it, through the
   reversal, to the distillation losses ``kd``, ``dkd`` and ``nkd`` as ``outputs["kd_temperature"]``.
 
-``recipes/`` holds ``mnist1d-ctkd-kd-ls`` (the MNIST-1D KD+LS student with a learned temperature).
+``recipes/`` holds ``mnist1d-student-ctkd`` / ``mnist1d-student-ctkd-ls`` (the MNIST-1D KD and KD+LS students with a
+learned temperature: the CTKD arms of ``hookmix distill-mnist1d``) and ``cifar100-r8x4-ctkd`` (the official CIFAR run).
 """

@@ -1,9 +1,11 @@
 """``hookmix distill-mnist1d``: the MNIST-1D distillation table (spec §12.2).
 
 Trains the CNN teacher once (recipe ``mnist1d-teacher-cnn``), then every student arm (``mnist1d-student-*``:
-CE only, KD, KD+LS, DKD, DKD+LS, NKD, USKD) for each seed, and writes a markdown table of the test accuracy
+CE only, KD, KD+LS, DKD, DKD+LS, NKD, USKD; and ``mnist1d-student-dist*`` / ``-ctkd*`` of :mod:`plugins.dist_kd` and
+:mod:`plugins.ctkd`: DIST, DIST+LS, CTKD, CTKD+LS) for each seed, and writes a markdown table of the test accuracy
 (mean ± sample std over seeds; best evaluation and last) with an honest noise verdict: a difference smaller
-than twice the larger seed std of the two arms is reported as inside the noise.
+than twice the larger seed std of the two arms is reported as inside the noise. Each arm's loss settings are
+read from its resolved recipe and listed in the document.
 
 Runs are ordinary hookmix run directories under ``--out``; a finished run (``summary.json``) is reused and an
 interrupted one is resumed, so the command can be re-run to add seeds or arms. For a given seed every arm
@@ -31,9 +33,47 @@ ARMS = {
     "DKD+LS": "mnist1d-student-dkd-ls",
     "NKD": "mnist1d-student-nkd",
     "USKD": "mnist1d-student-uskd",
+    "DIST": "mnist1d-student-dist",
+    "DIST+LS": "mnist1d-student-dist-ls",
+    "CTKD": "mnist1d-student-ctkd",
+    "CTKD+LS": "mnist1d-student-ctkd-ls",
 }
 #: (arm, reference arm) pairs compared in the verdict list, besides every arm against CE only
-PAIRS = [("KD+LS", "KD"), ("DKD+LS", "DKD"), ("DKD", "KD"), ("NKD", "KD")]
+PAIRS = [
+    ("KD+LS", "KD"),
+    ("DKD+LS", "DKD"),
+    ("DKD", "KD"),
+    ("NKD", "KD"),
+    ("DIST", "KD"),
+    ("DIST+LS", "DIST"),
+    ("CTKD", "KD"),
+    ("CTKD+LS", "CTKD"),
+    ("CTKD+LS", "KD+LS"),
+]
+#: the metric of ctkd's learned temperature (the mean over a log interval); reported for the arms that learn it
+LEARNED_T = "ctkd/temperature"
+#: the loss plugins whose settings the document lists per arm, and the keys shown
+LOSS_KEYS = {
+    "cross_entropy": ("weight",),
+    "kd": ("temperature", "weight"),
+    "dkd": ("alpha", "beta", "temperature", "warmup_steps"),
+    "nkd": ("temperature", "gamma"),
+    "uskd": ("alpha", "beta", "mu"),
+    "dist_kd": ("beta", "gamma", "temperature", "weight"),
+    "ctkd": ("t_start", "t_end", "init", "decay_steps"),
+    "logit_std": (),
+}
+#: why the DIST and CTKD arms have the settings they have (what their recipes say), printed in the document
+CHOICES = {
+    "DIST": "DIST: the official CIFAR settings (hunto/image_classification_sota: τ 4, β = γ = 1, DIST weight 2, "
+    "CE 1), not tuned here, as every other arm uses its paper's CIFAR settings untuned (the ImageNet ones, τ 1 "
+    "and weight 1, are for another scale of task). DIST+LS: neither the DIST nor the LS paper gives settings for "
+    "it, so the DIST settings are kept and `logit_std` is the only difference between the two arms.",
+    "CTKD": "CTKD: `kd` with CTKD's learned temperature and the official settings (zhengli97/CTKD: T = 1 + "
+    "20·sigmoid(θ), θ from 1, λ from 0 to −1 by a cosine over the first 1/24 of the run, the official 10 of 240 "
+    "epochs; 0.1 CE + 0.9 KD, also the KD arm's weights); `kd`'s own temperature is unused. CTKD+LS: the KD+LS "
+    "arm's weights (CE 0.1, KD 9), the learned T being LS's base temperature.",
+}
 
 
 def add_arguments(parser) -> None:
@@ -58,7 +98,9 @@ def _train(recipe_name: str, out: str, overrides: list[str], log) -> dict:
     summary = json.loads(_text(out, "summary.json"))
     records = [json.loads(line) for line in _text(out, "metrics.jsonl").splitlines() if line.strip()]
     curve = [(r["step"], r["val/accuracy"]) for r in records if "val/accuracy" in r]
+    temperatures = [r[LEARNED_T] for r in records if LEARNED_T in r]
     return {
+        "temperature": temperatures[-1] if temperatures else None,
         "curve": curve,
         "best": max(a for _, a in curve),
         "last": curve[-1][1],
@@ -111,6 +153,24 @@ def _paired(a: list[float], b: list[float]) -> str:
     return f"{100 * m:+.2f} ± {100 * sd:.2f}"
 
 
+def _settings(recipe_name: str) -> str:
+    """The loss plugins of a shipped recipe and their settings, e.g. ``CE weight 0.1; kd temperature 2.0, weight 9.0``."""
+    import engine
+
+    recipe = engine.load_recipe(recipe_name)
+    names = [n for n in recipe.run.plugins if n in LOSS_KEYS]
+    parts = []
+    for name in names:
+        config = recipe.plugin_configs[name]
+        keys = [k for k in LOSS_KEYS[name] if not (name == "kd" and k == "temperature" and "ctkd" in names)]
+        values = ", ".join(f"{k} {getattr(config, k)}" for k in keys)
+        label = "CE" if name == "cross_entropy" else f"`{name}`"
+        if name == "kd" and "ctkd" in names:
+            values += ", temperature learned by `ctkd`"
+        parts.append(f"{label} {values}".rstrip())
+    return "; ".join(parts)
+
+
 def render(results: dict, teacher: dict, args, command: str) -> str:
     import torch
 
@@ -135,6 +195,11 @@ def render(results: dict, teacher: dict, args, command: str) -> str:
         f"seeds {', '.join(map(str, seeds))}. Each arm is a shipped recipe (`hookmix recipes`). "
         f"For a given seed all arms share the student's initialization and batch order (paired runs).",
         "",
+        "Loss settings of each arm (read from its resolved recipe; CE is `cross_entropy`):",
+        "",
+        *[f"- {arm}: {_settings(ARMS[arm])}" for arm in results],
+        "",
+        *[line for arm, text in CHOICES.items() if arm in results or f"{arm}+LS" in results for line in (text, "")],
         f"Machine: {platform.machine()}, torch {torch.__version__}, {args.threads} CPU thread(s) per run. "
         f"Training time, summed over the {runs} runs (teacher included): {train_wall / 60:.1f} min "
         f"(teacher {teacher['wall'] / 60:.1f} min, student runs {min(walls):.0f}-{max(walls):.0f} s each); "
@@ -182,6 +247,16 @@ def render(results: dict, teacher: dict, args, command: str) -> str:
                 f"- {a} vs {b}: {100 * delta:+.2f} points, 2σ = {100 * noise:.2f}, paired "
                 f"{_paired(la, lb)} → {_verdict_text(delta, noise, inside)}."
             )
+    learned = [(arm, [r["temperature"] for r in runs]) for arm, runs in results.items()]
+    learned = [(arm, ts) for arm, ts in learned if all(t is not None for t in ts)]
+    if learned:
+        lines += [
+            "",
+            f"CTKD's learned temperature over the last log interval of the run (`{LEARNED_T}`, mean ± std over "
+            "seeds; it starts at 1 + 20·sigmoid(1) = 15.62): "
+            + "; ".join(f"{arm} {_mean_std(ts)[0]:.2f} ± {_mean_std(ts)[1]:.2f}" for arm, ts in learned)
+            + ".",
+        ]
     lines += [
         "",
         "Rule (spec §12.2): a difference of means smaller than twice the larger of the two arms' seed standard "

@@ -37,6 +37,9 @@ class TeacherConfig:
     )
 
 
+#: The target of a position no loss is taken on (torch's cross-entropy default; the sequence data sets use it).
+IGNORE_INDEX = -100
+
 #: Data-info keys that must agree between the teacher's data and the student's.
 _INFO_KEYS = ("task", "num_classes", "vocab_size", "itos", "input_dim", "channels", "image_size")
 
@@ -205,7 +208,9 @@ class Teacher(Plugin):
                     with state.autocast():
                         logits = self.model(x)
                     pred = logits.float().reshape(-1, logits.shape[-1]).argmax(-1)
-                    counts += torch.tensor([float((pred == target).sum()), float(target.numel())], dtype=torch.float64)
+                    scored = target != IGNORE_INDEX  # positions no loss is taken on (prompts, padding) are not scored
+                    right = float((scored & (pred == target)).sum())
+                    counts += torch.tensor([right, float(scored.sum())], dtype=torch.float64)
             correct, total = state.all_reduce_sum(counts).tolist()
             self._accuracy = correct / total if total else float("nan")
         return {f"{self.name}/val_accuracy": self._accuracy}  # teacher/..., or teacher@x/...

@@ -18,3 +18,8 @@ bench_rollouts = Command.lazy(
     "plugins.soft_grpo.bench_rollouts:bench_arguments",
     "plugins.soft_grpo.bench_rollouts:run_bench",
 )
+countdown_variants = Command.lazy(
+    "Countdown: grpo, dr_grpo, dapo, gspo x discrete and soft rollouts over seeds (docs/soft-grpo-countdown.md)",
+    "plugins.soft_grpo.variants:variants_arguments",
+    "plugins.soft_grpo.variants:run_variants",
+)

@@ -154,7 +154,10 @@ def run_compare(args) -> int:
     if skipped:
         log(f"time budget: skipped {len(skipped)} optional runs: {skipped}")
     total = time.perf_counter() - t_start
+    from .variants import kept_section
+
     text = render_report(sft_dir, runs, taus, args, total, skipped)
+    text = text.rstrip("\n") + "\n\n" + kept_section(args.doc) if kept_section(args.doc) else text
     os.makedirs(os.path.dirname(os.path.abspath(args.doc)), exist_ok=True)
     with open(args.doc, "w") as f:
         f.write(text)

@@ -8,14 +8,14 @@ discrete and the soft arm.  The formulas, their papers and the TRL names are tab
   ``r_i = exp(Σ_t m·(ℓ_θ − ℓ_old) / max(Σ_t m, 1))`` per row.  The log-ratio is clamped to ±20 (verl's guard,
   kept for every type; TRL has none, so the two agree whenever ``|log r| <= 20``).
 * per-token losses: the PPO clip (``grpo, bnpo, dr_grpo, dapo, luspo``) with clip-higher, the optional
-  ``delta`` cap of the unclipped ratio and hookmix's optional dual clip; ``cispo`` and ``sapo``.
-* normalisers: :func:`normalise`; the optional global counts are what the engine may pass later (today the
-  callers pass none, so each micro-batch normalises by its own counts).
-
-vespo is not offered: the spec hookmix follows does not give its weight formula.
+  ``delta`` cap of the unclipped ratio and hookmix's optional dual clip; ``cispo``, ``sapo`` and ``vespo``.
+* normalisers: :func:`normalise`; the plugins pass the optimizer step's global counts (``batch["step_totals"]``),
+  so a step is the same loss on 1 rank or W, with or without accumulation.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -27,12 +27,14 @@ __all__ = [
     "clipped_token_losses",
     "cispo_token_losses",
     "sapo_token_losses",
+    "vespo_weights",
+    "vespo_token_losses",
     "token_losses",
     "normalise",
 ]
 
-#: The loss types TRL 1.16 offers, minus vespo (see the module docstring).
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
+#: The loss types TRL 1.16 offers.
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 #: The types whose per-token loss is the PPO clip (the only ones ``delta`` and the dual clip act on).
 CLIP_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 IS_LEVELS = ("token", "sequence")
@@ -89,6 +91,30 @@ def sapo_token_losses(ratio, adv, tau_pos=1.0, tau_neg=1.05):
     return -(4.0 / tau) * torch.sigmoid(tau * (ratio - 1.0)) * adv
 
 
+def vespo_weights(logp, old_logp, mask, adv, k_pos=2.0, lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0):
+    """VESPO's gamma weight per row, ``(B, 1)``, a constant (no gradient): ``φ(w) = exp(λ + k·log w − λ·w)``.
+
+    ``log w = clamp(Σ_t m·clamp(ℓ_θ − ℓ_old, ±20), log 1e-8, 20)``: the *sum* of the token log-ratios (not GSPO's
+    mean), whatever the importance-sampling level; ``(k, λ) = (k_pos, λ_pos)`` where the row's advantage is
+    ``>= 0``, else the negative pair; ``λ`` floored at 1e-4; ``φ(1) = 1``; a non-finite ``φ`` is 0.
+    """
+    with torch.no_grad():
+        lr = torch.where(mask.bool(), (logp - old_logp).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP), 0.0)
+        log_w = lr.sum(-1, keepdim=True).clamp(math.log(1e-8), _LOG_RATIO_CLAMP)
+        a = adv if adv.dim() == 1 else adv[:, 0]  # one advantage per row
+        nonneg = (a >= 0).unsqueeze(-1)
+        k = torch.where(nonneg, k_pos, k_neg).to(log_w.dtype)
+        lam = torch.where(nonneg, lambda_pos, lambda_neg).to(log_w.dtype).clamp_min(1e-4)
+        phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
+        return phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def vespo_token_losses(logp, old_logp, adv, mask, **gamma):
+    """VESPO: ``−φ_i·A·ℓ_θ`` per token with the row's gamma weight ``φ_i`` (:func:`vespo_weights`)."""
+    phi = vespo_weights(logp, old_logp, mask, adv, **gamma)
+    return -phi * _expand(adv, logp) * logp, phi
+
+
 def token_losses(
     loss_type,
     logp,
@@ -103,8 +129,10 @@ def token_losses(
     dual_clip_c=None,
     sapo_tau_pos=1.0,
     sapo_tau_neg=1.05,
+    vespo=None,
 ):
-    """Per-token losses of ``loss_type`` before normalisation.
+    """Per-token losses of ``loss_type`` before normalisation (``vespo``: a dict of ``k_pos, lambda_pos, k_neg,
+    lambda_neg``, TRL's defaults when ``None``).
 
     Returns ``(loss, ratio, clipped, dual)``: ``ratio`` is ``(B, L)`` or ``(B, 1)`` (sequence level), the
     indicators are ``(B, L)`` (``clipped``: the clip / cap acted; ``dual``: the dual clip acted).
@@ -121,6 +149,11 @@ def token_losses(
             raise ValueError("cispo needs an explicit epsilon_high (an absolute cap on r, e.g. 5)")
         loss, capped = cispo_token_losses(logp, ratio, adv, eps_high)
         return loss, ratio, capped, no_dual
+    if loss_type == "vespo":
+        if level != "token":
+            raise ValueError("vespo weighs whole sequences itself; use importance_sampling_level 'token'")
+        loss, _ = vespo_token_losses(logp, old_logp, advantages, mask, **(vespo or {}))
+        return loss, ratio, torch.zeros_like(no_dual), no_dual  # a smooth weight, no clip: nothing counts as clipped
     if loss_type == "sapo":
         # a soft gate, no hard clip: nothing to count as clipped
         loss = sapo_token_losses(ratio, adv, sapo_tau_pos, sapo_tau_neg)
@@ -141,7 +174,7 @@ def normalise(
     * ``grpo``, ``sapo``: ``Σ_i (Σ_t m·v / max(|o_i|, 1)) / N`` (a row without tokens counts, as 0);
     * ``bnpo``: ``Σ m·v / max(Σ m, 1)``: always this micro-batch's own token count;
     * ``dr_grpo``: ``Σ m·v / (N · L_max)``, a constant (``L_max = max_completion_length``, default ``L``);
-    * ``dapo``, ``cispo``: ``Σ m·v / max(T, 1)`` with ``T = num_tokens`` (the global count) or ``Σ m``;
+    * ``dapo``, ``cispo``, ``vespo``: ``Σ m·v / max(T, 1)`` with ``T = num_tokens`` (the global count) or ``Σ m``;
     * ``luspo``: ``Σ m·v / N``.
 
     ``N = num_sequences`` (default ``B``).  TRL's division by the accumulation steps is the engine's
@@ -150,7 +183,7 @@ def normalise(
     m = mask.bool()
     v = torch.where(m, values, torch.zeros_like(values))
     n_seq = v.shape[0] if num_sequences is None else num_sequences
-    if loss_type in ("dapo", "cispo"):
+    if loss_type in ("dapo", "cispo", "vespo"):
         # the same ops as objective.aggregate("token-mean"): dapo is the default and stays bit-identical
         denom = m.to(values.dtype).sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=values.dtype)
         return v.sum() / denom.clamp_min(1.0)

@@ -51,6 +51,10 @@ class ObjectiveConfig:
     kl_bias_correction: bool = False  # multiply k3 by the ratio (TRL's use_bias_correction_kl, on there)
     sapo_tau_pos: float = 1.0
     sapo_tau_neg: float = 1.05
+    vespo_k_pos: float = 2.0  # VESPO's gamma weight (TRL's defaults)
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
 
     def __post_init__(self) -> None:
         if self.agg not in ("token-mean", "seq-mean"):
@@ -70,6 +74,9 @@ class ObjectiveConfig:
         if self.delta is not None and self.loss_type not in CLIP_TYPES:
             # an option that would be silently ignored is refused (TRL applies delta to the clip types only)
             raise ValueError(f"delta applies to the PPO-clip loss types {CLIP_TYPES}, not {self.loss_type!r}")
+        if self.loss_type == "vespo" and self.importance_sampling_level != "token":
+            # TRL refuses it too: VESPO's weight is already a sequence-level one
+            raise ValueError("loss_type 'vespo' weighs whole sequences itself; keep importance_sampling_level 'token'")
         if self.loss_type == "cispo" and self.clip_eps_high is None:
             # cispo's epsilon_high is an absolute cap on r: inheriting clip_eps (0.2) would cap r at 0.2
             raise ValueError("loss_type 'cispo' needs clip_eps_high: an absolute cap on the ratio (e.g. 5)")
@@ -195,6 +202,12 @@ def policy_loss_terms(
         dual_clip_c=cfg.dual_clip_c,
         sapo_tau_pos=cfg.sapo_tau_pos,
         sapo_tau_neg=cfg.sapo_tau_neg,
+        vespo=dict(
+            k_pos=cfg.vespo_k_pos,
+            lambda_pos=cfg.vespo_lambda_pos,
+            k_neg=cfg.vespo_k_neg,
+            lambda_neg=cfg.vespo_lambda_neg,
+        ),
     )
     counts = dict(num_tokens=num_tokens, num_sequences=num_sequences, max_completion_length=max_completion_length)
     pg = normalise(tok_loss, mask, cfg.loss_type, **counts)

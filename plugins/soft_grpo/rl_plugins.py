@@ -35,6 +35,7 @@ from plugins.countdown.data_plugin import check_context
 from plugins.countdown.tokenizers import suppress_ids_for
 from plugins.policies.capabilities import POLICY
 
+from .dapo import groups_to_keep, overlong_penalty
 from .likelihood import LikelihoodConfig, sequence_logprobs
 from .objective import ObjectiveConfig, group_advantages, policy_loss_terms
 from .record import Rollout
@@ -87,7 +88,7 @@ class GRPOConfig:
     agg: Literal["token-mean", "seq-mean"] = field(
         "token-mean", "token-mean (DAPO / official code) or seq-mean (GRPO 1/|o_i|); loss_type's older name"
     )
-    loss_type: Literal["auto", "grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo"] = field(
+    loss_type: Literal["auto", "grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"] = field(
         "auto",
         "TRL's loss_type (docs/soft-grpo.md); auto: from agg (token-mean: dapo, seq-mean: grpo)",
     )
@@ -98,12 +99,28 @@ class GRPOConfig:
     kl_bias_correction: bool = field(False, "multiply the k3 KL by the ratio (TRL: use_bias_correction_kl, on)")
     sapo_tau_pos: float = field(1.0, "SAPO gate temperature for A > 0", validator=finite_positive)
     sapo_tau_neg: float = field(1.05, "SAPO gate temperature for A <= 0", validator=finite_positive)
+    vespo_k_pos: float = field(2.0, "VESPO gamma weight: power k for A >= 0", validator=finite_non_negative)
+    vespo_lambda_pos: float = field(3.0, "VESPO gamma weight: decay λ for A >= 0", validator=finite_non_negative)
+    vespo_k_neg: float = field(3.0, "VESPO gamma weight: power k for A < 0", validator=finite_non_negative)
+    vespo_lambda_neg: float = field(2.0, "VESPO gamma weight: decay λ for A < 0", validator=finite_non_negative)
     scale_advantages: bool = field(True, "divide by the group's Bessel std + adv_eps (false: Dr. GRPO)")
     scale_rewards: Literal["auto", "group", "batch", "none"] = field(
         "auto", "TRL's scale_rewards: std of the group / of the batch / none; auto: from scale_advantages"
     )
     adv_eps: float = field(1e-6, "added to the group std (verl: 1e-6)", validator=finite_non_negative)
     seed_offset: int = field(2, "the rollout generator is seeded with run.seed + this", validator=int_range(0, 2**32))
+    dynamic_sampling: int = field(
+        0,
+        "DAPO dynamic sampling: draw this many times the prompts, keep the first groups whose rewards differ "
+        "(0: off; >= 2: on)",
+        validator=int_range(0, 64),
+    )
+    overlong_cache: int = field(
+        0,
+        "DAPO soft overlong punishment: L_cache, the last tokens of the budget (0: off)",
+        validator=int_range(0, 2**16),
+    )
+    overlong_factor: float = field(1.0, "weight of the overlong reward term (DAPO: 1)", validator=finite_non_negative)
 
 
 @attrs.define
@@ -125,6 +142,33 @@ class SoftGRPOConfig(GRPOConfig):
         -3.0, "mean density: slots with log(q + 1e-6) above this (q > ~0.05)", validator=bounded
     )
     detach_inputs: bool = field(True, "detach the rebuilt mixture inputs (official code)")
+
+
+def step_counts(totals: dict | None) -> dict:
+    """The normaliser counts of one micro-batch's loss from the step's totals (engine.StepTotals): the global
+    count divided by the micro-batch losses the engine averages, so that the average divides by the global count.
+    ``{}`` (this micro-batch's own counts) without totals, e.g. when a test calls the hook directly."""
+    if not totals:
+        return {}
+    share = totals["micro_batches"]
+    counts = {"num_sequences": totals["sequences"] / share}
+    if totals["tokens"] is not None:
+        counts["num_tokens"] = totals["tokens"] / share
+    return counts
+
+
+def _prompts(batch: dict) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+    """A prompt batch's prompts (token lists, padding removed) and its problems (``numbers``, ``targets``)."""
+    ids, mask = batch["prompt_ids"].cpu(), batch["prompt_mask"].cpu()
+    return [row[m].tolist() for row, m in zip(ids, mask)], {k: batch[k].cpu() for k in ("numbers", "targets")}
+
+
+def _cat_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows of ``a`` then ``b``; a 2-D ``numbers`` table is zero-padded to the wider of the two (0: no number)."""
+    if a.dim() == 2 and a.shape[1] != b.shape[1]:
+        width = max(a.shape[1], b.shape[1])
+        a, b = (torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (a, b))
+    return torch.cat([a, b])
 
 
 def _pack_rollout(r: Rollout) -> dict:
@@ -175,7 +219,9 @@ class GRPO(Plugin):
 
     def likelihood_config(self) -> LikelihoodConfig:
         if self.mode != "soft":
-            return LikelihoodConfig()
+            # discrete tokens are embedding lookups: the gradient reaches the input embeddings, as in TRL / verl
+            # (the detached rebuild is the soft arm's official setting, SofT-GRPO's code)
+            return LikelihoodConfig(detach_inputs=False)
         c = self.config
         return LikelihoodConfig(
             soft_density=c.soft_density,
@@ -198,6 +244,10 @@ class GRPO(Plugin):
             kl_bias_correction=c.kl_bias_correction,
             sapo_tau_pos=c.sapo_tau_pos,
             sapo_tau_neg=c.sapo_tau_neg,
+            vespo_k_pos=c.vespo_k_pos,
+            vespo_lambda_pos=c.vespo_lambda_pos,
+            vespo_k_neg=c.vespo_k_neg,
+            vespo_lambda_neg=c.vespo_lambda_neg,
         )
 
     def advantage_scale(self) -> str:
@@ -222,6 +272,13 @@ class GRPO(Plugin):
             raise BadInput(f'{self.name} samples rollouts from prompts; set plugins.countdown.mode="rl"')
         if task.prompts_per_batch() % c.minibatches:
             raise BadInput(f"plugins.{self.name}.minibatches={c.minibatches} must divide plugins.countdown.batch_size")
+        if c.dynamic_sampling == 1:
+            raise BadInput(f"plugins.{self.name}.dynamic_sampling=1 draws nothing more; use 0 (off) or >= 2")
+        if c.overlong_cache > self.max_completion_length():
+            raise BadInput(
+                f"plugins.{self.name}.overlong_cache={c.overlong_cache} exceeds the response budget "
+                f"{self.max_completion_length()} (think_cap + 1 + answer_cap); lower it"
+            )
         try:
             self.sampling_config(cd.CharTokenizer())
             self.likelihood_config()
@@ -250,9 +307,15 @@ class GRPO(Plugin):
     # rollouts
     def _sample(self, model, batch: dict, state) -> list[dict]:
         c, tok = self.config, state.data.tokenizer
-        ids, mask = batch["prompt_ids"].cpu(), batch["prompt_mask"].cpu()
-        prompts = [row[m].tolist() for row, m in zip(ids, mask)]
-        G = c.group_size
+        prompts, problems = _prompts(batch)
+        G, n = c.group_size, len(prompts)
+        while c.dynamic_sampling > 1 and len(prompts) < n * c.dynamic_sampling:
+            # DAPO over-samples: more problems from the plugin's own (per-rank, checkpointed) generator
+            more, more_problems = _prompts(state.data.train_batch(self.generator))
+            prompts += more
+            problems = {k: _cat_rows(problems[k], more_problems[k]) for k in problems}
+        drawn = len(prompts) if c.dynamic_sampling < 2 else n * c.dynamic_sampling
+        prompts, problems = prompts[:drawn], {k: v[:drawn].repeat_interleave(G, 0) for k, v in problems.items()}
         with state.autocast():
             r = generate_rollouts(
                 model,
@@ -265,14 +328,20 @@ class GRPO(Plugin):
                 decode=tok.decode,
                 likelihood=self.likelihood,
             )
-        problems = {k: batch[k].cpu().repeat_interleave(G, 0) for k in ("numbers", "targets")}
-        per = len(prompts) // c.minibatches * G
+        if c.dynamic_sampling > 1:  # keep n groups, those with a reward spread first (plugins/soft_grpo/dapo.py)
+            reward = state.rewards({"rollout": r, **problems, "group_size": G})
+            keep, varied = groups_to_keep(reward, G, n)
+            r, problems = r.select(keep), {k: v[keep] for k, v in problems.items()}
+            state.log("train/rl/dynamic_varied_frac", varied / n)
+        per = n // c.minibatches * G
         chunks = []
         for i in range(c.minibatches):
             rows = list(range(i * per, (i + 1) * per))
             sub = r.select(rows) if c.minibatches > 1 else r
             with state.autocast():  # θ_old and the reference, teacher-forced exactly as the training forward
-                old = sequence_logprobs(model, sub, self.likelihood).float()
+                # on-policy (one optimizer step per rollout batch): θ_old is θ, so the loss uses its own log-likelihood
+                # detached (ratio exactly 1, as TRL) and this forward is skipped
+                old = sequence_logprobs(model, sub, self.likelihood).float() if c.minibatches > 1 else None
                 ref = sequence_logprobs(self.ref, sub, self.likelihood).float() if self.ref is not None else None
             chunks.append(
                 {
@@ -297,7 +366,19 @@ class GRPO(Plugin):
         if self.mode == "soft" and s["soft_tokens"] > 0:
             state.log("train/rl/top1_weight", s["top1_weight_mean"])
             state.log("train/rl/top1_weight_gt_0.99", s["top1_weight_gt_0.99"])
-        return dict(chunk)
+        # the positions the loss is taken on: the engine counts them over the step (batch["step_totals"])
+        return {**chunk, "loss_mask": chunk["rollout"].loss_mask}
+
+    @hookimpl
+    def hookmix_rewards(self, rollouts, state):
+        # DAPO's soft overlong punishment, a reward term of its own (plugins/soft_grpo/dapo.py); None: off
+        c = self.config
+        if not c.overlong_cache:
+            return None
+        lengths = rollouts["rollout"].response_mask.sum(-1)
+        return {
+            "overlong": overlong_penalty(lengths, self.max_completion_length(), c.overlong_cache, c.overlong_factor)
+        }
 
     @hookimpl
     def hookmix_advantages(self, rollouts, rewards, state):
@@ -329,15 +410,17 @@ class GRPO(Plugin):
         mask = r.loss_mask
         adv = batch["advantages"].to(logp.device).float()
         ref = batch["ref_logp"].to(logp.device) if self.ref is not None else None
-        # the normaliser counts are this micro-batch's own (no global num_tokens yet: docs/soft-grpo.md)
+        # the normalisers count the whole optimizer step, all micro-batches and ranks (docs/soft-grpo.md)
+        old = batch["old_logp"]  # None: on-policy, θ_old = θ (see _sample)
         pg, kl, stats = policy_loss_terms(
             logp,
-            batch["old_logp"].to(logp.device),
+            logp.detach() if old is None else old.to(logp.device),
             adv,
             mask,
             self.objective,
             ref,
             max_completion_length=self.max_completion_length(),
+            **step_counts(batch.get("step_totals")),
         )
         terms = {"pg": pg}
         for key in ("clip_frac", "dual_clip_frac", "ratio_mean", "ratio_max", "ratio_min", "ppo_kl"):

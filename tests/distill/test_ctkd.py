@@ -231,12 +231,12 @@ def mnist1d_teacher(tmp_path_factory):
 
 def test_the_shipped_recipe_trains_ctkd_with_kd_and_logit_std(mnist1d_teacher, tmp_path):
     teacher_run = mnist1d_teacher
-    recipe = engine.load_recipe("mnist1d-ctkd-kd-ls")
+    recipe = engine.load_recipe("mnist1d-student-ctkd-ls")
     assert {"kd", "logit_std", "ctkd"} <= set(recipe.run.plugins)
     overrides = [f"plugins.mnist1d.{k}={v}" for k, v in DATA.items()]
     overrides += [f"plugins.teacher.run={teacher_run}", "plugins.mlp.hidden=[32]"]
     overrides += ["run.steps=24", "run.eval_interval=12", "run.log_interval=1", "run.threads=1"]
-    result = engine.train("mnist1d-ctkd-kd-ls", *overrides, out=str(tmp_path / "run"), quiet=True)
+    result = engine.train("mnist1d-student-ctkd-ls", *overrides, out=str(tmp_path / "run"), quiet=True)
     train_records = [m for m in result.metrics if "train/loss" in m]
     assert len(train_records) == 24
     assert all(math.isfinite(m["train/loss"]) and math.isfinite(m["train/loss/kd"]) for m in train_records)

@@ -126,7 +126,10 @@ def test_first_party_commands_come_from_the_group_and_no_plugin_carries_one():
         "lipschitz-sweep",
         "lipschitz-bench",
         "countdown-compare",
+        "countdown-variants",
         "bench-rollouts",
+        "bench-rl",
+        "countdown-gkd",
     }
     first_party = [i for i in Registry().ok() if i.target.startswith("plugins.")]
     assert first_party and not [i.name for i in first_party if i.cls.commands]

@@ -54,8 +54,12 @@ def test_the_shipped_rollouts_match_the_documented_contract(arm):
     documented = typing.get_type_hints(Rollouts)
     rollouts, batch = seen["rewards"], seen["loss"]
     assert set(batch) <= set(documented), f"undocumented keys: {sorted(set(batch) - set(documented))}"
-    assert set(batch) == set(rollouts) | {"reward", "advantages"}  # the engine adds exactly these
+    assert set(batch) == set(rollouts) | {"reward", "advantages", "step_totals"}  # the engine adds exactly these
     B = PROMPTS * G
+    # one micro-batch, one rank: the step's totals are this batch's own counts
+    mask = batch["loss_mask"]
+    assert mask.dtype == torch.bool and tuple(mask.shape) == tuple(batch["rollout"].input_ids.shape)
+    assert batch["step_totals"] == {"sequences": float(B), "tokens": float(mask.sum()), "micro_batches": 1}
     assert batch["group_size"] == G and isinstance(batch["group_size"], int)
     for key in ("reward", "advantages"):
         assert batch[key].dtype.is_floating_point and tuple(batch[key].shape) == (B,), key
@@ -65,8 +69,9 @@ def test_the_shipped_rollouts_match_the_documented_contract(arm):
     assert record.input_ids.dtype == torch.int64 and record.response_mask.dtype == torch.bool
     assert batch["numbers"].dtype == batch["targets"].dtype == torch.int64
     assert batch["numbers"].shape[0] == B and tuple(batch["targets"].shape) == (B,)
-    for key in ("old_logp", "ref_logp"):
-        assert batch[key].dtype == torch.float32 and tuple(batch[key].shape) == tuple(record.input_ids.shape), key
+    assert batch["old_logp"] is None  # on-policy (minibatches = 1): the loss uses θ's own log-likelihood, detached
+    ref = batch["ref_logp"]
+    assert ref.dtype == torch.float32 and tuple(ref.shape) == tuple(record.input_ids.shape)
     # groups are consecutive blocks of G rows: one problem per block, different problems across blocks
     numbers, targets = batch["numbers"].view(PROMPTS, G, -1), batch["targets"].view(PROMPTS, G)
     assert (numbers == numbers[:, :1]).all() and (targets == targets[:, :1]).all()

@@ -165,6 +165,15 @@ VALID: dict[tuple[str, str], dict[str, str]] = {
         for rl in ("grpo", "soft_grpo")
         for key in ("min_p", "think_cap", "clip_eps_high", "dual_clip", "kl_coef", "adv_eps", "seed_offset", "delta")
     },
+    **{
+        (rl, key): {"zero": _ZERO_OFF} for rl in ("grpo", "soft_grpo") for key in ("dynamic_sampling", "overlong_cache")
+    },
+    **{(rl, "overlong_factor"): {"zero": "a weight of 0 switches the term off"} for rl in ("grpo", "soft_grpo")},
+    **{
+        (rl, key): {"zero": "VESPO's gamma weight is defined for k = 0 (no power term) and floors λ at 1e-4 (TRL)"}
+        for rl in ("grpo", "soft_grpo")
+        for key in ("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg")
+    },
     ("soft_grpo", "mask_logq_min"): {"negative": _SIGNED, "zero": _SIGNED},
     **{("soft_grpo", key): {"empty": _EMPTY_OK} for key in ("gumbel_clamp", "likelihood_clamp")},
     ("passk", "ks"): {"long": _FREE_LIST, "short": _FREE_LIST},
@@ -178,6 +187,17 @@ VALID: dict[tuple[str, str], dict[str, str]] = {
     ("passk", "seed"): {"zero": "seed 0"},
     ("sgd", "milestones"): {"empty": _EMPTY_OK, "item_huge": "a milestone after the last step never fires"},
 }
+# gkd (plugins/gkd): its base command and the generated values that are valid for its fields
+PLUGIN_BASE["gkd"] = ["run.plugins+=gkd"]
+VALID.update(
+    {
+        ("gkd", "lmbda"): {"zero": "0 is documented: every batch off-policy"},
+        ("gkd", "beta"): {"zero": "0 is documented: the forward KL"},
+        ("gkd", "weight"): {"zero": "a weight of 0 switches the term off"},
+        ("gkd", "teachers"): {"empty": "the default: the plain teacher"},
+        **{("gkd", key): {"zero": _ZERO_OFF} for key in ("top_k", "think_cap", "sample_chunks", "seed_offset")},
+    }
+)
 #: Free-text string fields: any string is accepted at resolve time and checked when used.
 FREE_TEXT = {
     ("tinyshakespeare", "path"),

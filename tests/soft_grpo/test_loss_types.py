@@ -24,6 +24,8 @@ from plugins.soft_grpo.loss_types import (  # noqa: E402
     normalise,
     sapo_token_losses,
     token_losses,
+    vespo_token_losses,
+    vespo_weights,
 )
 from plugins.soft_grpo.objective import (  # noqa: E402
     ObjectiveConfig,
@@ -71,6 +73,7 @@ def reference_loss(
     bias_correction=False,
     tau_pos=1.0,
     tau_neg=1.05,
+    vespo=(2.0, 3.0, 3.0, 2.0),
     num_tokens=None,
     num_sequences=None,
     max_completion_length=None,
@@ -86,6 +89,11 @@ def reference_loss(
             for t in active:
                 total = total + (logp[i, t] - old[i, t])
             seq_ratio = torch.exp(total / max(len(active), 1))
+        if loss_type == "vespo":  # the paper's gamma weight on w = exp(Σ token log-ratios), clamped as TRL does
+            log_w = sum((min(max(float(logp[i, t] - old[i, t]), -20.0), 20.0) for t in active), 0.0)
+            w = math.exp(min(max(log_w, math.log(1e-8)), 20.0))
+            k, lam = (vespo[0], vespo[1]) if float(adv[i]) >= 0 else (vespo[2], vespo[3])
+            phi = math.exp(lam) * w**k * math.exp(-lam * w)
         losses = []
         for t in active:
             r = torch.exp(logp[i, t] - old[i, t]) if level == "token" else seq_ratio
@@ -98,6 +106,8 @@ def reference_loss(
             elif loss_type == "sapo":
                 tau = tau_pos if A > 0 else tau_neg
                 loss = -(4.0 / tau) * torch.sigmoid(tau * (r - 1.0)) * A
+            elif loss_type == "vespo":
+                loss = -phi * A * logp[i, t]
             if beta:
                 d = ref[i, t] - logp[i, t]
                 kl = torch.exp(d) - d - 1.0
@@ -116,7 +126,7 @@ def reference_loss(
         return total / max(count, 1)
     if loss_type == "dr_grpo":
         return total / (n_seq * (L if max_completion_length is None else max_completion_length))
-    if loss_type in ("dapo", "cispo"):
+    if loss_type in ("dapo", "cispo", "vespo"):
         return total / max(count if num_tokens is None else num_tokens, 1)
     if loss_type == "luspo":
         return total / n_seq
@@ -139,6 +149,10 @@ def _options(loss_type):
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("kl", ["none", "k3", "k3_bias_corrected"])
 def test_loss_and_gradient_match_the_reference(loss_type, level, kl):
+    if loss_type == "vespo" and level == "sequence":
+        with pytest.raises(ValueError, match="weighs whole sequences itself"):
+            ObjectiveConfig(loss_type="vespo", importance_sampling_level="sequence")
+        return
     for seed in range(3):
         logp, old, ref, adv, mask = make_inputs(seed)
         opts = _options(loss_type)
@@ -303,7 +317,7 @@ def test_config_contradictions_and_silent_options_are_refused():
     assert ObjectiveConfig(agg="seq-mean", loss_type="grpo").loss_type == "grpo"
     for bad in (
         dict(agg="seq-mean", loss_type="dapo"),
-        dict(loss_type="vespo"),
+        dict(loss_type="vespo", importance_sampling_level="sequence"),
         dict(loss_type="cispo"),  # no explicit absolute cap
         dict(loss_type="sapo", delta=2.0),
         dict(loss_type="cispo", clip_eps_high=5.0, delta=2.0),
@@ -382,6 +396,8 @@ CAPS = {"group_size": 4, "think_cap": 6, "answer_cap": 6}
         ("grpo", {"loss_type": "cispo", "clip_eps_high": 5.0, "importance_sampling_level": "sequence"}),
         ("soft_grpo", {"loss_type": "dr_grpo", "delta": 2.0, "scale_rewards": "batch", "kl_bias_correction": True}),
         ("soft_grpo", {"loss_type": "sapo", "scale_rewards": "none", "kl_coef": 0.0}),
+        ("grpo", {"loss_type": "vespo", "vespo_k_pos": 1.5}),
+        ("soft_grpo", {"loss_type": "vespo", "minibatches": 2}),
     ],
 )
 def test_new_options_train_through_the_plugins(arm, options):
@@ -404,6 +420,26 @@ def test_contradicting_or_incomplete_options_are_bad_input():
         ({"agg": "seq-mean", "loss_type": "dapo"}, "seq-mean"),
         ({"scale_advantages": False, "scale_rewards": "batch"}, "scale_advantages"),
         ({"loss_type": "sapo", "delta": 2.0}, "delta"),
+        ({"loss_type": "vespo", "importance_sampling_level": "sequence"}, "vespo"),
     ):
         with pytest.raises(BadInput, match=match):
             train([*RL, "grpo"], config={**RL_CFG, "grpo": {**CAPS, **options}}, steps=1)
+
+
+def test_vespo_weight_is_one_at_ratio_one_and_follows_the_advantage_sign():
+    logp = torch.zeros(3, 4, dtype=torch.float64)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    old = logp.clone()
+    old[1] -= 0.1  # Σ log-ratio 0.4: w = e^0.4
+    old[2] -= 0.1
+    adv = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    phi = vespo_weights(logp, old, mask, adv)
+    w = math.exp(0.4)
+    assert phi[0].item() == pytest.approx(1.0, rel=1e-12)  # φ(1) = e^λ·1·e^-λ
+    assert phi[1].item() == pytest.approx(math.exp(3.0) * w**2 * math.exp(-3.0 * w), rel=1e-12)  # k 2, λ 3
+    assert phi[2].item() == pytest.approx(math.exp(2.0) * w**3 * math.exp(-2.0 * w), rel=1e-12)  # k 3, λ 2
+    lp = logp.clone().requires_grad_(True)
+    loss, _ = vespo_token_losses(lp, old, adv, mask)
+    (g,) = torch.autograd.grad(loss.sum(), lp)
+    # the weight is a constant: d(−φ·A·ℓ)/dℓ = −φ·A per token
+    torch.testing.assert_close(g, (-phi * adv.unsqueeze(-1)).expand_as(g), rtol=1e-12, atol=0)

@@ -226,3 +226,43 @@ def test_countdown_compare_command_writes_the_table(tmp_path):
     text = open(doc).read()
     assert "| θ0 (SFT) | discrete |" in text and "| GRPO | discrete |" in text and "SofT-GRPO τ 0.1" in text
     assert "## Gaps between the arms" in text and "pass@4" in text and "## Does the paper's pattern reproduce?" in text
+
+
+def _with_old_logp(base):
+    """``base`` computing θ_old with its own forward even on-policy (the code before the forward was skipped)."""
+    from plugins.soft_grpo.likelihood import sequence_logprobs
+
+    class WithOld(base):
+        name = f"old_{base.name}"
+
+        def _sample(self, model, batch, state):
+            chunks = super()._sample(model, batch, state)
+            for chunk in chunks:
+                chunk["old_logp"] = sequence_logprobs(model, chunk["rollout"], self.likelihood).float()
+            return chunks
+
+    return WithOld
+
+
+@pytest.mark.parametrize("arm", ["grpo", "soft_grpo"])
+def test_on_policy_batches_skip_the_old_forward_and_train_bit_identically(arm):
+    from plugins.soft_grpo.rl_plugins import GRPO, SoftGRPO
+
+    base = {"grpo": GRPO, "soft_grpo": SoftGRPO}[arm]
+    weights = []
+    for plugin in (base, _with_old_logp(base)):
+        cfg = {"countdown": RL_DATA, "tiny_policy": TINY, plugin.name: CAPS, "adamw": {"lr": 1e-2}}
+        weights.append(train([*RL, ThinkLengthReward, plugin], config=cfg, steps=3, threads=1).model.state_dict())
+    # θ_old = θ on-policy: the detached log-likelihood is what the extra forward computed, bit for bit
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_discrete_arm_trains_the_input_embeddings_and_the_soft_arm_keeps_them_detached():
+    moved = {}
+    for arm in ("grpo", "soft_grpo"):
+        cfg = {"countdown": RL_DATA, "tiny_policy": TINY, arm: {**CAPS, "kl_coef": 0.0}, "adamw": {"lr": 1e-2}}
+        res = train([*RL, ThinkLengthReward, arm], config=cfg, steps=1, threads=1)
+        start = train([*RL, ThinkLengthReward, arm], config={**cfg, "adamw": {"lr": 1e-12}}, steps=1, threads=1)
+        moved[arm] = (res.model.tok_emb.weight - start.model.tok_emb.weight).abs().max().item()
+    # discrete tokens are embedding lookups (TRL, verl); the soft arm rebuilds its inputs detached (official code)
+    assert moved["grpo"] > 1e-4 and moved["soft_grpo"] < 1e-9
