@@ -208,7 +208,9 @@ def render(runs, variants, seeds, ks, args, total) -> str:
     lines += [
         "",
         "A gap whose interval contains 0 is not distinguishable from no effect at this scale (3 seeds, a tiny policy); "
-        "the table is a check that every variant trains in both rollout modes from one recipe, not a ranking.",
+        "the table is a check that every variant trains in both rollout modes from one recipe, not a ranking. "
+        "`dapo`'s train reward is that of the groups its dynamic sampling kept (those with a reward spread, drawn from "
+        "twice the prompts), so it is not comparable with the other rows' (every drawn group).",
         "",
     ]
     return "\n".join(lines)
