@@ -11,37 +11,27 @@ finished run in ``--out`` is reused. The report (docs/gkd-countdown.md) is gener
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
-import statistics
 import time
 
 import numpy as np
 
+from plugins.soft_grpo.passk import paired_bootstrap
+from plugins.soft_grpo.runs import (
+    CPU_FILE,
+    cell,
+    command_log,
+    cpu_seconds,
+    metric_ends,
+    passk_record,
+    per_problem,
+    run_recipe,
+    train_or_reuse,
+    wall_seconds,
+)
+
 KS = (1, 4, 16, 32)
-CPU_FILE = "cpu_seconds.json"  # this command's record of a run's process CPU time (the engine records wall time)
-
-
-def _train(recipe, overrides: list[str], out: str, log) -> dict:
-    """Train ``recipe`` (a name or a dict of tables) into ``out``, or reuse the finished run there."""
-    import engine
-
-    if os.path.exists(os.path.join(out, "summary.json")):
-        log(f"  reuse {out}")
-        return json.load(open(os.path.join(out, "summary.json")))
-    if os.path.exists(out):
-        shutil.rmtree(out)  # an interrupted run of this command: start it again
-    enabled = engine.load_recipe(recipe).run.plugins
-    overrides = [o for o in overrides if not o.startswith("plugins.") or o.split(".")[1] in enabled]
-    cpu, wall = time.process_time(), time.perf_counter()
-    summary = engine.train(recipe, *overrides, out=out, quiet=True, stream=io.StringIO()).summary
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    with open(os.path.join(out, CPU_FILE), "w") as f:
-        json.dump({"cpu_seconds": cpu}, f)
-    log(f"  {out}: {summary['steps']} steps, {cpu:.0f} s CPU ({wall:.0f} s wall)")
-    return summary
 
 
 def sft_arm(gkd_recipe: str) -> dict:
@@ -64,11 +54,7 @@ def run_gkd(args) -> int:
     out = args.out.rstrip("/")
     os.makedirs(out, exist_ok=True)
 
-    def log(msg: str) -> None:
-        line = f"[{time.perf_counter() - t_start:6.0f}s] {msg}"
-        print(line, flush=True)
-        with open(os.path.join(out, "gkd.log"), "a") as f:
-            f.write(line + "\n")
+    log = command_log(out, "gkd.log")
 
     common = [f"run.threads={args.threads}", f'run.device="{args.device}"']
     passk = [
@@ -80,9 +66,9 @@ def run_gkd(args) -> int:
     log(f"countdown-gkd: seeds {seeds}, eval {args.problems} problems × {args.samples} samples")
     student0, teacher = f"{out}/student-sft", f"{out}/teacher-sft"
     log(f"student θ0 ({args.student_recipe})")
-    _train(args.student_recipe, [*common, *passk, *args.student_set], student0, log)
+    train_or_reuse(args.student_recipe, [*common, *passk, *args.student_set], student0, log)
     log(f"teacher ({args.teacher_recipe})")
-    _train(args.teacher_recipe, [*common, *passk, *args.teacher_set], teacher, log)
+    train_or_reuse(args.teacher_recipe, [*common, *passk, *args.teacher_set], teacher, log)
     start = [f'plugins.tiny_policy.init_from="{student0}"']
     arms = {
         "on": (args.gkd_recipe, [f'plugins.teacher.run="{teacher}"']),
@@ -96,7 +82,7 @@ def run_gkd(args) -> int:
         for key, (recipe, extra) in arms.items():
             run_dir = f"{out}/{key}-s{seed}"
             log(f"{key} seed {seed}")
-            _train(recipe, [*common, *passk, f"run.seed={seed}", *start, *extra, *args.set], run_dir, log)
+            train_or_reuse(recipe, [*common, *passk, f"run.seed={seed}", *start, *extra, *args.set], run_dir, log)
             runs.setdefault(key, []).append(run_dir)
     total = time.perf_counter() - t_start
     text = render_report(student0, teacher, runs, args, total)
@@ -117,58 +103,15 @@ NAMES = {
 }
 
 
-def _passk(run_dir: str) -> dict:
-    files = sorted(f for f in os.listdir(os.path.join(run_dir, "passk")) if f.endswith(".json"))
-    return json.load(open(os.path.join(run_dir, "passk", files[-1])))
-
-
-def _recipe(run_dir: str) -> dict:
-    import tomllib
-
-    with open(os.path.join(run_dir, "recipe.toml"), "rb") as f:
-        return tomllib.load(f)
-
-
-def _metric(run_dir: str, key: str, first: int = 3) -> tuple[float, float]:
-    """Mean of a logged metric over the first and the last ``first`` records that hold it."""
-    values = [rec[key] for rec in map(json.loads, open(os.path.join(run_dir, "metrics.jsonl"))) if key in rec]
-    if not values:
-        return float("nan"), float("nan")
-    return float(np.mean(values[:first])), float(np.mean(values[-first:]))
-
-
-def _cpu(run_dir: str) -> float:
-    path = os.path.join(run_dir, CPU_FILE)
-    return json.load(open(path))["cpu_seconds"] if os.path.exists(path) else float("nan")
-
-
-def _fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    xs = [v * scale for v in values if v == v]
-    if not xs:
-        return "–"
-    if len(xs) == 1:
-        return f"{xs[0]:.{digits}f}"
-    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
-
-
 def _first_last(pairs: list[tuple[float, float]], scale: float = 100.0, digits: int = 1) -> str:
     if all(a != a for a, _ in pairs):
         return "–"
-    return f"{_fmt([a for a, _ in pairs], scale, digits)} → {_fmt([b for _, b in pairs], scale, digits)}"
-
-
-def _per_problem(record: dict, k: int) -> np.ndarray:
-    from plugins.soft_grpo.passk import pass_at_k
-
-    n = record["samples"]
-    return np.array([pass_at_k(n, row.count("1"), k) for row in record["discrete"]])
+    return f"{cell([a for a, _ in pairs], scale, digits)} → {cell([b for _, b in pairs], scale, digits)}"
 
 
 def render_report(student0: str, teacher: str, runs: dict[str, list[str]], args, total: float) -> str:
-    from plugins.soft_grpo.passk import paired_bootstrap
-
     ks = [k for k in KS if k <= args.samples]
-    recs = {key: [_passk(d) for d in dirs] for key, dirs in runs.items()}
+    recs = {key: [passk_record(d) for d in dirs] for key, dirs in runs.items()}
     head = (
         "| model | seeds | "
         + " | ".join(f"pass@{k}" for k in ks)
@@ -177,13 +120,13 @@ def render_report(student0: str, teacher: str, runs: dict[str, list[str]], args,
     table = [head, "|" + "---|" * (len(ks) + 5)]
 
     def row(name: str, dirs: list[str]) -> None:
-        records = [_passk(d) for d in dirs]
-        cells = [_fmt([r["metrics"][f"passk/discrete/pass@{k}"] for r in records]) for k in ks]
+        records = [passk_record(d) for d in dirs]
+        cells = [cell([r["metrics"][f"passk/discrete/pass@{k}"] for r in records]) for k in ks]
         summaries = [json.load(open(os.path.join(d, "summary.json")))["metrics"] for d in dirs]
-        cells.append(_fmt([s.get("val/loss", float("nan")) for s in summaries], 1.0, 3))
-        cells.append(_first_last([_metric(d, "train/loss/gkd") for d in dirs], 1.0, 3))
+        cells.append(cell([s.get("val/loss", float("nan")) for s in summaries], 1.0, 3))
+        cells.append(_first_last([metric_ends(d, "train/loss/gkd") for d in dirs], 1.0, 3))
         on_policy = name == NAMES["on"]  # the reward of the other arms' batches is the gold traces' own
-        cells.append(_first_last([_metric(d, "train/reward/countdown") for d in dirs]) if on_policy else "–")
+        cells.append(_first_last([metric_ends(d, "train/reward/countdown") for d in dirs]) if on_policy else "–")
         table.append(f"| {name} | {len(dirs)} | " + " | ".join(cells) + " |")
 
     row("teacher (SFT)", [teacher])
@@ -195,8 +138,8 @@ def render_report(student0: str, teacher: str, runs: dict[str, list[str]], args,
     gaps = []
     for base in [b for b in ("off", "seqkd", "sft") if b in recs and "on" in recs]:
         for k in (1, ks[-1]):
-            on = np.mean([_per_problem(r, k) for r in recs["on"]], axis=0)
-            other = np.mean([_per_problem(r, k) for r in recs[base]], axis=0)
+            on = np.mean([per_problem(r, "discrete", k) for r in recs["on"]], axis=0)
+            other = np.mean([per_problem(r, "discrete", k) for r in recs[base]], axis=0)
             b = paired_bootstrap(on, other, n_boot=10_000, seed=0)
             per_seed = [
                 r1["metrics"][f"passk/discrete/pass@{k}"] - r0["metrics"][f"passk/discrete/pass@{k}"]
@@ -206,8 +149,8 @@ def render_report(student0: str, teacher: str, runs: dict[str, list[str]], args,
 
     n_runs = 2 + sum(len(d) for d in runs.values())
     all_dirs = [student0, teacher, *[d for ds in runs.values() for d in ds]]
-    cpu = sum(_cpu(d) for d in all_dirs)
-    wall = sum(json.load(open(os.path.join(d, "summary.json")))["wall_seconds"] for d in all_dirs)
+    cpu = sum(cpu_seconds(d) for d in all_dirs)
+    wall = wall_seconds(all_dirs)
     out = [
         "# On-policy distillation (GKD) on Countdown (tiny scale)",
         "",
@@ -269,7 +212,7 @@ def verdict_lines(gaps) -> list[str]:
 
 def setup_lines(student0: str, teacher: str, runs: dict[str, list[str]], args) -> list[str]:
     """The settings that matter, read back from the resolved recipes the runs saved."""
-    s0, t = _recipe(student0), _recipe(teacher)
+    s0, t = run_recipe(student0), run_recipe(teacher)
     data = s0["plugins"]["countdown"]
 
     def model(rec: dict) -> str:
@@ -292,7 +235,7 @@ def setup_lines(student0: str, teacher: str, runs: dict[str, list[str]], args) -
         f"- Teacher (`{args.teacher_recipe}`): {sft(t)}.",
     ]
     if "on" in runs:
-        rec = _recipe(runs["on"][0])
+        rec = run_recipe(runs["on"][0])
         g, d, o = rec["plugins"]["gkd"], rec["plugins"]["countdown"], rec["plugins"]["adamw"]
         out.append(
             f"- GKD (`{args.gkd_recipe}` / `{args.offpolicy_recipe}`): {rec['run']['steps']} steps × "

@@ -11,6 +11,7 @@
 * :mod:`.rl_plugins` -- plugins ``grpo`` and ``soft_grpo``.
 * :mod:`.passk_plugin` -- plugin ``passk`` (pass@k evaluation on held-out Countdown problems).
 * :mod:`.compare` -- ``hookmix countdown-compare``: SFT, GRPO vs SofT-GRPO over seeds, the pass@k report.
+* :mod:`.runs` -- what the Countdown experiment commands share: train or reuse a run, the log, reading runs back.
 * :mod:`.variants` -- ``hookmix countdown-variants``: grpo, dr_grpo, dapo, gspo × discrete and soft, over seeds.
 * :mod:`.bench_rollouts` -- ``hookmix bench-rollouts``: soft vs discrete rollout throughput.
 * :mod:`.commands` -- the three commands' entries of the ``hookmix.commands`` group.

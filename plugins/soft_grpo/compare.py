@@ -7,74 +7,29 @@ the ``passk`` plugin's end-of-run evaluation, read back from ``RUN/passk/step-*.
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import shutil
-import statistics
 import time
 
 import numpy as np
 
-from engine import BadInput
-
-from .passk import paired_bootstrap, pass_at_k
+from .passk import paired_bootstrap
+from .runs import (
+    cell,
+    command_log,
+    metric_ends,
+    passk_record,
+    per_problem,
+    policy_plugin,
+    run_recipe,
+    train_or_reuse,
+    wall_seconds,
+)
 
 KS = (1, 4, 16, 32)
+REWARD = "train/reward/countdown"  # the train reward the report follows
 
 
 # --- running the arms ------------------------------------------------------------------------
-
-
-def _train(recipe: str, overrides: list[str], out: str, log) -> dict:
-    """Train ``recipe`` with ``overrides`` into ``out`` (skipped when ``out`` already holds a finished run)."""
-    import engine
-
-    if os.path.exists(os.path.join(out, "summary.json")):
-        log(f"  reuse {out}")
-        return json.load(open(os.path.join(out, "summary.json")))
-    if os.path.exists(out):
-        shutil.rmtree(out)  # an interrupted run of this command: start it again
-    # `--set` applies to every RL arm: a plugins.X.key override reaches the arms that enable X
-    enabled = engine.load_recipe(recipe).run.plugins
-    overrides = [o for o in overrides if not o.startswith("plugins.") or o.split(".")[1] in enabled]
-    t0 = time.perf_counter()
-    summary = engine.train(recipe, *overrides, out=out, quiet=True, stream=io.StringIO()).summary
-    log(f"  {out}: {summary['steps']} steps in {time.perf_counter() - t0:.0f}s")
-    return summary
-
-
-def _policy_plugin(recipe: str) -> str:
-    from engine import load_recipe
-
-    plugins = load_recipe(recipe).run.plugins
-    for name in ("tiny_policy", "hf_policy"):
-        if name in plugins:
-            return name
-    raise BadInput(f"recipe {recipe} enables neither tiny_policy nor hf_policy; countdown-compare needs one")
-
-
-def _passk_record(run_dir: str) -> dict:
-    files = sorted(f for f in os.listdir(os.path.join(run_dir, "passk")) if f.endswith(".json"))
-    return json.load(open(os.path.join(run_dir, "passk", files[-1])))
-
-
-def _train_metric(run_dir: str, key: str = "train/reward/countdown", first: int = 3) -> tuple[float, float]:
-    """Mean of a logged train metric over the first and the last ``first`` log records."""
-    values = []
-    for line in open(os.path.join(run_dir, "metrics.jsonl")):
-        rec = json.loads(line)
-        if key in rec:
-            values.append(rec[key])
-    if not values:
-        return float("nan"), float("nan")
-    return float(np.mean(values[:first])), float(np.mean(values[-first:]))
-
-
-def _per_problem(record: dict, label: str, k: int) -> np.ndarray:
-    rows = record[label]
-    n = record["samples"]
-    return np.array([pass_at_k(n, row.count("1"), k) for row in rows])
 
 
 def run_compare(args) -> int:
@@ -86,13 +41,7 @@ def run_compare(args) -> int:
     sweep_seeds = seeds[: args.sweep_seeds] if args.sweep_seeds else seeds
     out = args.out.rstrip("/")
     os.makedirs(out, exist_ok=True)
-    log_path = os.path.join(out, "compare.log")
-
-    def log(msg: str) -> None:
-        line = f"[{time.perf_counter() - t_start:6.0f}s] {msg}"
-        print(line, flush=True)
-        with open(log_path, "a") as f:
-            f.write(line + "\n")
+    log = command_log(out, "compare.log")
 
     common = [f"run.threads={args.threads}", f'run.device="{args.device}"']
     passk = [
@@ -108,10 +57,10 @@ def run_compare(args) -> int:
 
     sft_dir = f"{out}/sft"
     log(f"SFT ({args.sft_recipe})")
-    _train(args.sft_recipe, [*common, *passk, f"plugins.passk.taus={tau_list}", *args.sft_set], sft_dir, log)
+    train_or_reuse(args.sft_recipe, [*common, *passk, f"plugins.passk.taus={tau_list}", *args.sft_set], sft_dir, log)
     runs: dict[str, list[str]] = {}
-    grpo_policy = _policy_plugin(args.grpo_recipe)
-    soft_policy = _policy_plugin(args.soft_recipe)
+    grpo_policy = policy_plugin(args.grpo_recipe, "countdown-compare")
+    soft_policy = policy_plugin(args.soft_recipe, "countdown-compare")
     jobs = []
     for seed in seeds:
         jobs.append(("grpo", None, seed))
@@ -149,7 +98,7 @@ def run_compare(args) -> int:
             ]
         run_dir = f"{out}/{key}-s{seed}"
         log(f"{key} seed {seed} ({recipe})")
-        _train(recipe, [*common, *passk, f"run.seed={seed}", *extra, *args.set], run_dir, log)
+        train_or_reuse(recipe, [*common, *passk, f"run.seed={seed}", *extra, *args.set], run_dir, log)
         runs.setdefault(key, []).append(run_dir)
     if skipped:
         log(f"time budget: skipped {len(skipped)} optional runs: {skipped}")
@@ -168,16 +117,6 @@ def run_compare(args) -> int:
 # --- the report ------------------------------------------------------------------------------
 
 
-def _fmt(values: list[float], pct: bool = True, digits: int = 1) -> str:
-    scale = 100.0 if pct else 1.0
-    xs = [v * scale for v in values if v == v]
-    if not xs:
-        return "–"
-    if len(xs) == 1:
-        return f"{xs[0]:.{digits}f}"
-    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
-
-
 def _first_k(ks: list[int], records: list[dict]) -> int:
     """The k of the first-k column: the largest k below n (at k = n, first-k equals the unbiased pass@n)."""
     n = records[0]["samples"]
@@ -186,20 +125,20 @@ def _first_k(ks: list[int], records: list[dict]) -> int:
 
 
 def _rows(records: list[dict], label: str, ks: list[int]) -> list[str]:
-    cells = [_fmt([r["metrics"][f"passk/{label}/pass@{k}"] for r in records]) for k in ks]
-    cells.append(_fmt([r["metrics"][f"passk/{label}/first@{_first_k(ks, records)}"] for r in records]))
-    cells.append(_fmt([r["metrics"][f"passk/{label}/think_len"] for r in records], pct=False))
+    cells = [cell([r["metrics"][f"passk/{label}/pass@{k}"] for r in records]) for k in ks]
+    cells.append(cell([r["metrics"][f"passk/{label}/first@{_first_k(ks, records)}"] for r in records]))
+    cells.append(cell([r["metrics"][f"passk/{label}/think_len"] for r in records], 1.0))
     top1 = [r["metrics"].get(f"passk/{label}/top1_weight", float("nan")) for r in records]
-    cells.append(_fmt(top1, pct=False, digits=3) if any(t == t for t in top1) else "–")
+    cells.append(cell(top1, 1.0, 3) if any(t == t for t in top1) else "–")
     return cells
 
 
 def render_report(
     sft_dir: str, runs: dict[str, list[str]], taus: list[float], args, total: float, skipped: list
 ) -> str:
-    sft = _passk_record(sft_dir)
+    sft = passk_record(sft_dir)
     ks = [k for k in KS if k <= args.samples]
-    recs = {key: [_passk_record(d) for d in dirs] for key, dirs in runs.items()}
+    recs = {key: [passk_record(d) for d in dirs] for key, dirs in runs.items()}
     head = (
         "| model | decoding | seeds | "
         + " | ".join(f"pass@{k}" for k in ks)
@@ -211,10 +150,10 @@ def render_report(
         n = len(records)
         train = ["–", "–"]
         if dirs:
-            pairs = [_train_metric(d) for d in dirs]
+            pairs = [metric_ends(d, REWARD) for d in dirs]
             train = [
-                f"{_fmt([a for a, _ in pairs])} → {_fmt([b for _, b in pairs])}",
-                _fmt([_train_metric(d, "train/rl/kl")[1] for d in dirs], pct=False, digits=3),
+                f"{cell([a for a, _ in pairs])} → {cell([b for _, b in pairs])}",
+                cell([metric_ends(d, "train/rl/kl")[1] for d in dirs], 1.0, 3),
             ]
         lines.append(f"| {model} | {decoding} | {n} | " + " | ".join([*_rows(records, label, ks), *train]) + " |")
 
@@ -253,8 +192,8 @@ def render_report(
     if "grpo" in recs and "soft_grpo_t0.1" in recs:
         for title, soft_label, grpo_label, base in pairs:
             for k in (1, ks[-1]):
-                g = np.mean([_per_problem(r, grpo_label, k) for r in recs[base]], axis=0)
-                s = np.mean([_per_problem(r, soft_label, k) for r in recs["soft_grpo_t0.1"]], axis=0)
+                g = np.mean([per_problem(r, grpo_label, k) for r in recs[base]], axis=0)
+                s = np.mean([per_problem(r, soft_label, k) for r in recs["soft_grpo_t0.1"]], axis=0)
                 b = paired_bootstrap(s, g, n_boot=10_000, seed=0)
                 per_seed = [
                     r1["metrics"][f"passk/{soft_label}/pass@{k}"] - r0["metrics"][f"passk/{grpo_label}/pass@{k}"]
@@ -274,7 +213,7 @@ def render_report(
         "```",
         "",
         f"{1 + sum(len(d) for d in runs.values())} training runs (each with its final evaluation) took "
-        f"{_wall([sft_dir, *[d for ds in runs.values() for d in ds]]) / 60:.1f} min of wall time in all "
+        f"{wall_seconds([sft_dir, *[d for ds in runs.values() for d in ds]]) / 60:.1f} min of wall time in all "
         f"({args.threads} torch thread(s), device {args.device}; from each run's summary.json; this invocation "
         f"{total / 60:.1f} min, finished runs are reused). Runs under `{args.out}/`.",
         "",
@@ -312,20 +251,9 @@ def render_report(
     return "\n".join(out)
 
 
-def _wall(run_dirs: list[str]) -> float:
-    return sum(json.load(open(os.path.join(d, "summary.json")))["wall_seconds"] for d in run_dirs)
-
-
-def _recipe(run_dir: str) -> dict:
-    import tomllib
-
-    with open(os.path.join(run_dir, "recipe.toml"), "rb") as f:
-        return tomllib.load(f)
-
-
 def setup_lines(sft_dir: str, runs: dict[str, list[str]], args) -> list[str]:
     """The settings that matter, read back from the resolved recipes the runs saved."""
-    sft = _recipe(sft_dir)
+    sft = run_recipe(sft_dir)
     data, opt = sft["plugins"]["countdown"], sft["plugins"]["adamw"]
     pol = sft["plugins"].get("tiny_policy")
     model = (
@@ -344,7 +272,7 @@ def setup_lines(sft_dir: str, runs: dict[str, list[str]], args) -> list[str]:
     for key, name in (("grpo", "GRPO"), ("soft_grpo_t0.1", "SofT-GRPO")):
         if key not in runs:
             continue
-        rec = _recipe(runs[key][0])
+        rec = run_recipe(runs[key][0])
         arm = rec["plugins"]["grpo" if key == "grpo" else "soft_grpo"]
         rl_opt, rl_data = rec["plugins"]["adamw"], rec["plugins"]["countdown"]
         extra = (

@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
-from .compare import _fmt, _passk_record, _per_problem, _policy_plugin, _train
 from .passk import paired_bootstrap
+from .runs import cell, command_log, metric_ends, passk_record, per_problem, policy_plugin, train_or_reuse, wall_seconds
 
 VARIANTS = {
     "grpo": ['loss_type="grpo"', 'scale_rewards="group"'],
@@ -48,11 +48,7 @@ def run_variants(args) -> int:
     out = args.out.rstrip("/")
     os.makedirs(out, exist_ok=True)
 
-    def log(msg: str) -> None:
-        line = f"[{time.perf_counter() - t_start:6.0f}s] {msg}"
-        print(line, flush=True)
-        with open(os.path.join(out, "variants.log"), "a") as f:
-            f.write(line + "\n")
+    log = command_log(out, "variants.log")
 
     ks = sorted({1, args.samples})
     common = [
@@ -63,12 +59,12 @@ def run_variants(args) -> int:
     ]
     sft_dir = f"{out}/sft"
     log(f"SFT ({args.sft_recipe})")
-    _train(args.sft_recipe, [*common, 'plugins.passk.modes=["discrete"]', *args.sft_set], sft_dir, log)
+    train_or_reuse(args.sft_recipe, [*common, 'plugins.passk.modes=["discrete"]', *args.sft_set], sft_dir, log)
     runs: dict[tuple[str, str], list[str]] = {}
     recipes = {"discrete": args.grpo_recipe, "soft": args.soft_recipe}
     for variant in variants:
         for arm, plugin in ARMS.items():
-            policy = _policy_plugin(recipes[arm])
+            policy = policy_plugin(recipes[arm], "countdown-variants")
             decoding = (
                 ['plugins.passk.modes=["discrete"]']
                 if arm == "discrete"
@@ -83,7 +79,7 @@ def run_variants(args) -> int:
                 log(f"{variant} {arm} seed {seed}")
                 extra = [f"plugins.{plugin}.{o}" for o in VARIANTS[variant]]
                 extra += [f'plugins.{policy}.init_from="{sft_dir}"', f"run.seed={seed}", *decoding]
-                _train(recipes[arm], [*common, *extra, *args.set], run_dir, log)
+                train_or_reuse(recipes[arm], [*common, *extra, *args.set], run_dir, log)
                 runs.setdefault((variant, arm), []).append(run_dir)
     total = time.perf_counter() - t_start
     write_section(args.doc, render(runs, variants, seeds, ks, args, total))
@@ -119,14 +115,8 @@ def _label(arm: str, tau: float) -> str:
     return "discrete" if arm == "discrete" else f"soft_t{tau:g}"
 
 
-def _wall_minutes(dirs: list[str]) -> float:
-    import json
-
-    return sum(json.load(open(os.path.join(d, "summary.json"))).get("wall_seconds", 0.0) for d in dirs) / 60
-
-
 def render(runs, variants, seeds, ks, args, total) -> str:
-    recs = {key: [_passk_record(d) for d in dirs] for key, dirs in runs.items()}
+    recs = {key: [passk_record(d) for d in dirs] for key, dirs in runs.items()}
     k_hi = ks[-1]
     cmd = (
         (
@@ -136,7 +126,7 @@ def render(runs, variants, seeds, ks, args, total) -> str:
         + "".join(f" --set {o}" for o in args.set)
         + "".join(f" --sft-set {o}" for o in args.sft_set)
     )
-    wall = _wall_minutes([d for dirs in runs.values() for d in dirs] + [f"{args.out.rstrip('/')}/sft"])
+    wall = wall_seconds([d for dirs in runs.values() for d in dirs] + [f"{args.out.rstrip('/')}/sft"]) / 60
     lines = [
         "## The GRPO loss family: discrete and soft rollouts",
         "",
@@ -169,16 +159,14 @@ def render(runs, variants, seeds, ks, args, total) -> str:
         f"| variant | rollouts | seeds | pass@1 | pass@{k_hi} | train reward (last 3 logs) |",
         "|---|---|---|---|---|---|",
     ]
-    from .compare import _train_metric
-
     for v in variants:
         for arm in ARMS:
             rs = recs.get((v, arm), [])
             if not rs:
                 continue
             label = _label(arm, args.tau)
-            cells = [_fmt([r["metrics"][f"passk/{label}/pass@{k}"] for r in rs]) for k in (1, k_hi)]
-            reward = _fmt([_train_metric(d)[1] for d in runs[(v, arm)]])
+            cells = [cell([r["metrics"][f"passk/{label}/pass@{k}"] for r in rs]) for k in (1, k_hi)]
+            reward = cell([metric_ends(d, "train/reward/countdown")[1] for d in runs[(v, arm)]])
             lines.append(f"| `{v}` | {arm} | {len(rs)} | {cells[0]} | {cells[1]} | {reward} |")
     lines += [
         "",
@@ -191,8 +179,8 @@ def render(runs, variants, seeds, ks, args, total) -> str:
         "|---|---|---|---|",
     ]
 
-    def per_problem(v, arm, k):
-        return np.mean([_per_problem(r, _label(arm, args.tau), k) for r in recs[(v, arm)]], axis=0)
+    def seed_mean(v, arm, k):  # per problem, averaged over seeds
+        return np.mean([per_problem(r, _label(arm, args.tau), k) for r in recs[(v, arm)]], axis=0)
 
     pairs = [(f"`{v}` − `grpo` ({arm})", (v, arm), ("grpo", arm)) for v in variants if v != "grpo" for arm in ARMS]
     pairs += [(f"`{v}`: soft − discrete", (v, "soft"), (v, "discrete")) for v in variants]
@@ -200,7 +188,7 @@ def render(runs, variants, seeds, ks, args, total) -> str:
         if a not in recs or b not in recs:
             continue
         for k in (1, k_hi):
-            g = paired_bootstrap(per_problem(*a, k), per_problem(*b, k), n_boot=10_000, seed=0)
+            g = paired_bootstrap(seed_mean(*a, k), seed_mean(*b, k), n_boot=10_000, seed=0)
             lines.append(
                 f"| {title} | pass@{k} | {100 * g['mean_diff']:+.1f} | "
                 f"[{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}] |"
